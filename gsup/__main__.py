@@ -1,0 +1,3 @@
+from gsup.cli import main
+
+main()

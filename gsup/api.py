@@ -1,0 +1,102 @@
+"""The Python API: `from gsup import queues; queues.add(f, args=(123,))`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gsup.client import Client, GsupError
+from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, Paths, resolve_home
+from gsup.specs import call_spec, python_path
+
+
+class JobFailed(GsupError):
+    """A job ended without a result: failed, timed out, was cancelled or lost."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        detail = job.get("error") or job.get("reason") or ""
+        super().__init__(f"job {job['id']} ended {job['state']}" + (f": {detail}" if detail else ""))
+
+
+class JobHandle:
+    """A job added through the API."""
+
+    def __init__(self, client: Client, job_id: int) -> None:
+        self._client = client
+        self.id = job_id
+
+    @property
+    def state(self) -> str:
+        return self._client.get(self.id)["state"]
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job to end; its return value, or JobFailed.
+
+        A value that was not JSON-able comes back as its repr; TimeoutError if the
+        job has not ended within `timeout` seconds.
+        """
+        self._client.wait([self.id], timeout)
+        job = self._client.get(self.id)
+        if job["state"] != "done":
+            raise JobFailed(job)
+        if job["result_type"] == "json":
+            return json.loads(job["result"])
+        return job["result"]
+
+    def __repr__(self) -> str:
+        return f"<gsup job {self.id}>"
+
+
+class Queues:
+    """The daemon's pools, as Ganga's `queues`; printing it shows the same table as `gsup queues`."""
+
+    def __init__(self, home: str | Path | None = None) -> None:
+        self._home = home
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self._home)
+        return self._client
+
+    def add(
+        self,
+        func: Callable[..., Any] | str,
+        args: tuple | list = (),
+        kwargs: dict[str, Any] | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        timeout: float | None = None,
+        queue: str = DEFAULT_POOL,
+        name: str | None = None,
+        retries: int = 0,
+        on_lost: str = "requeue",
+    ) -> JobHandle:
+        """Run `func(*args, **kwargs)` in a pool thread; returns once the job is journaled."""
+        spec = call_spec(
+            func, tuple(args), kwargs, python_path(), pool=queue, priority=priority,
+            timeout=timeout, name=name, retries=retries, on_lost=on_lost,
+        )  # fmt: skip
+        (job,) = self.client.add([spec])
+        return JobHandle(self.client, job)
+
+    def freeze(self, queue: str | None = None) -> None:
+        """Start nothing new in `queue` (all pools by default); jobs keep queuing."""
+        self.client.freeze(queue, True)
+
+    def unfreeze(self, queue: str | None = None) -> None:
+        self.client.freeze(queue, False)
+
+    def __repr__(self) -> str:
+        from gsup.render import queues_for, to_text
+
+        try:
+            return to_text(queues_for(Paths(resolve_home(self._home))))
+        except Exception as exc:  # a repr must not raise at a prompt
+            return f"<gsup queues: {exc}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))

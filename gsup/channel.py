@@ -1,0 +1,45 @@
+"""The supervisor <-> pool channel: length-prefixed frames, each a pickled list of tuples.
+
+Messages are plain tuples of builtins (stdlib pickle, fast); user callables travel
+inside them as the dill text the client made, and only the pool unpickles that.
+
+supervisor -> pool: ("run", job_id, kind, target, spec_json)
+                    ("stop", job_id)            stop it, queued or running
+                    ("freeze", frozen)          start nothing new while frozen
+pool -> supervisor: ("ready", pid)
+                    ("start", job_id, worker_index, at, pgid_or_None)
+                    ("end", job_id, state, why, outcome)
+                    where state is "done", "failed" or "stopped"
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from typing import Any
+
+_HEADER = struct.Struct("!I")
+
+
+def frame(messages: list[tuple[Any, ...]]) -> bytes:
+    payload = pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class FrameReader:
+    """Turns received bytes into messages, however the stream was cut."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[Any, ...]]:
+        self._buffer += data
+        messages: list[tuple[Any, ...]] = []
+        while len(self._buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._buffer)
+            end = _HEADER.size + size
+            if len(self._buffer) < end:
+                break
+            messages.extend(pickle.loads(self._buffer[_HEADER.size : end]))
+            del self._buffer[:end]
+        return messages

@@ -1,0 +1,332 @@
+"""The `gsup` command line: parse, call the client or read the journal, render.
+
+The `add` path imports neither peewee nor rich nor user code: query commands
+import them inside their own functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gsup.client import Client, GsupError
+from gsup.config import DEFAULT_PRIORITY, POOL_NAMES, Paths, resolve_home
+
+app = typer.Typer(
+    name="gsup",
+    help="A job supervisor: bounded worker pools, a SQLite journal that never forgets a job.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+PoolName = StrEnum("PoolName", {name: name for name in POOL_NAMES})  # type: ignore[misc]
+
+Home = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar="GSUP_HOME",
+        show_envvar=True,
+        help="State dir [default: $XDG_STATE_HOME/gsup]",
+        show_default=False,
+    ),
+]
+QueueOption = Annotated[PoolName | None, typer.Option("--queue", "-q", help="One queue only")]
+
+
+def _paths(home: Path | None) -> Paths:
+    return Paths(resolve_home(home))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _open_journal(paths: Paths) -> None:
+    from gsup.journal import JournalError, open_database
+
+    try:
+        open_database(paths.journal, readonly=True)
+    except JournalError as exc:
+        raise GsupError(str(exc)) from None
+
+
+# --- the daemon ---------------------------------------------------------------------------
+
+
+@app.command()
+def daemon(
+    home: Home = None,
+    user_threads: Annotated[int | None, typer.Option(min=1, help="Threads of the user pool [default: 5]")] = None,  # noqa: E501
+    monitoring_threads: Annotated[int | None, typer.Option(min=1, help="Threads of the monitoring pool [default: 5]")] = None,  # noqa: E501
+    grace: Annotated[float | None, typer.Option(min=0, help="Seconds running jobs get when the daemon stops [default: 10]")] = None,  # noqa: E501
+) -> None:
+    """Run the supervisor in the foreground (under systemd, or by hand)."""
+    from gsup.config import ConfigError, load_settings
+    from gsup.daemon import serve
+
+    try:
+        settings = load_settings(
+            resolve_home(home),
+            {"user": user_threads, "monitoring": monitoring_threads},
+            grace,
+        )
+    except ConfigError as exc:
+        raise GsupError(str(exc)) from None
+    raise typer.Exit(serve(settings))
+
+
+# --- adding jobs -----------------------------------------------------------------------------
+
+
+@app.command(context_settings={"ignore_unknown_options": False})
+def add(
+    target: Annotated[str, typer.Argument(help="pkg.module:function, or with --cmd the program", show_default=False)],  # noqa: E501
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments: Python literals, else strings", show_default=False)] = None,  # noqa: E501
+    kw: Annotated[list[str] | None, typer.Option("--kw", help="Keyword argument name=value (repeatable)")] = None,  # noqa: E501
+    as_str: Annotated[bool, typer.Option("--str", help="Pass every argument as a string")] = False,
+    queue: Annotated[PoolName, typer.Option("--queue", "-q", help="Pool to run in")] = PoolName.user,  # type: ignore[attr-defined]  # noqa: E501
+    priority: Annotated[int, typer.Option("--priority", "-p", min=0, max=9, help="0 runs first; FIFO among equals")] = DEFAULT_PRIORITY,  # noqa: E501
+    timeout: Annotated[float | None, typer.Option(min=0.001, help="Seconds before the job is stopped")] = None,  # noqa: E501
+    name: Annotated[str | None, typer.Option(help="A name to show")] = None,
+    retries: Annotated[int, typer.Option(min=0, help="Runs again after a failure or timeout")] = 0,
+    on_lost: Annotated[str, typer.Option(help="requeue, or fail for jobs that must not run twice")] = "requeue",  # noqa: E501
+    cmd: Annotated[bool, typer.Option("--cmd", help="Run a command: gsup add --cmd -- prog args...")] = False,  # noqa: E501
+    check: Annotated[bool, typer.Option("--check", help="Import the target and bind the arguments; add nothing")] = False,  # noqa: E501
+    home: Home = None,
+) -> None:
+    """Add a job; prints its id once the journal holds it."""
+    from gsup.specs import call_spec, command_spec
+    from gsup.targets import TargetError, parse_keyword, parse_value
+
+    options = dict(pool=queue.value, priority=priority, timeout=timeout, name=name,
+                   retries=retries, on_lost=on_lost)  # fmt: skip
+    try:
+        if cmd:
+            spec = command_spec([target, *(args or [])], **options)
+        else:
+            values = tuple(parse_value(arg, as_str) for arg in args or [])
+            keywords = dict(parse_keyword(item, as_str) for item in kw or [])
+            spec = call_spec(target, values, keywords, **options)
+    except TargetError as exc:
+        raise GsupError(str(exc)) from None
+    if on_lost not in ("requeue", "fail"):
+        raise GsupError(f"--on-lost must be requeue or fail, not {on_lost!r}")
+    if check:
+        _check(spec)
+        return
+    (job,) = Client(home).add([spec])
+    print(job)
+
+
+def _check(spec: Any) -> None:
+    """Import the target in a short-lived child, as a pool would, and bind the arguments."""
+    if spec.kind == "cmd":
+        import shutil
+
+        if shutil.which(spec.argv[0]) is None:
+            raise GsupError(f"command not found: {spec.argv[0]}")
+        print(f"ok: {spec.display}")
+        return
+    child = subprocess.run(
+        [sys.executable, "-m", "gsup.targets"],
+        input=json.dumps(spec.to_wire()),
+        capture_output=True,
+        text=True,
+        cwd=spec.cwd,
+    )
+    line = (child.stdout.strip() or child.stderr.strip() or "the check failed").splitlines()[-1]
+    if child.returncode != 0:
+        raise GsupError(line.removeprefix("gsup: error: "))
+    print(line)
+
+
+# --- the queues ------------------------------------------------------------------------------
+
+
+@app.command()
+def queues(
+    home: Home = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Show each pool's workers (Name / Command / Timeout) and pending queue."""
+    from dataclasses import asdict
+
+    from gsup.client import daemon_is_up
+    from gsup.journal import queues_snapshot
+    from gsup.render import queues_view
+
+    paths = _paths(home)
+    up = daemon_is_up(paths)
+    if not paths.journal.exists():
+        raise GsupError(
+            f"daemon: {'running' if up else 'not running'}; no journal yet at {paths.journal}"
+        )
+    _open_journal(paths)
+    pools = queues_snapshot()
+    if as_json:
+        _print_json({"daemon": "running" if up else "not running", "pools": [asdict(p) for p in pools]})  # noqa: E501
+    else:
+        _console().print(queues_view(pools, up))
+
+
+@app.command()
+def freeze(queue: QueueOption = None, home: Home = None) -> None:
+    """Start nothing new in a pool (all pools by default); jobs keep queuing."""
+    _show_frozen(Client(home).freeze(_pool(queue), True))
+
+
+@app.command()
+def unfreeze(queue: QueueOption = None, home: Home = None) -> None:
+    """Let a frozen pool (all pools by default) start jobs again."""
+    _show_frozen(Client(home).freeze(_pool(queue), False))
+
+
+def _pool(queue: Any) -> str | None:
+    return None if queue is None else queue.value
+
+
+def _show_frozen(pools: dict[str, bool]) -> None:
+    for name, frozen in pools.items():
+        print(f"{name}: {'frozen' if frozen else 'running'}")
+
+
+@app.command()
+def purge(
+    queue: QueueOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
+    home: Home = None,
+) -> None:
+    """Cancel every pending job (of one queue, or of all)."""
+    client = Client(home)
+    client.ping()  # fail before asking if there is no daemon
+    which = f"the {queue.value} queue" if queue else "all queues"
+    if not yes:
+        typer.confirm(f"Cancel every pending job of {which}?", abort=True)
+    print(f"cancelled {client.purge(_pool(queue))} pending jobs")
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+@app.command()
+def jobs(
+    state: Annotated[str | None, typer.Option("--state", "-s", help="Only jobs in this state")] = None,  # noqa: E501
+    queue: QueueOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many, newest first")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    home: Home = None,
+) -> None:
+    """List jobs, newest first."""
+    from gsup.journal import list_jobs
+    from gsup.lifecycle import State
+
+    if state is not None and state not in {s.value for s in State}:
+        raise GsupError(f"unknown state {state!r}; choose from {', '.join(s.value for s in State)}")
+    _open_journal(_paths(home))
+    found = list_jobs(state, _pool(queue), limit)
+    if as_json:
+        _print_json(found)
+    else:
+        from gsup.render import jobs_table
+
+        _console().print(jobs_table(found))
+
+
+def _details(job: int, home: Path | None) -> dict[str, Any]:
+    from gsup.journal import job_details
+
+    _open_journal(_paths(home))
+    found = job_details(job)
+    if found is None:
+        raise GsupError(f"no job {job}")
+    return found
+
+
+@app.command()
+def show(
+    job: Annotated[int, typer.Argument(help="Job id")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    home: Home = None,
+) -> None:
+    """Everything about one job: fields, attempts, result, error and traceback."""
+    found = _details(job, home)
+    if as_json:
+        _print_json(found)
+    else:
+        from gsup.render import job_view
+
+        _console().print(job_view(found))
+
+
+@app.command()
+def logs(job: Annotated[int, typer.Argument(help="Job id")], home: Home = None) -> None:
+    """What a job printed: its stdout, then its stderr (to stderr)."""
+    _details(job, home)
+    paths = _paths(home)
+    for stream, sink in (("out", sys.stdout), ("err", sys.stderr)):
+        path = paths.job_output(job, stream)
+        if path.exists():
+            sink.write(path.read_text(errors="replace"))
+            sink.flush()
+
+
+@app.command()
+def cancel(jobs: Annotated[list[int], typer.Argument(help="Job ids")], home: Home = None) -> None:
+    """Cancel jobs: a queued job is cancelled, a running one stopped."""
+    client = Client(home)
+    for job in jobs:
+        reply = client.cancel(job)
+        print(f"{job}: {'stopping' if reply.get('stopping') else reply['state']}")
+
+
+@app.command()
+def retry(jobs: Annotated[list[int], typer.Argument(help="Job ids")], home: Home = None) -> None:
+    """Queue jobs that failed, timed out, were lost or cancelled, again."""
+    client = Client(home)
+    for job in jobs:
+        print(f"{job}: {client.retry(job)['state']}")
+
+
+@app.command()
+def wait(
+    jobs: Annotated[list[int], typer.Argument(help="Job ids")],
+    timeout: Annotated[float | None, typer.Option(min=0, help="Give up after this many seconds")] = None,  # noqa: E501
+    home: Home = None,
+) -> None:
+    """Block until the jobs end; exit 0 only if all are done."""
+    try:
+        states = Client(home).wait(jobs, timeout)
+    except TimeoutError:
+        raise GsupError(f"timed out after {timeout:g}s") from None
+    for job in jobs:
+        print(f"{job}: {states[job]}")
+    if any(state != "done" for state in states.values()):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except GsupError as exc:
+        print(f"gsup: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        os._exit(1)  # `gsup jobs | head`: the reader went away

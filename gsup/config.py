@@ -1,0 +1,139 @@
+"""Where gsup keeps its state, and the daemon's settings.
+
+Kept import-light: the CLI's `add` path imports this module.
+Settings come, highest first, from command-line flags, environment variables
+(`GSUP_HOME`, `GSUP_USER_THREADS`, ...) and `gsup.toml` in the state dir.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+POOL_NAMES = ("user", "monitoring")
+DEFAULT_POOL = "user"
+DEFAULT_THREADS = 5  # as Ganga's queues
+DEFAULT_PRIORITY = 5
+MAX_MESSAGE = 8 * 1024 * 1024  # bytes in one socket message
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message says which and why."""
+
+
+def resolve_home(home: str | Path | None = None) -> Path:
+    """The state dir: `--home`, else $GSUP_HOME, else $XDG_STATE_HOME/gsup."""
+    if home:
+        return Path(home).expanduser().absolute()
+    if os.environ.get("GSUP_HOME"):
+        return Path(os.environ["GSUP_HOME"]).expanduser().absolute()
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg).expanduser().absolute() / "gsup"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The files of one state dir."""
+
+    home: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.home / "gsup.sock"
+
+    @property
+    def journal(self) -> Path:
+        return self.home / "journal.sqlite"
+
+    @property
+    def lock(self) -> Path:
+        return self.home / "daemon.lock"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def config(self) -> Path:
+        return self.home / "gsup.toml"
+
+    def job_output(self, job_id: int, stream: str) -> Path:
+        """Where job `job_id` writes `stream` ("out" or "err")."""
+        return self.logs / f"{job_id}.{stream}"
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    name: str
+    threads: int = DEFAULT_THREADS
+    # Jobs handed to the pool beyond its threads, so a thread that finishes
+    # finds its next job without waiting for the supervisor's next turn.
+    queue_size: int = DEFAULT_THREADS
+
+
+@dataclass(frozen=True)
+class Settings:
+    paths: Paths
+    pools: tuple[PoolSettings, ...] = field(
+        default_factory=lambda: tuple(PoolSettings(name) for name in POOL_NAMES)
+    )
+    grace: float = 10.0  # seconds running jobs get when the daemon stops
+    stop_grace: float = 2.0  # seconds a stopped thread gets before its pool is recycled
+    max_message: int = MAX_MESSAGE
+
+    def pool(self, name: str) -> PoolSettings:
+        return next(p for p in self.pools if p.name == name)
+
+
+def _positive_int(value: object, what: str) -> int:
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a whole number, not {value!r}") from None
+    if number < 1:
+        raise ConfigError(f"{what} must be at least 1, not {number}")
+    return number
+
+
+def _read_toml(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def load_settings(
+    home: Path,
+    threads: dict[str, int | None] | None = None,
+    grace: float | None = None,
+) -> Settings:
+    """Settings for the daemon of state dir `home`; `threads` are flag values."""
+    paths = Paths(home)
+    toml = _read_toml(paths.config)
+    pools = []
+    for name in POOL_NAMES:
+        section = toml.get("pools", {}).get(name, {})
+        env = os.environ.get(f"GSUP_{name.upper()}_THREADS")
+        flag = (threads or {}).get(name)
+        count = _positive_int(
+            next(v for v in (flag, env, section.get("threads"), DEFAULT_THREADS) if v is not None),
+            f"threads of pool {name!r}",
+        )
+        queue = _positive_int(section.get("queue_size", count), f"queue_size of pool {name!r}")
+        pools.append(PoolSettings(name, count, queue))
+    if grace is None:
+        grace = float(os.environ.get("GSUP_GRACE", toml.get("grace", 10.0)))
+    if grace < 0:
+        raise ConfigError(f"grace must not be negative, not {grace}")
+    return Settings(
+        paths=paths,
+        pools=tuple(pools),
+        grace=grace,
+        stop_grace=float(toml.get("stop_grace", 2.0)),
+        max_message=_positive_int(toml.get("max_message", MAX_MESSAGE), "max_message"),
+    )

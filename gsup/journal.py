@@ -1,0 +1,414 @@
+"""The journal: one SQLite file, written by the supervisor only, read by anyone.
+
+Models describe the schema and serve the CLI's queries. The supervisor's hot path
+uses prepared SQL through the same connection: a model statement costs about three
+times a raw one. Every state change goes through `Writer.transition`, which checks it
+against the state machine and writes the job row and its event row together.
+The supervisor opens one transaction per turn of its loop (group commit).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+
+from gsup.config import POOL_NAMES
+from gsup.lifecycle import State, check_transition
+from gsup.protocol import JobSpec
+
+database = pw.SqliteDatabase(None)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+
+
+class Job(BaseModel):
+    id = pw.AutoField()
+    name = pw.TextField(null=True)
+    pool = pw.TextField()
+    kind = pw.TextField()  # "call" or "cmd"
+    target = pw.TextField()
+    display = pw.TextField()  # the command as tables show it
+    spec = pw.TextField()  # JSON: what the pool needs to run it (arguments, path, cwd, ...)
+    priority = pw.IntegerField()
+    timeout = pw.FloatField(null=True)
+    retries = pw.IntegerField(default=0)
+    on_lost = pw.TextField(default="requeue")
+    state = pw.TextField()
+    attempts = pw.IntegerField(default=0)  # charged runs
+    lost_count = pw.IntegerField(default=0)  # pool deaths it was in flight for
+    worker = pw.TextField(null=True)  # set when a pool thread takes the job up
+    created = pw.FloatField()
+    started = pw.FloatField(null=True)
+    ended = pw.FloatField(null=True)
+    reason = pw.TextField(null=True)  # why it ended
+    result = pw.TextField(null=True)
+    result_type = pw.TextField(null=True)  # "json", or "repr" when not JSON-able
+    error = pw.TextField(null=True)  # "ExceptionType: message"
+    traceback = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "jobs"
+
+
+# The dispatcher's query: the next queued jobs of a pool, by priority then FIFO.
+Job.add_index(
+    Job.index(Job.pool, Job.priority, Job.id, name="jobs_queued_order").where(
+        Job.state == State.QUEUED.value
+    )
+)
+Job.add_index(Job.index(Job.state, name="jobs_state"))
+
+
+class Event(BaseModel):
+    seq = pw.AutoField()
+    job = pw.IntegerField(index=True)
+    before = pw.TextField(null=True)
+    after = pw.TextField()
+    at = pw.FloatField()
+    why = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "events"
+
+
+class Command(BaseModel):
+    """Every request that changes something, journaled before it is acted on."""
+
+    seq = pw.AutoField()
+    at = pw.FloatField()
+    verb = pw.TextField()
+    detail = pw.TextField()  # JSON
+    uid = pw.IntegerField(null=True)
+    pid = pw.IntegerField(null=True)
+
+    class Meta:
+        table_name = "commands"
+
+
+class Pool(BaseModel):
+    name = pw.TextField(primary_key=True)
+    threads = pw.IntegerField()
+    queue_size = pw.IntegerField()
+    frozen = pw.BooleanField(default=False)
+
+    class Meta:
+        table_name = "pools"
+
+
+MODELS = (Job, Event, Command, Pool)
+
+
+class JournalError(Exception):
+    pass
+
+
+def open_database(path: Path, readonly: bool = False) -> pw.SqliteDatabase:
+    """Bind the models to the journal at `path`. Readers never create or write it."""
+    if readonly:
+        if not path.exists():
+            raise JournalError(f"no journal at {path} (has `gsup daemon` run here?)")
+        database.init(f"file:{path}?mode=ro", uri=True, pragmas={"busy_timeout": 5000})
+    else:
+        database.init(
+            str(path),
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "full",  # an acknowledged job survives a power cut
+                "busy_timeout": 5000,
+                "foreign_keys": 0,
+            },
+        )
+    database.connect(reuse_if_open=True)
+    if not readonly:
+        database.create_tables(MODELS)
+    return database
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """What the dispatcher needs of a queued job."""
+
+    id: int
+    kind: str
+    target: str
+    spec: str
+    timeout: float | None
+    retries: int
+    on_lost: str
+    attempts: int
+    lost_count: int
+
+
+class Writer:
+    """The supervisor's statements; one transaction per loop turn (`commit`)."""
+
+    def __init__(self, db: pw.SqliteDatabase) -> None:
+        self.db = db
+        self.conn = db.connection()
+        self._in_transaction = False
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if not self._in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._in_transaction = True
+        return self.conn.execute(sql, params)
+
+    def commit(self) -> None:
+        if self._in_transaction:
+            self.conn.execute("COMMIT")
+            self._in_transaction = False
+
+    def rollback(self) -> None:
+        if self._in_transaction:
+            self.conn.execute("ROLLBACK")
+            self._in_transaction = False
+
+    # A request's writes are undone alone if its handler fails half-way.
+    def savepoint(self) -> None:
+        self._execute("SAVEPOINT request")
+
+    def release_savepoint(self) -> None:
+        self._execute("RELEASE request")
+
+    def rollback_to_savepoint(self) -> None:
+        self._execute("ROLLBACK TO request")
+        self._execute("RELEASE request")
+
+    # --- commands and pools -----------------------------------------------------
+
+    def log_command(self, verb: str, detail: dict[str, Any], uid: int | None, pid: int | None):
+        self._execute(
+            "INSERT INTO commands (at, verb, detail, uid, pid) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), verb, json.dumps(detail), uid, pid),
+        )
+
+    def register_pool(self, name: str, threads: int, queue_size: int) -> bool:
+        """Record a pool's size; returns whether it is frozen (kept across restarts)."""
+        self._execute(
+            "INSERT INTO pools (name, threads, queue_size, frozen) VALUES (?, ?, ?, 0) "
+            "ON CONFLICT(name) DO UPDATE SET threads = excluded.threads, "
+            "queue_size = excluded.queue_size",
+            (name, threads, queue_size),
+        )
+        row = self._execute("SELECT frozen FROM pools WHERE name = ?", (name,)).fetchone()
+        return bool(row[0])
+
+    def set_frozen(self, name: str, frozen: bool) -> None:
+        self._execute("UPDATE pools SET frozen = ? WHERE name = ?", (int(frozen), name))
+
+    # --- jobs -------------------------------------------------------------------
+
+    def insert_jobs(self, specs: Iterable[JobSpec], now: float) -> list[int]:
+        ids = []
+        for spec in specs:
+            runnable = {
+                key: getattr(spec, key)
+                for key in ("arguments", "pickled", "argv", "cwd", "path", "env")
+            }
+            cursor = self._execute(
+                "INSERT INTO jobs (name, pool, kind, target, display, spec, priority, timeout,"
+                " retries, on_lost, state, attempts, lost_count, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?)",
+                (
+                    spec.name, spec.pool, spec.kind, spec.target, spec.display,
+                    json.dumps(runnable), spec.priority, spec.timeout, spec.retries,
+                    spec.on_lost, now,
+                ),
+            )  # fmt: skip
+            ids.append(cursor.lastrowid)
+            self._event(cursor.lastrowid, None, State.QUEUED, now, "added")
+        return ids
+
+    def _event(self, job: int, before: str | None, after: State, now: float, why: str) -> None:
+        self._execute(
+            "INSERT INTO events (job, before, after, at, why) VALUES (?, ?, ?, ?, ?)",
+            (job, before, after.value, now, why),
+        )
+
+    def transition(
+        self,
+        job: int,
+        before: State | str,
+        after: State,
+        why: str,
+        now: float,
+        *,
+        charge: int = 0,
+        lost: int = 0,
+        outcome: dict[str, Any] | None = None,
+    ) -> None:
+        """Move `job` from `before` to `after`, with its event, in this turn's transaction.
+
+        `charge` adds to the charged attempts (1 on dispatch, -1 for a run that was
+        interrupted through no fault of its own); `lost` counts a pool death;
+        `outcome` holds result/result_type/error/traceback of an ended run.
+        """
+        check_transition(before, after)
+        if after == State.QUEUED or after == State.RUNNING:
+            sql = (
+                "UPDATE jobs SET state = ?, attempts = attempts + ?, lost_count = lost_count + ?,"
+                " worker = NULL, started = NULL, ended = NULL WHERE id = ? AND state = ?"
+            )
+            params: tuple = (after.value, charge, lost, job, str(before))
+        else:
+            outcome = outcome or {}
+            sql = (
+                "UPDATE jobs SET state = ?, attempts = attempts + ?, lost_count = lost_count + ?,"
+                " ended = ?, reason = ?, result = ?, result_type = ?, error = ?, traceback = ?"
+                " WHERE id = ? AND state = ?"
+            )
+            params = (
+                after.value, charge, lost, now, why, outcome.get("result"),
+                outcome.get("result_type"), outcome.get("error"), outcome.get("traceback"),
+                job, str(before),
+            )  # fmt: skip
+        if self._execute(sql, params).rowcount != 1:
+            raise JournalError(f"job {job} is not {before}")
+        self._event(job, str(before), after, now, why)
+
+    def mark_started(self, job: int, worker: str, started: float) -> None:
+        self._execute(
+            "UPDATE jobs SET worker = ?, started = ? WHERE id = ? AND state = 'running'",
+            (worker, started, job),
+        )
+
+    def next_queued(self, pool: str, limit: int) -> list[QueuedJob]:
+        rows = self._execute(
+            "SELECT id, kind, target, spec, timeout, retries, on_lost, attempts, lost_count"
+            " FROM jobs WHERE state = 'queued' AND pool = ? ORDER BY priority, id LIMIT ?",
+            (pool, limit),
+        ).fetchall()
+        return [QueuedJob(*row) for row in rows]
+
+    def queued_ids(self, pool: str | None) -> list[int]:
+        if pool is None:
+            rows = self._execute("SELECT id FROM jobs WHERE state = 'queued'").fetchall()
+        else:
+            rows = self._execute(
+                "SELECT id FROM jobs WHERE state = 'queued' AND pool = ?", (pool,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def count_state(self, state: State) -> int:
+        return self._execute("SELECT count(*) FROM jobs WHERE state = ?", (state.value,)).fetchone()[0]
+
+    def states_of(self, jobs: list[int]) -> dict[int, str]:
+        states: dict[int, str] = {}
+        for start in range(0, len(jobs), 500):
+            chunk = jobs[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk)
+            states.update(rows.fetchall())
+        return states
+
+    def job_row(self, job: int) -> dict[str, Any] | None:
+        cursor = self._execute("SELECT * FROM jobs WHERE id = ?", (job,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return dict(zip([c[0] for c in cursor.description], row, strict=True))
+
+    def running_jobs(self) -> list[dict[str, Any]]:
+        cursor = self._execute(
+            "SELECT id, pool, worker, started, retries, on_lost, attempts, lost_count"
+            " FROM jobs WHERE state = 'running' ORDER BY id"
+        )
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+# --- queries for the CLI (read-only) --------------------------------------------
+
+JOB_SUMMARY_FIELDS = (
+    Job.id, Job.name, Job.pool, Job.state, Job.display, Job.priority,
+    Job.attempts, Job.worker, Job.created, Job.started, Job.ended, Job.reason,
+)  # fmt: skip
+
+
+def list_jobs(state: str | None, pool: str | None, limit: int) -> list[dict[str, Any]]:
+    query = Job.select(*JOB_SUMMARY_FIELDS).order_by(Job.id.desc()).limit(limit)
+    if state:
+        query = query.where(Job.state == state)
+    if pool:
+        query = query.where(Job.pool == pool)
+    return list(query.dicts())
+
+
+def job_details(job_id: int) -> dict[str, Any] | None:
+    job = Job.select().where(Job.id == job_id).dicts().first()
+    if job is None:
+        return None
+    job["events"] = list(
+        Event.select(Event.before, Event.after, Event.at, Event.why)
+        .where(Event.job == job_id)
+        .order_by(Event.seq)
+        .dicts()
+    )
+    return job
+
+
+def attempts_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run of a job, derived from its events: from `running` to what followed."""
+    attempts: list[dict[str, Any]] = []
+    for event in events:
+        if event["after"] == State.RUNNING:
+            attempts.append({"number": len(attempts) + 1, "dispatched": event["at"]})
+        elif attempts and event["before"] == State.RUNNING:
+            attempts[-1].update(ended=event["at"], state=event["after"], why=event["why"])
+    return attempts
+
+
+@dataclass
+class PoolSnapshot:
+    name: str
+    threads: int
+    frozen: bool
+    running: list[dict[str, Any]]  # jobs a worker has taken up
+    pending: list[dict[str, Any]]  # the first waiting jobs, handed-over ones first
+    pending_count: int
+
+
+def queues_snapshot(pending_limit: int = 10) -> list[PoolSnapshot]:
+    """What `gsup queues` shows, from the journal alone."""
+    fields = (Job.id, Job.display, Job.priority, Job.worker, Job.started, Job.timeout)
+    snapshots = []
+    pools = sorted(Pool.select(), key=lambda p: (p.name not in POOL_NAMES, POOL_NAMES.index(p.name)
+                   if p.name in POOL_NAMES else 0, p.name))
+    for pool in pools:
+        running = list(
+            Job.select(*fields)
+            .where(Job.pool == pool.name, Job.state == State.RUNNING, Job.worker.is_null(False))
+            .dicts()
+        )
+        handed_over = list(
+            Job.select(*fields)
+            .where(Job.pool == pool.name, Job.state == State.RUNNING, Job.worker.is_null())
+            .order_by(Job.id)
+            .dicts()
+        )
+        queued = (
+            Job.select(*fields)
+            .where(Job.pool == pool.name, Job.state == State.QUEUED)
+            .order_by(Job.priority, Job.id)
+        )
+        pending = (handed_over + list(queued.limit(pending_limit).dicts()))[:pending_limit]
+        snapshots.append(
+            PoolSnapshot(
+                name=pool.name,
+                threads=pool.threads,
+                frozen=pool.frozen,
+                running=running,
+                pending=pending,
+                pending_count=len(handed_over) + queued.count(),
+            )
+        )
+    return snapshots

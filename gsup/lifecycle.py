@@ -1,0 +1,82 @@
+"""The job state machine and the retry decision: the one place that says what may follow what.
+
+    queued ─> running ─> done | failed | timeout | cancelled | lost
+    queued ─> cancelled
+    running ─> queued                       interrupted through no fault of its own
+                                            (daemon stop, a neighbour's pool recycle):
+                                            requeued without charging an attempt
+    failed | timeout | lost | cancelled ─> queued      retry, by policy or by hand
+
+`running` starts when the supervisor hands the job to a pool (journaled before the
+hand-over); the pool reports the moment a thread takes it up, which sets `worker`
+and `started` without a transition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+END_STATES = frozenset(
+    {State.DONE, State.FAILED, State.TIMEOUT, State.CANCELLED, State.LOST}
+)
+RETRYABLE = frozenset({State.FAILED, State.TIMEOUT, State.LOST, State.CANCELLED})
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.RUNNING, State.CANCELLED}),
+    State.RUNNING: frozenset(END_STATES | {State.QUEUED}),
+    State.DONE: frozenset(),
+    **{state: frozenset({State.QUEUED}) for state in RETRYABLE},
+}
+
+# A job that was in flight during this many pool deaths is not requeued again:
+# it is likely what kills the pool (a poison job).
+POISON_AFTER_LOST = 3
+
+
+class TransitionError(Exception):
+    pass
+
+
+def check_transition(before: State | str | None, after: State) -> None:
+    if before is None and after == State.QUEUED:
+        return  # a new job
+    if after not in TRANSITIONS.get(State(before), frozenset()):
+        raise TransitionError(f"a job cannot go from {before} to {after}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a job asked for when it fails; `attempts` counts charged runs so far."""
+
+    retries: int
+    on_lost: str
+    attempts: int
+    lost_count: int = 0
+
+
+def should_retry(state: State, policy: Policy) -> bool:
+    """Whether a job that just ended in `state` goes back to the queue."""
+    if state == State.LOST:
+        return policy.on_lost == "requeue" and policy.lost_count < POISON_AFTER_LOST
+    if state in (State.FAILED, State.TIMEOUT):
+        return policy.attempts <= policy.retries
+    return False
+
+
+def lost_reason(policy: Policy, why: str) -> str:
+    """The end reason of a lost job that is not requeued."""
+    if policy.on_lost == "requeue" and policy.lost_count >= POISON_AFTER_LOST:
+        return f"poison: in flight during {policy.lost_count} pool deaths ({why})"
+    return f"{why}; on_lost=fail"

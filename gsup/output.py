@@ -1,0 +1,100 @@
+"""Per-job output in a pool process whose threads share one sys.stdout.
+
+`contextlib.redirect_stdout` would swap sys.stdout for every thread at once. Instead
+the pool installs, once, stand-ins for sys.stdout and sys.stderr that write to the
+files of the job running on the calling thread, and to the pool's own streams
+for any other thread. A job's files are created on its first write.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+class RoutedStream(io.TextIOBase):
+    def __init__(self, fallback: IO[str], path_of: Callable[[int], Path]) -> None:
+        self._fallback = fallback
+        self._path_of = path_of
+        self._jobs: dict[int, int] = {}  # thread id -> job id
+        self._files: dict[int, IO[str]] = {}  # thread id -> open file
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def _target(self) -> IO[str]:
+        thread = threading.get_ident()
+        job = self._jobs.get(thread)
+        if job is None:
+            return self._fallback
+        file = self._files.get(thread)
+        if file is None:
+            file = self._files[thread] = open(self._path_of(job), "a", encoding="utf-8")
+        return file
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def fileno(self) -> int:
+        return self._target().fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def attach(self, job: int) -> None:
+        self._jobs[threading.get_ident()] = job
+
+    def detach(self) -> None:
+        thread = threading.get_ident()
+        self._jobs.pop(thread, None)
+        file = self._files.pop(thread, None)
+        if file is not None:
+            file.close()
+
+
+class OutputRouter:
+    """Routes the calling thread's sys.stdout/sys.stderr to one job's files."""
+
+    def __init__(self, path_of: Callable[[int, str], Path]) -> None:
+        self.stdout = RoutedStream(sys.stdout, lambda job: path_of(job, "out"))
+        self.stderr = RoutedStream(sys.stderr, lambda job: path_of(job, "err"))
+
+    def install(self) -> None:
+        sys.stdout = self.stdout
+        sys.stderr = self.stderr
+
+    @contextmanager
+    def capture(self, job: int) -> Iterator[None]:
+        self.stdout.attach(job)
+        self.stderr.attach(job)
+        try:
+            yield
+        finally:
+            self.stdout.detach()
+            self.stderr.detach()
+
+
+def tail(path: Path, limit: int = 64 * 1024) -> str:
+    """The last `limit` bytes of a file, as text ("" if there is none)."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, io.SEEK_END)
+            size = file.tell()
+            file.seek(max(0, size - limit))
+            data = file.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    return text if size <= limit else "…" + text

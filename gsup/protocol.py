@@ -1,0 +1,226 @@
+"""The socket protocol, shared by the client and the daemon.
+
+One message is one line of JSON. A request is `{"verb": ..., "id": n, ...fields}`;
+its reply is `{"id": n, "ok": true, ...}` or `{"id": n, "ok": false, "error": "..."}`.
+Each verb has one schema here, one client method and one daemon handler.
+Kept import-light: the CLI's `add` path imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_MESSAGE, POOL_NAMES
+
+KINDS = ("call", "cmd")
+ON_LOST = ("requeue", "fail")
+
+
+class ProtocolError(Exception):
+    """A message that breaks the protocol; the text is sent back to the client."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+class LineReader:
+    """Splits a byte stream into JSON messages, refusing lines over `limit` bytes."""
+
+    def __init__(self, limit: int = MAX_MESSAGE) -> None:
+        self.limit = limit
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buffer += data
+        messages = []
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            messages.append(decode(line, self.limit))
+        if len(self._buffer) > self.limit:
+            self._buffer.clear()
+            raise ProtocolError(f"message larger than {self.limit} bytes")
+        return messages
+
+
+def decode(line: bytes, limit: int = MAX_MESSAGE) -> dict[str, Any]:
+    if len(line) > limit:
+        raise ProtocolError(f"message larger than {limit} bytes")
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"message is not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("message must be a JSON object")
+    return message
+
+
+# --- field checks -------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ProtocolError(message)
+
+
+def check_job_id(value: Any) -> int:
+    _check(_is_int(value) and value > 0, f"job id must be a positive integer, not {value!r}")
+    return value
+
+
+def check_pool(value: Any, allow_all: bool = False) -> str | None:
+    if value is None and allow_all:
+        return None
+    _check(value in POOL_NAMES, f"unknown queue {value!r}; choose from {', '.join(POOL_NAMES)}")
+    return value
+
+
+def check_priority(value: Any) -> int:
+    _check(_is_int(value) and 0 <= value <= 9, f"priority must be 0-9, not {value!r}")
+    return value
+
+
+def check_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    _check(
+        isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
+        f"timeout must be a positive number of seconds, not {value!r}",
+    )
+    return float(value)
+
+
+def _check_str_list(value: Any, what: str) -> list[str]:
+    _check(
+        isinstance(value, list) and all(isinstance(v, str) for v in value),
+        f"{what} must be a list of strings",
+    )
+    return value
+
+
+@dataclass
+class JobSpec:
+    """What a client asks to run. The daemon stores it and never interprets `call` parts.
+
+    A callable travels by reference (`target` is `pkg.mod:attr`) or by value
+    (`pickled` holds it, dill-encoded, and `target` is only a label). Arguments travel
+    as Python literal text (`arguments`, readable in the journal) or inside `pickled`.
+    """
+
+    kind: str = "call"
+    target: str = ""
+    display: str = ""
+    arguments: str | None = None  # literal text of (args, kwargs)
+    pickled: str | None = None  # base64 of dill((callable or None, args, kwargs))
+    argv: list[str] = field(default_factory=list)  # kind == "cmd"
+    cwd: str = "/"
+    path: list[str] = field(default_factory=list)  # prepended to sys.path for imports
+    env: dict[str, str] | None = None  # kind == "cmd": the client's environment
+    pool: str = DEFAULT_POOL
+    priority: int = DEFAULT_PRIORITY
+    timeout: float | None = None
+    retries: int = 0
+    on_lost: str = "requeue"
+    name: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: Any) -> JobSpec:
+        """Validate a job sent by a client; raises ProtocolError naming the bad field."""
+        _check(isinstance(data, dict), "a job must be a JSON object")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        _check(not unknown, f"unknown job fields: {', '.join(sorted(unknown))}")
+        spec = cls(**data)
+        _check(spec.kind in KINDS, f"job kind must be one of {KINDS}, not {spec.kind!r}")
+        for name in ("target", "display", "cwd"):
+            _check(isinstance(getattr(spec, name), str), f"{name} must be a string")
+        for name in ("arguments", "pickled", "name"):
+            value = getattr(spec, name)
+            _check(value is None or isinstance(value, str), f"{name} must be a string")
+        _check_str_list(spec.argv, "argv")
+        _check_str_list(spec.path, "path")
+        _check(
+            spec.env is None
+            or (isinstance(spec.env, dict) and all(isinstance(v, str) for v in spec.env.values())),
+            "env must map names to strings",
+        )
+        if spec.kind == "cmd":
+            _check(bool(spec.argv), "a command job needs a command")
+        else:
+            _check(bool(spec.target), "a call job needs a target")
+            _check(
+                spec.arguments is not None or spec.pickled is not None,
+                "a call job needs arguments or a pickled call",
+            )
+        check_pool(spec.pool)
+        check_priority(spec.priority)
+        spec.timeout = check_timeout(spec.timeout)
+        _check(_is_int(spec.retries) and spec.retries >= 0, "retries must be 0 or more")
+        _check(spec.on_lost in ON_LOST, f"on_lost must be one of {ON_LOST}")
+        return spec
+
+
+# --- requests -------------------------------------------------------------------
+
+MAX_JOBS_PER_ADD = 100_000
+
+
+def check_request(message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Return (verb, checked fields) of a request, or raise ProtocolError."""
+    verb = message.get("verb")
+    checker = _REQUESTS.get(verb)  # type: ignore[arg-type]
+    _check(checker is not None, f"unknown request {verb!r}")
+    return verb, checker(message)  # type: ignore[misc]
+
+
+def _ping(message: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _add(message: dict[str, Any]) -> dict[str, Any]:
+    jobs = message.get("jobs")
+    _check(isinstance(jobs, list) and jobs, "add needs a non-empty list of jobs")
+    _check(len(jobs) <= MAX_JOBS_PER_ADD, f"at most {MAX_JOBS_PER_ADD} jobs per request")
+    return {"jobs": [JobSpec.from_wire(job) for job in jobs]}
+
+
+def _one_job(message: dict[str, Any]) -> dict[str, Any]:
+    return {"job": check_job_id(message.get("job"))}
+
+
+def _purge(message: dict[str, Any]) -> dict[str, Any]:
+    return {"pool": check_pool(message.get("pool"), allow_all=True)}
+
+
+def _freeze(message: dict[str, Any]) -> dict[str, Any]:
+    frozen = message.get("frozen")
+    _check(isinstance(frozen, bool), "frozen must be true or false")
+    return {"pool": check_pool(message.get("pool"), allow_all=True), "frozen": frozen}
+
+
+def _wait(message: dict[str, Any]) -> dict[str, Any]:
+    jobs = message.get("jobs")
+    _check(isinstance(jobs, list) and jobs, "wait needs a non-empty list of job ids")
+    return {"jobs": [check_job_id(job) for job in jobs]}
+
+
+_REQUESTS = {
+    "ping": _ping,
+    "add": _add,
+    "get": _one_job,
+    "cancel": _one_job,
+    "retry": _one_job,
+    "purge": _purge,
+    "freeze": _freeze,
+    "wait": _wait,
+}
+MUTATING = {"add", "cancel", "retry", "purge", "freeze"}

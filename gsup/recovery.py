@@ -1,0 +1,76 @@
+"""Startup reconciliation: what becomes of the jobs the previous daemon left unfinished.
+
+All crash-restore policy is in `plan`:
+- queued: stays queued; nothing ran.
+- running: its pool died with the previous daemon, so the attempt is `lost`. The job
+  goes back to the queue if its on_lost policy is `requeue` and it has not been in
+  flight during POISON_AFTER_LOST pool deaths; otherwise it stays `lost` (on_lost=fail:
+  jobs that must not run twice).
+`apply` journals those decisions and the report in the daemon's first transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gsup.journal import Writer
+from gsup.lifecycle import Policy, State, lost_reason, should_retry
+
+LOST_WITH_DAEMON = "lost with the daemon"
+
+
+@dataclass
+class Decision:
+    job: int
+    pool: str
+    requeue: bool
+    why: str
+
+
+@dataclass
+class RecoveryReport:
+    queued: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def requeued(self) -> list[int]:
+        return [d.job for d in self.decisions if d.requeue]
+
+    @property
+    def lost(self) -> list[int]:
+        return [d.job for d in self.decisions if not d.requeue]
+
+    def summary(self) -> str:
+        return (
+            f"recovery: {self.queued} queued kept, {len(self.requeued)} running requeued"
+            f"{_ids(self.requeued)}, {len(self.lost)} running ended lost{_ids(self.lost)}"
+        )
+
+
+def _ids(ids: list[int], limit: int = 20) -> str:
+    if not ids:
+        return ""
+    shown = ", ".join(map(str, ids[:limit]))
+    return f" ({shown}{', …' if len(ids) > limit else ''})"
+
+
+def plan(journal: Writer) -> RecoveryReport:
+    report = RecoveryReport(queued=journal.count_state(State.QUEUED))
+    for job in journal.running_jobs():
+        policy = Policy(job["retries"], job["on_lost"], job["attempts"], job["lost_count"] + 1)
+        requeue = should_retry(State.LOST, policy)
+        why = LOST_WITH_DAEMON if requeue else lost_reason(policy, LOST_WITH_DAEMON)
+        report.decisions.append(Decision(job["id"], job["pool"], requeue, why))
+    return report
+
+
+def apply(journal: Writer, report: RecoveryReport, now: float) -> None:
+    if not report.decisions:
+        return
+    journal.log_command(
+        "recover", {"requeued": report.requeued, "lost": report.lost}, None, None
+    )
+    for decision in report.decisions:
+        journal.transition(decision.job, State.RUNNING, State.LOST, decision.why, now, lost=1)
+        if decision.requeue:
+            journal.transition(decision.job, State.LOST, State.QUEUED, "requeued after loss", now)

@@ -1,0 +1,135 @@
+"""Tables for people: the queues, job lists, one job. Only query commands import rich."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import time
+from typing import Any
+
+from rich import box
+from rich.columns import Columns
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from gsup.journal import PoolSnapshot, attempts_of
+
+STATE_STYLES = {
+    "queued": "cyan",
+    "running": "yellow",
+    "done": "green",
+    "failed": "red",
+    "timeout": "red",
+    "lost": "magenta",
+    "cancelled": "dim",
+}
+
+
+def timeout_left(job: dict[str, Any], now: float) -> str:
+    if job.get("timeout") is None or job.get("started") is None:
+        return "N/A"
+    left = max(0.0, job["timeout"] - (now - job["started"]))
+    return f"{left:.0f}s of {job['timeout']:g}s"
+
+
+def _workers_table(pool: PoolSnapshot, now: float) -> Table:
+    title = f"gsup {pool.name} threads" + (" (frozen)" if pool.frozen else "")
+    table = Table("Name", "Command", "Timeout", title=title, box=box.SIMPLE_HEAD)
+    by_worker = {job["worker"]: job for job in pool.running}
+    for index in range(pool.threads):
+        name = f"Worker_{index}"
+        job = by_worker.get(name)
+        command = f"#{job['id']} {job['display']}" if job else "idle"
+        table.add_row(name, Text(command, overflow="ellipsis", no_wrap=True),
+                      timeout_left(job, now) if job else "N/A")  # fmt: skip
+    return table
+
+
+def _pending_lines(pool: PoolSnapshot) -> RenderableType:
+    lines = [Text(f"gsup {pool.name} queue: {pool.pending_count} pending", style="bold")]
+    for job in pool.pending:
+        lines.append(Text(f"  #{job['id']} [p{job['priority']}] {job['display']}",
+                          overflow="ellipsis", no_wrap=True))  # fmt: skip
+    if pool.pending_count > len(pool.pending):
+        lines.append(Text(f"  … and {pool.pending_count - len(pool.pending)} more", style="dim"))
+    return Group(*lines)
+
+
+def queues_view(pools: list[PoolSnapshot], daemon_up: bool) -> RenderableType:
+    now = time.time()
+    header = (
+        Text("daemon: running", style="green")
+        if daemon_up
+        else Text("daemon: not running (showing the journal as it was left)", style="yellow")
+    )
+    workers = Columns([_workers_table(pool, now) for pool in pools], padding=(0, 4))
+    return Group(header, workers, *(_pending_lines(pool) for pool in pools))
+
+
+def to_text(renderable: RenderableType, width: int = 120) -> str:
+    """Render without a terminal (for `repr(queues)`)."""
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _state(state: str) -> Text:
+    return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    table = Table("ID", "State", "Queue", "Command", "Tries", "Created", "Reason",
+                  box=box.SIMPLE_HEAD)  # fmt: skip
+    for job in jobs:
+        table.add_row(
+            str(job["id"]), _state(job["state"]), job["pool"],
+            Text(job["display"], overflow="ellipsis", no_wrap=True),
+            str(job["attempts"]), when(job["created"]), job["reason"] or "",
+        )  # fmt: skip
+    return table
+
+
+def job_view(job: dict[str, Any]) -> RenderableType:
+    fields = Table.grid(padding=(0, 2))
+    rows = [
+        ("id", str(job["id"])), ("name", job["name"] or "-"), ("state", _state(job["state"])),
+        ("reason", job["reason"] or "-"), ("queue", job["pool"]), ("kind", job["kind"]),
+        ("command", job["display"]), ("priority", str(job["priority"])),
+        ("timeout", "-" if job["timeout"] is None else f"{job['timeout']:g}s"),
+        ("retries", str(job["retries"])), ("on lost", job["on_lost"]),
+        ("attempts", str(job["attempts"])), ("worker", job["worker"] or "-"),
+        ("created", when(job["created"])), ("started", when(job["started"])),
+        ("ended", when(job["ended"])),
+        ("result", "-" if job["result"] is None else f"{job['result']} ({job['result_type']})"),
+        ("error", job["error"] or "-"),
+    ]  # fmt: skip
+    for name, value in rows:
+        fields.add_row(Text(name, style="bold"), value)
+    attempts = Table("#", "Dispatched", "Ended", "State", "Why", title="attempts",
+                     box=box.SIMPLE_HEAD, title_justify="left")  # fmt: skip
+    for attempt in attempts_of(job["events"]):
+        attempts.add_row(
+            str(attempt["number"]), when(attempt["dispatched"]), when(attempt.get("ended")),
+            _state(attempt.get("state", "running")), attempt.get("why") or "",
+        )  # fmt: skip
+    parts: list[RenderableType] = [fields, attempts]
+    if job["traceback"]:
+        parts.append(Text(job["traceback"].rstrip(), style="red"))
+    return Group(*parts)
+
+
+def queues_for(paths: Any) -> RenderableType:
+    """The `gsup queues` view of a state dir, read from its journal."""
+    from gsup.client import daemon_is_up
+    from gsup.journal import open_database, queues_snapshot
+
+    up = daemon_is_up(paths)
+    open_database(paths.journal, readonly=True)
+    return queues_view(queues_snapshot(), up)

@@ -1,0 +1,90 @@
+"""Building job specs from what a user gives: a target string or a callable, and arguments.
+
+Shared by the CLI and the Python API; import-light (no dill until a callable must
+travel by value).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gsup.protocol import JobSpec
+from gsup.targets import (
+    describe_call,
+    dumps_by_value,
+    literal_text,
+    parse_target,
+    reference_of,
+)
+
+
+def cli_import_path(cwd: str) -> list[str]:
+    """What `python` would put first on sys.path here: the cwd, then $PYTHONPATH."""
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return [cwd, *(os.path.abspath(p) for p in extra)]
+
+
+def call_spec(
+    target: str | Callable[..., Any],
+    args: tuple = (),
+    kwargs: dict[str, Any] | None = None,
+    path: list[str] | None = None,
+    **options: Any,
+) -> JobSpec:
+    """A job that calls `target(*args, **kwargs)` in a pool thread.
+
+    `target` is `pkg.mod:attr` or a callable; an importable callable travels by
+    reference, anything else (a lambda, a closure, a function of __main__) by value.
+    """
+    kwargs = dict(kwargs or {})
+    args = tuple(args)
+    by_value = None
+    if isinstance(target, str):
+        parse_target(target)
+        name = target
+    else:
+        reference = reference_of(target)
+        name = reference or f"{getattr(target, '__module__', '?')}:" + getattr(
+            target, "__qualname__", type(target).__name__
+        )
+        if reference is None:
+            by_value = target
+    arguments = literal_text(args, kwargs)
+    pickled = None
+    if by_value is not None or arguments is None:
+        pickled = dumps_by_value((by_value, args, kwargs))
+        arguments = None
+    cwd = os.getcwd()
+    return JobSpec(
+        kind="call",
+        target=name,
+        display=describe_call(name, args, kwargs),
+        arguments=arguments,
+        pickled=pickled,
+        cwd=cwd,
+        path=path if path is not None else cli_import_path(cwd),
+        **options,
+    )
+
+
+def command_spec(argv: list[str], **options: Any) -> JobSpec:
+    """A job that runs `argv` as a child process in its own session."""
+    import shlex
+
+    return JobSpec(
+        kind="cmd",
+        target=argv[0],
+        display=shlex.join(argv),
+        argv=list(argv),
+        cwd=os.getcwd(),
+        env=dict(os.environ),
+        **options,
+    )
+
+
+def python_path() -> list[str]:
+    """The calling interpreter's import path, for jobs added from Python."""
+    return [os.path.abspath(p or ".") for p in sys.path]

@@ -1,0 +1,184 @@
+"""Targets: `pkg.mod:attr` strings, command-line arguments, callables by value.
+
+The client side (parsing, encoding) stays import-light; dill and importlib work
+happen only in pool processes and in the short-lived `--check` child.
+`python -m gsup.targets` is that child: it reads a job spec on stdin, imports the
+target and binds the arguments, and prints one line.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import importlib
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class TargetError(Exception):
+    """A target or argument that cannot be used; the message says why."""
+
+
+# --- parsing (client side) -----------------------------------------------------
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """Split `pkg.mod:attr.sub` into ("pkg.mod", "attr.sub"), checking every name."""
+    module, colon, attr = text.partition(":")
+    if not colon or not module or not attr:
+        raise TargetError(f"target {text!r} must look like pkg.module:function")
+    for part in (*module.split("."), *attr.split(".")):
+        if not part.isidentifier():
+            raise TargetError(f"target {text!r}: {part!r} is not a Python name")
+    return module, attr
+
+
+def parse_value(text: str, as_string: bool = False) -> Any:
+    """A command-line argument: a Python literal if it parses as one, else the string."""
+    if as_string:
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def parse_keyword(text: str, as_string: bool = False) -> tuple[str, Any]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.isidentifier():
+        raise TargetError(f"keyword argument {text!r} must look like name=value")
+    return name, parse_value(value, as_string)
+
+
+def literal_text(args: tuple, kwargs: dict[str, Any]) -> str | None:
+    """`repr((args, kwargs))` if it reads back as an equal literal, else None."""
+    text = repr((tuple(args), dict(kwargs)))
+    try:
+        same = ast.literal_eval(text) == (tuple(args), dict(kwargs))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return text if same else None
+
+
+def describe_call(target: str, args: tuple, kwargs: dict[str, Any], limit: int = 200) -> str:
+    """`mod:f(1, x=2)`, shortened to `limit` characters for tables."""
+    parts = [_short_repr(a) for a in args] + [f"{k}={_short_repr(v)}" for k, v in kwargs.items()]
+    text = f"{target}({', '.join(parts)})"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a user object whose __repr__ raises
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def reference_of(func: Callable[..., Any]) -> str | None:
+    """`module:qualname` if a fresh process can import `func` by that name, else None."""
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        return None
+    found = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return f"{module}:{qualname}" if found is func else None
+
+
+def dumps_by_value(obj: Any) -> str:
+    import dill  # brought by multiprocess; only the Python API pays its import
+
+    return base64.b64encode(dill.dumps(obj, recurse=True)).decode()
+
+
+def loads_by_value(text: str) -> Any:
+    import dill
+
+    return dill.loads(base64.b64decode(text))
+
+
+# --- resolving (pool side) -----------------------------------------------------
+
+_import_lock = threading.Lock()
+
+
+def resolve(target: str, path: list[str]) -> Callable[..., Any]:
+    """Import `pkg.mod:attr` as Python would with `path` in front of sys.path."""
+    module_name, attr = parse_target(target)
+    with _import_lock:
+        extra = [p for p in path if p not in sys.path]
+        sys.path[:0] = extra
+        try:
+            found: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise TargetError(f"cannot import module {module_name!r}: {exc}") from None
+        except Exception as exc:
+            raise TargetError(
+                f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            for entry in extra:
+                sys.path.remove(entry)
+    for part in attr.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise TargetError(f"{target}: {module_name!r} has no attribute {attr!r}") from None
+    if not callable(found):
+        raise TargetError(f"{target} is not callable (it is a {type(found).__name__})")
+    return found
+
+
+def load_call(
+    target: str, arguments: str | None, pickled: str | None, path: list[str]
+) -> tuple[Callable[..., Any], tuple, dict[str, Any]]:
+    """The callable and arguments of a job, from its spec fields."""
+    func = None
+    if pickled is not None:
+        try:
+            func, args, kwargs = loads_by_value(pickled)
+        except Exception as exc:
+            raise TargetError(f"cannot unpickle the call: {type(exc).__name__}: {exc}") from exc
+    else:
+        args, kwargs = ast.literal_eval(arguments or "((), {})")
+    if func is None:
+        func = resolve(target, path)
+    return func, tuple(args), dict(kwargs)
+
+
+def check_binding(func: Callable[..., Any], target: str, args: tuple, kwargs: dict) -> None:
+    import inspect
+
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: nothing to check
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TargetError(f"{target}{signature} does not accept these arguments: {exc}") from None
+
+
+def _check_main() -> int:
+    """`--check`: import the target and bind its arguments; print one line."""
+    import json
+
+    spec = json.load(sys.stdin)
+    try:
+        func, args, kwargs = load_call(
+            spec["target"], spec["arguments"], spec["pickled"], spec["path"]
+        )
+        check_binding(func, spec["target"], args, kwargs)
+    except TargetError as exc:
+        print(f"gsup: error: {exc}")
+        return 1
+    print(f"ok: {spec['display']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_check_main())
