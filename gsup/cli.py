@@ -217,7 +217,9 @@ def purge(
     client.ping()  # fail before asking if there is no daemon
     which = f"the {queue.value} queue" if queue else "all queues"
     if not yes:
-        typer.confirm(f"Cancel every pending job of {which}?", abort=True)
+        print(f"Cancel every pending job of {which}? [y/N] ", end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            raise GsupError("not confirmed; nothing was cancelled (--yes skips the question)")
     print(f"cancelled {client.purge(_pool(queue))} pending jobs")
 
 

@@ -1,0 +1,145 @@
+"""Adding and running jobs through the real CLI against a real daemon."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import journal_rows
+
+
+def test_add_runs_the_callable_and_stores_its_result(daemon, gsup):
+    job = gsup.add("jobs:add", "123")
+    assert gsup.wait(job) == {job: "done"}
+    shown = gsup.show(job)
+    assert shown["state"] == "done"
+    assert json.loads(shown["result"]) == 123
+    assert shown["result_type"] == "json"
+    assert shown["worker"].startswith("Worker_")
+    assert [(e["before"], e["after"]) for e in shown["events"]] == [
+        (None, "queued"), ("queued", "running"), ("running", "done"),
+    ]  # fmt: skip
+
+
+def test_arguments_are_literals_else_strings(daemon, gsup):
+    job = gsup.add("jobs:types", "123", "[1,2]", "hello", "1.5", "None", "(1,)", "{'a': 1}")
+    gsup.wait(job)
+    assert json.loads(gsup.show(job)["result"]) == [
+        "int", "list", "str", "float", "NoneType", "tuple", "dict",
+    ]  # fmt: skip
+    forced = gsup.add("jobs:types", "123", "[1]", "--str")
+    gsup.wait(forced)
+    assert json.loads(gsup.show(forced)["result"]) == ["str", "str"]
+
+
+def test_keyword_arguments(daemon, gsup):
+    job = gsup.add("jobs:echo", "1", "--kw", "name=[1, 2]", "--kw", "other=text")
+    gsup.wait(job)
+    assert json.loads(gsup.show(job)["result"]) == [[1], {"name": [1, 2], "other": "text"}]
+
+
+def test_dotted_attribute_target(daemon, gsup, workdir):
+    (workdir / "pkgmod.py").write_text("class Tools:\n    @staticmethod\n    def twice(x):\n"
+                                       "        return 2 * x\n")  # fmt: skip
+    job = gsup.add("pkgmod:Tools.twice", "21")
+    gsup.wait(job)
+    assert json.loads(gsup.show(job)["result"]) == 42
+
+
+def test_result_that_is_not_json_is_stored_as_repr(daemon, gsup):
+    job = gsup.add("jobs:unjsonable")
+    gsup.wait(job)
+    shown = gsup.show(job)
+    assert (shown["result"], shown["result_type"]) == ("{1, 2}", "repr")
+
+
+def test_exception_is_stored_with_traceback(daemon, gsup):
+    job = gsup.add("jobs:boom")
+    assert gsup.wait(job) == {job: "failed"}
+    shown = gsup.show(job)
+    assert shown["error"] == "ValueError: bad value"
+    assert 'raise ValueError("bad value")' in shown["traceback"]
+    assert shown["reason"] == "ValueError: bad value"
+    human = gsup("show", str(job)).stdout
+    assert "ValueError: bad value" in human and "Traceback" in human
+
+
+def test_command_job_stores_exit_code_stdout_and_stderr(daemon, gsup, workdir):
+    job = gsup.add("--cmd", "--", "sh", "-c", "pwd; echo oops >&2; exit 3")
+    assert gsup.wait(job) == {job: "failed"}
+    shown = gsup.show(job)
+    result = json.loads(shown["result"])
+    assert result == {"exit_code": 3, "stdout": f"{workdir}\n", "stderr": "oops\n"}
+    assert shown["reason"] == "exit code 3"
+    ok = gsup.add("--cmd", "--", "true")
+    assert gsup.wait(ok) == {ok: "done"}
+
+
+def test_command_not_found_fails_the_job(daemon, gsup):
+    job = gsup.add("--cmd", "--", "no-such-program-here")
+    assert gsup.wait(job) == {job: "failed"}
+    assert "no-such-program-here" in gsup.show(job)["error"]
+
+
+def test_output_is_captured_per_job_while_threads_share_a_process(daemon, gsup):
+    jobs = [gsup.add("jobs:shout", f"job{i}") for i in range(4)]
+    assert set(gsup.wait(*jobs).values()) == {"done"}
+    for i, job in enumerate(jobs):
+        result = gsup("logs", str(job))
+        lines = result.stdout.splitlines()
+        assert lines == [f"job{i} {n}" for n in range(200)]
+        assert result.stderr == f"job{i} to stderr\n"
+
+
+def test_jobs_lists_newest_first_with_filters(daemon, gsup):
+    done = gsup.add("jobs:add", "1")
+    failed = gsup.add("jobs:boom")
+    gsup.wait(done, failed)
+    listed = json.loads(gsup("jobs", "--json").stdout)
+    assert [j["id"] for j in listed] == [failed, done]
+    only_failed = json.loads(gsup("jobs", "--json", "--state", "failed").stdout)
+    assert [j["id"] for j in only_failed] == [failed]
+    assert len(json.loads(gsup("jobs", "--json", "--limit", "1").stdout)) == 1
+    assert json.loads(gsup("jobs", "--json", "--queue", "monitoring").stdout) == []
+    assert "jobs:boom()" in gsup("jobs").stdout
+
+
+def test_monitoring_queue_runs_jobs_too(daemon, gsup):
+    job = gsup.add("jobs:add", "2", "--queue", "monitoring")
+    gsup.wait(job)
+    assert gsup.show(job)["pool"] == "monitoring"
+
+
+def test_retries_run_a_failing_job_again(daemon, gsup):
+    job = gsup.add("jobs:boom", "--retries", "2")
+    assert gsup.wait(job) == {job: "failed"}
+    shown = gsup.show(job)
+    assert shown["attempts"] == 3
+    assert [e["after"] for e in shown["events"]].count("running") == 3
+
+
+def test_retry_by_hand(daemon, gsup, workdir):
+    job = gsup.add("jobs:record", str(workdir / "side"), "x")
+    gsup.wait(job)
+    assert "only an ended job that did not succeed" in gsup("retry", str(job), check=False).stderr
+    failed = gsup.add("jobs:boom")
+    gsup.wait(failed)
+    assert gsup("retry", str(failed)).stdout.strip() == f"{failed}: queued"
+    assert gsup.wait(failed) == {failed: "failed"}
+    assert gsup.show(failed)["attempts"] == 2
+
+
+def test_every_command_is_journaled(daemon, gsup):
+    job = gsup.add("jobs:add", "1")
+    gsup.wait(job)
+    gsup("freeze")
+    gsup("unfreeze")
+    verbs = [row[0] for row in journal_rows(daemon.home, "SELECT verb FROM commands ORDER BY seq")]
+    assert verbs == ["add", "freeze", "unfreeze"]
+
+
+def test_wait_exits_non_zero_unless_all_are_done(daemon, gsup):
+    good = gsup.add("jobs:add", "1")
+    bad = gsup.add("jobs:boom")
+    result = gsup("wait", str(good), str(bad), check=False)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [f"{good}: done", f"{bad}: failed"]

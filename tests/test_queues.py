@@ -1,0 +1,129 @@
+"""The pools as a user sees and steers them: queues, freeze, priorities, cancel, purge."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import wait_until
+
+
+def test_queues_shows_both_pools_with_their_workers(daemon, gsup):
+    out = gsup("queues").stdout
+    assert "daemon: running" in out
+    assert "gsup user threads" in out and "gsup monitoring threads" in out
+    for header in ("Name", "Command", "Timeout"):
+        assert header in out
+    assert out.count("Worker_4") == 2 and "Worker_5" not in out
+    assert "gsup user queue: 0 pending" in out
+
+
+def test_queues_shows_a_running_job_with_its_timeout(daemon, gsup, workdir):
+    flag = workdir / "go"
+    job = gsup.add("jobs:wait_for_file", str(flag), "--timeout", "60")
+    snapshot = wait_until(
+        lambda: [p for p in json.loads(gsup("queues", "--json").stdout)["pools"] if p["running"]],
+        what="the job to start",
+    )
+    assert snapshot[0]["running"][0]["id"] == job
+    out = gsup("queues").stdout
+    assert f"#{job} jobs:wait_for_file(" in out
+    assert "s of 60s" in out
+    flag.touch()
+    assert gsup.wait(job) == {job: "done"}
+
+
+def test_thread_counts_come_from_flags_and_environment(make_daemon, gsup, env):
+    env["GSUP_MONITORING_THREADS"] = "2"
+    make_daemon("--user-threads", "3")
+    pools = {p["name"]: p["threads"] for p in json.loads(gsup("queues", "--json").stdout)["pools"]}
+    assert pools == {"user": 3, "monitoring": 2}
+
+
+def test_thread_counts_come_from_gsup_toml(make_daemon, gsup, home):
+    home.mkdir(parents=True)
+    (home / "gsup.toml").write_text("[pools.user]\nthreads = 2\n")
+    make_daemon()
+    pools = {p["name"]: p["threads"] for p in json.loads(gsup("queues", "--json").stdout)["pools"]}
+    assert pools == {"user": 2, "monitoring": 5}
+
+
+def test_frozen_pool_starts_nothing_and_the_freeze_survives_a_restart(make_daemon, gsup):
+    daemon = make_daemon()
+    assert gsup("freeze", "--queue", "user").stdout.splitlines() == [
+        "user: frozen", "monitoring: running",
+    ]  # fmt: skip
+    job = gsup.add("jobs:add", "1")
+    other = gsup.add("jobs:add", "2", "--queue", "monitoring")
+    assert gsup.wait(other) == {other: "done"}
+    assert gsup.show(job)["state"] == "queued"
+    assert "gsup user threads (frozen)" in gsup("queues").stdout
+    assert f"#{job} [p5] jobs:add(1)" in gsup("queues").stdout
+    assert daemon.stop() == 0
+    make_daemon()
+    assert gsup.show(job)["state"] == "queued"
+    gsup("unfreeze")
+    assert gsup.wait(job) == {job: "done"}
+
+
+def test_priority_then_fifo(make_daemon, gsup, workdir):
+    make_daemon("--user-threads", "1")
+    gsup("freeze")
+    side = str(workdir / "order")
+    for label, priority in [("a9", 9), ("b0", 0), ("c5", 5), ("d0", 0), ("e5", 5)]:
+        gsup.add("jobs:record", side, label, "--priority", str(priority))
+    gsup("unfreeze")
+    last = json.loads(gsup("jobs", "--json", "--limit", "5").stdout)
+    gsup.wait(*[j["id"] for j in last])
+    assert (workdir / "order").read_text().split() == ["b0", "d0", "c5", "e5", "a9"]
+
+
+def test_cancel_a_queued_and_a_running_job(daemon, gsup, workdir):
+    running = gsup.add("jobs:spin", "60")
+    wait_until(lambda: gsup.show(running)["worker"], what="the job to start")
+    assert gsup("cancel", str(running)).stdout.strip() == f"{running}: stopping"
+    assert gsup.wait(running) == {running: "cancelled"}
+    gsup("freeze")
+    queued = gsup.add("jobs:add", "1")
+    assert gsup("cancel", str(queued)).stdout.strip() == f"{queued}: cancelled"
+    assert gsup.show(queued)["state"] == "cancelled"
+    again = gsup("cancel", str(queued), check=False)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"gsup: error: job {queued} has already ended (cancelled)"
+
+
+def test_cancel_a_running_command_kills_it(daemon, gsup):
+    job = gsup.add("--cmd", "--", "sleep", "60")
+    wait_until(lambda: gsup.show(job)["worker"], what="the command to start")
+    gsup("cancel", str(job))
+    assert gsup.wait(job) == {job: "cancelled"}
+
+
+def test_purge_asks_first_and_cancels_pending_jobs(daemon, gsup):
+    gsup("freeze")
+    jobs = [gsup.add("jobs:add", str(i)) for i in range(3)]
+    refused = gsup("purge", check=False)  # no answer on stdin: nothing happens
+    assert refused.returncode == 1
+    assert all(gsup.show(job)["state"] == "queued" for job in jobs)
+    assert gsup("purge", input="y\n").stdout.splitlines()[-1] == "cancelled 3 pending jobs"
+    assert all(gsup.show(job)["state"] == "cancelled" for job in jobs)
+    gsup.add("jobs:add", "1", "--queue", "monitoring")
+    assert gsup("purge", "--queue", "user", "--yes").stdout.strip() == "cancelled 0 pending jobs"
+
+
+def test_timeout_stops_a_sleeping_job_by_recycling_its_pool(daemon, gsup):
+    job = gsup.add("jobs:sleep", "60", "--timeout", "0.5")
+    assert gsup.wait(job) == {job: "timeout"}
+    assert "timed out after 0.5s" in gsup.show(job)["reason"]
+    after = gsup.add("jobs:add", "1")  # the recycled pool works
+    assert gsup.wait(after) == {after: "done"}
+
+
+def test_timeout_stops_a_spinning_job_without_disturbing_its_neighbours(daemon, gsup, workdir):
+    flag = workdir / "go"
+    neighbour = gsup.add("jobs:wait_for_file", str(flag))
+    job = gsup.add("jobs:spin", "60", "--timeout", "0.5")
+    assert gsup.wait(job) == {job: "timeout"}
+    assert gsup.show(job)["reason"] == "timed out after 0.5s"
+    flag.touch()
+    assert gsup.wait(neighbour) == {neighbour: "done"}
+    assert gsup.show(neighbour)["attempts"] == 1
