@@ -1,8 +1,8 @@
 """gsup: a job supervisor that never loses a job.
 
-    from gsup import queues
-    job = queues.add(f, args=(123,))
-    job.result(timeout=60)
+from gsup import queues
+job = queues.add(f, args=(123,))
+job.result(timeout=60)
 """
 
 from gsup.api import JobFailed, JobHandle, Queues

@@ -18,7 +18,9 @@ class JobFailed(GsupError):
     def __init__(self, job: dict[str, Any]) -> None:
         self.job = job
         detail = job.get("error") or job.get("reason") or ""
-        super().__init__(f"job {job['id']} ended {job['state']}" + (f": {detail}" if detail else ""))
+        super().__init__(
+            f"job {job['id']} ended {job['state']}" + (f": {detail}" if detail else "")
+        )
 
 
 class JobHandle:
@@ -51,7 +53,10 @@ class JobHandle:
 
 
 class Queues:
-    """The daemon's pools, as Ganga's `queues`; printing it shows the same table as `gsup queues`."""
+    """The daemon's pools, as Ganga's `queues`.
+
+    Printed at a prompt, it shows the same table as `gsup queues`.
+    """
 
     def __init__(self, home: str | Path | None = None) -> None:
         self._home = home
@@ -77,9 +82,17 @@ class Queues:
     ) -> JobHandle:
         """Run `func(*args, **kwargs)` in a pool thread; returns once the job is journaled."""
         spec = call_spec(
-            func, tuple(args), kwargs, python_path(), pool=queue, priority=priority,
-            timeout=timeout, name=name, retries=retries, on_lost=on_lost,
-        )  # fmt: skip
+            func,
+            tuple(args),
+            kwargs,
+            python_path(),
+            pool=queue,
+            priority=priority,
+            timeout=timeout,
+            name=name,
+            retries=retries,
+            on_lost=on_lost,
+        )
         (job,) = self.client.add([spec])
         return JobHandle(self.client, job)
 

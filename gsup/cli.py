@@ -72,9 +72,16 @@ def _open_journal(paths: Paths) -> None:
 @app.command()
 def daemon(
     home: Home = None,
-    user_threads: Annotated[int | None, typer.Option(min=1, help="Threads of the user pool [default: 5]")] = None,  # noqa: E501
-    monitoring_threads: Annotated[int | None, typer.Option(min=1, help="Threads of the monitoring pool [default: 5]")] = None,  # noqa: E501
-    grace: Annotated[float | None, typer.Option(min=0, help="Seconds running jobs get when the daemon stops [default: 10]")] = None,  # noqa: E501
+    user_threads: Annotated[
+        int | None, typer.Option(min=1, help="Threads of the user pool [default: 5]")
+    ] = None,
+    monitoring_threads: Annotated[
+        int | None, typer.Option(min=1, help="Threads of the monitoring pool [default: 5]")
+    ] = None,
+    grace: Annotated[
+        float | None,
+        typer.Option(min=0, help="Seconds running jobs get when the daemon stops [default: 10]"),
+    ] = None,
 ) -> None:
     """Run the supervisor in the foreground (under systemd, or by hand)."""
     from gsup.config import ConfigError, load_settings
@@ -96,26 +103,52 @@ def daemon(
 
 @app.command(context_settings={"ignore_unknown_options": False})
 def add(
-    target: Annotated[str, typer.Argument(help="pkg.module:function, or with --cmd the program", show_default=False)],  # noqa: E501
-    args: Annotated[list[str] | None, typer.Argument(help="Arguments: Python literals, else strings", show_default=False)] = None,  # noqa: E501
-    kw: Annotated[list[str] | None, typer.Option("--kw", help="Keyword argument name=value (repeatable)")] = None,  # noqa: E501
+    target: Annotated[
+        str,
+        typer.Argument(help="pkg.module:function, or with --cmd the program", show_default=False),
+    ],
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="Arguments: Python literals, else strings", show_default=False),
+    ] = None,
+    kw: Annotated[
+        list[str] | None, typer.Option("--kw", help="Keyword argument name=value (repeatable)")
+    ] = None,
     as_str: Annotated[bool, typer.Option("--str", help="Pass every argument as a string")] = False,
-    queue: Annotated[PoolName, typer.Option("--queue", "-q", help="Pool to run in")] = PoolName.user,  # type: ignore[attr-defined]  # noqa: E501
-    priority: Annotated[int, typer.Option("--priority", "-p", min=0, max=9, help="0 runs first; FIFO among equals")] = DEFAULT_PRIORITY,  # noqa: E501
-    timeout: Annotated[float | None, typer.Option(min=0.001, help="Seconds before the job is stopped")] = None,  # noqa: E501
+    queue: Annotated[
+        PoolName, typer.Option("--queue", "-q", help="Pool to run in")
+    ] = PoolName.user,  # type: ignore[attr-defined]
+    priority: Annotated[
+        int, typer.Option("--priority", "-p", min=0, max=9, help="0 runs first; FIFO among equals")
+    ] = DEFAULT_PRIORITY,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Seconds before the job is stopped")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="A name to show")] = None,
     retries: Annotated[int, typer.Option(min=0, help="Runs again after a failure or timeout")] = 0,
-    on_lost: Annotated[str, typer.Option(help="requeue, or fail for jobs that must not run twice")] = "requeue",  # noqa: E501
-    cmd: Annotated[bool, typer.Option("--cmd", help="Run a command: gsup add --cmd -- prog args...")] = False,  # noqa: E501
-    check: Annotated[bool, typer.Option("--check", help="Import the target and bind the arguments; add nothing")] = False,  # noqa: E501
+    on_lost: Annotated[
+        str, typer.Option(help="requeue, or fail for jobs that must not run twice")
+    ] = "requeue",
+    cmd: Annotated[
+        bool, typer.Option("--cmd", help="Run a command: gsup add --cmd -- prog args...")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Import the target and bind the arguments; add nothing")
+    ] = False,
     home: Home = None,
 ) -> None:
     """Add a job; prints its id once the journal holds it."""
     from gsup.specs import call_spec, command_spec
     from gsup.targets import TargetError, parse_keyword, parse_value
 
-    options = dict(pool=queue.value, priority=priority, timeout=timeout, name=name,
-                   retries=retries, on_lost=on_lost)  # fmt: skip
+    options = dict(
+        pool=queue.value,
+        priority=priority,
+        timeout=timeout,
+        name=name,
+        retries=retries,
+        on_lost=on_lost,
+    )
     try:
         if cmd:
             spec = command_spec([target, *(args or [])], **options)
@@ -180,7 +213,9 @@ def queues(
     _open_journal(paths)
     pools = queues_snapshot()
     if as_json:
-        _print_json({"daemon": "running" if up else "not running", "pools": [asdict(p) for p in pools]})  # noqa: E501
+        _print_json(
+            {"daemon": "running" if up else "not running", "pools": [asdict(p) for p in pools]}
+        )
     else:
         _console().print(queues_view(pools, up))
 
@@ -228,7 +263,9 @@ def purge(
 
 @app.command()
 def jobs(
-    state: Annotated[str | None, typer.Option("--state", "-s", help="Only jobs in this state")] = None,  # noqa: E501
+    state: Annotated[
+        str | None, typer.Option("--state", "-s", help="Only jobs in this state")
+    ] = None,
     queue: QueueOption = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many, newest first")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
@@ -308,7 +345,9 @@ def retry(jobs: Annotated[list[int], typer.Argument(help="Job ids")], home: Home
 @app.command()
 def wait(
     jobs: Annotated[list[int], typer.Argument(help="Job ids")],
-    timeout: Annotated[float | None, typer.Option(min=0, help="Give up after this many seconds")] = None,  # noqa: E501
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Give up after this many seconds")
+    ] = None,
     home: Home = None,
 ) -> None:
     """Block until the jobs end; exit 0 only if all are done."""
@@ -323,8 +362,20 @@ def wait(
 
 
 def main() -> None:
+    from typer.exceptions import TyperException
+
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")
     try:
-        app()
+        code = app(standalone_mode=False)
+    except TyperException as exc:  # a usage error: one line, not a usage block
+        print(
+            f"gsup: error: {exc.format_message()} (see: gsup {_command_name()}--help)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    except (typer.Abort, EOFError):
+        sys.exit(1)
     except GsupError as exc:
         print(f"gsup: error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -332,3 +383,11 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         os._exit(1)  # `gsup jobs | head`: the reader went away
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command_name() -> str:
+    """The command of the failed invocation, if it names one, for the help hint."""
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    words = [word for word in sys.argv[1:2] if word in commands]
+    return f"{words[0]} " if words else ""

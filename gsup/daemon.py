@@ -170,7 +170,7 @@ class Supervisor:
         self._catch_signals()
         for pool in self.pools.values():
             self._start_pool(pool)
-        sizes = ", ".join(f"{p.name}×{p.settings.threads}" for p in self.pools.values())
+        sizes = ", ".join(f"{p.name} {p.settings.threads} threads" for p in self.pools.values())
         say(f"ready: home {self.paths.home}, pools {sizes}, pid {os.getpid()}")
         while not self.done:
             self._turn()
@@ -314,8 +314,10 @@ class Supervisor:
                 if timeout_at is not None and now >= timeout_at:
                     self._stop_flight(pool, flight, "timeout", now)
                 elif recycle_at is not None and now >= recycle_at and not pool.recycling:
-                    say(f"job {flight.job} did not stop within {self.settings.stop_grace:g}s: "
-                        f"recycling pool {pool.name}")  # fmt: skip
+                    say(
+                        f"job {flight.job} did not stop within {self.settings.stop_grace:g}s: "
+                        f"recycling pool {pool.name}"
+                    )
                     self._kill_pool(pool)
         if self.stopping and (
             now >= self.stop_deadline or not any(p.flights for p in self.pools.values())
@@ -437,7 +439,9 @@ class Supervisor:
         elif conn.close_after_send:
             self._drop_client(conn)
         else:
-            self.selector.modify(conn.sock, selectors.EVENT_READ, lambda m, c=conn: self._client(c, m))
+            self.selector.modify(
+                conn.sock, selectors.EVENT_READ, lambda m, c=conn: self._client(c, m)
+            )
 
     def _drop_client(self, conn: Connection) -> None:
         if self.connections.pop(conn.sock.fileno(), None) is None:
@@ -482,8 +486,10 @@ class Supervisor:
         job = fields["job"]
         row = self._job_row(job)
         if row["state"] not in RETRYABLE:
-            raise RequestError(f"job {job} is {row['state']}; only an ended job that did not "
-                               "succeed can be retried")  # fmt: skip
+            raise RequestError(
+                f"job {job} is {row['state']}; only an ended job that did not "
+                "succeed can be retried"
+            )
         self.journal.log_command("retry", {"job": job}, conn.uid, conn.pid)
         self.journal.transition(job, row["state"], State.QUEUED, "retried by request", time.time())
         self.pools[row["pool"]].maybe_queued = True
@@ -551,16 +557,23 @@ class Supervisor:
         pool.outbox.append(("stop", flight.job))
 
     def _end_run(
-        self, pool: PoolHandle, flight: Flight, state: State, why: str, now: float,
+        self,
+        pool: PoolHandle,
+        flight: Flight,
+        state: State,
+        why: str,
+        now: float,
         outcome: dict[str, Any] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """A run ended: journal it, then requeue it or report it final, by its policy."""
         pool.flights.pop(flight.job, None)
         lost = int(state == State.LOST)
         retry = should_retry(state, flight.policy(lost))
         if state == State.LOST and not retry:
             why = lost_reason(flight.policy(lost), why)
-        self.journal.transition(flight.job, State.RUNNING, state, why, now, lost=lost, outcome=outcome)
+        self.journal.transition(
+            flight.job, State.RUNNING, state, why, now, lost=lost, outcome=outcome
+        )
         if retry:
             self.journal.transition(flight.job, state, State.QUEUED, f"retry after {state}", now)
             pool.maybe_queued = True
@@ -581,7 +594,9 @@ class Supervisor:
                 waiter.states[job] = state.value
                 if not waiter.pending:
                     self.waiters.remove(waiter)
-                    self._reply(waiter.conn, waiter.request_id, {"ok": True, "states": waiter.states})
+                    self._reply(
+                        waiter.conn, waiter.request_id, {"ok": True, "states": waiter.states}
+                    )
 
     # --- pools ----------------------------------------------------------------------------
 
@@ -595,10 +610,16 @@ class Supervisor:
         settings = pool.settings
         process = multiprocess.get_context("fork").Process(
             target=pool_main,
-            args=(settings.name, settings.threads, settings.queue_size, theirs,
-                  str(self.paths.home), inherited),
+            args=(
+                settings.name,
+                settings.threads,
+                settings.queue_size,
+                theirs,
+                str(self.paths.home),
+                inherited,
+            ),
             name=f"gsup-pool-{settings.name}",
-        )  # fmt: skip
+        )
         process.start()
         with contextlib.suppress(OSError):
             os.setpgid(process.pid, process.pid)  # set on both sides: no window without it
@@ -609,7 +630,9 @@ class Supervisor:
         pool.started_at, pool.restart_at, pool.recycling = time.time(), None, False
         pool.maybe_queued = True
         self.selector.register(ours, selectors.EVENT_READ, lambda m, p=pool: self._pool_io(p, m))
-        self.selector.register(pool.pidfd, selectors.EVENT_READ, lambda m, p=pool: self._pool_exit(p))
+        self.selector.register(
+            pool.pidfd, selectors.EVENT_READ, lambda m, p=pool: self._pool_exit(p)
+        )
         if pool.frozen:
             pool.outbox.append(("freeze", True))
 
@@ -661,9 +684,14 @@ class Supervisor:
                 self._pool_ended_job(pool, flight, result, why, outcome, now)
 
     def _pool_ended_job(
-        self, pool: PoolHandle, flight: Flight, result: str, why: str,
-        outcome: dict[str, Any], now: float,
-    ) -> None:  # fmt: skip
+        self,
+        pool: PoolHandle,
+        flight: Flight,
+        result: str,
+        why: str,
+        outcome: dict[str, Any],
+        now: float,
+    ) -> None:
         if result == "done":
             self._end_run(pool, flight, State.DONE, why, now, outcome)
         elif result == "failed" or flight.stop is None:

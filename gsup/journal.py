@@ -219,11 +219,19 @@ class Writer:
                 " retries, on_lost, state, attempts, lost_count, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?)",
                 (
-                    spec.name, spec.pool, spec.kind, spec.target, spec.display,
-                    json.dumps(runnable), spec.priority, spec.timeout, spec.retries,
-                    spec.on_lost, now,
+                    spec.name,
+                    spec.pool,
+                    spec.kind,
+                    spec.target,
+                    spec.display,
+                    json.dumps(runnable),
+                    spec.priority,
+                    spec.timeout,
+                    spec.retries,
+                    spec.on_lost,
+                    now,
                 ),
-            )  # fmt: skip
+            )
             ids.append(cursor.lastrowid)
             self._event(cursor.lastrowid, None, State.QUEUED, now, "added")
         return ids
@@ -267,10 +275,18 @@ class Writer:
                 " WHERE id = ? AND state = ?"
             )
             params = (
-                after.value, charge, lost, now, why, outcome.get("result"),
-                outcome.get("result_type"), outcome.get("error"), outcome.get("traceback"),
-                job, str(before),
-            )  # fmt: skip
+                after.value,
+                charge,
+                lost,
+                now,
+                why,
+                outcome.get("result"),
+                outcome.get("result_type"),
+                outcome.get("error"),
+                outcome.get("traceback"),
+                job,
+                str(before),
+            )
         if self._execute(sql, params).rowcount != 1:
             raise JournalError(f"job {job} is not {before}")
         self._event(job, str(before), after, now, why)
@@ -299,7 +315,9 @@ class Writer:
         return [row[0] for row in rows]
 
     def count_state(self, state: State) -> int:
-        return self._execute("SELECT count(*) FROM jobs WHERE state = ?", (state.value,)).fetchone()[0]
+        return self._execute(
+            "SELECT count(*) FROM jobs WHERE state = ?", (state.value,)
+        ).fetchone()[0]
 
     def states_of(self, jobs: list[int]) -> dict[int, str]:
         states: dict[int, str] = {}
@@ -329,9 +347,19 @@ class Writer:
 # --- queries for the CLI (read-only) --------------------------------------------
 
 JOB_SUMMARY_FIELDS = (
-    Job.id, Job.name, Job.pool, Job.state, Job.display, Job.priority,
-    Job.attempts, Job.worker, Job.created, Job.started, Job.ended, Job.reason,
-)  # fmt: skip
+    Job.id,
+    Job.name,
+    Job.pool,
+    Job.state,
+    Job.display,
+    Job.priority,
+    Job.attempts,
+    Job.worker,
+    Job.created,
+    Job.started,
+    Job.ended,
+    Job.reason,
+)
 
 
 def list_jobs(state: str | None, pool: str | None, limit: int) -> list[dict[str, Any]]:
@@ -381,8 +409,14 @@ def queues_snapshot(pending_limit: int = 10) -> list[PoolSnapshot]:
     """What `gsup queues` shows, from the journal alone."""
     fields = (Job.id, Job.display, Job.priority, Job.worker, Job.started, Job.timeout)
     snapshots = []
-    pools = sorted(Pool.select(), key=lambda p: (p.name not in POOL_NAMES, POOL_NAMES.index(p.name)
-                   if p.name in POOL_NAMES else 0, p.name))
+    pools = sorted(
+        Pool.select(),
+        key=lambda p: (
+            p.name not in POOL_NAMES,
+            POOL_NAMES.index(p.name) if p.name in POOL_NAMES else 0,
+            p.name,
+        ),
+    )
     for pool in pools:
         running = list(
             Job.select(*fields)

@@ -28,9 +28,7 @@ class State(StrEnum):
     LOST = "lost"
 
 
-END_STATES = frozenset(
-    {State.DONE, State.FAILED, State.TIMEOUT, State.CANCELLED, State.LOST}
-)
+END_STATES = frozenset({State.DONE, State.FAILED, State.TIMEOUT, State.CANCELLED, State.LOST})
 RETRYABLE = frozenset({State.FAILED, State.TIMEOUT, State.LOST, State.CANCELLED})
 
 TRANSITIONS: dict[State, frozenset[State]] = {

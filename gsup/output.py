@@ -35,7 +35,9 @@ class RoutedStream(io.TextIOBase):
             return self._fallback
         file = self._files.get(thread)
         if file is None:
-            file = self._files[thread] = open(self._path_of(job), "a", encoding="utf-8")
+            # Kept open across writes; `detach` closes it when the job ends.
+            file = open(self._path_of(job), "a", encoding="utf-8")  # noqa: SIM115
+            self._files[thread] = file
         return file
 
     def write(self, text: str) -> int:

@@ -67,9 +67,7 @@ def plan(journal: Writer) -> RecoveryReport:
 def apply(journal: Writer, report: RecoveryReport, now: float) -> None:
     if not report.decisions:
         return
-    journal.log_command(
-        "recover", {"requeued": report.requeued, "lost": report.lost}, None, None
-    )
+    journal.log_command("recover", {"requeued": report.requeued, "lost": report.lost}, None, None)
     for decision in report.decisions:
         journal.transition(decision.job, State.RUNNING, State.LOST, decision.why, now, lost=1)
         if decision.requeue:

@@ -41,16 +41,24 @@ def _workers_table(pool: PoolSnapshot, now: float) -> Table:
         name = f"Worker_{index}"
         job = by_worker.get(name)
         command = f"#{job['id']} {job['display']}" if job else "idle"
-        table.add_row(name, Text(command, overflow="ellipsis", no_wrap=True),
-                      timeout_left(job, now) if job else "N/A")  # fmt: skip
+        table.add_row(
+            name,
+            Text(command, overflow="ellipsis", no_wrap=True),
+            timeout_left(job, now) if job else "N/A",
+        )
     return table
 
 
 def _pending_lines(pool: PoolSnapshot) -> RenderableType:
     lines = [Text(f"gsup {pool.name} queue: {pool.pending_count} pending", style="bold")]
     for job in pool.pending:
-        lines.append(Text(f"  #{job['id']} [p{job['priority']}] {job['display']}",
-                          overflow="ellipsis", no_wrap=True))  # fmt: skip
+        lines.append(
+            Text(
+                f"  #{job['id']} [p{job['priority']}] {job['display']}",
+                overflow="ellipsis",
+                no_wrap=True,
+            )
+        )
     if pool.pending_count > len(pool.pending):
         lines.append(Text(f"  … and {pool.pending_count - len(pool.pending)} more", style="dim"))
     return Group(*lines)
@@ -85,40 +93,64 @@ def _state(state: str) -> Text:
 
 
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
-    table = Table("ID", "State", "Queue", "Command", "Tries", "Created", "Reason",
-                  box=box.SIMPLE_HEAD)  # fmt: skip
+    table = Table(
+        "ID", "State", "Queue", "Command", "Tries", "Created", "Reason", box=box.SIMPLE_HEAD
+    )
     for job in jobs:
         table.add_row(
-            str(job["id"]), _state(job["state"]), job["pool"],
+            str(job["id"]),
+            _state(job["state"]),
+            job["pool"],
             Text(job["display"], overflow="ellipsis", no_wrap=True),
-            str(job["attempts"]), when(job["created"]), job["reason"] or "",
-        )  # fmt: skip
+            str(job["attempts"]),
+            when(job["created"]),
+            job["reason"] or "",
+        )
     return table
 
 
 def job_view(job: dict[str, Any]) -> RenderableType:
     fields = Table.grid(padding=(0, 2))
     rows = [
-        ("id", str(job["id"])), ("name", job["name"] or "-"), ("state", _state(job["state"])),
-        ("reason", job["reason"] or "-"), ("queue", job["pool"]), ("kind", job["kind"]),
-        ("command", job["display"]), ("priority", str(job["priority"])),
+        ("id", str(job["id"])),
+        ("name", job["name"] or "-"),
+        ("state", _state(job["state"])),
+        ("reason", job["reason"] or "-"),
+        ("queue", job["pool"]),
+        ("kind", job["kind"]),
+        ("command", job["display"]),
+        ("priority", str(job["priority"])),
         ("timeout", "-" if job["timeout"] is None else f"{job['timeout']:g}s"),
-        ("retries", str(job["retries"])), ("on lost", job["on_lost"]),
-        ("attempts", str(job["attempts"])), ("worker", job["worker"] or "-"),
-        ("created", when(job["created"])), ("started", when(job["started"])),
+        ("retries", str(job["retries"])),
+        ("on lost", job["on_lost"]),
+        ("attempts", str(job["attempts"])),
+        ("worker", job["worker"] or "-"),
+        ("created", when(job["created"])),
+        ("started", when(job["started"])),
         ("ended", when(job["ended"])),
         ("result", "-" if job["result"] is None else f"{job['result']} ({job['result_type']})"),
         ("error", job["error"] or "-"),
-    ]  # fmt: skip
+    ]
     for name, value in rows:
         fields.add_row(Text(name, style="bold"), value)
-    attempts = Table("#", "Dispatched", "Ended", "State", "Why", title="attempts",
-                     box=box.SIMPLE_HEAD, title_justify="left")  # fmt: skip
+    attempts = Table(
+        "#",
+        "Dispatched",
+        "Ended",
+        "State",
+        "Why",
+        title="attempts",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+    )
     for attempt in attempts_of(job["events"]):
         attempts.add_row(
-            str(attempt["number"]), when(attempt["dispatched"]), when(attempt.get("ended")),
-            _state(attempt.get("state", "running")), attempt.get("why") or "",
-        )  # fmt: skip
+            str(attempt["number"]),
+            when(attempt["dispatched"]),
+            when(attempt.get("ended")),
+            _state(attempt.get("state", "running")),
+            attempt.get("why") or "",
+        )
     parts: list[RenderableType] = [fields, attempts]
     if job["traceback"]:
         parts.append(Text(job["traceback"].rstrip(), style="red"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -123,7 +124,5 @@ def _signal_name(number: int) -> str:
 
 def kill_group(pid: int) -> None:
     """SIGKILL a command's whole process group (its grandchildren too)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

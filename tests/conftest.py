@@ -207,8 +207,7 @@ class Cli:
         )
         if check and result.returncode != 0:
             raise AssertionError(
-                f"gsup {' '.join(args)} exited {result.returncode}:\n"
-                f"{result.stdout}{result.stderr}"
+                f"gsup {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
             )
         return result
 

@@ -16,16 +16,24 @@ def test_add_runs_the_callable_and_stores_its_result(daemon, gsup):
     assert shown["result_type"] == "json"
     assert shown["worker"].startswith("Worker_")
     assert [(e["before"], e["after"]) for e in shown["events"]] == [
-        (None, "queued"), ("queued", "running"), ("running", "done"),
-    ]  # fmt: skip
+        (None, "queued"),
+        ("queued", "running"),
+        ("running", "done"),
+    ]
 
 
 def test_arguments_are_literals_else_strings(daemon, gsup):
     job = gsup.add("jobs:types", "123", "[1,2]", "hello", "1.5", "None", "(1,)", "{'a': 1}")
     gsup.wait(job)
     assert json.loads(gsup.show(job)["result"]) == [
-        "int", "list", "str", "float", "NoneType", "tuple", "dict",
-    ]  # fmt: skip
+        "int",
+        "list",
+        "str",
+        "float",
+        "NoneType",
+        "tuple",
+        "dict",
+    ]
     forced = gsup.add("jobs:types", "123", "[1]", "--str")
     gsup.wait(forced)
     assert json.loads(gsup.show(forced)["result"]) == ["str", "str"]
@@ -38,8 +46,9 @@ def test_keyword_arguments(daemon, gsup):
 
 
 def test_dotted_attribute_target(daemon, gsup, workdir):
-    (workdir / "pkgmod.py").write_text("class Tools:\n    @staticmethod\n    def twice(x):\n"
-                                       "        return 2 * x\n")  # fmt: skip
+    (workdir / "pkgmod.py").write_text(
+        "class Tools:\n    @staticmethod\n    def twice(x):\n        return 2 * x\n"
+    )
     job = gsup.add("pkgmod:Tools.twice", "21")
     gsup.wait(job)
     assert json.loads(gsup.show(job)["result"]) == 42

@@ -50,8 +50,9 @@ def test_thread_counts_come_from_gsup_toml(make_daemon, gsup, home):
 def test_frozen_pool_starts_nothing_and_the_freeze_survives_a_restart(make_daemon, gsup):
     daemon = make_daemon()
     assert gsup("freeze", "--queue", "user").stdout.splitlines() == [
-        "user: frozen", "monitoring: running",
-    ]  # fmt: skip
+        "user: frozen",
+        "monitoring: running",
+    ]
     job = gsup.add("jobs:add", "1")
     other = gsup.add("jobs:add", "2", "--queue", "monitoring")
     assert gsup.wait(other) == {other: "done"}

@@ -1,0 +1,123 @@
+"""The Python API against a real daemon: `from gsup import queues; queues.add(f, args=(123,))`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gsup import GsupError, JobFailed, Queues
+
+
+def double(x):
+    return 2 * x
+
+
+@pytest.fixture
+def queues(daemon, home) -> Queues:
+    return Queues(home)
+
+
+def test_an_importable_function_travels_by_reference(queues):
+    job = queues.add(double, args=(21,))
+    assert job.result(timeout=30) == 42
+    assert job.state == "done"
+
+
+def test_lambdas_and_closures_travel_by_value(queues):
+    offset = 100
+
+    def closure(x):
+        return x + offset
+
+    assert queues.add(lambda x, y: x * y, args=(6,), kwargs={"y": 7}).result(30) == 42
+    assert queues.add(closure, args=(1,)).result(30) == 101
+
+
+def test_arguments_that_are_not_literals_travel_by_value(queues):
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    assert queues.add(lambda p: p.x, args=(Point(5),)).result(30) == 5
+
+
+def test_a_failure_raises_with_the_reason(queues):
+    def fails():
+        raise RuntimeError("nope")
+
+    job = queues.add(fails)
+    with pytest.raises(JobFailed, match="RuntimeError: nope"):
+        job.result(30)
+    assert job.state == "failed"
+
+
+def test_result_times_out(queues):
+    import time
+
+    job = queues.add(time.sleep, args=(30,))
+    with pytest.raises(TimeoutError):
+        job.result(timeout=0.2)
+    assert job.state == "running"
+
+
+def test_priority_timeout_and_queue_are_passed(queues, gsup):
+    import json
+    import time
+
+    job = queues.add(time.sleep, args=(30,), timeout=0.3, priority=2, queue="monitoring")
+    with pytest.raises(JobFailed, match="timeout"):
+        job.result(30)
+    shown = json.loads(gsup("show", str(job.id), "--json").stdout)
+    assert (shown["pool"], shown["priority"], shown["timeout"]) == ("monitoring", 2, 0.3)
+
+
+def test_freeze_and_unfreeze(queues):
+    queues.freeze()
+    job = queues.add(double, args=(1,))
+    assert job.state == "queued"
+    queues.unfreeze()
+    assert job.result(30) == 2
+
+
+def test_bad_input_raises_at_once(queues):
+    with pytest.raises(GsupError, match="unknown queue 'nope'"):
+        queues.add(double, args=(1,), queue="nope")
+    with pytest.raises(GsupError, match="priority must be 0-9"):
+        queues.add(double, args=(1,), priority=11)
+
+
+def test_queues_prints_the_same_table_as_the_cli(daemon, env, workdir):
+    script = textwrap.dedent(
+        """
+        from gsup import queues
+        queues.freeze("user")
+        queues.add("jobs:add", args=(1,))
+        print(repr(queues))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "gsup user threads (frozen)" in out
+    assert "Worker_4" in out and "Command" in out and "Timeout" in out
+    assert "gsup user queue: 1 pending" in out and "jobs:add(1)" in out
+
+
+def test_ipython_pretty_printing_uses_the_table(queues):
+    class Printer:
+        text_seen = ""
+
+        def text(self, value):
+            self.text_seen += value
+
+    printer = Printer()
+    queues._repr_pretty_(printer, cycle=False)
+    assert "gsup user threads" in printer.text_seen

@@ -1,0 +1,135 @@
+"""Bad input gets one clear line and a non-zero exit, or a failed job; never a crash."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from conftest import journal_rows
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("nosuchmodule:f", "cannot import module 'nosuchmodule'"),
+        ("jobs:missing", "'jobs' has no attribute 'missing'"),
+        ("jobs:not_callable", "jobs:not_callable is not callable (it is a int)"),
+        ("broken:f", "importing 'broken' raised ZeroDivisionError"),
+    ],
+)
+def test_a_target_that_cannot_be_used_fails_the_job(daemon, gsup, workdir, target, reason):
+    (workdir / "broken.py").write_text("1 / 0\n")
+    job = gsup.add(target)
+    assert gsup.wait(job) == {job: "failed"}
+    assert reason in gsup.show(job)["reason"]
+    assert gsup.wait(gsup.add("jobs:add", "1"))  # the pool still works
+
+
+def test_wrong_arguments_fail_the_job(daemon, gsup):
+    job = gsup.add("jobs:add", "1", "2", "3")
+    assert gsup.wait(job) == {job: "failed"}
+    assert gsup.show(job)["error"].startswith("TypeError: add() takes")
+
+
+def test_a_job_that_calls_sys_exit_only_fails(daemon, gsup, workdir):
+    (workdir / "quits.py").write_text("import sys\ndef f():\n    sys.exit(4)\n")
+    job = gsup.add("quits:f")
+    assert gsup.wait(job) == {job: "failed"}
+    assert gsup.show(job)["error"] == "SystemExit: 4"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["add", "no_colon"], "target 'no_colon' must look like pkg.module:function"),
+        (["add", "jobs:1x"], "'1x' is not a Python name"),
+        (["add", "jobs:add", "--kw", "novalue"], "must look like name=value"),
+        (["add", "jobs:add", "--priority", "10"], "Input should be less than or equal to 9"),
+        (["add", "jobs:add", "--queue", "other"], "'other' is not one of"),
+        (["add", "jobs:add", "--on-lost", "maybe"], "--on-lost must be requeue or fail"),
+        (["show", "999"], "no job 999"),
+        (["cancel", "999"], "no job 999"),
+        (["retry", "999"], "no job 999"),
+        (["wait", "999"], "no job 999"),
+        (["jobs", "--state", "weird"], "unknown state 'weird'"),
+    ],
+)
+def test_cli_errors_are_one_line_and_exit_non_zero(daemon, gsup, args, message):
+    result = gsup(*args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert json.loads(gsup("jobs", "--json").stdout) == []
+
+
+def test_check_binds_without_adding(daemon, gsup):
+    ok = gsup("add", "--check", "jobs:add", "1", "--kw", "y=2")
+    assert ok.stdout.strip() == "ok: jobs:add(1, y=2)"
+    for args, message in [
+        (["nosuch:f"], "cannot import module 'nosuch'"),
+        (["jobs:missing"], "has no attribute 'missing'"),
+        (["jobs:add", "1", "2", "3"], "does not accept these arguments: too many positional"),
+        (["jobs:add"], "missing a required argument: 'x'"),
+    ]:
+        result = gsup("add", "--check", *args, check=False)
+        assert result.returncode == 1, result
+        assert message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert gsup("add", "--check", "--cmd", "--", "no-such-program", check=False).returncode == 1
+    assert json.loads(gsup("jobs", "--json").stdout) == []
+
+
+def test_add_without_a_daemon_says_how_to_start_one(gsup, home):
+    result = gsup("add", "jobs:add", "1", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (  # GSUP_HOME is set, so a plain `gsup daemon` will do
+        f"gsup: error: no gsup daemon is running for {home} (start one with: gsup daemon)"
+    )
+    without_env = gsup("add", "--home", str(home.parent / "other"), "jobs:add", check=False)
+    assert without_env.stderr.strip().endswith(f"gsup daemon --home {home.parent / 'other'})")
+
+
+def _raw_exchange(home, payload: bytes) -> list[dict]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(home / "gsup.sock"))
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+        except BrokenPipeError:
+            pass  # refused half-way: the reply is already there to read
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return [json.loads(line) for line in data.splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"this is not json\n", "message is not JSON"),
+        (b"[1, 2]\n", "message must be a JSON object"),
+        (b'{"verb": "explode", "id": 1}\n', "unknown request 'explode'"),
+        (b'{"verb": "add", "id": 1, "jobs": []}\n', "add needs a non-empty list of jobs"),
+        (
+            b'{"verb": "add", "id": 1, "jobs": [{"kind": "call", "target": "m:f", "priority": 12,'
+            b' "arguments": "((), {})"}]}\n',
+            "priority must be 0-9",
+        ),
+        (b'{"verb": "add", "id": 1, "jobs": [{"bogus": 1}]}\n', "unknown job fields: bogus"),
+        (b'{"verb": "cancel", "id": 1, "job": "x"}\n', "job id must be a positive integer"),
+        (b'{"verb": "freeze", "id": 1, "pool": "user", "frozen": "yes"}\n', "frozen must be"),
+    ],
+)
+def test_malformed_requests_get_an_error_reply(daemon, gsup, payload, error):
+    replies = _raw_exchange(daemon.home, payload)
+    assert replies[0]["ok"] is False
+    assert error in replies[0]["error"]
+    assert gsup("jobs", "--json").stdout.strip() == "[]"
+    assert gsup.wait(gsup.add("jobs:add", "1"))  # still serving
+
+
+def test_an_oversized_message_is_refused_and_the_daemon_stays_up(daemon, gsup):
+    replies = _raw_exchange(daemon.home, b"x" * (9 * 1024 * 1024))
+    assert replies == [{"id": None, "ok": False, "error": "message larger than 8388608 bytes"}]
+    assert gsup.wait(gsup.add("jobs:add", "1"))
+    assert journal_rows(daemon.home, "SELECT count(*) FROM commands") == [(1,)]

@@ -1,0 +1,147 @@
+"""The daemon's own life: one per state dir, clean stops, pool restarts, recovery."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+
+from conftest import alive, journal_rows, wait_until
+
+
+def _pool_pids(daemon_pid: int) -> list[int]:
+    children = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(daemon_pid)], capture_output=True, text=True
+    ).stdout.split()
+    return [int(pid) for pid in children]
+
+
+def test_state_dir_and_socket_are_private(daemon, home):
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / "gsup.sock").stat().st_mode) == 0o600
+    assert (home / "journal.sqlite").exists()
+    assert journal_rows(home, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_a_second_daemon_for_the_same_state_dir_exits_at_once(daemon, env, home):
+    second = subprocess.run(
+        [sys.executable, "-m", "gsup", "daemon"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        f"gsup: error: a daemon is already running for {home} (pid {daemon.pid})"
+    )
+
+
+def test_sigterm_stops_cleanly_and_queued_jobs_wait_for_the_next_start(make_daemon, gsup):
+    daemon = make_daemon()
+    gsup("freeze")
+    queued = [gsup.add("jobs:add", str(i)) for i in range(3)]
+    pools = _pool_pids(daemon.pid)
+    assert len(pools) == 2
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert "gsup: stopped" in daemon.output
+    assert not any(alive(pid) for pid in pools)
+    assert not (daemon.home / "gsup.sock").exists()
+    assert [row[0] for row in journal_rows(daemon.home, "SELECT state FROM jobs")] == ["queued"] * 3
+    make_daemon()
+    gsup("unfreeze")
+    assert set(gsup.wait(*queued).values()) == {"done"}
+
+
+def test_running_jobs_get_the_grace_period_then_are_requeued(make_daemon, gsup, workdir):
+    daemon = make_daemon("--grace", "0.5")
+    job = gsup.add("jobs:wait_for_file", str(workdir / "never"))
+    wait_until(lambda: gsup.show(job)["worker"], what="the job to start")
+    assert daemon.stop(signal.SIGTERM) == 0
+    shown = gsup.show(job)
+    assert shown["state"] == "queued"
+    assert shown["attempts"] == 0  # not charged: it was not the job's fault
+    assert shown["events"][-1]["why"] == "daemon stopped before it ended"
+
+
+def test_a_finishing_job_is_waited_for_on_sigterm(make_daemon, gsup, workdir):
+    daemon = make_daemon("--grace", "60")
+    flag = workdir / "go"
+    job = gsup.add("jobs:wait_for_file", str(flag))
+    wait_until(lambda: gsup.show(job)["worker"], what="the job to start")
+    daemon.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: "stopping: 1 jobs in flight" in daemon.output, what="the stop to begin")
+    refused = gsup("add", "jobs:add", "1", check=False)
+    assert "the daemon is stopping" in refused.stderr
+    flag.touch()
+    assert daemon.process.wait(60) == 0
+    assert gsup.show(job)["state"] == "done"
+
+
+def test_a_dead_pool_is_restarted_and_its_job_handled_by_policy(daemon, gsup):
+    job = gsup.add("jobs:die", "--on-lost", "fail")
+    assert gsup.wait(job) == {job: "lost"}
+    assert "pool died (exit code 3); on_lost=fail" in gsup.show(job)["reason"]
+    after = gsup.add("jobs:add", "1")
+    assert gsup.wait(after) == {after: "done"}
+    assert "pool user died (exit code 3); restarting it" in daemon.output
+
+
+def test_a_job_that_keeps_killing_its_pool_is_quarantined(daemon, gsup):
+    job = gsup.add("jobs:die")
+    assert gsup.wait(job) == {job: "lost"}
+    shown = gsup.show(job)
+    assert shown["reason"].startswith("poison: in flight during 3 pool deaths")
+    assert [e["after"] for e in shown["events"]].count("running") == 3
+
+
+def test_killed_supervisor_takes_its_pools_along_and_recovers_on_restart(make_daemon, gsup):
+    daemon = make_daemon()
+    requeued = gsup.add("jobs:sleep", "60")
+    lost = gsup.add("jobs:sleep", "60", "--on-lost", "fail")
+    gsup("freeze", "--queue", "monitoring")
+    queued = gsup.add("jobs:add", "1", "--queue", "monitoring")
+    wait_until(lambda: gsup.show(requeued)["worker"] and gsup.show(lost)["worker"])
+    pools = _pool_pids(daemon.pid)
+    daemon.kill()
+    wait_until(lambda: not any(alive(pid) for pid in pools), what="the pools to die")
+    restarted = make_daemon()
+    assert (
+        f"recovery: 1 queued kept, 1 running requeued ({requeued}), 1 running ended lost ({lost})"
+        in restarted.output
+    )
+    assert gsup.show(lost)["state"] == "lost"
+    assert "lost with the daemon; on_lost=fail" in gsup.show(lost)["reason"]
+    assert gsup.show(requeued)["state"] == "running"  # dispatched again
+    assert gsup.show(queued)["state"] == "queued"
+    assert journal_rows(restarted.home, "SELECT verb FROM commands WHERE verb = 'recover'")
+
+
+def test_the_console_script_is_installed():
+    gsup = shutil.which("gsup", path=os.path.dirname(sys.executable)) or shutil.which("gsup")
+    assert gsup is not None
+    result = subprocess.run([gsup, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "queues" in result.stdout
+
+
+def test_every_command_has_help(gsup):
+    for command in (
+        "daemon",
+        "add",
+        "queues",
+        "jobs",
+        "show",
+        "logs",
+        "cancel",
+        "retry",
+        "purge",
+        "wait",
+        "freeze",
+        "unfreeze",
+    ):
+        result = gsup(command, "--help")
+        assert "Usage: " in result.stdout and command in result.stdout
