@@ -36,6 +36,7 @@ from gsup.lifecycle import END_STATES, RETRYABLE, Policy, State, lost_reason, sh
 from gsup.pool import pool_main
 from gsup.protocol import MUTATING, LineReader, ProtocolError, check_request, encode
 from gsup.runner import kill_group
+from gsup.systemd import Notifier
 
 
 class DaemonError(Exception):
@@ -136,6 +137,8 @@ class Supervisor:
         self.stopping = False
         self.stop_deadline = 0.0
         self.done = False
+        self.systemd = Notifier()
+        self.next_watchdog = 0.0
         self.lock_fd = -1
         self.listener: socket.socket | None = None
         self.wakeup_r = self.wakeup_w = -1
@@ -172,6 +175,7 @@ class Supervisor:
             self._start_pool(pool)
         sizes = ", ".join(f"{p.name} {p.settings.threads} threads" for p in self.pools.values())
         say(f"ready: home {self.paths.home}, pools {sizes}, pid {os.getpid()}")
+        self.systemd.ready(f"ready: pools {sizes}")
         while not self.done:
             self._turn()
         self._close()
@@ -243,6 +247,7 @@ class Supervisor:
         self.stop_deadline = now + self.settings.grace
         running = sum(len(p.flights) for p in self.pools.values())
         say(f"stopping: {running} jobs in flight get {self.settings.grace:g}s")
+        self.systemd.stopping(f"stopping: {running} jobs in flight")
         for pool in self.pools.values():
             for flight in pool.flights.values():
                 if flight.started is None:  # handed over, not started: take it back
@@ -289,6 +294,8 @@ class Supervisor:
 
     def _seconds_to_next_timer(self) -> float | None:
         deadlines = [self.stop_deadline] if self.stopping else []
+        if self.systemd.watchdog_interval is not None:
+            deadlines.append(self.next_watchdog)
         for pool in self.pools.values():
             if pool.restart_at is not None:
                 deadlines.append(pool.restart_at)
@@ -306,6 +313,9 @@ class Supervisor:
         return timeout_at, flight.stop_deadline
 
     def _fire_timers(self, now: float) -> None:
+        if self.systemd.watchdog_interval is not None and now >= self.next_watchdog:
+            self.systemd.watchdog()  # sent from the loop: a hung loop stops the pings
+            self.next_watchdog = now + self.systemd.watchdog_interval
         for pool in self.pools.values():
             if pool.restart_at is not None and now >= pool.restart_at and not self.stopping:
                 self._start_pool(pool)

@@ -375,6 +375,7 @@ def job_details(job_id: int) -> dict[str, Any] | None:
     job = Job.select().where(Job.id == job_id).dicts().first()
     if job is None:
         return None
+    job["spec"] = json.loads(job["spec"])
     job["events"] = list(
         Event.select(Event.before, Event.after, Event.at, Event.why)
         .where(Event.job == job_id)

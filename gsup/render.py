@@ -88,6 +88,14 @@ def when(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def short_time(timestamp: float | None) -> str:
+    """The time of day for today, else the date: one narrow column."""
+    if timestamp is None:
+        return "-"
+    moment = dt.datetime.fromtimestamp(timestamp)
+    return moment.strftime("%H:%M:%S" if moment.date() == dt.date.today() else "%Y-%m-%d")
+
+
 def _state(state: str) -> Text:
     return Text(state, style=STATE_STYLES.get(state, ""))
 
@@ -103,7 +111,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
             job["pool"],
             Text(job["display"], overflow="ellipsis", no_wrap=True),
             str(job["attempts"]),
-            when(job["created"]),
+            short_time(job["created"]),
             job["reason"] or "",
         )
     return table
@@ -119,6 +127,7 @@ def job_view(job: dict[str, Any]) -> RenderableType:
         ("queue", job["pool"]),
         ("kind", job["kind"]),
         ("command", job["display"]),
+        ("cwd", job["spec"].get("cwd") or "-"),
         ("priority", str(job["priority"])),
         ("timeout", "-" if job["timeout"] is None else f"{job['timeout']:g}s"),
         ("retries", str(job["retries"])),

@@ -59,12 +59,11 @@ def encode_result(value: Any) -> dict[str, Any]:
 
 
 def _failure(exc: BaseException) -> Outcome:
+    """A job's exception; its traceback starts in the job's code, not in gsup's."""
     error = f"{type(exc).__name__}: {exc}"
-    return Outcome(
-        "failed",
-        error,
-        {"error": error, "traceback": "".join(traceback.format_exception(exc))},
-    )
+    inner = exc.__traceback__.tb_next if exc.__traceback__ else None
+    text = "".join(traceback.format_exception(type(exc), exc, inner))
+    return Outcome("failed", error, {"error": error, "traceback": text})
 
 
 def run_call(job: PoolJob, router: OutputRouter) -> Outcome:
