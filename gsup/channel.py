@@ -4,12 +4,12 @@ Messages are plain tuples of builtins (stdlib pickle, fast); user callables trav
 inside them as the dill text the client made, and only the pool unpickles that.
 
 supervisor -> pool: ("run", job_id, kind, target, spec_json)
-                    ("stop", job_id)            stop it, queued or running
-                    ("freeze", frozen)          start nothing new while frozen
+                    ("stop", job_id)            stop it, whether it has started or not
+                    ("recall", job_id)          give it back if it has not started
 pool -> supervisor: ("ready", pid)
                     ("start", job_id, worker_index, at, pgid_or_None)
                     ("end", job_id, state, why, outcome)
-                    where state is "done", "failed" or "stopped"
+                    where state is "done", "failed", "stopped" or "recalled"
 """
 
 from __future__ import annotations

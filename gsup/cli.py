@@ -255,7 +255,9 @@ def purge(
         print(f"Cancel every pending job of {which}? [y/N] ", end="", file=sys.stderr, flush=True)
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             raise GsupError("not confirmed; nothing was cancelled (--yes skips the question)")
-    print(f"cancelled {client.purge(_pool(queue))} pending jobs")
+    purged = client.purge(_pool(queue))
+    recalled = f"; asked {purged['recalled']} back from the pools" if purged["recalled"] else ""
+    print(f"cancelled {purged['cancelled']} pending jobs{recalled}")
 
 
 # --- jobs -------------------------------------------------------------------------------------

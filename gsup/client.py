@@ -117,8 +117,10 @@ class Client:
     def retry(self, job: int) -> dict[str, Any]:
         return self.request("retry", job=job)
 
-    def purge(self, pool: str | None) -> int:
-        return self.request("purge", pool=pool)["cancelled"]
+    def purge(self, pool: str | None) -> dict[str, int]:
+        """Cancel pending jobs: {"cancelled": queued ones, "recalled": ones a pool held}."""
+        reply = self.request("purge", pool=pool)
+        return {"cancelled": reply["cancelled"], "recalled": reply["recalled"]}
 
     def freeze(self, pool: str | None, frozen: bool = True) -> dict[str, bool]:
         return self.request("freeze", pool=pool, frozen=frozen)["pools"]

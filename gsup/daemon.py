@@ -67,7 +67,8 @@ class Flight:
     worker: int | None = None
     started: float | None = None
     pgid: int | None = None  # a command's process group
-    stop: str | None = None  # why the supervisor stopped it: timeout, cancelled, shutdown
+    stop: str | None = None  # why the supervisor stopped it: "timeout" or "cancelled"
+    recall: str | None = None  # asked back before it started, to "requeue" or "cancel"
     stop_deadline: float | None = None  # recycle the pool if it has not ended by then
 
     def policy(self, lost: int = 0) -> Policy:
@@ -110,7 +111,9 @@ class Connection:
     uid: int
     pid: int
     unsent: bytearray = field(default_factory=bytearray)
-    close_after_send: bool = False
+    # Refused (bad peer, broken message): after the error reply, its input is read
+    # and dropped until it hangs up, so the reply is not lost to a reset.
+    refused: bool = False
 
 
 @dataclass
@@ -249,9 +252,7 @@ class Supervisor:
         say(f"stopping: {running} jobs in flight get {self.settings.grace:g}s")
         self.systemd.stopping(f"stopping: {running} jobs in flight")
         for pool in self.pools.values():
-            for flight in pool.flights.values():
-                if flight.started is None:  # handed over, not started: take it back
-                    self._stop_flight(pool, flight, "shutdown", now)
+            self._recall_unstarted(pool, "requeue")
 
     def _finish_stop(self, now: float) -> None:
         for pool in self.pools.values():
@@ -384,13 +385,12 @@ class Supervisor:
             self.connections[sock.fileno()] = conn
             self.selector.register(sock, selectors.EVENT_READ, lambda m, c=conn: self._client(c, m))
             if uid != os.getuid():
-                self._reply(conn, None, {"ok": False, "error": "permission denied"})
-                conn.close_after_send = True
+                self._refuse(conn, "permission denied")
 
     def _client(self, conn: Connection, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
             self._send_to_client(conn)
-        if not mask & selectors.EVENT_READ or conn.close_after_send:
+        if not mask & selectors.EVENT_READ:
             return
         try:
             data = conn.sock.recv(1 << 16)
@@ -399,14 +399,19 @@ class Supervisor:
         if not data:
             self._drop_client(conn)
             return
+        if conn.refused:
+            return
         try:
             messages = conn.reader.feed(data)
         except ProtocolError as exc:
-            self._reply(conn, None, {"ok": False, "error": str(exc)})
-            conn.close_after_send = True
+            self._refuse(conn, str(exc))
             return
         for message in messages:
             self._request(conn, message)
+
+    def _refuse(self, conn: Connection, error: str) -> None:
+        self._reply(conn, None, {"ok": False, "error": error})
+        conn.refused = True
 
     def _request(self, conn: Connection, message: dict[str, Any]) -> None:
         request_id = self._current_request_id = message.get("id")
@@ -440,18 +445,17 @@ class Supervisor:
             self._drop_client(conn)
             return
         del conn.unsent[:sent]
-        if conn.unsent:
-            self.selector.modify(
-                conn.sock,
-                selectors.EVENT_READ | selectors.EVENT_WRITE,
-                lambda m, c=conn: self._client(c, m),
-            )
-        elif conn.close_after_send:
-            self._drop_client(conn)
-        else:
-            self.selector.modify(
-                conn.sock, selectors.EVENT_READ, lambda m, c=conn: self._client(c, m)
-            )
+        if not conn.unsent and conn.refused:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_WR)
+        self._watch_writable(conn.sock, bool(conn.unsent))
+
+    def _watch_writable(self, sock: socket.socket, writable: bool) -> None:
+        """Wake for writability only while output is pending."""
+        key = self.selector.get_key(sock)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writable else 0)
+        if key.events != events:
+            self.selector.modify(sock, events, key.data)
 
     def _drop_client(self, conn: Connection) -> None:
         if self.connections.pop(conn.sock.fileno(), None) is None:
@@ -514,11 +518,8 @@ class Supervisor:
             self._end_queued(job, "purged", now)
         handed_over = 0
         for pool in self._selected_pools(pool_name):
-            for flight in list(pool.flights.values()):
-                if flight.started is None:
-                    self._stop_flight(pool, flight, "cancelled", now)
-                    handed_over += 1
-        return {"cancelled": len(ids) + handed_over}
+            handed_over += self._recall_unstarted(pool, "cancel")
+        return {"cancelled": len(ids), "recalled": handed_over}
 
     def handle_freeze(self, conn: Connection, fields: dict[str, Any]) -> dict[str, Any]:
         frozen = fields["frozen"]
@@ -528,7 +529,8 @@ class Supervisor:
             self.journal.set_frozen(pool.name, frozen)
             pool.frozen = frozen
             pool.maybe_queued = True
-            pool.outbox.append(("freeze", frozen))
+            if frozen:
+                self._recall_unstarted(pool, "requeue")
         return {"pools": {p.name: p.frozen for p in self.pools.values()}}
 
     def handle_wait(self, conn: Connection, fields: dict[str, Any]) -> dict[str, Any] | None:
@@ -565,6 +567,17 @@ class Supervisor:
         flight.stop = why
         flight.stop_deadline = now + self.settings.stop_grace
         pool.outbox.append(("stop", flight.job))
+
+    def _recall_unstarted(self, pool: PoolHandle, then: str) -> int:
+        """Ask back the jobs a pool holds but has not started; each comes back
+        "recalled" (to requeue or cancel), or runs if a worker took it meanwhile."""
+        recalled = 0
+        for flight in pool.flights.values():
+            if flight.started is None and flight.recall is None and flight.stop is None:
+                flight.recall = then
+                pool.outbox.append(("recall", flight.job))
+                recalled += 1
+        return recalled
 
     def _end_run(
         self,
@@ -643,8 +656,6 @@ class Supervisor:
         self.selector.register(
             pool.pidfd, selectors.EVENT_READ, lambda m, p=pool: self._pool_exit(p)
         )
-        if pool.frozen:
-            pool.outbox.append(("freeze", True))
 
     def _send_to_pool(self, pool: PoolHandle) -> None:
         assert pool.sock is not None
@@ -655,8 +666,7 @@ class Supervisor:
         except OSError:
             return  # it is dying: its pidfd will tell
         del pool.unsent[:sent]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if pool.unsent else 0)
-        self.selector.modify(pool.sock, events, lambda m, p=pool: self._pool_io(p, m))
+        self._watch_writable(pool.sock, bool(pool.unsent))
 
     def _pool_io(self, pool: PoolHandle, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -702,16 +712,20 @@ class Supervisor:
         outcome: dict[str, Any],
         now: float,
     ) -> None:
+        """Map what the pool reports onto the life-cycle, by what the supervisor had asked."""
+        unstarted = result == "recalled"  # the pool gave it back before a thread took it
         if result == "done":
             self._end_run(pool, flight, State.DONE, why, now, outcome)
-        elif result == "failed" or flight.stop is None:
-            self._end_run(pool, flight, State.FAILED, why, now, outcome)
-        elif flight.stop == "timeout":
-            self._end_run(pool, flight, State.TIMEOUT, f"timed out after {flight.timeout:g}s", now)
-        elif flight.stop == "cancelled":
+        elif flight.stop == "cancelled" and (result == "stopped" or unstarted):
             self._end_run(pool, flight, State.CANCELLED, "cancelled by request", now, outcome)
+        elif flight.stop == "timeout" and result == "stopped":
+            self._end_run(pool, flight, State.TIMEOUT, f"timed out after {flight.timeout:g}s", now)
+        elif unstarted and flight.recall == "cancel":
+            self._end_run(pool, flight, State.CANCELLED, "purged before it started", now)
+        elif unstarted:
+            self._requeue(pool, flight, "given back before it started", now)
         else:
-            self._requeue(pool, flight, "daemon stopped before it started", now)
+            self._end_run(pool, flight, State.FAILED, why, now, outcome)
 
     def _kill_pool(self, pool: PoolHandle) -> None:
         """SIGKILL a pool and its commands; `_pool_exit` does the rest."""

@@ -68,9 +68,7 @@ class PoolProcess:
         self.router = OutputRouter(paths.job_output)
         # One lock orders "a worker takes a job" against "the supervisor stops it".
         self.lock = threading.Lock()
-        self.skip: set[int] = set()  # stopped before a worker took them
-        self.unfrozen = threading.Event()
-        self.unfrozen.set()
+        self.skip: set[int] = set()  # given back while in the queue: drop them unseen
         self._outbox: list[tuple[Any, ...]] = []
         self._outbox_ready = threading.Condition()
 
@@ -122,8 +120,8 @@ class PoolProcess:
             self.jobs.put(PoolJob(job_id, job_kind, target, json.loads(spec)))
         elif kind == "stop":
             self.stop(message[1])
-        elif kind == "freeze":
-            (self.unfrozen.clear if message[1] else self.unfrozen.set)()
+        elif kind == "recall":
+            self.recall(message[1])
 
     def stop(self, job_id: int) -> None:
         with self.lock:
@@ -135,7 +133,18 @@ class PoolProcess:
                     elif worker.kind == "call" and worker.thread_id is not None:
                         _raise_in_thread(worker.thread_id, JobStopped)
                     return
-            self.skip.add(job_id)
+            self._give_back(job_id)
+
+    def recall(self, job_id: int) -> None:
+        """Give a job back unless a worker has taken it up already (then it just runs)."""
+        with self.lock:
+            if all(worker.job != job_id for worker in self.workers):
+                self._give_back(job_id)
+
+    def _give_back(self, job_id: int) -> None:
+        """Answer for a job still in the queue now; a worker will drop it unseen."""
+        self.skip.add(job_id)
+        self.report("end", job_id, "recalled", "given back before it started", {})
 
     def exit(self) -> None:
         """Leave no command running unsupervised, then go."""
@@ -151,9 +160,7 @@ class PoolProcess:
         worker.thread_id = threading.get_ident()
         while True:
             try:
-                job = self.jobs.get()
-                self.unfrozen.wait()
-                self._run(worker, job)
+                self._run(worker, self.jobs.get())
             except JobStopped:
                 continue  # a stop that landed between jobs: nothing to stop
 
@@ -161,7 +168,6 @@ class PoolProcess:
         with self.lock:
             if job.id in self.skip:
                 self.skip.discard(job.id)
-                self.report("end", job.id, "stopped", "stopped before it started", {})
                 return
             worker.job, worker.kind, worker.stopping = job.id, job.kind, False
         if job.kind != "cmd":

@@ -128,3 +128,47 @@ def test_timeout_stops_a_spinning_job_without_disturbing_its_neighbours(daemon, 
     flag.touch()
     assert gsup.wait(neighbour) == {neighbour: "done"}
     assert gsup.show(neighbour)["attempts"] == 1
+
+
+def _busy_pool_with_a_held_job(make_daemon, gsup, workdir):
+    """One thread, busy; the pool's queue holds the next job, not yet started."""
+    make_daemon("--user-threads", "1")
+    flag = workdir / "go"
+    busy = gsup.add("jobs:wait_for_file", str(flag))
+    held = gsup.add("jobs:add", "1")
+    waiting = gsup.add("jobs:add", "2")
+    wait_until(lambda: gsup.show(busy)["worker"], what="the first job to start")
+    assert gsup.show(held)["state"] == "running" and gsup.show(held)["worker"] is None
+    assert gsup.show(waiting)["state"] == "queued"
+    return flag, busy, held, waiting
+
+
+def test_freeze_takes_back_jobs_a_pool_holds_but_has_not_started(make_daemon, gsup, workdir):
+    flag, busy, held, waiting = _busy_pool_with_a_held_job(make_daemon, gsup, workdir)
+    gsup("freeze")
+    wait_until(lambda: gsup.show(held)["state"] == "queued", what="the held job to come back")
+    shown = gsup.show(held)
+    assert shown["attempts"] == 0
+    assert shown["events"][-1]["why"] == "given back before it started"
+    flag.touch()
+    assert gsup.wait(busy) == {busy: "done"}
+    assert {gsup.show(j)["state"] for j in (held, waiting)} == {"queued"}
+    gsup("unfreeze")
+    assert gsup.wait(held, waiting) == {held: "done", waiting: "done"}
+
+
+def test_purge_cancels_jobs_a_pool_holds_but_has_not_started(make_daemon, gsup, workdir):
+    flag, busy, held, waiting = _busy_pool_with_a_held_job(make_daemon, gsup, workdir)
+    out = gsup("purge", "--yes").stdout.strip()
+    assert out == "cancelled 1 pending jobs; asked 1 back from the pools"
+    assert gsup.wait(held, waiting) == {held: "cancelled", waiting: "cancelled"}
+    flag.touch()
+    assert gsup.wait(busy) == {busy: "done"}
+
+
+def test_cancel_a_job_a_pool_holds_but_has_not_started(make_daemon, gsup, workdir):
+    flag, busy, held, _ = _busy_pool_with_a_held_job(make_daemon, gsup, workdir)
+    gsup("cancel", str(held))
+    assert gsup.wait(held) == {held: "cancelled"}
+    flag.touch()
+    assert gsup.wait(busy) == {busy: "done"}
