@@ -7,7 +7,7 @@ supervisor -> pool: ("run", job_id, kind, target, spec_json)
                     ("stop", job_id)            stop it, whether it has started or not
                     ("recall", job_id)          give it back if it has not started
 pool -> supervisor: ("ready", pid)
-                    ("start", job_id, worker_index, at, pgid_or_None)
+                    ("start", job_id, worker_index, at)
                     ("end", job_id, state, why, outcome)
                     where state is "done", "failed", "stopped" or "recalled"
 """

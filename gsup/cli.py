@@ -98,6 +98,24 @@ def daemon(
     raise typer.Exit(serve(settings))
 
 
+@app.command()
+def recover(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the decisions only")] = False,
+    home: Home = None,
+) -> None:
+    """Show what the next daemon start will decide for jobs left unfinished."""
+    from gsup import recovery
+    from gsup.client import daemon_is_up
+
+    paths = _paths(home)
+    if not dry_run:
+        raise GsupError("recovery runs when the daemon starts; --dry-run shows what it will do")
+    if daemon_is_up(paths):
+        raise GsupError(f"a daemon is running for {paths.home}; it recovered when it started")
+    _open_journal(paths)
+    print("\n".join(recovery.plan().lines()))
+
+
 # --- adding jobs -----------------------------------------------------------------------------
 
 

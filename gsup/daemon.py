@@ -35,7 +35,6 @@ from gsup.journal import QueuedJob, Writer, open_database
 from gsup.lifecycle import END_STATES, RETRYABLE, Policy, State, lost_reason, should_retry
 from gsup.pool import pool_main
 from gsup.protocol import MUTATING, LineReader, ProtocolError, check_request, encode
-from gsup.runner import kill_group
 from gsup.systemd import Notifier
 
 
@@ -66,7 +65,6 @@ class Flight:
     lost_count: int
     worker: int | None = None
     started: float | None = None
-    pgid: int | None = None  # a command's process group
     stop: str | None = None  # why the supervisor stopped it: "timeout" or "cancelled"
     recall: str | None = None  # asked back before it started, to "requeue" or "cancel"
     stop_deadline: float | None = None  # recycle the pool if it has not ended by then
@@ -164,14 +162,15 @@ class Supervisor:
         self._prepare_home()
         self._take_lock()
         self.journal = Writer(open_database(self.paths.journal))
-        report = recovery.plan(self.journal)
+        report = recovery.plan()
         recovery.apply(self.journal, report, time.time())
         for pool in self.pools.values():
             pool.frozen = self.journal.register_pool(
                 pool.name, pool.settings.threads, pool.settings.queue_size
             )
         self.journal.commit()
-        say(report.summary())
+        for line in report.lines():
+            say(line)
         self._listen()
         self._catch_signals()
         for pool in self.pools.values():
@@ -692,10 +691,10 @@ class Supervisor:
     def _pool_message(self, pool: PoolHandle, message: tuple[Any, ...], now: float) -> None:
         kind = message[0]
         if kind == "start":
-            _, job, worker, started, pgid = message
+            _, job, worker, started = message
             flight = pool.flights.get(job)
             if flight is not None:
-                flight.worker, flight.started, flight.pgid = worker, started, pgid
+                flight.worker, flight.started = worker, started
                 self.journal.mark_started(job, f"Worker_{worker}", started)
         elif kind == "end":
             _, job, result, why, outcome = message
@@ -731,10 +730,7 @@ class Supervisor:
         """SIGKILL a pool and its commands; `_pool_exit` does the rest."""
         if pool.process is None or pool.recycling:
             return
-        pool.recycling = True
-        for flight in pool.flights.values():
-            if flight.pgid is not None:
-                kill_group(flight.pgid)
+        pool.recycling = True  # its commands' guardians kill them as it dies
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pool.process.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
@@ -765,8 +761,6 @@ class Supervisor:
     def _settle_after_pool_exit(
         self, pool: PoolHandle, flight: Flight, code: int | None, now: float
     ) -> None:
-        if flight.pgid is not None:
-            kill_group(flight.pgid)
         overdue = flight.stop_deadline is not None and now >= flight.stop_deadline
         if pool.recycling and flight.stop == "timeout" and overdue:
             why = f"timed out after {flight.timeout:g}s; did not stop, pool recycled"

@@ -314,11 +314,6 @@ class Writer:
             ).fetchall()
         return [row[0] for row in rows]
 
-    def count_state(self, state: State) -> int:
-        return self._execute(
-            "SELECT count(*) FROM jobs WHERE state = ?", (state.value,)
-        ).fetchone()[0]
-
     def states_of(self, jobs: list[int]) -> dict[int, str]:
         states: dict[int, str] = {}
         for start in range(0, len(jobs), 500):
@@ -334,14 +329,6 @@ class Writer:
         if row is None:
             return None
         return dict(zip([c[0] for c in cursor.description], row, strict=True))
-
-    def running_jobs(self) -> list[dict[str, Any]]:
-        cursor = self._execute(
-            "SELECT id, pool, worker, started, retries, on_lost, attempts, lost_count"
-            " FROM jobs WHERE state = 'running' ORDER BY id"
-        )
-        names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 # --- queries for the CLI (read-only) --------------------------------------------
@@ -360,6 +347,18 @@ JOB_SUMMARY_FIELDS = (
     Job.ended,
     Job.reason,
 )
+
+
+def unfinished_jobs() -> tuple[int, list[dict[str, Any]]]:
+    """What a daemon left behind: how many jobs are queued, and the running ones."""
+    queued = Job.select().where(Job.state == State.QUEUED).count()
+    running = (
+        Job.select(Job.id, Job.pool, Job.retries, Job.on_lost, Job.attempts, Job.lost_count)
+        .where(Job.state == State.RUNNING)
+        .order_by(Job.id)
+        .dicts()
+    )
+    return queued, list(running)
 
 
 def list_jobs(state: str | None, pool: str | None, limit: int) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from typing import Any
 from gsup.channel import FrameReader, frame
 from gsup.config import Paths
 from gsup.output import OutputRouter
-from gsup.runner import JobStopped, Outcome, PoolJob, kill_group, run_call, run_command
+from gsup.runner import JobStopped, Outcome, PoolJob, run_call, run_command, stop_command
 
 _PR_SET_PDEATHSIG = 1
 
@@ -129,7 +129,7 @@ class PoolProcess:
                 if worker.job == job_id:
                     worker.stopping = True
                     if worker.process is not None:
-                        kill_group(worker.process.pid)
+                        stop_command(worker.process)
                     elif worker.kind == "call" and worker.thread_id is not None:
                         _raise_in_thread(worker.thread_id, JobStopped)
                     return
@@ -151,7 +151,7 @@ class PoolProcess:
         with self.lock:
             for worker in self.workers:
                 if worker.process is not None:
-                    kill_group(worker.process.pid)
+                    stop_command(worker.process)
         os._exit(0)
 
     # --- worker threads ---------------------------------------------------------------
@@ -171,7 +171,7 @@ class PoolProcess:
                 return
             worker.job, worker.kind, worker.stopping = job.id, job.kind, False
         if job.kind != "cmd":
-            self.report("start", job.id, worker.index, time.time(), None)
+            self.report("start", job.id, worker.index, time.time())
         outcome: Outcome | None = None
         while True:  # a stop may land anywhere until the job is detached under the lock
             try:
@@ -200,8 +200,8 @@ class PoolProcess:
         with self.lock:
             worker.process = process
             if worker.stopping:  # stopped while it was being spawned
-                kill_group(process.pid)
-        self.report("start", job.id, worker.index, time.time(), process.pid)
+                stop_command(process)
+        self.report("start", job.id, worker.index, time.time())
 
 
 def pool_main(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gsup.journal import Writer
+from gsup.journal import Writer, unfinished_jobs
 from gsup.lifecycle import Policy, State, lost_reason, should_retry
 
 LOST_WITH_DAEMON = "lost with the daemon"
@@ -40,6 +40,12 @@ class RecoveryReport:
     def lost(self) -> list[int]:
         return [d.job for d in self.decisions if not d.requeue]
 
+    def lines(self) -> list[str]:
+        return [self.summary()] + [
+            f"  job {d.job} ({d.pool}): {'requeue' if d.requeue else 'ends lost'}: {d.why}"
+            for d in self.decisions
+        ]
+
     def summary(self) -> str:
         return (
             f"recovery: {self.queued} queued kept, {len(self.requeued)} running requeued"
@@ -54,9 +60,11 @@ def _ids(ids: list[int], limit: int = 20) -> str:
     return f" ({shown}{', …' if len(ids) > limit else ''})"
 
 
-def plan(journal: Writer) -> RecoveryReport:
-    report = RecoveryReport(queued=journal.count_state(State.QUEUED))
-    for job in journal.running_jobs():
+def plan() -> RecoveryReport:
+    """Decide, from the journal alone, what becomes of each unfinished job."""
+    queued, running = unfinished_jobs()
+    report = RecoveryReport(queued=queued)
+    for job in running:
         policy = Policy(job["retries"], job["on_lost"], job["attempts"], job["lost_count"] + 1)
         requeue = should_retry(State.LOST, policy)
         why = LOST_WITH_DAEMON if requeue else lost_reason(policy, LOST_WITH_DAEMON)

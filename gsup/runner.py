@@ -5,17 +5,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gsup.config import Paths
 from gsup.output import OutputRouter, tail
 from gsup.targets import TargetError, load_call
 
+GUARD = str(Path(__file__).with_name("guard.py"))
 MAX_RESULT = 1024 * 1024  # characters of a result kept in the journal
 
 
@@ -87,31 +91,51 @@ def run_call(job: PoolJob, router: OutputRouter) -> Outcome:
 def run_command(
     job: PoolJob, paths: Paths, on_spawn: Callable[[subprocess.Popen], None]
 ) -> Outcome:
-    """Run `argv` in its own session (so its whole process group can be killed)."""
+    """Run `argv` under its guardian (guard.py), which kills its whole process group
+    when the job is stopped, when the command ends, and when this pool dies."""
     spec = job.spec
+    argv, cwd, env = spec["argv"], spec.get("cwd") or None, spec.get("env")
+    if _find_program(argv[0], cwd, env) is None:
+        error = f"command not found: {argv[0]}"
+        return Outcome("failed", error, {"error": error})
     out_path, err_path = paths.job_output(job.id, "out"), paths.job_output(job.id, "err")
-    with open(out_path, "ab") as out, open(err_path, "ab") as err:
-        try:
+    watch_r, watch_w = os.pipe()  # the guardian sees end-of-file when this process dies
+    try:
+        with open(out_path, "ab") as out, open(err_path, "ab") as err:
             process = subprocess.Popen(
-                spec["argv"],
-                cwd=spec.get("cwd") or None,
-                env=spec.get("env"),
+                [sys.executable, "-I", "-S", GUARD, str(watch_r), *argv],
+                cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                pass_fds=(watch_r,),
             )
-        except OSError as exc:
-            error = f"cannot run {spec['argv'][0]!r}: {exc.strerror or exc}"
-            return Outcome("failed", error, {"error": f"{type(exc).__name__}: {error}"})
+    except OSError as exc:
+        os.close(watch_w)
+        error = f"cannot run {argv[0]!r}: {exc.strerror or exc}"
+        return Outcome("failed", error, {"error": error})
+    finally:
+        os.close(watch_r)
+    try:
         on_spawn(process)
         code = process.wait()
+    finally:
+        os.close(watch_w)
     result = {"exit_code": code, "stdout": tail(out_path), "stderr": tail(err_path)}
     fields = {"result": json.dumps(result), "result_type": "json"}
     if code == 0:
         return Outcome("done", "exit code 0", fields)
     why = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
     return Outcome("failed", why, {**fields, "error": why})
+
+
+def _find_program(name: str, cwd: str | None, env: dict[str, str] | None) -> str | None:
+    if "/" in name:
+        path = os.path.join(cwd or ".", name)
+        return path if os.access(path, os.X_OK) and os.path.isfile(path) else None
+    return shutil.which(name, path=(env if env is not None else os.environ).get("PATH"))
 
 
 def _signal_name(number: int) -> str:
@@ -121,7 +145,7 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def kill_group(pid: int) -> None:
-    """SIGKILL a command's whole process group (its grandchildren too)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+def stop_command(process: subprocess.Popen) -> None:
+    """Ask a command's guardian to kill the command's whole process group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGTERM)

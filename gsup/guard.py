@@ -1,0 +1,72 @@
+"""The guardian of one command job: `python -I -S guard.py WATCH_FD PROG ARG...`.
+
+A pool process can be SIGKILLed (with its supervisor, or when it is recycled); a
+command it started would then run on unsupervised, and so would whatever the command
+started. So each command runs under this small process, which
+- runs the command in a process group of its own;
+- kills that whole group when its pool dies (end-of-file on WATCH_FD, a pipe whose
+  other end only the pool holds), when it gets SIGTERM (the pool stopping the job),
+  and when the command exits (what it left running in its group dies with it);
+- exits as the command did (same code, or killed by the same signal).
+Standard library only, and no site: it starts in about 10 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _run_command(argv: list[str]) -> None:
+    """In the forked child: become the group leader and exec the command."""
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        print(f"gsup: cannot run {argv[0]!r}: {exc.strerror}", file=sys.stderr)
+    os._exit(127)
+
+
+def main() -> None:
+    watch_fd, argv = int(sys.argv[1]), sys.argv[2:]
+    child = os.fork()
+    if child == 0:
+        os.close(watch_fd)
+        _run_command(argv)
+    with contextlib.suppress(OSError):
+        os.setpgid(child, child)  # on both sides: no window where a kill misses it
+
+    def stop(signum: int, frame: object) -> None:
+        _kill_group(child)
+        os.waitpid(child, 0)
+        os.kill(os.getpid(), signal.SIGKILL)  # report "killed", as the command was
+
+    signal.signal(signal.SIGTERM, stop)
+    pidfd = os.pidfd_open(child)
+    while True:
+        ready, _, _ = select.select([pidfd, watch_fd], [], [])
+        if watch_fd in ready and not os.read(watch_fd, 1):  # the pool is gone
+            _kill_group(child)
+            os._exit(1)
+        if pidfd in ready:
+            break
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _, status = os.waitpid(child, 0)
+    _kill_group(child)  # what the command left running in its group
+    if os.WIFSIGNALED(status):
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+        os.kill(os.getpid(), os.WTERMSIG(status))
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Nothing accepted is lost and no user code runs on unsupervised, whatever gets killed."""
+
+from __future__ import annotations
+
+import subprocess
+
+from conftest import alive, wait_until
+
+
+def _processes_matching(marker: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split()]
+
+
+def test_commands_and_what_they_started_die_with_a_killed_supervisor(make_daemon, gsup):
+    daemon = make_daemon()
+    marker = "sleep 3001"  # the grandchild, in the background
+    job = gsup.add("--cmd", "--", "sh", "-c", f"{marker} & sleep 3002; wait")
+    wait_until(lambda: len(_processes_matching("sleep 300[12]")) == 2, what="the command")
+    assert gsup.show(job)["state"] == "running"
+    daemon.kill()
+    wait_until(lambda: not _processes_matching("sleep 300[12]"), what="the command to die")
+    restarted = make_daemon()
+    assert f"job {job} (user): requeue: lost with the daemon" in restarted.output
+
+
+def test_a_command_past_its_timeout_is_killed_with_its_whole_group(daemon, gsup):
+    job = gsup.add("--timeout", "0.5", "--cmd", "--", "sh", "-c", "sleep 3003 & sleep 3004")
+    assert gsup.wait(job) == {job: "timeout"}
+    wait_until(lambda: not _processes_matching("sleep 300[34]"), what="the group to die")
+
+
+def test_what_a_command_leaves_running_dies_when_it_ends(daemon, gsup):
+    job = gsup.add("--cmd", "--", "sh", "-c", "sleep 3005 & echo started")
+    assert gsup.wait(job) == {job: "done"}
+    wait_until(lambda: not _processes_matching("sleep 3005"), what="the leftover to die")
+
+
+def test_timeouts_stop_jobs_blocked_on_a_lock(daemon, gsup, workdir):
+    (workdir / "locks.py").write_text(
+        "import threading\nheld = threading.Lock()\nheld.acquire()\n"
+        "def stuck():\n    held.acquire()\n"
+    )
+    job = gsup.add("locks:stuck", "--timeout", "0.5")
+    assert gsup.wait(job) == {job: "timeout"}
+    assert gsup.wait(gsup.add("jobs:add", "1"))
+
+
+def test_recover_dry_run_shows_what_the_next_start_decides(make_daemon, gsup):
+    daemon = make_daemon()
+    first = gsup.add("jobs:sleep", "60")
+    second = gsup.add("jobs:sleep", "60", "--on-lost", "fail")
+    wait_until(lambda: gsup.show(first)["worker"] and gsup.show(second)["worker"])
+    assert "a daemon is running" in gsup("recover", "--dry-run", check=False).stderr
+    daemon.kill()
+    out = gsup("recover", "--dry-run").stdout.splitlines()
+    assert out == [
+        f"recovery: 0 queued kept, 1 running requeued ({first}), 1 running ended lost ({second})",
+        f"  job {first} (user): requeue: lost with the daemon",
+        f"  job {second} (user): ends lost: lost with the daemon; on_lost=fail",
+    ]
+    assert gsup.show(first)["state"] == "running"  # a dry run changes nothing
+    make_daemon()
+    assert gsup.show(second)["state"] == "lost"
+
+
+def test_pool_processes_die_with_a_killed_supervisor(make_daemon):
+    daemon = make_daemon()
+    pools = [
+        int(pid)
+        for pid in subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(daemon.pid)], capture_output=True, text=True
+        ).stdout.split()
+    ]
+    assert len(pools) == 2
+    daemon.kill()
+    wait_until(lambda: not any(alive(pid) for pid in pools), what="the pools to die")
