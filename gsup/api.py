@@ -78,6 +78,9 @@ class Queues:
         queue: str = DEFAULT_POOL,
         name: str | None = None,
         retries: int = 0,
+        retry_delay: float = 0.0,
+        backoff: float = 2.0,
+        retry_on: list[str] | None = None,
         on_lost: str = "requeue",
     ) -> JobHandle:
         """Run `func(*args, **kwargs)` in a pool thread; returns once the job is journaled."""
@@ -91,6 +94,9 @@ class Queues:
             timeout=timeout,
             name=name,
             retries=retries,
+            retry_delay=retry_delay,
+            backoff=backoff,
+            retry_on=retry_on,
             on_lost=on_lost,
         )
         (job,) = self.client.add([spec])

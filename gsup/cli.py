@@ -144,6 +144,17 @@ def add(
     ] = None,
     name: Annotated[str | None, typer.Option(help="A name to show")] = None,
     retries: Annotated[int, typer.Option(min=0, help="Runs again after a failure or timeout")] = 0,
+    retry_delay: Annotated[float, typer.Option(min=0, help="Seconds before the first retry")] = 0,
+    backoff: Annotated[
+        float, typer.Option(min=1, help="Each retry waits this many times longer")
+    ] = 2,
+    retry_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Retry only on this exception (or a subclass), 'timeout', or 'exit' "
+            "(a command's non-zero exit); repeatable [default: all]"
+        ),
+    ] = None,
     on_lost: Annotated[
         str, typer.Option(help="requeue, or fail for jobs that must not run twice")
     ] = "requeue",
@@ -165,6 +176,9 @@ def add(
         timeout=timeout,
         name=name,
         retries=retries,
+        retry_delay=retry_delay,
+        backoff=backoff,
+        retry_on=retry_on or None,
         on_lost=on_lost,
     )
     try:

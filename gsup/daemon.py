@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import multiprocess
@@ -59,18 +59,15 @@ class Flight:
 
     job: int
     timeout: float | None
-    retries: int
-    on_lost: str
-    attempts: int  # charged runs, this one included
-    lost_count: int
+    policy: Policy  # its attempts count this run
     worker: int | None = None
     started: float | None = None
     stop: str | None = None  # why the supervisor stopped it: "timeout" or "cancelled"
     recall: str | None = None  # asked back before it started, to "requeue" or "cancel"
     stop_deadline: float | None = None  # recycle the pool if it has not ended by then
 
-    def policy(self, lost: int = 0) -> Policy:
-        return Policy(self.retries, self.on_lost, self.attempts, self.lost_count + lost)
+    def policy_after(self, lost: int) -> Policy:
+        return replace(self.policy, lost_count=self.policy.lost_count + lost)
 
 
 @dataclass
@@ -84,7 +81,8 @@ class PoolHandle:
     outbox: list[tuple[Any, ...]] = field(default_factory=list)
     unsent: bytearray = field(default_factory=bytearray)
     flights: dict[int, Flight] = field(default_factory=dict)
-    maybe_queued: bool = True  # cleared when a dispatch finds the queue empty
+    maybe_queued: bool = True  # cleared when a dispatch finds no job ready
+    wake_at: float | None = None  # when its earliest delayed retry falls due
     recycling: bool = False  # the supervisor killed it on purpose
     started_at: float = 0.0
     restart_at: float | None = None
@@ -297,8 +295,7 @@ class Supervisor:
         if self.systemd.watchdog_interval is not None:
             deadlines.append(self.next_watchdog)
         for pool in self.pools.values():
-            if pool.restart_at is not None:
-                deadlines.append(pool.restart_at)
+            deadlines.extend(t for t in (pool.restart_at, pool.wake_at) if t is not None)
             for flight in pool.flights.values():
                 deadlines.extend(d for d in self._deadlines(flight) if d is not None)
         if not deadlines:
@@ -319,6 +316,8 @@ class Supervisor:
         for pool in self.pools.values():
             if pool.restart_at is not None and now >= pool.restart_at and not self.stopping:
                 self._start_pool(pool)
+            if pool.wake_at is not None and now >= pool.wake_at:
+                pool.wake_at, pool.maybe_queued = None, True
             for flight in list(pool.flights.values()):
                 timeout_at, recycle_at = self._deadlines(flight)
                 if timeout_at is not None and now >= timeout_at:
@@ -341,16 +340,17 @@ class Supervisor:
             if pool.frozen or not pool.alive or not pool.maybe_queued or pool.free_slots <= 0:
                 continue
             wanted = pool.free_slots
-            jobs = self.journal.next_queued(pool.name, wanted)
-            pool.maybe_queued = len(jobs) == wanted
+            jobs = self.journal.next_queued(pool.name, wanted, now)
+            if len(jobs) < wanted:
+                pool.maybe_queued = False
+                pool.wake_at = self.journal.next_retry_time(pool.name, now)
             for job in jobs:
                 self._hand_over(pool, job, now)
 
     def _hand_over(self, pool: PoolHandle, job: QueuedJob, now: float) -> None:
         self.journal.transition(job.id, State.QUEUED, State.RUNNING, "dispatched", now, charge=1)
-        pool.flights[job.id] = Flight(
-            job.id, job.timeout, job.retries, job.on_lost, job.attempts + 1, job.lost_count
-        )
+        policy = replace(job.policy, attempts=job.policy.attempts + 1)
+        pool.flights[job.id] = Flight(job.id, job.timeout, policy)
         pool.outbox.append(("run", job.id, job.kind, job.target, job.spec))
 
     def _flush(self) -> None:
@@ -590,14 +590,20 @@ class Supervisor:
         """A run ended: journal it, then requeue it or report it final, by its policy."""
         pool.flights.pop(flight.job, None)
         lost = int(state == State.LOST)
-        retry = should_retry(state, flight.policy(lost))
+        policy = flight.policy_after(lost)
+        retry = should_retry(state, policy, tuple((outcome or {}).get("causes", ())))
         if state == State.LOST and not retry:
-            why = lost_reason(flight.policy(lost), why)
+            why = lost_reason(policy, why)
         self.journal.transition(
             flight.job, State.RUNNING, state, why, now, lost=lost, outcome=outcome
         )
         if retry:
-            self.journal.transition(flight.job, state, State.QUEUED, f"retry after {state}", now)
+            delay = policy.delay() if state != State.LOST else 0.0
+            self.journal.transition(
+                flight.job, state, State.QUEUED, f"retry after {state}"
+                + (f" in {delay:g}s" if delay else ""), now,
+                not_before=now + delay if delay else None,
+            )  # fmt: skip
             pool.maybe_queued = True
         else:
             self._ended(flight.job, state)

@@ -19,7 +19,7 @@ from typing import Any
 import peewee as pw
 
 from gsup.config import POOL_NAMES
-from gsup.lifecycle import State, check_transition
+from gsup.lifecycle import Policy, State, check_transition
 from gsup.protocol import JobSpec
 
 database = pw.SqliteDatabase(None)
@@ -41,6 +41,9 @@ class Job(BaseModel):
     priority = pw.IntegerField()
     timeout = pw.FloatField(null=True)
     retries = pw.IntegerField(default=0)
+    retry_delay = pw.FloatField(default=0.0)
+    backoff = pw.FloatField(default=2.0)
+    retry_on = pw.TextField(null=True)  # JSON list of names; NULL: retry on anything
     on_lost = pw.TextField(default="requeue")
     state = pw.TextField()
     attempts = pw.IntegerField(default=0)  # charged runs
@@ -49,6 +52,7 @@ class Job(BaseModel):
     created = pw.FloatField()
     started = pw.FloatField(null=True)
     ended = pw.FloatField(null=True)
+    not_before = pw.FloatField(null=True)  # a delayed retry is not dispatched before then
     reason = pw.TextField(null=True)  # why it ended
     result = pw.TextField(null=True)
     result_type = pw.TextField(null=True)  # "json", or "repr" when not JSON-able
@@ -133,6 +137,18 @@ def open_database(path: Path, readonly: bool = False) -> pw.SqliteDatabase:
     return database
 
 
+POLICY_COLUMNS = "retries, on_lost, attempts, lost_count, retry_delay, backoff, retry_on"
+
+
+def policy_of(row: Sequence[Any]) -> Policy:
+    """A job's retry policy from its POLICY_COLUMNS, in that order."""
+    retries, on_lost, attempts, lost_count, retry_delay, backoff, retry_on = row
+    return Policy(
+        retries, on_lost, attempts, lost_count, retry_delay, backoff,
+        None if retry_on is None else tuple(json.loads(retry_on)),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class QueuedJob:
     """What the dispatcher needs of a queued job."""
@@ -142,10 +158,7 @@ class QueuedJob:
     target: str
     spec: str
     timeout: float | None
-    retries: int
-    on_lost: str
-    attempts: int
-    lost_count: int
+    policy: Policy
 
 
 class Writer:
@@ -216,8 +229,8 @@ class Writer:
             }
             cursor = self._execute(
                 "INSERT INTO jobs (name, pool, kind, target, display, spec, priority, timeout,"
-                " retries, on_lost, state, attempts, lost_count, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?)",
+                " retries, retry_delay, backoff, retry_on, on_lost, state, attempts, lost_count,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?)",
                 (
                     spec.name,
                     spec.pool,
@@ -228,6 +241,9 @@ class Writer:
                     spec.priority,
                     spec.timeout,
                     spec.retries,
+                    spec.retry_delay,
+                    spec.backoff,
+                    None if spec.retry_on is None else json.dumps(spec.retry_on),
                     spec.on_lost,
                     now,
                 ),
@@ -253,20 +269,23 @@ class Writer:
         charge: int = 0,
         lost: int = 0,
         outcome: dict[str, Any] | None = None,
+        not_before: float | None = None,
     ) -> None:
         """Move `job` from `before` to `after`, with its event, in this turn's transaction.
 
         `charge` adds to the charged attempts (1 on dispatch, -1 for a run that was
         interrupted through no fault of its own); `lost` counts a pool death;
-        `outcome` holds result/result_type/error/traceback of an ended run.
+        `outcome` holds result/result_type/error/traceback of an ended run;
+        `not_before` delays a retry.
         """
         check_transition(before, after)
         if after == State.QUEUED or after == State.RUNNING:
             sql = (
                 "UPDATE jobs SET state = ?, attempts = attempts + ?, lost_count = lost_count + ?,"
-                " worker = NULL, started = NULL, ended = NULL WHERE id = ? AND state = ?"
+                " worker = NULL, started = NULL, ended = NULL, not_before = ?"
+                " WHERE id = ? AND state = ?"
             )
-            params: tuple = (after.value, charge, lost, job, str(before))
+            params: tuple = (after.value, charge, lost, not_before, job, str(before))
         else:
             outcome = outcome or {}
             sql = (
@@ -297,13 +316,23 @@ class Writer:
             (worker, started, job),
         )
 
-    def next_queued(self, pool: str, limit: int) -> list[QueuedJob]:
+    def next_queued(self, pool: str, limit: int, now: float) -> list[QueuedJob]:
+        """The next jobs to dispatch: by priority, then FIFO; delayed retries when due."""
         rows = self._execute(
-            "SELECT id, kind, target, spec, timeout, retries, on_lost, attempts, lost_count"
-            " FROM jobs WHERE state = 'queued' AND pool = ? ORDER BY priority, id LIMIT ?",
-            (pool, limit),
+            f"SELECT id, kind, target, spec, timeout, {POLICY_COLUMNS} FROM jobs"
+            " WHERE state = 'queued' AND pool = ? AND (not_before IS NULL OR not_before <= ?)"
+            " ORDER BY priority, id LIMIT ?",
+            (pool, now, limit),
         ).fetchall()
-        return [QueuedJob(*row) for row in rows]
+        return [QueuedJob(*row[:5], policy_of(row[5:])) for row in rows]
+
+    def next_retry_time(self, pool: str, now: float) -> float | None:
+        """When the earliest delayed retry of a pool falls due."""
+        return self._execute(
+            "SELECT min(not_before) FROM jobs WHERE state = 'queued' AND pool = ?"
+            " AND not_before > ?",
+            (pool, now),
+        ).fetchone()[0]
 
     def queued_ids(self, pool: str | None) -> list[int]:
         if pool is None:
@@ -349,16 +378,14 @@ JOB_SUMMARY_FIELDS = (
 )
 
 
-def unfinished_jobs() -> tuple[int, list[dict[str, Any]]]:
-    """What a daemon left behind: how many jobs are queued, and the running ones."""
+def unfinished_jobs() -> tuple[int, list[tuple[int, str, Policy]]]:
+    """What a daemon left behind: how many jobs are queued; each running one's
+    id, pool and policy."""
     queued = Job.select().where(Job.state == State.QUEUED).count()
-    running = (
-        Job.select(Job.id, Job.pool, Job.retries, Job.on_lost, Job.attempts, Job.lost_count)
-        .where(Job.state == State.RUNNING)
-        .order_by(Job.id)
-        .dicts()
+    cursor = database.execute_sql(
+        f"SELECT id, pool, {POLICY_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id"
     )
-    return queued, list(running)
+    return queued, [(row[0], row[1], policy_of(row[2:])) for row in cursor.fetchall()]
 
 
 def list_jobs(state: str | None, pool: str | None, limit: int) -> list[dict[str, Any]]:
@@ -407,7 +434,9 @@ class PoolSnapshot:
 
 def queues_snapshot(pending_limit: int = 10) -> list[PoolSnapshot]:
     """What `gsup queues` shows, from the journal alone."""
-    fields = (Job.id, Job.display, Job.priority, Job.worker, Job.started, Job.timeout)
+    fields = (
+        Job.id, Job.display, Job.priority, Job.worker, Job.started, Job.timeout, Job.not_before,
+    )  # fmt: skip
     snapshots = []
     pools = sorted(
         Pool.select(),

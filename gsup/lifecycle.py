@@ -56,21 +56,36 @@ def check_transition(before: State | str | None, after: State) -> None:
 
 @dataclass(frozen=True)
 class Policy:
-    """What a job asked for when it fails; `attempts` counts charged runs so far."""
+    """What a job asked for when a run ends badly; `attempts` counts charged runs so far."""
 
-    retries: int
-    on_lost: str
-    attempts: int
-    lost_count: int = 0
+    retries: int = 0
+    on_lost: str = "requeue"
+    attempts: int = 0
+    lost_count: int = 0  # pool deaths it was in flight for
+    retry_delay: float = 0.0  # seconds before the first retry
+    backoff: float = 2.0  # each further retry waits this many times longer
+    retry_on: tuple[str, ...] | None = None  # None: any exception, timeout or exit code
+
+    def delay(self) -> float:
+        """Seconds to wait before the next retry, after `attempts` runs."""
+        return self.retry_delay * self.backoff ** max(0, self.attempts - 1)
 
 
-def should_retry(state: State, policy: Policy) -> bool:
-    """Whether a job that just ended in `state` goes back to the queue."""
+def should_retry(state: State, policy: Policy, causes: tuple[str, ...] = ()) -> bool:
+    """Whether a job that just ended in `state` goes back to the queue.
+
+    `causes` name what ended the run: the exception's class and its bases, "exit"
+    for a command's non-zero exit; a timeout is "timeout". A lost job follows its
+    on_lost policy alone, until it looks like poison.
+    """
     if state == State.LOST:
         return policy.on_lost == "requeue" and policy.lost_count < POISON_AFTER_LOST
-    if state in (State.FAILED, State.TIMEOUT):
-        return policy.attempts <= policy.retries
-    return False
+    if state not in (State.FAILED, State.TIMEOUT) or policy.attempts > policy.retries:
+        return False
+    if policy.retry_on is None:
+        return True
+    causes = ("timeout",) if state == State.TIMEOUT else causes
+    return any(cause in policy.retry_on for cause in causes)
 
 
 def lost_reason(policy: Policy, why: str) -> str:

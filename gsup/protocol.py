@@ -65,6 +65,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ProtocolError(message)
@@ -91,7 +95,7 @@ def check_timeout(value: Any) -> float | None:
     if value is None:
         return None
     _check(
-        isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
+        _is_number(value) and value > 0,
         f"timeout must be a positive number of seconds, not {value!r}",
     )
     return float(value)
@@ -127,6 +131,9 @@ class JobSpec:
     priority: int = DEFAULT_PRIORITY
     timeout: float | None = None
     retries: int = 0
+    retry_delay: float = 0.0
+    backoff: float = 2.0
+    retry_on: list[str] | None = None
     on_lost: str = "requeue"
     name: str | None = None
 
@@ -165,6 +172,10 @@ class JobSpec:
         check_priority(spec.priority)
         spec.timeout = check_timeout(spec.timeout)
         _check(_is_int(spec.retries) and spec.retries >= 0, "retries must be 0 or more")
+        _check(_is_number(spec.retry_delay) and spec.retry_delay >= 0, "retry_delay must be >= 0")
+        _check(_is_number(spec.backoff) and spec.backoff >= 1, "backoff must be 1 or more")
+        if spec.retry_on is not None:
+            _check_str_list(spec.retry_on, "retry_on")
         _check(spec.on_lost in ON_LOST, f"on_lost must be one of {ON_LOST}")
         return spec
 

@@ -11,10 +11,10 @@ All crash-restore policy is in `plan`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gsup.journal import Writer, unfinished_jobs
-from gsup.lifecycle import Policy, State, lost_reason, should_retry
+from gsup.lifecycle import State, lost_reason, should_retry
 
 LOST_WITH_DAEMON = "lost with the daemon"
 
@@ -64,11 +64,11 @@ def plan() -> RecoveryReport:
     """Decide, from the journal alone, what becomes of each unfinished job."""
     queued, running = unfinished_jobs()
     report = RecoveryReport(queued=queued)
-    for job in running:
-        policy = Policy(job["retries"], job["on_lost"], job["attempts"], job["lost_count"] + 1)
+    for job, pool, policy in running:
+        policy = replace(policy, lost_count=policy.lost_count + 1)
         requeue = should_retry(State.LOST, policy)
         why = LOST_WITH_DAEMON if requeue else lost_reason(policy, LOST_WITH_DAEMON)
-        report.decisions.append(Decision(job["id"], job["pool"], requeue, why))
+        report.decisions.append(Decision(job, pool, requeue, why))
     return report
 
 

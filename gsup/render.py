@@ -52,9 +52,11 @@ def _workers_table(pool: PoolSnapshot, now: float) -> Table:
 def _pending_lines(pool: PoolSnapshot) -> RenderableType:
     lines = [Text(f"gsup {pool.name} queue: {pool.pending_count} pending", style="bold")]
     for job in pool.pending:
+        due = job.get("not_before")
+        later = f" (retry at {short_time(due)})" if due and due > time.time() else ""
         lines.append(
             Text(
-                f"  #{job['id']} [p{job['priority']}] {job['display']}",
+                f"  #{job['id']} [p{job['priority']}] {job['display']}{later}",
                 overflow="ellipsis",
                 no_wrap=True,
             )
@@ -137,6 +139,7 @@ def job_view(job: dict[str, Any]) -> RenderableType:
         ("created", when(job["created"])),
         ("started", when(job["started"])),
         ("ended", when(job["ended"])),
+        ("retry at", when(job["not_before"])),
         ("result", "-" if job["result"] is None else f"{job['result']} ({job['result_type']})"),
         ("error", job["error"] or "-"),
     ]

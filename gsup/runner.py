@@ -67,7 +67,8 @@ def _failure(exc: BaseException) -> Outcome:
     error = f"{type(exc).__name__}: {exc}"
     inner = exc.__traceback__.tb_next if exc.__traceback__ else None
     text = "".join(traceback.format_exception(type(exc), exc, inner))
-    return Outcome("failed", error, {"error": error, "traceback": text})
+    causes = [cls.__name__ for cls in type(exc).__mro__[:-1]]  # for --retry-on
+    return Outcome("failed", error, {"error": error, "traceback": text, "causes": causes})
 
 
 def run_call(job: PoolJob, router: OutputRouter) -> Outcome:
@@ -77,7 +78,8 @@ def run_call(job: PoolJob, router: OutputRouter) -> Outcome:
             job.target, spec.get("arguments"), spec.get("pickled"), spec.get("path", [])
         )
     except TargetError as exc:
-        return Outcome("failed", str(exc), {"error": f"TargetError: {exc}"})
+        error = f"TargetError: {exc}"
+        return Outcome("failed", str(exc), {"error": error, "causes": ["TargetError"]})
     with router.capture(job.id):
         try:
             value = func(*args, **kwargs)
@@ -128,7 +130,7 @@ def run_command(
     if code == 0:
         return Outcome("done", "exit code 0", fields)
     why = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
-    return Outcome("failed", why, {**fields, "error": why})
+    return Outcome("failed", why, {**fields, "error": why, "causes": ["exit"]})
 
 
 def _find_program(name: str, cwd: str | None, env: dict[str, str] | None) -> str | None:

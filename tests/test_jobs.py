@@ -152,3 +152,35 @@ def test_wait_exits_non_zero_unless_all_are_done(daemon, gsup):
     result = gsup("wait", str(good), str(bad), check=False)
     assert result.returncode == 1
     assert result.stdout.splitlines() == [f"{good}: done", f"{bad}: failed"]
+
+
+def test_retries_wait_with_backoff(daemon, gsup):
+    job = gsup.add("jobs:boom", "--retries", "2", "--retry-delay", "0.2", "--backoff", "3")
+    assert gsup.wait(job) == {job: "failed"}
+    events = gsup.show(job)["events"]
+    dispatched = [e["at"] for e in events if e["after"] == "running"]
+    assert len(dispatched) == 3
+    assert dispatched[1] - dispatched[0] >= 0.2  # 0.2 s, then 0.6 s
+    assert dispatched[2] - dispatched[1] >= 0.6
+    assert [e["why"] for e in events if e["before"] == "failed"] == [
+        "retry after failed in 0.2s",
+        "retry after failed in 0.6s",
+    ]
+
+
+def test_retry_on_names_the_exceptions_worth_a_retry(daemon, gsup, workdir):
+    (workdir / "flaky.py").write_text(
+        "def oserror():\n    raise FileNotFoundError('gone')\n"
+        "def valueerror():\n    raise ValueError('bad')\n"
+    )
+    retried = gsup.add("flaky:oserror", "--retries", "1", "--retry-on", "OSError")
+    not_retried = gsup.add("flaky:valueerror", "--retries", "1", "--retry-on", "OSError")
+    command = gsup.add("--retries", "1", "--retry-on", "exit", "--cmd", "--", "false")
+    timed_out = gsup.add(
+        "jobs:sleep", "30", "--timeout", "0.3", "--retries", "1", "--retry-on", "timeout"
+    )
+    gsup.wait(retried, not_retried, command, timed_out)
+    assert gsup.show(retried)["attempts"] == 2  # FileNotFoundError is an OSError
+    assert gsup.show(not_retried)["attempts"] == 1
+    assert gsup.show(command)["attempts"] == 2
+    assert gsup.show(timed_out)["attempts"] == 2
