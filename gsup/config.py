@@ -47,6 +47,11 @@ class Paths:
         return self.home / "journal.sqlite"
 
     @property
+    def journal_files(self) -> list[Path]:
+        """The journal and its write-ahead log and shared-memory index."""
+        return [self.home / f"journal.sqlite{suffix}" for suffix in ("", "-wal", "-shm")]
+
+    @property
     def lock(self) -> Path:
         return self.home / "daemon.lock"
 
@@ -81,6 +86,7 @@ class Settings:
     grace: float = 10.0  # seconds running jobs get when the daemon stops
     stop_grace: float = 2.0  # seconds a stopped thread gets before its pool is recycled
     max_message: int = MAX_MESSAGE
+    group: str | None = None  # its members may use the daemon too
 
     def pool(self, name: str) -> PoolSettings:
         return next(p for p in self.pools if p.name == name)
@@ -136,4 +142,5 @@ def load_settings(
         grace=grace,
         stop_grace=float(toml.get("stop_grace", 2.0)),
         max_message=_positive_int(toml.get("max_message", MAX_MESSAGE), "max_message"),
+        group=os.environ.get("GSUP_GROUP") or toml.get("group"),
     )

@@ -18,7 +18,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
 import traceback
@@ -29,8 +28,9 @@ from typing import Any
 import multiprocess
 
 from gsup import recovery
+from gsup.access import Access, peer_credentials
 from gsup.channel import FrameReader, frame
-from gsup.config import PoolSettings, Settings
+from gsup.config import ConfigError, PoolSettings, Settings
 from gsup.journal import QueuedJob, Writer, open_database
 from gsup.lifecycle import END_STATES, RETRYABLE, Policy, State, lost_reason, should_retry
 from gsup.pool import pool_main
@@ -127,6 +127,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.paths = settings.paths
+        self.access = Access.for_group(settings.group)
         self.selector = selectors.DefaultSelector()
         self.pools = {p.name: PoolHandle(p) for p in settings.pools}
         self.connections: dict[int, Connection] = {}
@@ -160,6 +161,8 @@ class Supervisor:
         self._prepare_home()
         self._take_lock()
         self.journal = Writer(open_database(self.paths.journal))
+        for path in self.paths.journal_files:
+            self.access.protect(path, self.access.file_mode)
         report = recovery.plan()
         recovery.apply(self.journal, report, time.time())
         for pool in self.pools.values():
@@ -186,8 +189,9 @@ class Supervisor:
         home = self.paths.home
         try:
             home.mkdir(mode=0o700, parents=True, exist_ok=True)
-            home.chmod(0o700)
+            self.access.protect(home, self.access.dir_mode)
             self.paths.logs.mkdir(mode=0o700, exist_ok=True)
+            self.access.protect(self.paths.logs, self.access.dir_mode)
         except OSError as exc:
             raise DaemonError(f"cannot use state dir {home}: {exc.strerror or exc}") from None
         if len(os.fsencode(self.paths.socket)) > 100:
@@ -215,7 +219,7 @@ class Supervisor:
             listener.bind(str(path))
         finally:
             os.umask(old_umask)
-        path.chmod(0o600)
+        self.access.protect(path, self.access.socket_mode)
         listener.listen(128)
         listener.setblocking(False)
         self.listener = listener
@@ -376,14 +380,12 @@ class Supervisor:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            pid, uid, _gid = struct.unpack(
-                "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            )
+            pid, uid, gid = peer_credentials(sock)
             sock.setblocking(False)
             conn = Connection(sock, LineReader(self.settings.max_message), uid, pid)
             self.connections[sock.fileno()] = conn
             self.selector.register(sock, selectors.EVENT_READ, lambda m, c=conn: self._client(c, m))
-            if uid != os.getuid():
+            if not self.access.allows(uid, gid):
                 self._refuse(conn, "permission denied")
 
     def _client(self, conn: Connection, mask: int) -> None:
@@ -793,6 +795,6 @@ def _describe_exit(code: int | None) -> str:
 def serve(settings: Settings) -> int:
     try:
         return Supervisor(settings).run()
-    except DaemonError as exc:
+    except (DaemonError, ConfigError) as exc:
         print(f"gsup: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,83 @@
+"""Only the daemon's user, or the group its config names, may talk to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+NOBODY = 65534  # uid of nobody and gid of nogroup on Debian
+
+PING = (
+    "import json, socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "try:\n"
+    "    s.connect(sys.argv[1])\n"
+    "except OSError as exc:\n"
+    "    print(json.dumps({'connect': exc.strerror})); sys.exit()\n"
+    's.sendall(b\'{"verb": "ping", "id": 1}\\n\')\n'
+    "print(s.makefile().readline())\n"
+)
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="switching users needs root")
+
+
+def _ping_as_nobody(home) -> dict:
+    # The system interpreter: nobody cannot enter /root, where a venv's may live.
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    assert python, "a system python3 is needed to act as another user"
+    result = subprocess.run(
+        [python, "-c", PING, str(home / "gsup.sock")],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_another_user_cannot_reach_the_socket(daemon, home):
+    home.parent.chmod(0o711)
+    assert _ping_as_nobody(home) == {"connect": "Permission denied"}
+
+
+def test_another_user_is_refused_even_when_file_permissions_let_it_in(daemon, home):
+    home.parent.chmod(0o711)
+    home.chmod(0o711)
+    (home / "gsup.sock").chmod(0o666)
+    assert _ping_as_nobody(home) == {"id": None, "ok": False, "error": "permission denied"}
+
+
+def test_members_of_the_configured_group_are_let_in(make_daemon, home, env):
+    env["GSUP_GROUP"] = "nogroup"
+    make_daemon()
+    home.parent.chmod(0o711)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o750
+    assert stat.S_IMODE((home / "gsup.sock").stat().st_mode) == 0o660
+    assert (home / "gsup.sock").stat().st_gid == NOBODY
+    reply = _ping_as_nobody(home)
+    assert reply["ok"] is True
+
+
+def test_an_unknown_group_stops_the_daemon_with_a_clear_error(env):
+    env["GSUP_GROUP"] = "no-such-group-here"
+    result = subprocess.run(
+        [sys.executable, "-m", "gsup", "daemon"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        "gsup: error: unknown group 'no-such-group-here'",
+    )
