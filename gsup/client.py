@@ -67,6 +67,12 @@ class Client:
             self._sock.close()
             self._sock = None
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def request(self, verb: str, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
         """Send one request and return its reply; raise GsupError if it failed."""
         with self._lock:
