@@ -87,6 +87,7 @@ class Settings:
     stop_grace: float = 2.0  # seconds a stopped thread gets before its pool is recycled
     max_message: int = MAX_MESSAGE
     group: str | None = None  # its members may use the daemon too
+    min_free_mb: float = 50.0  # below this much free disk, new jobs are refused
 
     def pool(self, name: str) -> PoolSettings:
         return next(p for p in self.pools if p.name == name)
@@ -143,4 +144,5 @@ def load_settings(
         stop_grace=float(toml.get("stop_grace", 2.0)),
         max_message=_positive_int(toml.get("max_message", MAX_MESSAGE), "max_message"),
         group=os.environ.get("GSUP_GROUP") or toml.get("group"),
+        min_free_mb=float(toml.get("min_free_mb", 50.0)),
     )

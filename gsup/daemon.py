@@ -18,6 +18,7 @@ import os
 import selectors
 import signal
 import socket
+import sqlite3
 import sys
 import time
 import traceback
@@ -31,11 +32,13 @@ from gsup import recovery
 from gsup.access import Access, peer_credentials
 from gsup.channel import FrameReader, frame
 from gsup.config import ConfigError, PoolSettings, Settings
-from gsup.journal import QueuedJob, Writer, open_database
+from gsup.journal import JournalStalled, QueuedJob, Writer, open_database
 from gsup.lifecycle import END_STATES, RETRYABLE, Policy, State, lost_reason, should_retry
 from gsup.pool import pool_main
 from gsup.protocol import MUTATING, LineReader, ProtocolError, check_request, encode
 from gsup.systemd import Notifier
+
+STALL_RETRY = 1.0  # seconds between attempts to write a turn that failed to commit
 
 
 class DaemonError(Exception):
@@ -137,6 +140,7 @@ class Supervisor:
         self.stopping = False
         self.stop_deadline = 0.0
         self.done = False
+        self.exit_code = 0
         self.systemd = Notifier()
         self.next_watchdog = 0.0
         self.lock_fd = -1
@@ -183,7 +187,7 @@ class Supervisor:
             self._turn()
         self._close()
         say("stopped")
-        return 0
+        return self.exit_code
 
     def _prepare_home(self) -> None:
         home = self.paths.home
@@ -263,8 +267,8 @@ class Supervisor:
         for waiter in self.waiters:
             self._reply(waiter.conn, waiter.request_id, {"ok": False, "error": "daemon stopped"})
         self.waiters.clear()
-        self.journal.commit()
-        self._flush()
+        if self._commit():
+            self._flush()
         self.done = True
 
     def _close(self) -> None:
@@ -291,8 +295,44 @@ class Supervisor:
         if self.done:
             return
         self._dispatch(now)
-        self.journal.commit()
-        self._flush()
+        if self._commit():
+            self._flush()
+
+    def _commit(self) -> bool:
+        """Commit the turn; if the journal cannot be written, act on none of it
+        (no reply, no hand-over) until it has been: see `_stall`."""
+        try:
+            self.journal.commit()
+        except JournalStalled as exc:
+            self._stall(exc)
+        return not self.done
+
+    def _stall(self, exc: JournalStalled) -> None:
+        """Retry the failed turn every second, doing nothing else meanwhile. A signal
+        ends the daemon: what the turn decided was never acted on, and the journal's
+        last committed state is what the next start recovers."""
+        say(f"cannot write the journal ({exc}); retrying every {STALL_RETRY:g}s")
+        self.systemd.status(f"stalled: cannot write the journal ({exc})")
+        signals_only = selectors.DefaultSelector()
+        signals_only.register(self.wakeup_r, selectors.EVENT_READ)
+        while True:
+            signals_only.select(STALL_RETRY)
+            self._drain_wakeups(0)
+            if self.signals:
+                say("stopping with the journal not writable; the last turn is dropped")
+                for pool in self.pools.values():
+                    self._kill_pool(pool)
+                self.done, self.exit_code = True, 1
+                return
+            if self.systemd.watchdog_interval is not None:
+                self.systemd.watchdog()
+            try:
+                self.journal.replay()
+            except JournalStalled:
+                continue
+            say("the journal is writable again")
+            self.systemd.status("running")
+            return
 
     def _seconds_to_next_timer(self) -> float | None:
         deadlines = [self.stop_deadline] if self.stopping else []
@@ -416,23 +456,37 @@ class Supervisor:
 
     def _request(self, conn: Connection, message: dict[str, Any]) -> None:
         request_id = self._current_request_id = message.get("id")
-        self.journal.savepoint()
         try:
             verb, fields = check_request(message)
-            if self.stopping and verb in MUTATING:
-                raise RequestError("the daemon is stopping; try again once it has restarted")
-            reply = self.handlers[verb](conn, fields)
+            reply = self._handle(conn, verb, fields)
         except (ProtocolError, RequestError) as exc:
-            self.journal.rollback_to_savepoint()
             reply = {"ok": False, "error": str(exc)}
-        except Exception as exc:  # a bug must not take the daemon down
-            self.journal.rollback_to_savepoint()
-            traceback.print_exc()
-            reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
-        else:
-            self.journal.release_savepoint()
         if reply is not None:
             self._reply(conn, request_id, {"ok": True, **reply} if "ok" not in reply else reply)
+
+    def _handle(self, conn: Connection, verb: str, fields: dict[str, Any]) -> dict | None:
+        """Run a verb's handler; one that changes something runs in a savepoint, so
+        that a failure half-way leaves the journal as it was."""
+        if verb in MUTATING:
+            if self.stopping:
+                raise RequestError("the daemon is stopping; try again once it has restarted")
+            if self.journal.failure is not None:
+                raise RequestError(f"cannot write the journal ({self.journal.failure})")
+            self.journal.savepoint()
+        try:
+            reply = self.handlers[verb](conn, fields)
+        except Exception as exc:
+            if verb in MUTATING:
+                self.journal.rollback_to_savepoint()
+            if isinstance(exc, RequestError):
+                raise
+            if isinstance(exc, sqlite3.Error):
+                raise RequestError(f"cannot write the journal ({exc}); nothing changed") from exc
+            traceback.print_exc()  # a bug must not take the daemon down
+            raise RequestError(f"internal error: {type(exc).__name__}: {exc}") from exc
+        if verb in MUTATING:
+            self.journal.release_savepoint()
+        return reply
 
     def _reply(self, conn: Connection, request_id: Any, message: dict[str, Any]) -> None:
         self.replies.append((conn, {"id": request_id, **message}))
@@ -471,12 +525,24 @@ class Supervisor:
         return {"pid": os.getpid(), "stopping": self.stopping}
 
     def handle_add(self, conn: Connection, fields: dict[str, Any]) -> dict[str, Any]:
+        self._check_room()
         specs = fields["jobs"]
         self.journal.log_command("add", {"jobs": len(specs)}, conn.uid, conn.pid)
         ids = self.journal.insert_jobs(specs, time.time())
         for spec in specs:
             self.pools[spec.pool].maybe_queued = True
         return {"ids": ids}
+
+    def _check_room(self) -> None:
+        """Refuse new jobs while the disk is nearly full: the room left is kept for
+        the journal's records of the jobs already accepted."""
+        stats = os.statvfs(self.paths.home)
+        free_mb = stats.f_bavail * stats.f_frsize / 1e6
+        if free_mb < self.settings.min_free_mb:
+            raise RequestError(
+                f"the disk of {self.paths.home} is nearly full ({free_mb:.1f} MB free); the last"
+                f" {self.settings.min_free_mb:g} MB are kept for the jobs already accepted"
+            )
 
     def handle_get(self, conn: Connection, fields: dict[str, Any]) -> dict[str, Any]:
         row = self._job_row(fields["job"])

@@ -9,7 +9,9 @@ The supervisor opens one transaction per turn of its loop (group commit).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -161,62 +163,123 @@ class QueuedJob:
     policy: Policy
 
 
+class JournalStalled(Exception):
+    """A turn's writes could not be committed (disk full, I/O error); they are kept
+    for `Writer.replay`, and nothing the turn decided may be acted on until then."""
+
+
 class Writer:
-    """The supervisor's statements; one transaction per loop turn (`commit`)."""
+    """The supervisor's statements; one transaction per loop turn (`commit`).
+
+    Every write is also kept in a log until its turn commits, so that a turn that
+    fails to commit can be written again, as it was, once the disk has room.
+    """
 
     def __init__(self, db: pw.SqliteDatabase) -> None:
         self.db = db
         self.conn = db.connection()
         self._in_transaction = False
+        self._log: list[tuple[str, Sequence[Any]]] = []
+        self._savepoint: tuple[int, int] | None = None  # (log length, next job id)
+        self.failure: sqlite3.Error | None = None  # a write of this turn failed
+        self._next_job_id = (self._read("SELECT max(id) FROM jobs").fetchone()[0] or 0) + 1
 
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def _begin(self) -> None:
         if not self._in_transaction:
             self.conn.execute("BEGIN IMMEDIATE")
             self._in_transaction = True
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        self._begin()  # inside the turn's transaction: it sees the turn's writes
         return self.conn.execute(sql, params)
 
-    def commit(self) -> None:
-        if self._in_transaction:
-            self.conn.execute("COMMIT")
-            self._in_transaction = False
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor | None:
+        """Execute and log a write. Outside a request, a failure does not raise: the
+        turn goes on, and its commit fails (see `commit`)."""
+        self._log.append((sql, params))
+        if self.failure is not None:
+            return None
+        self._begin()
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            if self._savepoint is not None:
+                raise  # the request's savepoint undoes its writes
+            self.failure = exc
+            return None
 
-    def rollback(self) -> None:
-        if self._in_transaction:
+    def commit(self) -> None:
+        if not self._in_transaction:
+            return
+        try:
+            if self.failure is not None:
+                raise self.failure
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._abandon()
+            raise JournalStalled(str(exc)) from exc
+        self._in_transaction = False
+        self._log.clear()
+
+    def replay(self) -> None:
+        """Write a failed turn again; raises JournalStalled while that still fails."""
+        self.failure = None
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._in_transaction = True
+            for sql, params in self._log:
+                self.conn.execute(sql, params)
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._abandon()
+            raise JournalStalled(str(exc)) from exc
+        self._in_transaction = False
+        self._log.clear()
+
+    def _abandon(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
             self.conn.execute("ROLLBACK")
-            self._in_transaction = False
+        self._in_transaction = False
 
     # A request's writes are undone alone if its handler fails half-way.
     def savepoint(self) -> None:
-        self._execute("SAVEPOINT request")
+        self._begin()
+        self.conn.execute("SAVEPOINT request")
+        self._savepoint = (len(self._log), self._next_job_id)
 
     def release_savepoint(self) -> None:
-        self._execute("RELEASE request")
+        self.conn.execute("RELEASE request")
+        self._savepoint = None
 
     def rollback_to_savepoint(self) -> None:
-        self._execute("ROLLBACK TO request")
-        self._execute("RELEASE request")
+        assert self._savepoint is not None
+        self.conn.execute("ROLLBACK TO request")
+        self.conn.execute("RELEASE request")
+        log_length, self._next_job_id = self._savepoint
+        del self._log[log_length:]
+        self._savepoint = None
 
     # --- commands and pools -----------------------------------------------------
 
     def log_command(self, verb: str, detail: dict[str, Any], uid: int | None, pid: int | None):
-        self._execute(
+        self._write(
             "INSERT INTO commands (at, verb, detail, uid, pid) VALUES (?, ?, ?, ?, ?)",
             (time.time(), verb, json.dumps(detail), uid, pid),
         )
 
     def register_pool(self, name: str, threads: int, queue_size: int) -> bool:
         """Record a pool's size; returns whether it is frozen (kept across restarts)."""
-        self._execute(
+        self._write(
             "INSERT INTO pools (name, threads, queue_size, frozen) VALUES (?, ?, ?, 0) "
             "ON CONFLICT(name) DO UPDATE SET threads = excluded.threads, "
             "queue_size = excluded.queue_size",
             (name, threads, queue_size),
         )
-        row = self._execute("SELECT frozen FROM pools WHERE name = ?", (name,)).fetchone()
+        row = self._read("SELECT frozen FROM pools WHERE name = ?", (name,)).fetchone()
         return bool(row[0])
 
     def set_frozen(self, name: str, frozen: bool) -> None:
-        self._execute("UPDATE pools SET frozen = ? WHERE name = ?", (int(frozen), name))
+        self._write("UPDATE pools SET frozen = ? WHERE name = ?", (int(frozen), name))
 
     # --- jobs -------------------------------------------------------------------
 
@@ -227,11 +290,13 @@ class Writer:
                 key: getattr(spec, key)
                 for key in ("arguments", "pickled", "argv", "cwd", "path", "env")
             }
-            cursor = self._execute(
-                "INSERT INTO jobs (name, pool, kind, target, display, spec, priority, timeout,"
+            job = self._next_job_id  # explicit: a replayed turn gives the same ids
+            self._write(
+                "INSERT INTO jobs (id, name, pool, kind, target, display, spec, priority, timeout,"
                 " retries, retry_delay, backoff, retry_on, on_lost, state, attempts, lost_count,"
-                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?)",
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?)",
                 (
+                    job,
                     spec.name,
                     spec.pool,
                     spec.kind,
@@ -248,12 +313,13 @@ class Writer:
                     now,
                 ),
             )
-            ids.append(cursor.lastrowid)
-            self._event(cursor.lastrowid, None, State.QUEUED, now, "added")
+            self._next_job_id += 1
+            ids.append(job)
+            self._event(job, None, State.QUEUED, now, "added")
         return ids
 
     def _event(self, job: int, before: str | None, after: State, now: float, why: str) -> None:
-        self._execute(
+        self._write(
             "INSERT INTO events (job, before, after, at, why) VALUES (?, ?, ?, ?, ?)",
             (job, before, after.value, now, why),
         )
@@ -306,19 +372,20 @@ class Writer:
                 job,
                 str(before),
             )
-        if self._execute(sql, params).rowcount != 1:
+        cursor = self._write(sql, params)
+        if cursor is not None and cursor.rowcount != 1:
             raise JournalError(f"job {job} is not {before}")
         self._event(job, str(before), after, now, why)
 
     def mark_started(self, job: int, worker: str, started: float) -> None:
-        self._execute(
+        self._write(
             "UPDATE jobs SET worker = ?, started = ? WHERE id = ? AND state = 'running'",
             (worker, started, job),
         )
 
     def next_queued(self, pool: str, limit: int, now: float) -> list[QueuedJob]:
         """The next jobs to dispatch: by priority, then FIFO; delayed retries when due."""
-        rows = self._execute(
+        rows = self._read(
             f"SELECT id, kind, target, spec, timeout, {POLICY_COLUMNS} FROM jobs"
             " WHERE state = 'queued' AND pool = ? AND (not_before IS NULL OR not_before <= ?)"
             " ORDER BY priority, id LIMIT ?",
@@ -328,7 +395,7 @@ class Writer:
 
     def next_retry_time(self, pool: str, now: float) -> float | None:
         """When the earliest delayed retry of a pool falls due."""
-        return self._execute(
+        return self._read(
             "SELECT min(not_before) FROM jobs WHERE state = 'queued' AND pool = ?"
             " AND not_before > ?",
             (pool, now),
@@ -336,9 +403,9 @@ class Writer:
 
     def queued_ids(self, pool: str | None) -> list[int]:
         if pool is None:
-            rows = self._execute("SELECT id FROM jobs WHERE state = 'queued'").fetchall()
+            rows = self._read("SELECT id FROM jobs WHERE state = 'queued'").fetchall()
         else:
-            rows = self._execute(
+            rows = self._read(
                 "SELECT id FROM jobs WHERE state = 'queued' AND pool = ?", (pool,)
             ).fetchall()
         return [row[0] for row in rows]
@@ -348,12 +415,12 @@ class Writer:
         for start in range(0, len(jobs), 500):
             chunk = jobs[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk)
+            rows = self._read(f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk)
             states.update(rows.fetchall())
         return states
 
     def job_row(self, job: int) -> dict[str, Any] | None:
-        cursor = self._execute("SELECT * FROM jobs WHERE id = ?", (job,))
+        cursor = self._read("SELECT * FROM jobs WHERE id = ?", (job,))
         row = cursor.fetchone()
         if row is None:
             return None

@@ -1,0 +1,104 @@
+"""A full disk: new jobs are refused with a clear error, the daemon stays up, and no
+accepted job is lost or damaged. The state dir is a small tmpfs of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+
+import pytest
+from conftest import Daemon, wait_until
+
+from gsup.client import Client, GsupError
+from gsup.specs import call_spec
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="mounting a tmpfs needs root")
+
+SIZE_MB = 16
+
+
+@pytest.fixture
+def small_home(home):
+    mount = home.parent / "small"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SIZE_MB}m", "tmpfs", str(mount)], check=True
+    )
+    yield mount / "state"
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill_with_jobs(client: Client, workdir) -> tuple[list[int], str]:
+    """Add jobs with big arguments until the daemon refuses; the ids and the refusal."""
+    ballast = "x" * 20_000
+    accepted: list[int] = []
+    while True:
+        specs = [
+            call_spec("jobs:add", (1,), {"y": 0, "ballast": ballast}, path=[str(workdir)])
+            for _ in range(20)
+        ]
+        try:
+            accepted += client.add(specs)
+        except GsupError as exc:
+            return accepted, str(exc)
+
+
+def test_a_full_disk_refuses_new_jobs_and_keeps_the_accepted_ones(small_home, env, workdir):
+    (workdir / "jobs.py").write_text("def add(x, y=0, ballast=''):\n    return x + y\n")
+    small_home.mkdir()
+    (small_home / "gsup.toml").write_text("min_free_mb = 6\n")
+    env["GSUP_HOME"] = str(small_home)
+    daemon = Daemon(small_home, env).start()
+    try:
+        with Client(small_home) as client:
+            client.freeze(None)
+            accepted, refusal = _fill_with_jobs(client, workdir)
+            assert "is nearly full" in refusal and "kept for the jobs already accepted" in refusal
+            assert len(accepted) > 100
+            assert client.ping()["pid"] == daemon.pid  # still up
+            client.freeze(None, False)
+            states = client.wait(accepted, timeout=120)
+        assert set(states.values()) == {"done"}
+    finally:
+        daemon.stop(signal.SIGTERM)
+    with sqlite3.connect(small_home / "journal.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert db.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone() == (
+            len(accepted),
+        )
+
+
+def test_a_turn_that_cannot_be_written_waits_for_room_then_goes_on(small_home, env, workdir):
+    small_home.mkdir()
+    (small_home / "gsup.toml").write_text("min_free_mb = 0\n")
+    env["GSUP_HOME"] = str(small_home)
+    daemon = Daemon(small_home, env).start()
+    filler = small_home.parent / "filler"
+    try:
+        with Client(small_home) as client:
+            client.freeze(None)
+            job = client.add([call_spec("jobs:add", (2,), path=[str(workdir)])])[0]
+            with open(filler, "wb") as f:  # take every free byte
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+                        f.flush()
+                except OSError:
+                    pass
+            replies: list = []
+            unfreeze = threading.Thread(target=lambda: replies.append(client.freeze(None, False)))
+            unfreeze.start()
+            wait_until(lambda: "cannot write the journal" in daemon.output, what="the stall")
+            assert replies == []  # not acknowledged while it is not on disk
+            filler.unlink()
+            unfreeze.join(30)
+            assert replies == [{"user": False, "monitoring": False}]
+            assert "the journal is writable again" in daemon.output
+            assert client.wait([job], timeout=60) == {job: "done"}
+    finally:
+        daemon.stop(signal.SIGTERM)
+    with sqlite3.connect(small_home / "journal.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
