@@ -183,8 +183,15 @@ class Supervisor:
         sizes = ", ".join(f"{p.name} {p.settings.threads} threads" for p in self.pools.values())
         say(f"ready: home {self.paths.home}, pools {sizes}, pid {os.getpid()}")
         self.systemd.ready(f"ready: pools {sizes}")
-        while not self.done:
-            self._turn()
+        try:
+            while not self.done:
+                self._turn()
+        except Exception:  # a bug: end like a crash, but leave no pool behind
+            traceback.print_exc()
+            say("crashed; the next start recovers from the journal")
+            for pool in self.pools.values():
+                self._kill_pool(pool)
+            self.exit_code = 1
         self._close()
         say("stopped")
         return self.exit_code
@@ -279,7 +286,7 @@ class Supervisor:
             self.listener.close()
             with contextlib.suppress(FileNotFoundError):
                 self.paths.socket.unlink()
-        self.journal.db.close()
+        self.journal.close()
         os.close(self.lock_fd)
 
     # --- the loop ---------------------------------------------------------------------
@@ -344,7 +351,8 @@ class Supervisor:
                 deadlines.extend(d for d in self._deadlines(flight) if d is not None)
         if not deadlines:
             return None
-        return max(0.0, min(deadlines) - time.time())
+        # Capped: select() cannot wait for weeks, and waking once an hour costs nothing.
+        return min(max(0.0, min(deadlines) - time.time()), 3600.0)
 
     @staticmethod
     def _deadlines(flight: Flight) -> tuple[float | None, float | None]:
@@ -378,18 +386,33 @@ class Supervisor:
             self._finish_stop(now)
 
     def _dispatch(self, now: float) -> None:
+        """Hand queued jobs to pools with free slots, in priority then FIFO order.
+
+        A suspect, a job that was in flight when its pool died, runs alone: if it
+        kills the pool again, no innocent neighbour is charged, and a job only becomes
+        poison by pool deaths it alone can have caused.
+        """
         if self.stopping:
             return
         for pool in self.pools.values():
             if pool.frozen or not pool.alive or not pool.maybe_queued or pool.free_slots <= 0:
                 continue
+            if any(flight.policy.lost_count for flight in pool.flights.values()):
+                continue  # a suspect runs alone
             wanted = pool.free_slots
             jobs = self.journal.next_queued(pool.name, wanted, now)
             if len(jobs) < wanted:
                 pool.maybe_queued = False
                 pool.wake_at = self.journal.next_retry_time(pool.name, now)
             for job in jobs:
+                suspect = job.policy.lost_count > 0
+                if suspect and pool.flights:
+                    pool.maybe_queued = True  # it waits until the pool is empty
+                    break
                 self._hand_over(pool, job, now)
+                if suspect:
+                    pool.maybe_queued = True  # the rest wait until it has ended
+                    break
 
     def _hand_over(self, pool: PoolHandle, job: QueuedJob, now: float) -> None:
         self.journal.transition(job.id, State.QUEUED, State.RUNNING, "dispatched", now, charge=1)

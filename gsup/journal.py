@@ -236,6 +236,10 @@ class Writer:
         self._in_transaction = False
         self._log.clear()
 
+    def close(self) -> None:
+        self._abandon()  # a turn cut short by a crash is not committed
+        self.db.close()
+
     def _abandon(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.conn.execute("ROLLBACK")

@@ -38,9 +38,11 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     **{state: frozenset({State.QUEUED}) for state in RETRYABLE},
 }
 
-# A job that was in flight during this many pool deaths is not requeued again:
-# it is likely what kills the pool (a poison job).
+# A job that was in flight during this many pool deaths is not requeued again: it is
+# likely what kills the pool (a poison job). After its first, it runs alone, so that
+# the deaths it is charged with can only be its own (see the dispatcher).
 POISON_AFTER_LOST = 3
+MAX_RETRY_DELAY = 24 * 3600.0
 
 
 class TransitionError(Exception):
@@ -67,8 +69,9 @@ class Policy:
     retry_on: tuple[str, ...] | None = None  # None: any exception, timeout or exit code
 
     def delay(self) -> float:
-        """Seconds to wait before the next retry, after `attempts` runs."""
-        return self.retry_delay * self.backoff ** max(0, self.attempts - 1)
+        """Seconds to wait before the next retry, after `attempts` runs (a day at most)."""
+        growth = self.backoff ** min(max(0, self.attempts - 1), 20)  # 1000**20: no overflow
+        return min(self.retry_delay * growth, MAX_RETRY_DELAY)
 
 
 def should_retry(state: State, policy: Policy, causes: tuple[str, ...] = ()) -> bool:

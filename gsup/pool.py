@@ -15,19 +15,27 @@ import contextlib
 import ctypes
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from gsup.channel import FrameReader, frame
 from gsup.config import Paths
 from gsup.output import OutputRouter
-from gsup.runner import JobStopped, Outcome, PoolJob, run_call, run_command, stop_command
+from gsup.runner import (
+    JobStopped,
+    Outcome,
+    PoolJob,
+    describe,
+    run_call,
+    run_command,
+    stop_command,
+)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -63,12 +71,15 @@ class PoolProcess:
         self.name = name
         self.sock = sock
         self.paths = paths
-        self.jobs: queue.Queue[PoolJob] = queue.Queue(maxsize=threads + queue_size)
         self.workers = [Worker(i) for i in range(threads)]
         self.router = OutputRouter(paths.job_output)
-        # One lock orders "a worker takes a job" against "the supervisor stops it".
+        # One lock orders "a worker takes a job up" against "the supervisor stops or
+        # recalls it"; it guards `waiting` and each worker's job.
         self.lock = threading.Lock()
-        self.skip: set[int] = set()  # given back while in the queue: drop them unseen
+        self.job_ready = threading.Condition(self.lock)
+        # The bounded queue: jobs handed over and not yet taken up, oldest first. The
+        # supervisor never hands over more than threads + queue_size at a time.
+        self.waiting: OrderedDict[int, PoolJob] = OrderedDict()
         self._outbox: list[tuple[Any, ...]] = []
         self._outbox_ready = threading.Condition()
 
@@ -117,13 +128,16 @@ class PoolProcess:
         kind = message[0]
         if kind == "run":
             _, job_id, job_kind, target, spec = message
-            self.jobs.put(PoolJob(job_id, job_kind, target, json.loads(spec)))
+            with self.job_ready:
+                self.waiting[job_id] = PoolJob(job_id, job_kind, target, json.loads(spec))
+                self.job_ready.notify()
         elif kind == "stop":
             self.stop(message[1])
         elif kind == "recall":
             self.recall(message[1])
 
     def stop(self, job_id: int) -> None:
+        """Stop a job, running or waiting; one that has ended already is left alone."""
         with self.lock:
             for worker in self.workers:
                 if worker.job == job_id:
@@ -136,15 +150,13 @@ class PoolProcess:
             self._give_back(job_id)
 
     def recall(self, job_id: int) -> None:
-        """Give a job back unless a worker has taken it up already (then it just runs)."""
+        """Give a job back if no worker has taken it up (then it just runs)."""
         with self.lock:
-            if all(worker.job != job_id for worker in self.workers):
-                self._give_back(job_id)
+            self._give_back(job_id)
 
     def _give_back(self, job_id: int) -> None:
-        """Answer for a job still in the queue now; a worker will drop it unseen."""
-        self.skip.add(job_id)
-        self.report("end", job_id, "recalled", "given back before it started", {})
+        if self.waiting.pop(job_id, None) is not None:
+            self.report("end", job_id, "recalled", "given back before it started", {})
 
     def exit(self) -> None:
         """Leave no command running unsupervised, then go."""
@@ -159,17 +171,18 @@ class PoolProcess:
     def _work(self, worker: Worker) -> None:
         worker.thread_id = threading.get_ident()
         while True:
-            try:
-                self._run(worker, self.jobs.get())
-            except JobStopped:
-                continue  # a stop that landed between jobs: nothing to stop
+            self._run(worker, self._take(worker))
+
+    def _take(self, worker: Worker) -> PoolJob:
+        """The oldest waiting job, now this worker's (one atomic step for `stop`)."""
+        with self.job_ready:
+            while not self.waiting:
+                self.job_ready.wait()
+            _, job = self.waiting.popitem(last=False)
+            worker.job, worker.kind, worker.stopping = job.id, job.kind, False
+            return job
 
     def _run(self, worker: Worker, job: PoolJob) -> None:
-        with self.lock:
-            if job.id in self.skip:
-                self.skip.discard(job.id)
-                return
-            worker.job, worker.kind, worker.stopping = job.id, job.kind, False
         if job.kind != "cmd":
             self.report("start", job.id, worker.index, time.time())
         outcome: Outcome | None = None
@@ -195,6 +208,9 @@ class PoolProcess:
             return run_call(job, self.router)
         except JobStopped:
             return Outcome("stopped", "stopped")
+        except Exception as exc:  # what the daemon let through must not kill the thread
+            why = f"gsup could not run it: {describe(exc)}"
+            return Outcome("failed", why, {"error": why})
 
     def _spawned(self, worker: Worker, job: PoolJob, process: subprocess.Popen) -> None:
         with self.lock:

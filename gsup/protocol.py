@@ -9,6 +9,7 @@ Kept import-light: the CLI's `add` path imports it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,6 +54,8 @@ def decode(line: bytes, limit: int = MAX_MESSAGE) -> dict[str, Any]:
         message = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"message is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("message is nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("message must be a JSON object")
     return message
@@ -65,8 +68,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+MAX_JOB_ID = 2**63 - 1  # SQLite's largest integer
+MAX_SECONDS = 365 * 24 * 3600.0  # timeouts and retry delays: a year at most
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float (not a bool, not inf or nan)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -75,7 +83,10 @@ def _check(condition: bool, message: str) -> None:
 
 
 def check_job_id(value: Any) -> int:
-    _check(_is_int(value) and value > 0, f"job id must be a positive integer, not {value!r}")
+    _check(
+        _is_int(value) and 0 < value <= MAX_JOB_ID,
+        f"job id must be a positive integer, not {value!r}",
+    )
     return value
 
 
@@ -95,8 +106,8 @@ def check_timeout(value: Any) -> float | None:
     if value is None:
         return None
     _check(
-        _is_number(value) and value > 0,
-        f"timeout must be a positive number of seconds, not {value!r}",
+        _is_number(value) and 0 < value <= MAX_SECONDS,
+        f"timeout must be a positive number of seconds up to {MAX_SECONDS:g}, not {value!r}",
     )
     return float(value)
 
@@ -172,8 +183,11 @@ class JobSpec:
         check_priority(spec.priority)
         spec.timeout = check_timeout(spec.timeout)
         _check(_is_int(spec.retries) and spec.retries >= 0, "retries must be 0 or more")
-        _check(_is_number(spec.retry_delay) and spec.retry_delay >= 0, "retry_delay must be >= 0")
-        _check(_is_number(spec.backoff) and spec.backoff >= 1, "backoff must be 1 or more")
+        _check(
+            _is_number(spec.retry_delay) and 0 <= spec.retry_delay <= MAX_SECONDS,
+            f"retry_delay must be 0 to {MAX_SECONDS:g} seconds",
+        )
+        _check(_is_number(spec.backoff) and 1 <= spec.backoff <= 1000, "backoff must be 1 to 1000")
         if spec.retry_on is not None:
             _check_str_list(spec.retry_on, "retry_on")
         _check(spec.on_lost in ON_LOST, f"on_lost must be one of {ON_LOST}")
@@ -188,7 +202,7 @@ MAX_JOBS_PER_ADD = 100_000
 def check_request(message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Return (verb, checked fields) of a request, or raise ProtocolError."""
     verb = message.get("verb")
-    checker = _REQUESTS.get(verb)  # type: ignore[arg-type]
+    checker = _REQUESTS.get(verb) if isinstance(verb, str) else None
     _check(checker is not None, f"unknown request {verb!r}")
     return verb, checker(message)  # type: ignore[misc]
 

@@ -3,15 +3,15 @@
 All crash-restore policy is in `plan`:
 - queued: stays queued; nothing ran.
 - running: its pool died with the previous daemon, so the attempt is `lost`. The job
-  goes back to the queue if its on_lost policy is `requeue` and it has not been in
-  flight during POISON_AFTER_LOST pool deaths; otherwise it stays `lost` (on_lost=fail:
-  jobs that must not run twice).
+  goes back to the queue if its on_lost policy is `requeue` (and it is not already
+  poison); otherwise it stays `lost` (on_lost=fail: jobs that must not run twice).
+  A daemon's death is not counted against the job as a pool death is.
 `apply` journals those decisions and the report in the daemon's first transaction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from gsup.journal import Writer, unfinished_jobs
 from gsup.lifecycle import State, lost_reason, should_retry
@@ -65,7 +65,6 @@ def plan() -> RecoveryReport:
     queued, running = unfinished_jobs()
     report = RecoveryReport(queued=queued)
     for job, pool, policy in running:
-        policy = replace(policy, lost_count=policy.lost_count + 1)
         requeue = should_retry(State.LOST, policy)
         why = LOST_WITH_DAEMON if requeue else lost_reason(policy, LOST_WITH_DAEMON)
         report.decisions.append(Decision(job, pool, requeue, why))
@@ -77,6 +76,6 @@ def apply(journal: Writer, report: RecoveryReport, now: float) -> None:
         return
     journal.log_command("recover", {"requeued": report.requeued, "lost": report.lost}, None, None)
     for decision in report.decisions:
-        journal.transition(decision.job, State.RUNNING, State.LOST, decision.why, now, lost=1)
+        journal.transition(decision.job, State.RUNNING, State.LOST, decision.why, now)
         if decision.requeue:
             journal.transition(decision.job, State.LOST, State.QUEUED, "requeued after loss", now)

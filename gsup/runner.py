@@ -62,11 +62,23 @@ def encode_result(value: Any) -> dict[str, Any]:
     return {"result": text, "result_type": "repr"}
 
 
+def describe(exc: BaseException) -> str:
+    """`Type: message`, even for an exception whose __str__ raises."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<its str() raised>"
+    return f"{type(exc).__name__}: {message}"
+
+
 def _failure(exc: BaseException) -> Outcome:
     """A job's exception; its traceback starts in the job's code, not in gsup's."""
-    error = f"{type(exc).__name__}: {exc}"
+    error = describe(exc)
     inner = exc.__traceback__.tb_next if exc.__traceback__ else None
-    text = "".join(traceback.format_exception(type(exc), exc, inner))
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, inner))
+    except Exception:
+        text = "".join(traceback.format_tb(inner)) + error
     causes = [cls.__name__ for cls in type(exc).__mro__[:-1]]  # for --retry-on
     return Outcome("failed", error, {"error": error, "traceback": text, "causes": causes})
 
@@ -114,9 +126,9 @@ def run_command(
                 start_new_session=True,
                 pass_fds=(watch_r,),
             )
-    except OSError as exc:
+    except (OSError, ValueError, TypeError) as exc:  # a bad folder, a NUL in an argument...
         os.close(watch_w)
-        error = f"cannot run {argv[0]!r}: {exc.strerror or exc}"
+        error = f"cannot run {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
         return Outcome("failed", error, {"error": error})
     finally:
         os.close(watch_r)

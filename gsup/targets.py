@@ -144,10 +144,24 @@ def load_call(
         except Exception as exc:
             raise TargetError(f"cannot unpickle the call: {type(exc).__name__}: {exc}") from exc
     else:
-        args, kwargs = ast.literal_eval(arguments or "((), {})")
+        args, kwargs = _literal_arguments(arguments or "((), {})")
     if func is None:
         func = resolve(target, path)
     return func, tuple(args), dict(kwargs)
+
+
+def _literal_arguments(text: str) -> tuple[tuple, dict[str, Any]]:
+    try:
+        args, kwargs = ast.literal_eval(text)
+        if (
+            isinstance(args, list | tuple)
+            and isinstance(kwargs, dict)
+            and all(isinstance(key, str) for key in kwargs)
+        ):
+            return tuple(args), kwargs
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    raise TargetError(f"the arguments are not a literal (args, kwargs) pair: {text[:80]!r}")
 
 
 def check_binding(func: Callable[..., Any], target: str, args: tuple, kwargs: dict) -> None:

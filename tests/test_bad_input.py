@@ -118,6 +118,13 @@ def _raw_exchange(home, payload: bytes) -> list[dict]:
         (b'{"verb": "add", "id": 1, "jobs": [{"bogus": 1}]}\n', "unknown job fields: bogus"),
         (b'{"verb": "cancel", "id": 1, "job": "x"}\n', "job id must be a positive integer"),
         (b'{"verb": "freeze", "id": 1, "pool": "user", "frozen": "yes"}\n', "frozen must be"),
+        (b'{"verb": {}, "id": 1}\n', "unknown request {}"),
+        (b'{"verb": "cancel", "id": 1, "job": 99999999999999999999}\n', "job id must be"),
+        (
+            b'{"verb": "add", "id": 1, "jobs": [{"kind": "cmd", "argv": ["true"],'
+            b' "timeout": 1e309}]}\n',
+            "timeout must be a positive number",
+        ),
     ],
 )
 def test_malformed_requests_get_an_error_reply(daemon, gsup, payload, error):
@@ -128,8 +135,66 @@ def test_malformed_requests_get_an_error_reply(daemon, gsup, payload, error):
     assert gsup.wait(gsup.add("jobs:add", "1"))  # still serving
 
 
+def test_a_deeply_nested_message_is_refused(daemon, gsup):
+    nested = b'{"verb": "ping", "id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    (reply,) = _raw_exchange(daemon.home, nested)
+    assert reply == {"id": None, "ok": False, "error": "message is nested too deeply"}
+    assert gsup.wait(gsup.add("jobs:add", "1"))
+
+
 def test_an_oversized_message_is_refused_and_the_daemon_stays_up(daemon, gsup):
     replies = _raw_exchange(daemon.home, b"x" * (9 * 1024 * 1024))
     assert replies == [{"id": None, "ok": False, "error": "message larger than 8388608 bytes"}]
     assert gsup.wait(gsup.add("jobs:add", "1"))
     assert journal_rows(daemon.home, "SELECT count(*) FROM commands") == [(1,)]
+
+
+def _add_raw(home, job: dict) -> int:
+    payload = json.dumps({"verb": "add", "id": 1, "jobs": [job]}).encode() + b"\n"
+    (reply,) = _raw_exchange(home, payload)
+    assert reply["ok"], reply
+    return reply["ids"][0]
+
+
+def test_jobs_the_daemon_cannot_judge_fail_alone_and_the_pool_lives_on(daemon, gsup, workdir):
+    (workdir / "odd.py").write_text(
+        "class Odd(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\n"
+        "def raise_odd():\n    raise Odd()\n"
+    )
+    call = {"kind": "call", "target": "jobs:add", "cwd": str(workdir), "path": [str(workdir)]}
+    bad = [
+        _add_raw(daemon.home, {**call, "arguments": "garbage("}),
+        _add_raw(daemon.home, {**call, "arguments": "1"}),
+        _add_raw(daemon.home, {"kind": "cmd", "argv": ["echo", "a\u0000b"], "cwd": "/"}),
+        _add_raw(daemon.home, {"kind": "cmd", "argv": ["true"], "env": {"A=B": "1"}}),
+        gsup.add("odd:raise_odd"),
+    ]
+    assert set(gsup.wait(*bad).values()) == {"failed"}
+    assert "not a literal (args, kwargs) pair" in gsup.show(bad[0])["reason"]
+    assert gsup.show(bad[4])["error"] == "Odd: <its str() raised>"
+    # All five worker threads still work: five jobs that need each other to finish.
+    flag = workdir / "go"
+    together = [gsup.add("jobs:wait_for_file", str(flag)) for _ in range(5)]
+    flag.touch()
+    assert set(gsup.wait(*together).values()) == {"done"}
+
+
+def test_long_timeouts_and_delays_are_fine_and_impossible_ones_refused(daemon, gsup):
+    long = gsup.add(
+        "--timeout",
+        "3000000",
+        "--retries",
+        "1",
+        "--retry-delay",
+        "3000000",
+        "--backoff",
+        "1000",
+        "--cmd",
+        "--",
+        "false",
+    )
+    assert gsup.wait(gsup.add("jobs:add", "1"))  # the daemon's timers cope
+    assert gsup.show(long)["state"] in ("queued", "failed", "running")
+    for flag in (["--timeout", "inf"], ["--timeout", "1e300"], ["--retry-delay", "nan"]):
+        result = gsup("add", *flag, "jobs:add", "1", check=False)
+        assert result.returncode != 0 and result.stderr.startswith("gsup: error:")

@@ -91,11 +91,15 @@ def test_a_dead_pool_is_restarted_and_its_job_handled_by_policy(daemon, gsup):
 
 
 def test_a_job_that_keeps_killing_its_pool_is_quarantined(daemon, gsup):
+    neighbour = gsup.add("jobs:sleep", "0.5")
+    wait_until(lambda: gsup.show(neighbour)["worker"], what="the neighbour to start")
     job = gsup.add("jobs:die")
-    assert gsup.wait(job) == {job: "lost"}
+    assert gsup.wait(job, neighbour) == {job: "lost", neighbour: "done"}
     shown = gsup.show(job)
     assert shown["reason"].startswith("poison: in flight during 3 pool deaths")
     assert [e["after"] for e in shown["events"]].count("running") == 3
+    innocent = gsup.show(neighbour)  # lost once beside it, then ran alone
+    assert (innocent["lost_count"], innocent["attempts"]) == (1, 2)
 
 
 def test_killed_supervisor_takes_its_pools_along_and_recovers_on_restart(make_daemon, gsup):

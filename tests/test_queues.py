@@ -172,3 +172,23 @@ def test_cancel_a_job_a_pool_holds_but_has_not_started(make_daemon, gsup, workdi
     assert gsup.wait(held) == {held: "cancelled"}
     flag.touch()
     assert gsup.wait(busy) == {busy: "done"}
+
+
+def test_freezing_and_unfreezing_in_a_loop_loses_and_repeats_nothing(make_daemon, workdir, home):
+    from gsup.client import Client
+    from gsup.specs import call_spec
+
+    make_daemon("--user-threads", "2")
+    side = workdir / "runs"
+    records = [
+        call_spec("jobs:record", (str(side), str(i)), path=[str(workdir)]) for i in range(60)
+    ]
+    failures = [call_spec("jobs:boom", path=[str(workdir)], retries=2) for _ in range(20)]
+    with Client(home) as client:
+        ids = client.add(records + failures)
+        for _ in range(40):
+            client.freeze(None)
+            client.freeze(None, False)
+        states = client.wait(ids, timeout=120)
+    assert sorted(side.read_text().split(), key=int) == [str(i) for i in range(60)]
+    assert [states[job] for job in ids] == ["done"] * 60 + ["failed"] * 20
