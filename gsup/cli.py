@@ -186,7 +186,10 @@ def add(
             spec = command_spec([target, *(args or [])], **options)
         else:
             values = tuple(parse_value(arg, as_str) for arg in args or [])
-            keywords = dict(parse_keyword(item, as_str) for item in kw or [])
+            pairs = [parse_keyword(item, as_str) for item in kw or []]
+            keywords = dict(pairs)
+            if len(keywords) < len(pairs):
+                raise TargetError("a keyword argument is given twice")
             spec = call_spec(target, values, keywords, **options)
     except TargetError as exc:
         raise GsupError(str(exc)) from None
@@ -321,9 +324,19 @@ def jobs(
         _console().print(jobs_table(found))
 
 
+def _job_ids(jobs: list[int]) -> list[int]:
+    from gsup.protocol import MAX_JOB_ID
+
+    for job in jobs:
+        if not 0 < job <= MAX_JOB_ID:
+            raise GsupError(f"no job {job}")
+    return jobs
+
+
 def _details(job: int, home: Path | None) -> dict[str, Any]:
     from gsup.journal import job_details
 
+    _job_ids([job])
     _open_journal(_paths(home))
     found = job_details(job)
     if found is None:
@@ -351,11 +364,14 @@ def show(
 def logs(job: Annotated[int, typer.Argument(help="Job id")], home: Home = None) -> None:
     """What a job printed: its stdout, then its stderr (to stderr)."""
     _details(job, home)
+    import shutil
+
     paths = _paths(home)
     for stream, sink in (("out", sys.stdout), ("err", sys.stderr)):
         path = paths.job_output(job, stream)
         if path.exists():
-            sink.write(path.read_text(errors="replace"))
+            with open(path, "rb") as output:
+                shutil.copyfileobj(output, sink.buffer)
             sink.flush()
 
 
@@ -363,7 +379,7 @@ def logs(job: Annotated[int, typer.Argument(help="Job id")], home: Home = None) 
 def cancel(jobs: Annotated[list[int], typer.Argument(help="Job ids")], home: Home = None) -> None:
     """Cancel jobs: a queued job is cancelled, a running one stopped."""
     client = Client(home)
-    for job in jobs:
+    for job in _job_ids(jobs):
         reply = client.cancel(job)
         print(f"{job}: {'stopping' if reply.get('stopping') else reply['state']}")
 
@@ -372,7 +388,7 @@ def cancel(jobs: Annotated[list[int], typer.Argument(help="Job ids")], home: Hom
 def retry(jobs: Annotated[list[int], typer.Argument(help="Job ids")], home: Home = None) -> None:
     """Queue jobs that failed, timed out, were lost or cancelled, again."""
     client = Client(home)
-    for job in jobs:
+    for job in _job_ids(jobs):
         print(f"{job}: {client.retry(job)['state']}")
 
 
@@ -386,7 +402,7 @@ def wait(
 ) -> None:
     """Block until the jobs end; exit 0 only if all are done."""
     try:
-        states = Client(home).wait(jobs, timeout)
+        states = Client(home).wait(_job_ids(jobs), timeout)
     except TimeoutError:
         raise GsupError(f"timed out after {timeout:g}s") from None
     for job in jobs:

@@ -87,7 +87,7 @@ class Client:
         try:
             sock.settimeout(None)
             sock.sendall(encode({"verb": verb, "id": request_id, **fields}))
-            sock.settimeout(timeout)
+            sock.settimeout(None if timeout is None else max(timeout, 1e-3))
             reply = self._receive(sock, request_id)
         except TimeoutError:
             self.close()  # the late reply would confuse the next request
@@ -132,6 +132,10 @@ class Client:
         return self.request("freeze", pool=pool, frozen=frozen)["pools"]
 
     def wait(self, jobs: list[int], timeout: float | None = None) -> dict[int, str]:
-        """Block until every job has ended; their end states by id."""
-        states = self.request("wait", timeout=timeout, jobs=jobs)["states"]
+        """Block until every job has ended; their end states by id.
+
+        On a connection of its own, so that other threads' requests go on meanwhile.
+        """
+        with Client(self.paths.home) as waiter:
+            states = waiter.request("wait", timeout=timeout, jobs=jobs)["states"]
         return {int(job): state for job, state in states.items()}

@@ -124,7 +124,7 @@ def load_settings(
     toml = _read_toml(paths.config)
     pools = []
     for name in POOL_NAMES:
-        section = toml.get("pools", {}).get(name, {})
+        section = _table(_table(toml.get("pools"), "pools").get(name), f"pools.{name}")
         env = os.environ.get(f"GSUP_{name.upper()}_THREADS")
         flag = (threads or {}).get(name)
         count = _positive_int(
@@ -134,15 +134,36 @@ def load_settings(
         queue = _positive_int(section.get("queue_size", count), f"queue_size of pool {name!r}")
         pools.append(PoolSettings(name, count, queue))
     if grace is None:
-        grace = float(os.environ.get("GSUP_GRACE", toml.get("grace", 10.0)))
-    if grace < 0:
-        raise ConfigError(f"grace must not be negative, not {grace}")
+        grace = os.environ.get("GSUP_GRACE", toml.get("grace", 10.0))  # type: ignore[assignment]
+    grace = _seconds(grace, "grace")
+    group = os.environ.get("GSUP_GROUP") or toml.get("group")
+    if group is not None and not isinstance(group, str):
+        raise ConfigError(f"group must be a group name, not {group!r}")
     return Settings(
         paths=paths,
         pools=tuple(pools),
         grace=grace,
-        stop_grace=float(toml.get("stop_grace", 2.0)),
+        stop_grace=_seconds(toml.get("stop_grace", 2.0), "stop_grace"),
         max_message=_positive_int(toml.get("max_message", MAX_MESSAGE), "max_message"),
-        group=os.environ.get("GSUP_GROUP") or toml.get("group"),
-        min_free_mb=float(toml.get("min_free_mb", 50.0)),
+        group=group,
+        min_free_mb=_seconds(toml.get("min_free_mb", 50.0), "min_free_mb"),
     )
+
+
+def _table(value: object, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{what}] in gsup.toml must be a table")
+    return value
+
+
+def _seconds(value: object, what: str) -> float:
+    """A finite number, 0 or more (seconds, or megabytes for min_free_mb)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, not {value!r}") from None
+    if not 0 <= number < float("inf"):
+        raise ConfigError(f"{what} must be a number from 0, not {value!r}")
+    return number

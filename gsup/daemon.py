@@ -19,11 +19,13 @@ import selectors
 import signal
 import socket
 import sqlite3
+import stat
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import multiprocess
@@ -198,6 +200,11 @@ class Supervisor:
 
     def _prepare_home(self) -> None:
         home = self.paths.home
+        if home.exists() and _shared(home):
+            raise DaemonError(
+                f"state dir {home} is not private (owned by another user or writable by"
+                " others); use a folder of its own"
+            )
         try:
             home.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.access.protect(home, self.access.dir_mode)
@@ -868,6 +875,12 @@ class Supervisor:
             self._requeue(pool, flight, "its pool was recycled", now)
         else:
             self._end_run(pool, flight, State.LOST, f"pool died ({_describe_exit(code)})", now)
+
+
+def _shared(folder: Path) -> bool:
+    """Whether a folder belongs to others: not ours, or writable by group or others."""
+    stats = folder.stat()
+    return stats.st_uid != os.getuid() or bool(stats.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
 def _describe_exit(code: int | None) -> str:

@@ -79,6 +79,7 @@ class OutputRouter:
 
     @contextmanager
     def capture(self, job: int) -> Iterator[None]:
+        self.install()  # again: an earlier job may have replaced sys.stdout
         self.stdout.attach(job)
         self.stderr.attach(job)
         try:

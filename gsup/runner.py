@@ -20,7 +20,7 @@ from gsup.output import OutputRouter, tail
 from gsup.targets import TargetError, load_call
 
 GUARD = str(Path(__file__).with_name("guard.py"))
-MAX_RESULT = 1024 * 1024  # characters of a result kept in the journal
+MAX_RESULT = 16 * 1024 * 1024  # characters of a result kept in the journal
 
 
 class JobStopped(BaseException):
@@ -48,7 +48,7 @@ class Outcome:
 def encode_result(value: Any) -> dict[str, Any]:
     """A return value for the journal: JSON if it can be, else its repr."""
     try:
-        text = json.dumps(value)
+        text = json.dumps(value, allow_nan=False)
         if len(text) <= MAX_RESULT:
             return {"result": text, "result_type": "json"}
     except (TypeError, ValueError, OverflowError, RecursionError):

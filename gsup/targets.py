@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import base64
 import importlib
+import importlib.machinery
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -104,14 +106,22 @@ def loads_by_value(text: str) -> Any:
 # --- resolving (pool side) -----------------------------------------------------
 
 _import_lock = threading.Lock()
+# Where each module a job imported came from: (the job's path, its file, that file's mtime).
+_origins: dict[str, tuple[tuple[str, ...], str, int]] = {}
 
 
 def resolve(target: str, path: list[str]) -> Callable[..., Any]:
-    """Import `pkg.mod:attr` as Python would with `path` in front of sys.path."""
+    """Import `pkg.mod:attr` as Python would with `path` in front of sys.path.
+
+    A pool lives long and serves many folders: a module is imported again when the
+    job's path finds another file for it, or when its file has changed since.
+    The path entries stay on sys.path, so the job's own imports work as they would.
+    """
     module_name, attr = parse_target(target)
     with _import_lock:
-        extra = [p for p in path if p not in sys.path]
-        sys.path[:0] = extra
+        sys.path[:0] = [entry for entry in path if entry not in sys.path]
+        if _stale(module_name, path):
+            _forget(module_name.partition(".")[0])
         try:
             found: Any = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -120,9 +130,7 @@ def resolve(target: str, path: list[str]) -> Callable[..., Any]:
             raise TargetError(
                 f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
             ) from exc
-        finally:
-            for entry in extra:
-                sys.path.remove(entry)
+        _remember(module_name, found, path)
     for part in attr.split("."):
         try:
             found = getattr(found, part)
@@ -131,6 +139,42 @@ def resolve(target: str, path: list[str]) -> Callable[..., Any]:
     if not callable(found):
         raise TargetError(f"{target} is not callable (it is a {type(found).__name__})")
     return found
+
+
+def _stale(module_name: str, path: list[str]) -> bool:
+    loaded = sys.modules.get(module_name)
+    if loaded is None:
+        return False
+    known = _origins.get(module_name)
+    if known is not None and known[0] == tuple(path):
+        return _mtime(known[1]) != known[2]  # the usual case: one stat
+    top = module_name.partition(".")[0]
+    spec = importlib.machinery.PathFinder.find_spec(top, path)
+    if spec is None or not spec.origin:
+        return False  # not in the job's folders: an installed module, left alone
+    return spec.origin != getattr(sys.modules.get(top), "__file__", None)
+
+
+def _remember(module_name: str, module: Any, path: list[str]) -> None:
+    file = getattr(module, "__file__", None)
+    if file:
+        _origins[module_name] = (tuple(path), file, _mtime(file))
+
+
+def _forget(top: str) -> None:
+    """Drop a package and its modules, so that the next import reads them anew.
+    Jobs running the old code keep it: their functions hold their own globals."""
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+        _origins.pop(name, None)
+    importlib.invalidate_caches()
+
+
+def _mtime(file: str) -> int:
+    try:
+        return os.stat(file).st_mtime_ns
+    except OSError:
+        return -1
 
 
 def load_call(

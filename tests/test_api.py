@@ -15,6 +15,16 @@ def double(x):
     return 2 * x
 
 
+def wait_for_file(path, timeout=60):
+    import os
+    import time
+
+    end = time.time() + timeout
+    while not os.path.exists(path) and time.time() < end:
+        time.sleep(0.01)
+    return os.path.exists(path)
+
+
 @pytest.fixture
 def queues(daemon, home) -> Queues:
     return Queues(home)
@@ -121,3 +131,18 @@ def test_ipython_pretty_printing_uses_the_table(queues):
     printer = Printer()
     queues._repr_pretty_(printer, cycle=False)
     assert "gsup user threads" in printer.text_seen
+
+
+def test_waiting_in_one_thread_does_not_hold_up_another(queues, workdir):
+    import threading
+
+    flag = workdir / "go"
+    waiting = queues.add(wait_for_file, args=(str(flag),))
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(waiting.result(60)))
+    waiter.start()
+    assert queues.add(double, args=(4,)).result(30) == 8  # while the other thread waits
+    assert results == []
+    flag.touch()
+    waiter.join(60)
+    assert results == [True]

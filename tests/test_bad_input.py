@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
+import stat
+import subprocess
+import sys
 
 import pytest
 from conftest import journal_rows
@@ -198,3 +201,51 @@ def test_long_timeouts_and_delays_are_fine_and_impossible_ones_refused(daemon, g
     for flag in (["--timeout", "inf"], ["--timeout", "1e300"], ["--retry-delay", "nan"]):
         result = gsup("add", *flag, "jobs:add", "1", check=False)
         assert result.returncode != 0 and result.stderr.startswith("gsup: error:")
+
+
+def test_a_shared_folder_is_not_taken_as_a_state_dir(env, home):
+    home.mkdir(mode=0o777)
+    home.chmod(0o1777)
+    result = subprocess.run(
+        [sys.executable, "-m", "gsup", "daemon"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "is not private" in result.stderr
+    assert stat.S_IMODE(home.stat().st_mode) == 0o1777  # left as it was
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("pools = 5\n", "[pools] in gsup.toml must be a table"),
+        ("grace = 'soon'\n", "grace must be a number, not 'soon'"),
+        ("[pools.user]\nthreads = 0\n", "threads of pool 'user' must be at least 1"),
+        ("not toml at all", "cannot read"),
+    ],
+)
+def test_a_bad_config_is_one_clear_line(env, home, toml, message):
+    home.mkdir(mode=0o700)
+    (home / "gsup.toml").write_text(toml)
+    result = subprocess.run(
+        [sys.executable, "-m", "gsup", "daemon"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_absurd_ids_and_a_zero_wait_are_clear(daemon, gsup):
+    for args in (["show", "99999999999999999999"], ["logs", "99999999999999999999"]):
+        result = gsup(*args, check=False)
+        assert result.returncode != 0
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    job = gsup.add("jobs:sleep", "30")
+    result = gsup("wait", str(job), "--timeout", "0", check=False)
+    assert result.stderr.strip() == "gsup: error: timed out after 0s"

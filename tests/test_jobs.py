@@ -184,3 +184,42 @@ def test_retry_on_names_the_exceptions_worth_a_retry(daemon, gsup, workdir):
     assert gsup.show(not_retried)["attempts"] == 1
     assert gsup.show(command)["attempts"] == 2
     assert gsup.show(timed_out)["attempts"] == 2
+
+
+def test_a_module_is_imported_from_the_folder_of_each_add_and_anew_when_edited(
+    daemon, gsup, workdir
+):
+    other = workdir.parent / "other"
+    other.mkdir()
+    (workdir / "where.py").write_text("def who():\n    return 'work'\n")
+    (other / "where.py").write_text("def who():\n    return 'other folder'\n")
+    first = gsup.add("where:who")
+    gsup.wait(first)
+    gsup.cwd = other
+    second = gsup.add("where:who")
+    gsup.wait(second)
+    (other / "where.py").write_text("def who():\n    return 'other folder, edited'\n")
+    third = gsup.add("where:who")
+    gsup.wait(third)
+    results = [json.loads(gsup.show(job)["result"]) for job in (first, second, third)]
+    assert results == ["work", "other folder", "other folder, edited"]
+
+
+def test_a_job_imports_its_own_siblings(daemon, gsup, workdir):
+    (workdir / "helper.py").write_text("VALUE = 41\n")
+    (workdir / "main_job.py").write_text(
+        "def run():\n    import helper\n    return helper.VALUE + 1\n"
+    )
+    job = gsup.add("main_job:run")
+    assert gsup.wait(job) == {job: "done"}
+    assert json.loads(gsup.show(job)["result"]) == 42
+
+
+def test_a_job_that_replaces_sys_stdout_does_not_hide_later_output(daemon, gsup, workdir):
+    (workdir / "rude.py").write_text(
+        "import os, sys\ndef run():\n    sys.stdout = open(os.devnull, 'w')\n"
+    )
+    gsup.wait(gsup.add("rude:run"))
+    job = gsup.add("jobs:shout", "after", "--kw", "n=3")
+    gsup.wait(job)
+    assert gsup("logs", str(job)).stdout == "after 0\nafter 1\nafter 2\n"
