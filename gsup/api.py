@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from gsup.client import Client, GsupError
 from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, Paths, resolve_home
-from gsup.specs import call_spec, python_path
+from gsup.specs import call_specs, python_path
+
+ADD_BATCH = 10_000
+JOB_OPTIONS = {
+    "priority",
+    "timeout",
+    "queue",
+    "name",
+    "retries",
+    "retry_delay",
+    "backoff",
+    "retry_on",
+    "on_lost",
+}
+
+
+def _job_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - JOB_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown job options: {', '.join(sorted(unknown))}")
+    options = dict(options)
+    options["pool"] = options.pop("queue", DEFAULT_POOL)
+    return options
 
 
 class JobFailed(GsupError):
@@ -83,15 +105,16 @@ class Queues:
         retry_on: list[str] | None = None,
         on_lost: str = "requeue",
     ) -> JobHandle:
-        """Run `func(*args, **kwargs)` in a pool thread; returns once the job is journaled."""
-        spec = call_spec(
-            func,
-            tuple(args),
-            kwargs,
-            python_path(),
-            pool=queue,
+        """Run `func(*args, **kwargs)` in a pool thread; returns once the job is journaled.
+
+        `func` is a callable or "pkg.mod:attr"; priority 0 runs first; timeout in
+        seconds; retry_on names exceptions (or "timeout", "exit"); on_lost is
+        "requeue" or "fail" (for jobs that must not run twice).
+        """
+        options = dict(
             priority=priority,
             timeout=timeout,
+            queue=queue,
             name=name,
             retries=retries,
             retry_delay=retry_delay,
@@ -99,8 +122,24 @@ class Queues:
             retry_on=retry_on,
             on_lost=on_lost,
         )
-        (job,) = self.client.add([spec])
-        return JobHandle(self.client, job)
+        return self.add_many(func, [tuple(args)], kwargs, **options)[0]
+
+    def add_many(
+        self,
+        func: Callable[..., Any] | str,
+        arguments: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> list[JobHandle]:
+        """One job per item of `arguments`: a tuple of positional arguments, or one
+        argument; `options` as for `add`. Sent in requests of up to 10,000 jobs."""
+        options = _job_options(options)
+        tuples = (item if isinstance(item, tuple) else (item,) for item in arguments)
+        specs = call_specs(func, tuples, kwargs, python_path(), **options)
+        ids: list[int] = []
+        for start in range(0, len(specs), ADD_BATCH):
+            ids += self.client.add(specs[start : start + ADD_BATCH])
+        return [JobHandle(self.client, job) for job in ids]
 
     def freeze(self, queue: str | None = None) -> None:
         """Start nothing new in `queue` (all pools by default); jobs keep queuing."""

@@ -122,9 +122,9 @@ def recover(
 @app.command(context_settings={"ignore_unknown_options": False})
 def add(
     target: Annotated[
-        str,
+        str | None,
         typer.Argument(help="pkg.module:function, or with --cmd the program", show_default=False),
-    ],
+    ] = None,
     args: Annotated[
         list[str] | None,
         typer.Argument(help="Arguments: Python literals, else strings", show_default=False),
@@ -164,11 +164,19 @@ def add(
     check: Annotated[
         bool, typer.Option("--check", help="Import the target and bind the arguments; add nothing")
     ] = False,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Add one job per line of this file ('-': stdin), each line a TARGET [ARG...]"
+            " (or with --cmd a command line); the other options apply to all",
+            show_default=False,
+        ),
+    ] = None,
     home: Home = None,
 ) -> None:
     """Add a job; prints its id once the journal holds it."""
-    from gsup.specs import call_spec, command_spec
-    from gsup.targets import TargetError, parse_keyword, parse_value
+    from gsup.targets import TargetError
 
     options = dict(
         pool=queue.value,
@@ -181,25 +189,64 @@ def add(
         retry_on=retry_on or None,
         on_lost=on_lost,
     )
-    try:
-        if cmd:
-            spec = command_spec([target, *(args or [])], **options)
-        else:
-            values = tuple(parse_value(arg, as_str) for arg in args or [])
-            pairs = [parse_keyword(item, as_str) for item in kw or []]
-            keywords = dict(pairs)
-            if len(keywords) < len(pairs):
-                raise TargetError("a keyword argument is given twice")
-            spec = call_spec(target, values, keywords, **options)
-    except TargetError as exc:
-        raise GsupError(str(exc)) from None
     if on_lost not in ("requeue", "fail"):
         raise GsupError(f"--on-lost must be requeue or fail, not {on_lost!r}")
+    if (target is None) == (from_file is None):
+        raise GsupError("give a TARGET, or --from FILE with one job per line")
+    try:
+        if from_file is not None:
+            specs = [_spec(words, cmd, kw, as_str, options) for words in _job_lines(from_file)]
+        else:
+            specs = [_spec([target, *(args or [])], cmd, kw, as_str, options)]  # type: ignore[list-item]
+    except TargetError as exc:
+        raise GsupError(str(exc)) from None
     if check:
-        _check(spec)
+        for spec in specs:
+            _check(spec)
         return
-    (job,) = Client(home).add([spec])
-    print(job)
+    client = Client(home)
+    for start in range(0, len(specs), ADD_BATCH):
+        ids = client.add(specs[start : start + ADD_BATCH])
+        sys.stdout.write("".join(f"{job}\n" for job in ids))
+
+
+ADD_BATCH = 10_000  # jobs per request
+
+
+def _spec(words: list[str], cmd: bool, kw: list[str] | None, as_str: bool, options: dict) -> Any:
+    """The job of one command line: TARGET ARG..., or with --cmd PROG ARG..."""
+    from gsup.specs import call_spec, command_spec
+    from gsup.targets import TargetError, parse_keyword, parse_value
+
+    if cmd:
+        return command_spec(words, **options)
+    target, *args = words
+    values = tuple(parse_value(arg, as_str) for arg in args)
+    pairs = [parse_keyword(item, as_str) for item in kw or []]
+    keywords = dict(pairs)
+    if len(keywords) < len(pairs):
+        raise TargetError("a keyword argument is given twice")
+    return call_spec(target, values, keywords, **options)
+
+
+def _job_lines(source: Path) -> list[list[str]]:
+    """The words of each job line of a file; blank lines and # comments are skipped."""
+    import shlex
+
+    try:
+        text = sys.stdin.read() if str(source) == "-" else source.read_text()
+    except OSError as exc:
+        raise GsupError(f"cannot read {source}: {exc.strerror or exc}") from None
+    jobs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                jobs.append(shlex.split(line))
+            except ValueError as exc:
+                raise GsupError(f"{source}, line {number}: {exc}") from None
+    if not jobs:
+        raise GsupError(f"{source} holds no job")
+    return jobs
 
 
 def _check(spec: Any) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gsup.protocol import JobSpec
@@ -39,8 +39,18 @@ def call_spec(
     `target` is `pkg.mod:attr` or a callable; an importable callable travels by
     reference, anything else (a lambda, a closure, a function of __main__) by value.
     """
+    return call_specs(target, [tuple(args)], kwargs, path, **options)[0]
+
+
+def call_specs(
+    target: str | Callable[..., Any],
+    argument_tuples: Iterable[tuple],
+    kwargs: dict[str, Any] | None = None,
+    path: list[str] | None = None,
+    **options: Any,
+) -> list[JobSpec]:
+    """One job per tuple of positional arguments, all calling `target` (see call_spec)."""
     kwargs = dict(kwargs or {})
-    args = tuple(args)
     by_value = None
     if isinstance(target, str):
         parse_target(target)
@@ -52,22 +62,25 @@ def call_spec(
         )
         if reference is None:
             by_value = target
-    arguments = literal_text(args, kwargs)
-    pickled = None
-    if by_value is not None or arguments is None:
-        pickled = dumps_by_value((by_value, args, kwargs))
-        arguments = None
     cwd = os.getcwd()
-    return JobSpec(
-        kind="call",
-        target=name,
-        display=describe_call(name, args, kwargs),
-        arguments=arguments,
-        pickled=pickled,
-        cwd=cwd,
-        path=path if path is not None else cli_import_path(cwd),
-        **options,
-    )
+    path = path if path is not None else cli_import_path(cwd)
+    specs = []
+    for args in argument_tuples:
+        arguments = None if by_value is not None else literal_text(args, kwargs)
+        pickled = None if arguments is not None else dumps_by_value((by_value, args, kwargs))
+        specs.append(
+            JobSpec(
+                kind="call",
+                target=name,
+                display=describe_call(name, args, kwargs),
+                arguments=arguments,
+                pickled=pickled,
+                cwd=cwd,
+                path=path,
+                **options,
+            )
+        )
+    return specs
 
 
 def command_spec(argv: list[str], **options: Any) -> JobSpec:

@@ -54,9 +54,14 @@ def parse_keyword(text: str, as_string: bool = False) -> tuple[str, Any]:
     return name, parse_value(value, as_string)
 
 
+_PLAIN = (str, int, bool, type(None))  # their repr is always an equal literal
+
+
 def literal_text(args: tuple, kwargs: dict[str, Any]) -> str | None:
     """`repr((args, kwargs))` if it reads back as an equal literal, else None."""
     text = repr((tuple(args), dict(kwargs)))
+    if all(type(value) in _PLAIN for value in (*args, *kwargs.values())):
+        return text  # the common case, without parsing the text back
     try:
         same = ast.literal_eval(text) == (tuple(args), dict(kwargs))
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):

@@ -146,3 +146,10 @@ def test_waiting_in_one_thread_does_not_hold_up_another(queues, workdir):
     flag.touch()
     waiter.join(60)
     assert results == [True]
+
+
+def test_add_many_adds_one_job_per_item(queues):
+    jobs = queues.add_many(double, [1, 2, (3,)], priority=2)
+    assert [job.result(30) for job in jobs] == [2, 4, 6]
+    with pytest.raises(TypeError, match="unknown job options: colour"):
+        queues.add_many(double, [1], colour="red")

@@ -223,3 +223,20 @@ def test_a_job_that_replaces_sys_stdout_does_not_hide_later_output(daemon, gsup,
     job = gsup.add("jobs:shout", "after", "--kw", "n=3")
     gsup.wait(job)
     assert gsup("logs", str(job)).stdout == "after 0\nafter 1\nafter 2\n"
+
+
+def test_add_from_a_file_adds_one_job_per_line(daemon, gsup, workdir):
+    (workdir / "list.txt").write_text(
+        "# one job a line\njobs:add 1 --\n\njobs:echo 'two words' \"[1, 2]\"\njobs:add 3\n"
+    )
+    ids = [
+        int(line) for line in gsup("add", "--from", "list.txt", "--priority", "3").stdout.split()
+    ]
+    assert len(ids) == 3
+    assert set(gsup.wait(*ids).values()) == {"failed", "done"}  # "add 1 --" is one too many
+    assert json.loads(gsup.show(ids[1])["result"]) == [["two words", [1, 2]], {}]
+    assert gsup.show(ids[2])["priority"] == 3
+    from_stdin = gsup("add", "--from", "-", "--cmd", input="echo hi\ntrue\n").stdout.split()
+    assert set(gsup.wait(*map(int, from_stdin)).values()) == {"done"}
+    assert "give a TARGET, or --from FILE" in gsup("add", check=False).stderr
+    assert "holds no job" in gsup("add", "--from", "-", input="# nothing\n", check=False).stderr
