@@ -5,9 +5,26 @@ job = queues.add(f, args=(123,))
 job.result(timeout=60)
 """
 
-from gsup.api import JobFailed, JobHandle, Queues
-from gsup.client import Client, GsupError
-
-queues = Queues()
+from typing import Any
 
 __all__ = ["Client", "GsupError", "JobFailed", "JobHandle", "Queues", "queues"]
+
+
+def __getattr__(name: str) -> Any:
+    """Load the API on first use: `gsup add` imports this package and needs none of it."""
+    if name not in __all__:
+        raise AttributeError(f"module 'gsup' has no attribute {name!r}")
+    from gsup import api, client
+
+    global queues
+    queues = api.Queues()
+    exported = {
+        "Client": client.Client,
+        "GsupError": client.GsupError,
+        "JobFailed": api.JobFailed,
+        "JobHandle": api.JobHandle,
+        "Queues": api.Queues,
+        "queues": queues,
+    }
+    globals().update(exported)
+    return exported[name]

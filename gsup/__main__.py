@@ -1,3 +1,3 @@
-from gsup.cli import main
+from gsup.main import main
 
 main()

@@ -1,14 +1,13 @@
-"""The `gsup` command line: parse, call the client or read the journal, render.
+"""The `gsup` commands but `add`: parse, call the client or read the journal, render.
 
-The `add` path imports neither peewee nor rich nor user code: query commands
-import them inside their own functions.
+Query commands import peewee and rich inside their own functions; `add` has a light
+parser of its own (add_command.py), and `gsup.main` routes to it before typer loads.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from gsup.client import Client, GsupError
-from gsup.config import DEFAULT_PRIORITY, POOL_NAMES, Paths, resolve_home
+from gsup.config import POOL_NAMES, Paths, resolve_home
 
 app = typer.Typer(
     name="gsup",
@@ -119,156 +118,15 @@ def recover(
 # --- adding jobs -----------------------------------------------------------------------------
 
 
-@app.command(context_settings={"ignore_unknown_options": False})
-def add(
-    target: Annotated[
-        str | None,
-        typer.Argument(help="pkg.module:function, or with --cmd the program", show_default=False),
-    ] = None,
-    args: Annotated[
-        list[str] | None,
-        typer.Argument(help="Arguments: Python literals, else strings", show_default=False),
-    ] = None,
-    kw: Annotated[
-        list[str] | None, typer.Option("--kw", help="Keyword argument name=value (repeatable)")
-    ] = None,
-    as_str: Annotated[bool, typer.Option("--str", help="Pass every argument as a string")] = False,
-    queue: Annotated[
-        PoolName, typer.Option("--queue", "-q", help="Pool to run in")
-    ] = PoolName.user,  # type: ignore[attr-defined]
-    priority: Annotated[
-        int, typer.Option("--priority", "-p", min=0, max=9, help="0 runs first; FIFO among equals")
-    ] = DEFAULT_PRIORITY,
-    timeout: Annotated[
-        float | None, typer.Option(min=0.001, help="Seconds before the job is stopped")
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="A name to show")] = None,
-    retries: Annotated[int, typer.Option(min=0, help="Runs again after a failure or timeout")] = 0,
-    retry_delay: Annotated[float, typer.Option(min=0, help="Seconds before the first retry")] = 0,
-    backoff: Annotated[
-        float, typer.Option(min=1, help="Each retry waits this many times longer")
-    ] = 2,
-    retry_on: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Retry only on this exception (or a subclass), 'timeout', or 'exit' "
-            "(a command's non-zero exit); repeatable [default: all]"
-        ),
-    ] = None,
-    on_lost: Annotated[
-        str, typer.Option(help="requeue, or fail for jobs that must not run twice")
-    ] = "requeue",
-    cmd: Annotated[
-        bool, typer.Option("--cmd", help="Run a command: gsup add --cmd -- prog args...")
-    ] = False,
-    check: Annotated[
-        bool, typer.Option("--check", help="Import the target and bind the arguments; add nothing")
-    ] = False,
-    from_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--from",
-            help="Add one job per line of this file ('-': stdin), each line a TARGET [ARG...]"
-            " (or with --cmd a command line); the other options apply to all",
-            show_default=False,
-        ),
-    ] = None,
-    home: Home = None,
-) -> None:
-    """Add a job; prints its id once the journal holds it."""
-    from gsup.targets import TargetError
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def add(ctx: typer.Context) -> None:
+    """Add a job; prints its id once the journal holds it (gsup add --help)."""
+    from gsup.add_command import main as add_main  # argparse: see add_command.py
 
-    options = dict(
-        pool=queue.value,
-        priority=priority,
-        timeout=timeout,
-        name=name,
-        retries=retries,
-        retry_delay=retry_delay,
-        backoff=backoff,
-        retry_on=retry_on or None,
-        on_lost=on_lost,
-    )
-    if on_lost not in ("requeue", "fail"):
-        raise GsupError(f"--on-lost must be requeue or fail, not {on_lost!r}")
-    if (target is None) == (from_file is None):
-        raise GsupError("give a TARGET, or --from FILE with one job per line")
-    try:
-        if from_file is not None:
-            specs = [_spec(words, cmd, kw, as_str, options) for words in _job_lines(from_file)]
-        else:
-            specs = [_spec([target, *(args or [])], cmd, kw, as_str, options)]  # type: ignore[list-item]
-    except TargetError as exc:
-        raise GsupError(str(exc)) from None
-    if check:
-        for spec in specs:
-            _check(spec)
-        return
-    client = Client(home)
-    for start in range(0, len(specs), ADD_BATCH):
-        ids = client.add(specs[start : start + ADD_BATCH])
-        sys.stdout.write("".join(f"{job}\n" for job in ids))
-
-
-ADD_BATCH = 10_000  # jobs per request
-
-
-def _spec(words: list[str], cmd: bool, kw: list[str] | None, as_str: bool, options: dict) -> Any:
-    """The job of one command line: TARGET ARG..., or with --cmd PROG ARG..."""
-    from gsup.specs import call_spec, command_spec
-    from gsup.targets import TargetError, parse_keyword, parse_value
-
-    if cmd:
-        return command_spec(words, **options)
-    target, *args = words
-    values = tuple(parse_value(arg, as_str) for arg in args)
-    pairs = [parse_keyword(item, as_str) for item in kw or []]
-    keywords = dict(pairs)
-    if len(keywords) < len(pairs):
-        raise TargetError("a keyword argument is given twice")
-    return call_spec(target, values, keywords, **options)
-
-
-def _job_lines(source: Path) -> list[list[str]]:
-    """The words of each job line of a file; blank lines and # comments are skipped."""
-    import shlex
-
-    try:
-        text = sys.stdin.read() if str(source) == "-" else source.read_text()
-    except OSError as exc:
-        raise GsupError(f"cannot read {source}: {exc.strerror or exc}") from None
-    jobs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip() and not line.lstrip().startswith("#"):
-            try:
-                jobs.append(shlex.split(line))
-            except ValueError as exc:
-                raise GsupError(f"{source}, line {number}: {exc}") from None
-    if not jobs:
-        raise GsupError(f"{source} holds no job")
-    return jobs
-
-
-def _check(spec: Any) -> None:
-    """Import the target in a short-lived child, as a pool would, and bind the arguments."""
-    if spec.kind == "cmd":
-        import shutil
-
-        if shutil.which(spec.argv[0]) is None:
-            raise GsupError(f"command not found: {spec.argv[0]}")
-        print(f"ok: {spec.display}")
-        return
-    child = subprocess.run(
-        [sys.executable, "-m", "gsup.targets"],
-        input=json.dumps(spec.to_wire()),
-        capture_output=True,
-        text=True,
-        cwd=spec.cwd,
-    )
-    line = (child.stdout.strip() or child.stderr.strip() or "the check failed").splitlines()[-1]
-    if child.returncode != 0:
-        raise GsupError(line.removeprefix("gsup: error: "))
-    print(line)
+    raise typer.Exit(add_main(ctx.args))
 
 
 # --- the queues ------------------------------------------------------------------------------

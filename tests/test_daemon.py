@@ -148,4 +148,4 @@ def test_every_command_has_help(gsup):
         "unfreeze",
     ):
         result = gsup(command, "--help")
-        assert "Usage: " in result.stdout and command in result.stdout
+        assert "usage: " in result.stdout.lower() and command in result.stdout

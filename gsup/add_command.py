@@ -1,0 +1,185 @@
+"""`gsup add`: the command on the hot path of scripts that add jobs one process at a time.
+
+It is parsed with argparse, not typer: running a typer app imports pydantic (~60 ms
+here), and a process that only adds a job should cost little more than Python's own
+start. It imports neither typer nor rich nor peewee nor user code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from gsup.client import Client, GsupError
+from gsup.config import DEFAULT_PRIORITY, POOL_NAMES
+from gsup.protocol import MAX_SECONDS, JobSpec
+from gsup.specs import call_spec, command_spec
+from gsup.targets import TargetError, parse_keyword, parse_value
+
+ADD_BATCH = 10_000  # jobs per request
+DESCRIPTION = "Add a job; prints its id once the journal holds it."
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not a usage block
+        print(f"gsup: error: {message} (see: gsup add --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _number(low: float, high: float, kind: type = float) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text} is not in {low:g}..{high:g}")
+        return value
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="gsup add", description=DESCRIPTION)
+    p.add_argument("target", nargs="?", help="pkg.module:function, or with --cmd the program")
+    p.add_argument("args", nargs="*", help="arguments: Python literals, else strings")
+    p.add_argument("--kw", action="append", default=[], metavar="NAME=VALUE",
+                   help="keyword argument (repeatable)")  # fmt: skip
+    p.add_argument("--str", dest="as_str", action="store_true",
+                   help="pass every argument as a string")  # fmt: skip
+    p.add_argument("-q", "--queue", choices=POOL_NAMES, default="user", help="pool to run in")
+    p.add_argument("-p", "--priority", type=_number(0, 9, int), default=DEFAULT_PRIORITY,
+                   help="0 runs first; FIFO among equals [default: 5]")  # fmt: skip
+    p.add_argument("--timeout", type=_number(0.001, MAX_SECONDS),
+                   help="seconds before the job is stopped")  # fmt: skip
+    p.add_argument("--name", help="a name to show")
+    p.add_argument("--retries", type=_number(0, 1e6, int), default=0,
+                   help="runs again after a failure or timeout")  # fmt: skip
+    p.add_argument("--retry-delay", type=_number(0, MAX_SECONDS), default=0.0,
+                   help="seconds before the first retry")  # fmt: skip
+    p.add_argument("--backoff", type=_number(1, 1000), default=2.0,
+                   help="each retry waits this many times longer [default: 2]")  # fmt: skip
+    p.add_argument("--retry-on", action="append", metavar="NAME",
+                   help="retry only on this exception (or a subclass), 'timeout' or 'exit'"
+                   " (a command's non-zero exit); repeatable [default: all]")  # fmt: skip
+    p.add_argument("--on-lost", choices=("requeue", "fail"), default="requeue",
+                   help="requeue, or fail for jobs that must not run twice")  # fmt: skip
+    p.add_argument("--cmd", action="store_true",
+                   help="run a command: gsup add --cmd -- prog args...")  # fmt: skip
+    p.add_argument("--check", action="store_true",
+                   help="import the target and bind the arguments; add nothing")  # fmt: skip
+    p.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="one job per line of FILE ('-': stdin): TARGET [ARG...], or with --cmd"
+                   " a command line; the other options apply to all")  # fmt: skip
+    p.add_argument("--home", help="state dir [default: $GSUP_HOME or $XDG_STATE_HOME/gsup]")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    options = _parse(list(argv))
+    try:
+        specs = _specs(options)
+        if options.check:
+            for spec in specs:
+                _check(spec)
+            return 0
+        client = Client(options.home)
+        for start in range(0, len(specs), ADD_BATCH):
+            ids = client.add(specs[start : start + ADD_BATCH])
+            sys.stdout.write("".join(f"{job}\n" for job in ids))
+    except (GsupError, TargetError) as exc:
+        print(f"gsup: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Options may come between arguments; after `--` everything is an argument
+    (argparse's own handling of `--` among intermixed arguments is unreliable)."""
+    rest: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1 :]
+    options = parser().parse_intermixed_args(argv)
+    words = [w for w in (options.target, *options.args) if w is not None] + rest
+    options.target, options.args = (words[0], words[1:]) if words else (None, [])
+    return options
+
+
+def _specs(options: argparse.Namespace) -> list[JobSpec]:
+    if (options.target is None) == (options.from_file is None):
+        raise GsupError("give a TARGET, or --from FILE with one job per line")
+    job_options = dict(
+        pool=options.queue, priority=options.priority, timeout=options.timeout,
+        name=options.name, retries=options.retries, retry_delay=options.retry_delay,
+        backoff=options.backoff, retry_on=options.retry_on, on_lost=options.on_lost,
+    )  # fmt: skip
+    lines = (
+        _job_lines(options.from_file)
+        if options.from_file is not None
+        else [[options.target, *options.args]]
+    )
+    return [_spec(words, options, job_options) for words in lines]
+
+
+def _spec(words: list[str], options: argparse.Namespace, job_options: dict) -> JobSpec:
+    """The job of one command line: TARGET ARG..., or with --cmd PROG ARG..."""
+    if options.cmd:
+        return command_spec(words, **job_options)
+    target, *args = words
+    values = tuple(parse_value(arg, options.as_str) for arg in args)
+    pairs = [parse_keyword(item, options.as_str) for item in options.kw]
+    keywords = dict(pairs)
+    if len(keywords) < len(pairs):
+        raise TargetError("a keyword argument is given twice")
+    return call_spec(target, values, keywords, **job_options)
+
+
+def _job_lines(source: str) -> list[list[str]]:
+    """The words of each job line of a file; blank lines and # comments are skipped."""
+    import shlex
+
+    try:
+        text = sys.stdin.read() if source == "-" else open(source).read()  # noqa: SIM115
+    except OSError as exc:
+        raise GsupError(f"cannot read {source}: {exc.strerror or exc}") from None
+    jobs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                jobs.append(shlex.split(line))
+            except ValueError as exc:
+                raise GsupError(f"{source}, line {number}: {exc}") from None
+    if not jobs:
+        raise GsupError(f"{source} holds no job")
+    return jobs
+
+
+def _check(spec: JobSpec) -> None:
+    """Import the target in a short-lived child, as a pool would, and bind the arguments."""
+    if spec.kind == "cmd":
+        import shutil
+
+        if shutil.which(spec.argv[0]) is None:
+            raise GsupError(f"command not found: {spec.argv[0]}")
+        print(f"ok: {spec.display}")
+        return
+    import subprocess
+
+    child = subprocess.run(
+        [sys.executable, "-m", "gsup.targets"],
+        input=json.dumps(spec.to_wire()),
+        capture_output=True,
+        text=True,
+        cwd=spec.cwd,
+    )
+    line = (child.stdout.strip() or child.stderr.strip() or "the check failed").splitlines()[-1]
+    if child.returncode != 0:
+        raise GsupError(line.removeprefix("gsup: error: "))
+    print(line)
