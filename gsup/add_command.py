@@ -20,7 +20,6 @@ from gsup.protocol import MAX_SECONDS, JobSpec
 from gsup.specs import call_spec, command_spec
 from gsup.targets import TargetError, parse_keyword, parse_value
 
-ADD_BATCH = 10_000  # jobs per request
 DESCRIPTION = "Add a job; prints its id once the journal holds it."
 
 
@@ -89,10 +88,8 @@ def main(argv: Sequence[str]) -> int:
             for spec in specs:
                 _check(spec)
             return 0
-        client = Client(options.home)
-        for start in range(0, len(specs), ADD_BATCH):
-            ids = client.add(specs[start : start + ADD_BATCH])
-            sys.stdout.write("".join(f"{job}\n" for job in ids))
+        ids = Client(options.home).add_many(specs)
+        sys.stdout.write("".join(f"{job}\n" for job in ids))
     except (GsupError, TargetError) as exc:
         print(f"gsup: error: {exc}", file=sys.stderr)
         return 1

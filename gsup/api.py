@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from gsup.client import Client, GsupError
+from gsup.client import Client, GsupError, Pending
 from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, Paths, resolve_home
+from gsup.protocol import JobSpec, ProtocolError
 from gsup.specs import call_specs, python_path
 
-ADD_BATCH = 10_000
 JOB_OPTIONS = {
     "priority",
     "timeout",
@@ -46,11 +46,19 @@ class JobFailed(GsupError):
 
 
 class JobHandle:
-    """A job added through the API."""
+    """A job added through the API. Its `id` is known once the journal holds the job:
+    `queues.add` returns as soon as the request is sent, so that adds in a row share
+    the daemon's commits; reading `id` (or `state`, or `result`) waits for it."""
 
-    def __init__(self, client: Client, job_id: int) -> None:
+    def __init__(self, client: Client, added: Pending | int) -> None:
         self._client = client
-        self.id = job_id
+        self._added = added
+
+    @property
+    def id(self) -> int:
+        if isinstance(self._added, Pending):
+            self._added = self._added.reply()["ids"][0]
+        return self._added
 
     @property
     def state(self) -> str:
@@ -122,7 +130,12 @@ class Queues:
             retry_on=retry_on,
             on_lost=on_lost,
         )
-        return self.add_many(func, [tuple(args)], kwargs, **options)[0]
+        (spec,) = call_specs(func, [tuple(args)], kwargs, python_path(), **_job_options(options))
+        try:  # bad input fails here, not when the id is read
+            JobSpec.from_wire(spec.to_wire())
+        except ProtocolError as exc:
+            raise GsupError(str(exc)) from None
+        return JobHandle(self.client, self.client.send("add", jobs=[spec.to_wire()]))
 
     def add_many(
         self,
@@ -136,10 +149,7 @@ class Queues:
         options = _job_options(options)
         tuples = (item if isinstance(item, tuple) else (item,) for item in arguments)
         specs = call_specs(func, tuples, kwargs, python_path(), **options)
-        ids: list[int] = []
-        for start in range(0, len(specs), ADD_BATCH):
-            ids += self.client.add(specs[start : start + ADD_BATCH])
-        return [JobHandle(self.client, job) for job in ids]
+        return [JobHandle(self.client, job) for job in self.client.add_many(specs)]
 
     def freeze(self, queue: str | None = None) -> None:
         """Start nothing new in `queue` (all pools by default); jobs keep queuing."""

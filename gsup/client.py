@@ -6,11 +6,25 @@ import itertools
 import os
 import socket
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from gsup.config import Paths, resolve_home
 from gsup.protocol import JobSpec, LineReader, encode
+
+ADD_BATCH = 10_000  # jobs per add request
+
+
+def _batches(items: Iterable[Any], size: int = ADD_BATCH) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class GsupError(Exception):
@@ -23,6 +37,22 @@ class DaemonNotRunning(GsupError):
             f"no gsup daemon is running for {paths.home} (start one with: gsup daemon"
             f"{'' if paths.home == resolve_home() else f' --home {paths.home}'})"
         )
+
+
+class Pending:
+    """A request on its way; its reply is read when someone asks for it."""
+
+    def __init__(self, client: Client, request_id: int) -> None:
+        self.client = client
+        self.request_id = request_id
+        self.message: dict[str, Any] | None = None
+
+    def reply(self, timeout: float | None = None) -> dict[str, Any]:
+        """The reply; GsupError if the daemon refused, TimeoutError after `timeout` s."""
+        message = self.client._await(self, timeout)
+        if not message.get("ok"):
+            raise GsupError(message.get("error", "the daemon refused the request"))
+        return message
 
 
 def daemon_is_up(paths: Paths) -> bool:
@@ -43,7 +73,8 @@ class Client:
         self._sock: socket.socket | None = None
         self._reader = LineReader()
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()  # one request at a time on the connection
+        self._lock = threading.RLock()  # guards the connection and `_pending`
+        self._pending: dict[int, Pending] = {}  # sent, reply not read yet
         self._pid = os.getpid()
 
     def _connect(self) -> socket.socket:
@@ -66,6 +97,9 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        for pending in self._pending.values():  # their replies can no longer come
+            pending.message = {"ok": False, "error": "lost the connection to the daemon"}
+        self._pending.clear()
 
     def __enter__(self) -> Client:
         return self
@@ -75,36 +109,51 @@ class Client:
 
     def request(self, verb: str, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
         """Send one request and return its reply; raise GsupError if it failed."""
-        with self._lock:
-            reply = self._exchange(verb, timeout, fields)
-        if not reply.get("ok"):
-            raise GsupError(reply.get("error", "the daemon refused the request"))
-        return reply
+        return self.send(verb, **fields).reply(timeout)
 
-    def _exchange(self, verb: str, timeout: float | None, fields: dict[str, Any]) -> dict:
-        sock = self._connect()
-        request_id = next(self._ids)
+    def send(self, verb: str, **fields: Any) -> Pending:
+        """Send a request without waiting: many requests in a row share the daemon's
+        commits. Its reply is read when `Pending.reply` asks for it."""
+        with self._lock:
+            sock = self._connect()
+            pending = Pending(self, next(self._ids))
+            try:
+                sock.sendall(encode({"verb": verb, "id": pending.request_id, **fields}))
+            except OSError as exc:
+                self.close()
+                raise GsupError(f"lost the connection to the daemon: {exc}") from None
+            self._pending[pending.request_id] = pending
+            return pending
+
+    def _await(self, pending: Pending, timeout: float | None) -> dict[str, Any]:
+        """Read replies, in order, until `pending`'s has come."""
+        with self._lock:
+            while pending.message is None:
+                self._read_replies(None if timeout is None else max(timeout, 1e-3))
+        return pending.message
+
+    def _read_replies(self, timeout: float | None) -> None:
+        if self._sock is None:
+            raise GsupError("lost the connection to the daemon")
+        self._sock.settimeout(timeout)
         try:
-            sock.settimeout(None)
-            sock.sendall(encode({"verb": verb, "id": request_id, **fields}))
-            sock.settimeout(None if timeout is None else max(timeout, 1e-3))
-            reply = self._receive(sock, request_id)
+            data = self._sock.recv(1 << 16)
         except TimeoutError:
-            self.close()  # the late reply would confuse the next request
+            self.close()  # a late reply would be read as the answer to another request
             raise
         except OSError as exc:
             self.close()
             raise GsupError(f"lost the connection to the daemon: {exc}") from None
-        return reply
-
-    def _receive(self, sock: socket.socket, request_id: int) -> dict[str, Any]:
-        while True:
-            data = sock.recv(1 << 16)
-            if not data:
-                raise OSError("the daemon closed the connection")
-            for reply in self._reader.feed(data):
-                if reply.get("id") in (request_id, None):
-                    return reply
+        if not data:
+            self.close()
+            raise GsupError("the daemon closed the connection")
+        for reply in self._reader.feed(data):
+            if reply.get("id") is None:  # a refusal of the whole connection
+                for waiting in self._pending.values():
+                    waiting.message = reply
+                self._pending.clear()
+            elif (waiting := self._pending.pop(reply["id"], None)) is not None:
+                waiting.message = reply
 
     # --- one method per verb ---------------------------------------------------------
 
@@ -113,6 +162,23 @@ class Client:
 
     def add(self, jobs: list[JobSpec]) -> list[int]:
         return self.request("add", jobs=[job.to_wire() for job in jobs])["ids"]
+
+    def add_many(self, jobs: Iterable[JobSpec]) -> list[int]:
+        """Add jobs in requests of ADD_BATCH, each sent while the daemon commits the
+        one before; the ids in order. GsupError says how many were added if one fails."""
+        pending = [
+            self.send("add", jobs=[job.to_wire() for job in batch]) for batch in _batches(jobs)
+        ]
+        ids: list[int] = []
+        errors = []
+        for request in pending:
+            try:
+                ids += request.reply()["ids"]
+            except GsupError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise GsupError(f"{errors[0]} ({len(ids)} jobs were added)")
+        return ids
 
     def get(self, job: int) -> dict[str, Any]:
         return self.request("get", job=job)["job"]

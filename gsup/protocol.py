@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_MESSAGE, POOL_NAMES
@@ -149,7 +149,7 @@ class JobSpec:
     name: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _SPEC_FIELDS}  # asdict() copies deeply
 
     @classmethod
     def from_wire(cls, data: Any) -> JobSpec:
@@ -192,6 +192,9 @@ class JobSpec:
             _check_str_list(spec.retry_on, "retry_on")
         _check(spec.on_lost in ON_LOST, f"on_lost must be one of {ON_LOST}")
         return spec
+
+
+_SPEC_FIELDS = tuple(JobSpec.__dataclass_fields__)
 
 
 # --- requests -------------------------------------------------------------------

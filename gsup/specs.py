@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from gsup.protocol import JobSpec
@@ -39,7 +39,7 @@ def call_spec(
     `target` is `pkg.mod:attr` or a callable; an importable callable travels by
     reference, anything else (a lambda, a closure, a function of __main__) by value.
     """
-    return call_specs(target, [tuple(args)], kwargs, path, **options)[0]
+    return next(call_specs(target, [tuple(args)], kwargs, path, **options))
 
 
 def call_specs(
@@ -48,8 +48,9 @@ def call_specs(
     kwargs: dict[str, Any] | None = None,
     path: list[str] | None = None,
     **options: Any,
-) -> list[JobSpec]:
-    """One job per tuple of positional arguments, all calling `target` (see call_spec)."""
+) -> Iterator[JobSpec]:
+    """One job per tuple of positional arguments, all calling `target` (see call_spec);
+    made one at a time, so that a batch can be sent while the next is made."""
     kwargs = dict(kwargs or {})
     by_value = None
     if isinstance(target, str):
@@ -64,11 +65,10 @@ def call_specs(
             by_value = target
     cwd = os.getcwd()
     path = path if path is not None else cli_import_path(cwd)
-    specs = []
     for args in argument_tuples:
         arguments = None if by_value is not None else literal_text(args, kwargs)
         pickled = None if arguments is not None else dumps_by_value((by_value, args, kwargs))
-        specs.append(
+        yield (
             JobSpec(
                 kind="call",
                 target=name,
@@ -80,7 +80,6 @@ def call_specs(
                 **options,
             )
         )
-    return specs
 
 
 def command_spec(argv: list[str], **options: Any) -> JobSpec:
