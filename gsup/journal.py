@@ -13,7 +13,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,14 @@ class QueuedJob:
     policy: Policy
 
 
+_RUNNABLE = ("arguments", "pickled", "argv", "cwd", "path", "env")
+
+
+def _runnable_json(spec: JobSpec) -> str:
+    """What the pool needs to run a job, as the `spec` column holds it."""
+    return json.dumps({key: getattr(spec, key) for key in _RUNNABLE})
+
+
 class JournalStalled(Exception):
     """A turn's writes could not be committed (disk full, I/O error); they are kept
     for `Writer.replay`, and nothing the turn decided may be acted on until then."""
@@ -179,7 +187,7 @@ class Writer:
         self.db = db
         self.conn = db.connection()
         self._in_transaction = False
-        self._log: list[tuple[str, Sequence[Any]]] = []
+        self._log: list[tuple[str, Sequence[Any], bool]] = []
         self._savepoint: tuple[int, int] | None = None  # (log length, next job id)
         self.failure: sqlite3.Error | None = None  # a write of this turn failed
         self._next_job_id = (self._read("SELECT max(id) FROM jobs").fetchone()[0] or 0) + 1
@@ -193,14 +201,16 @@ class Writer:
         self._begin()  # inside the turn's transaction: it sees the turn's writes
         return self.conn.execute(sql, params)
 
-    def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor | None:
-        """Execute and log a write. Outside a request, a failure does not raise: the
-        turn goes on, and its commit fails (see `commit`)."""
-        self._log.append((sql, params))
+    def _write(self, sql: str, params: Sequence[Any] = (), many: bool = False) -> Any:
+        """Execute and log a write (`many`: one row of params each). Outside a request,
+        a failure does not raise: the turn goes on, and its commit fails (see `commit`)."""
+        self._log.append((sql, params, many))
         if self.failure is not None:
             return None
         self._begin()
         try:
+            if many:
+                return self.conn.executemany(sql, params)
             return self.conn.execute(sql, params)
         except sqlite3.Error as exc:
             if self._savepoint is not None:
@@ -227,8 +237,8 @@ class Writer:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             self._in_transaction = True
-            for sql, params in self._log:
-                self.conn.execute(sql, params)
+            for sql, params, many in self._log:
+                (self.conn.executemany if many else self.conn.execute)(sql, params)
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._abandon()
@@ -287,18 +297,15 @@ class Writer:
 
     # --- jobs -------------------------------------------------------------------
 
-    def insert_jobs(self, specs: Iterable[JobSpec], now: float) -> list[int]:
-        ids = []
-        for spec in specs:
-            runnable = {
-                key: getattr(spec, key)
-                for key in ("arguments", "pickled", "argv", "cwd", "path", "env")
-            }
-            job = self._next_job_id  # explicit: a replayed turn gives the same ids
-            self._write(
-                "INSERT INTO jobs (id, name, pool, kind, target, display, spec, priority, timeout,"
-                " retries, retry_delay, backoff, retry_on, on_lost, state, attempts, lost_count,"
-                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?)",
+    def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[int]:
+        # Explicit ids: a replayed turn gives the same ones.
+        ids = list(range(self._next_job_id, self._next_job_id + len(specs)))
+        self._next_job_id += len(specs)
+        self._write(
+            "INSERT INTO jobs (id, name, pool, kind, target, display, spec, priority, timeout,"
+            " retries, retry_delay, backoff, retry_on, on_lost, state, attempts, lost_count,"
+            " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?)",
+            [
                 (
                     job,
                     spec.name,
@@ -306,7 +313,7 @@ class Writer:
                     spec.kind,
                     spec.target,
                     spec.display,
-                    json.dumps(runnable),
+                    _runnable_json(spec),
                     spec.priority,
                     spec.timeout,
                     spec.retries,
@@ -315,11 +322,16 @@ class Writer:
                     None if spec.retry_on is None else json.dumps(spec.retry_on),
                     spec.on_lost,
                     now,
-                ),
-            )
-            self._next_job_id += 1
-            ids.append(job)
-            self._event(job, None, State.QUEUED, now, "added")
+                )
+                for job, spec in zip(ids, specs, strict=True)
+            ],
+            many=True,
+        )
+        self._write(
+            "INSERT INTO events (job, before, after, at, why) VALUES (?, NULL, 'queued', ?, ?)",
+            [(job, now, "added") for job in ids],
+            many=True,
+        )
         return ids
 
     def _event(self, job: int, before: str | None, after: State, now: float, why: str) -> None:

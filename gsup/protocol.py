@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,29 +98,6 @@ def check_pool(value: Any, allow_all: bool = False) -> str | None:
     return value
 
 
-def check_priority(value: Any) -> int:
-    _check(_is_int(value) and 0 <= value <= 9, f"priority must be 0-9, not {value!r}")
-    return value
-
-
-def check_timeout(value: Any) -> float | None:
-    if value is None:
-        return None
-    _check(
-        _is_number(value) and 0 < value <= MAX_SECONDS,
-        f"timeout must be a positive number of seconds up to {MAX_SECONDS:g}, not {value!r}",
-    )
-    return float(value)
-
-
-def _check_str_list(value: Any, what: str) -> list[str]:
-    _check(
-        isinstance(value, list) and all(isinstance(v, str) for v in value),
-        f"{what} must be a list of strings",
-    )
-    return value
-
-
 @dataclass
 class JobSpec:
     """What a client asks to run. The daemon stores it and never interprets `call` parts.
@@ -155,22 +133,13 @@ class JobSpec:
     def from_wire(cls, data: Any) -> JobSpec:
         """Validate a job sent by a client; raises ProtocolError naming the bad field."""
         _check(isinstance(data, dict), "a job must be a JSON object")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        _check(not unknown, f"unknown job fields: {', '.join(sorted(unknown))}")
+        unknown = data.keys() - _SPEC_RULES.keys()
+        _check(not unknown, "unknown job fields: " + ", ".join(sorted(unknown)))
+        for name, value in data.items():  # fields left out keep their valid defaults
+            valid, message = _SPEC_RULES[name]
+            if not valid(value):
+                raise ProtocolError(message.format(value=value))
         spec = cls(**data)
-        _check(spec.kind in KINDS, f"job kind must be one of {KINDS}, not {spec.kind!r}")
-        for name in ("target", "display", "cwd"):
-            _check(isinstance(getattr(spec, name), str), f"{name} must be a string")
-        for name in ("arguments", "pickled", "name"):
-            value = getattr(spec, name)
-            _check(value is None or isinstance(value, str), f"{name} must be a string")
-        _check_str_list(spec.argv, "argv")
-        _check_str_list(spec.path, "path")
-        _check(
-            spec.env is None
-            or (isinstance(spec.env, dict) and all(isinstance(v, str) for v in spec.env.values())),
-            "env must map names to strings",
-        )
         if spec.kind == "cmd":
             _check(bool(spec.argv), "a command job needs a command")
         else:
@@ -179,19 +148,54 @@ class JobSpec:
                 spec.arguments is not None or spec.pickled is not None,
                 "a call job needs arguments or a pickled call",
             )
-        check_pool(spec.pool)
-        check_priority(spec.priority)
-        spec.timeout = check_timeout(spec.timeout)
-        _check(_is_int(spec.retries) and spec.retries >= 0, "retries must be 0 or more")
-        _check(
-            _is_number(spec.retry_delay) and 0 <= spec.retry_delay <= MAX_SECONDS,
-            f"retry_delay must be 0 to {MAX_SECONDS:g} seconds",
-        )
-        _check(_is_number(spec.backoff) and 1 <= spec.backoff <= 1000, "backoff must be 1 to 1000")
-        if spec.retry_on is not None:
-            _check_str_list(spec.retry_on, "retry_on")
-        _check(spec.on_lost in ON_LOST, f"on_lost must be one of {ON_LOST}")
+        if spec.timeout is not None:
+            spec.timeout = float(spec.timeout)
         return spec
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_optional_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+# Each field's test, and the message (formatted with the value) when it fails.
+_SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "kind": (lambda v: v in KINDS, "job kind must be one of " + ", ".join(KINDS)),
+    "target": (lambda v: isinstance(v, str), "target must be a string"),
+    "display": (lambda v: isinstance(v, str), "display must be a string"),
+    "arguments": (_is_optional_str, "arguments must be a string"),
+    "pickled": (_is_optional_str, "pickled must be a string"),
+    "argv": (_is_str_list, "argv must be a list of strings"),
+    "cwd": (lambda v: isinstance(v, str), "cwd must be a string"),
+    "path": (_is_str_list, "path must be a list of strings"),
+    "env": (
+        lambda v: (
+            v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values()))
+        ),
+        "env must map names to strings",
+    ),
+    "pool": (
+        lambda v: v in POOL_NAMES,
+        "unknown queue {value!r}; choose from " + ", ".join(POOL_NAMES),
+    ),
+    "priority": (lambda v: _is_int(v) and 0 <= v <= 9, "priority must be 0-9, not {value!r}"),
+    "timeout": (
+        lambda v: v is None or (_is_number(v) and 0 < v <= MAX_SECONDS),
+        f"timeout must be a positive number of seconds up to {MAX_SECONDS:g}, not {{value!r}}",
+    ),
+    "retries": (lambda v: _is_int(v) and v >= 0, "retries must be 0 or more"),
+    "retry_delay": (
+        lambda v: _is_number(v) and 0 <= v <= MAX_SECONDS,
+        f"retry_delay must be 0 to {MAX_SECONDS:g} seconds",
+    ),
+    "backoff": (lambda v: _is_number(v) and 1 <= v <= 1000, "backoff must be 1 to 1000"),
+    "retry_on": (lambda v: v is None or _is_str_list(v), "retry_on must be a list of strings"),
+    "on_lost": (lambda v: v in ON_LOST, "on_lost must be one of " + ", ".join(ON_LOST)),
+    "name": (_is_optional_str, "name must be a string"),
+}
 
 
 _SPEC_FIELDS = tuple(JobSpec.__dataclass_fields__)

@@ -1,0 +1,175 @@
+"""The gsup side: daemons in state dirs of their own, and each figure's workload."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.measure import idle_cpu_percent, run_seconds
+from bench.plan import GSUP_TOML
+from bench.processes import Spawned, console_script
+
+NOOP_SOURCE = "def noop():\n    return None\n"
+WAIT_TIMEOUT = 900.0  # seconds; only a broken daemon takes this long
+SETTLE = 1.0  # seconds an idle daemon gets before its CPU is sampled
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where a run keeps its files. `root` is short: a socket path must fit in ~100 bytes."""
+
+    root: Path
+    code: Path  # holds noop.py: on the API's sys.path, and the CLI's working folder
+    noop: Callable[[], None]
+
+    @property
+    def target(self) -> str:
+        return "noop:noop"
+
+
+def make_workspace(root: Path) -> Workspace:
+    """Write the no-op job's module and import it, so the API sends it by reference."""
+    code = root / "code"
+    code.mkdir()
+    (code / "noop.py").write_text(NOOP_SOURCE)
+    sys.path.insert(0, str(code))  # the API sends sys.path; the pools import from it
+    module = importlib.import_module("noop")
+    return Workspace(root=root, code=code, noop=module.noop)
+
+
+def gsup_cli() -> list[str]:
+    return console_script("gsup", "gsup")
+
+
+def new_home(root: Path) -> Path:
+    """A fresh state dir with the bench's pool settings (see plan.GSUP_TOML)."""
+    home = Path(tempfile.mkdtemp(prefix="g", dir=root))
+    (home / "gsup.toml").write_text(GSUP_TOML)
+    return home
+
+
+class GsupDaemon(Spawned):
+    def __init__(self, home: Path) -> None:
+        super().__init__([*gsup_cli(), "daemon", "--home", str(home)], ready_text="gsup: ready:")
+        self.home = home
+
+    def queues(self) -> Any:
+        from gsup.api import Queues
+
+        return Queues(self.home)
+
+
+@contextmanager
+def running_daemon(home: Path) -> Iterator[GsupDaemon]:
+    """A daemon that is ready, stopped however the block ends."""
+    daemon = GsupDaemon(home)
+    try:
+        daemon.start()
+        daemon.wait_ready()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def _check_done(states: dict[int, str], expected: int) -> None:
+    ended = [state for state in states.values() if state != "done"]
+    if len(states) != expected or ended:
+        raise RuntimeError(f"{len(ended)} of {expected} jobs did not end done: {ended[:5]}")
+
+
+# --- figures --------------------------------------------------------------------------
+
+
+def drain_rate(ws: Workspace, jobs: int) -> float:
+    """Jobs/s from unfreezing a user pool with `jobs` queued to the last one's end."""
+    with running_daemon(new_home(ws.root)) as daemon:
+        queues = daemon.queues()
+        queues.freeze("user")
+        ids = [job.id for job in queues.add_many(ws.noop, [()] * jobs)]
+        start = time.perf_counter()
+        queues.unfreeze("user")
+        states = queues.client.wait(ids, WAIT_TIMEOUT)  # answered when the last one ends
+        elapsed = time.perf_counter() - start
+        _check_done(states, jobs)
+        return jobs / elapsed
+
+
+def enqueue_rate(ws: Workspace, calls: int) -> float:
+    """Single `queues.add` calls/s. The pool is frozen so that only adding is measured,
+    as huey's enqueue is measured with no consumer running."""
+    with running_daemon(new_home(ws.root)) as daemon:
+        queues = daemon.queues()
+        queues.freeze("user")
+        queues.add(ws.noop)  # connect first: a client's first call also connects
+        start = time.perf_counter()
+        for _ in range(calls):
+            queues.add(ws.noop)
+        return calls / (time.perf_counter() - start)
+
+
+def add_many_rate(ws: Workspace, jobs: int) -> float:
+    """Jobs/s of one `queues.add_many` call (sent in requests of 10,000), pool frozen."""
+    with running_daemon(new_home(ws.root)) as daemon:
+        queues = daemon.queues()
+        queues.freeze("user")
+        start = time.perf_counter()
+        handles = queues.add_many(ws.noop, [()] * jobs)
+        elapsed = time.perf_counter() - start
+        assert len(handles) == jobs
+        return jobs / elapsed
+
+
+def cli_from_rate(ws: Workspace, jobs: int) -> float:
+    """Jobs/s of one whole `gsup add --from FILE` process, one job per line, pool frozen."""
+    lines = ws.root / f"jobs-{jobs}.txt"
+    lines.write_text(f"{ws.target}\n" * jobs)
+    home = new_home(ws.root)
+    with running_daemon(home) as daemon:
+        daemon.queues().freeze("user")
+        elapsed = run_seconds([*gsup_cli(), "add", "--home", str(home), "--from", str(lines)])
+        return jobs / elapsed
+
+
+def latencies(ws: Workspace, trips: int) -> list[float]:
+    """Seconds from `queues.add` to `.result()` returning, one job at a time, idle daemon."""
+    with running_daemon(new_home(ws.root)) as daemon:
+        queues = daemon.queues()
+        for _ in range(5):  # warm up: the connection, and the pool's first import
+            queues.add(ws.noop).result(WAIT_TIMEOUT)
+        seconds = []
+        for _ in range(trips):
+            start = time.perf_counter()
+            queues.add(ws.noop).result(WAIT_TIMEOUT)
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+
+def idle_cpu(ws: Workspace, seconds: float) -> float:
+    """% of one core used by the supervisor and its pools while nothing happens."""
+    with running_daemon(new_home(ws.root)) as daemon:
+        daemon.queues().add(ws.noop).result(WAIT_TIMEOUT)  # it has worked once
+        time.sleep(SETTLE)
+        return idle_cpu_percent(daemon.pid, seconds)
+
+
+def add_process_vs_typer(ws: Workspace, runs: int) -> tuple[list[float], list[float]]:
+    """Wall seconds of whole `gsup add noop:noop` processes (from the folder of
+    noop.py, as a user would run it) and of `python -c "import typer"`, interleaved."""
+    home = new_home(ws.root)
+    adds, floors = [], []
+    with running_daemon(home):
+        add = [*gsup_cli(), "add", "--home", str(home), ws.target]
+        floor = [sys.executable, "-c", "import typer"]
+        run_seconds(add, cwd=ws.code)  # warm the page cache for both
+        run_seconds(floor)
+        for _ in range(runs):
+            adds.append(run_seconds(add, cwd=ws.code))
+            floors.append(run_seconds(floor))
+    return adds, floors

@@ -1,0 +1,200 @@
+"""Scale: a journal of a million jobs, and the daemon's memory over a million jobs run.
+
+The big journal is built fast but true to the schema: a real daemon writes two
+template jobs (one run to its end, one queued in the frozen user pool), then their
+rows and events are cloned with executemany under new ids. Whatever columns the
+journal has, the clones have them, as the daemon wrote them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.gsup_side import (
+    WAIT_TIMEOUT,
+    GsupDaemon,
+    Workspace,
+    _check_done,
+    gsup_cli,
+    new_home,
+    running_daemon,
+)
+from bench.measure import descendants, rss_kb, run_seconds
+
+TIME_COLUMNS = {"created", "started", "ended", "at"}  # shifted so clones are in id order
+SPACING = 1e-4  # seconds between cloned jobs
+ADD_BATCH = 10_000  # jobs per add_many call in the RSS run (the API's request size)
+RSS_SETTLE = 0.5  # seconds after the last job ends before memory is read
+
+
+# --- the million-job journal ----------------------------------------------------------
+
+
+def build_journal(ws: Workspace, done: int, queued: int) -> Path:
+    """A state dir whose journal holds `done` ended jobs, then `queued` jobs waiting in
+    the frozen user pool (newest last, as a real history would be)."""
+    home = new_home(ws.root)
+    with running_daemon(home) as daemon:
+        queues = daemon.queues()
+        ended = queues.add(ws.noop)
+        ended.result(WAIT_TIMEOUT)
+        queues.freeze("user")  # kept in the journal's pools table across restarts
+        waiting = queues.add(ws.noop)
+    first_clone = waiting.id + 1
+    conn = sqlite3.connect(home / "journal.sqlite", isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous=OFF")  # building the fixture is not measured
+        conn.execute("BEGIN")
+        _clone(conn, ended.id, range(first_clone, first_clone + done - 1))
+        start = first_clone + done - 1
+        _clone(conn, waiting.id, range(start, start + queued - 1))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a long-lived journal is checkpointed
+    finally:
+        conn.close()
+    return home
+
+
+def _clone(conn: sqlite3.Connection, template: int, ids: range) -> None:
+    """Copy job `template` and its events under each id of `ids`."""
+    job_columns, job_rows = _select(conn, "SELECT * FROM jobs WHERE id = ?", template)
+    conn.executemany(
+        _insert("jobs", job_columns), _copies(job_columns, job_rows[0], template, ids)
+    )
+    columns, rows = _select(conn, "SELECT * FROM events WHERE job = ? ORDER BY seq", template)
+    keep = [i for i, name in enumerate(columns) if name != "seq"]  # SQLite numbers them
+    columns = [columns[i] for i in keep]
+    copies = (
+        copy
+        for row in rows
+        for copy in _copies(columns, [row[i] for i in keep], template, ids, id_column="job")
+    )
+    conn.executemany(_insert("events", columns), copies)
+
+
+def _select(conn: sqlite3.Connection, sql: str, job: int) -> tuple[list[str], list[tuple]]:
+    cursor = conn.execute(sql, (job,))
+    columns = [c[0] for c in cursor.description]
+    rows = cursor.fetchall()
+    if not rows:
+        raise RuntimeError(f"the template job {job} is missing: {sql}")
+    return columns, rows
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def _copies(
+    columns: Sequence[str],
+    row: Sequence[Any],
+    template: int,
+    ids: range,
+    id_column: str = "id",
+) -> Iterator[list[Any]]:
+    at_id = columns.index(id_column)
+    times = [i for i, name in enumerate(columns) if name in TIME_COLUMNS and row[i] is not None]
+    for job in ids:
+        copy = list(row)
+        copy[at_id] = job
+        shift = (job - template) * SPACING
+        for i in times:
+            copy[i] = row[i] + shift
+        yield copy
+
+
+def check_journal(home: Path, queued: int) -> None:
+    """The CLI sees what was built: the user pool frozen with `queued` jobs pending."""
+    out = subprocess.run(
+        [*gsup_cli(), "queues", "--json", "--home", str(home)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    pools = {pool["name"]: pool for pool in json.loads(out)["pools"]}
+    user = pools["user"]
+    if not user["frozen"] or user["pending_count"] != queued:
+        raise RuntimeError(f"the built journal is not as planned: {user}")
+
+
+# --- figures on it ------------------------------------------------------------------------
+
+
+def ready_seconds(home: Path, runs: int) -> list[float]:
+    """Seconds from spawning `gsup daemon` to its ready line, one start after another."""
+    seconds = []
+    for _ in range(runs):
+        daemon = GsupDaemon(home)
+        try:
+            daemon.start()
+            seconds.append(daemon.wait_ready())
+        finally:
+            daemon.stop()
+    return seconds
+
+
+@dataclass
+class CliTimes:
+    floor: list[float]  # python -c "import typer": the process start every CLI pays
+    jobs: list[float]  # gsup jobs --limit 50
+    queues: list[float]  # gsup queues
+
+
+def cli_seconds(home: Path, runs: int) -> CliTimes:
+    """Whole-process times of the query commands on the big journal, daemon running,
+    interleaved with the floor the CLI library sets."""
+    floor = [sys.executable, "-c", "import typer"]
+    jobs = [*gsup_cli(), "jobs", "--limit", "50", "--home", str(home)]
+    queues = [*gsup_cli(), "queues", "--home", str(home)]
+    times = CliTimes([], [], [])
+    with running_daemon(home):
+        for argv in (floor, jobs, queues):  # warm the page cache
+            run_seconds(argv)
+        for _ in range(runs):
+            times.floor.append(run_seconds(floor))
+            times.jobs.append(run_seconds(jobs))
+            times.queues.append(run_seconds(queues))
+    return times
+
+
+# --- memory over a long run -----------------------------------------------------------------
+
+
+@dataclass
+class RssReading:
+    processed: int
+    supervisor_kb: int
+    tree_kb: int  # the supervisor and its pool processes (shared pages counted in each)
+    rate: float  # jobs/s, added and run, from the start of the run to this reading
+
+
+def rss_over_run(ws: Workspace, checkpoints: Sequence[int]) -> list[RssReading]:
+    """Push no-op jobs through one daemon with add_many, 10,000 at a time (the next batch
+    is added while the last one runs), and read its memory when `checkpoints` jobs
+    have been processed."""
+    readings = []
+    with running_daemon(new_home(ws.root)) as daemon:
+        queues = daemon.queues()
+        submitted, busy = 0, 0.0
+        for checkpoint in checkpoints:
+            start = time.perf_counter()
+            running: list[int] = []
+            while submitted < checkpoint:
+                count = min(ADD_BATCH, checkpoint - submitted)
+                added = [job.id for job in queues.add_many(ws.noop, [()] * count)]
+                submitted += count
+                if running:
+                    _check_done(queues.client.wait(running, WAIT_TIMEOUT), len(running))
+                running = added
+            _check_done(queues.client.wait(running, WAIT_TIMEOUT), len(running))
+            busy += time.perf_counter() - start
+            time.sleep(RSS_SETTLE)
+            tree = sum(rss_kb(pid) for pid in descendants(daemon.pid))
+            readings.append(RssReading(checkpoint, rss_kb(daemon.pid), tree, submitted / busy))
+    return readings
