@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,32 @@ def make_workspace(root: Path) -> Workspace:
     (code / "noop.py").write_text(NOOP_SOURCE)
     sys.path.insert(0, str(code))  # the API sends sys.path; the pools import from it
     module = importlib.import_module("noop")
+    write_launcher(root)
     return Workspace(root=root, code=code, noop=module.noop)
 
 
+_launcher: list[str] = []
+
+
 def gsup_cli() -> list[str]:
-    return console_script("gsup", "gsup")
+    """How the bench runs `gsup`: a console script as pip writes it, for the entry point
+    the installed metadata declares. Written by the bench because the script in the
+    bin dir is only rewritten by a reinstall, and may name an older entry point."""
+    return _launcher or console_script("gsup", "gsup")
+
+
+def write_launcher(folder: Path) -> None:
+    try:
+        (entry,) = metadata.entry_points(group="console_scripts", name="gsup")
+    except ValueError:
+        return  # not installed: the bin dir's script, or `python -m gsup`
+    script = folder / "gsup"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nfrom {entry.module} import {entry.attr}\n"
+        f"if __name__ == '__main__':\n    sys.exit({entry.attr}())\n"
+    )
+    script.chmod(0o755)
+    _launcher[:] = [str(script)]
 
 
 def new_home(root: Path) -> Path:
@@ -102,16 +124,19 @@ def drain_rate(ws: Workspace, jobs: int) -> float:
 
 
 def enqueue_rate(ws: Workspace, calls: int) -> float:
-    """Single `queues.add` calls/s. The pool is frozen so that only adding is measured,
-    as huey's enqueue is measured with no consumer running."""
+    """Single `queues.add` calls/s, until the journal holds the last one (a call returns
+    once its request is sent; its id is read when the daemon has committed it). The pool
+    is frozen so that only adding is measured, as huey's enqueue with no consumer."""
     with running_daemon(new_home(ws.root)) as daemon:
         queues = daemon.queues()
         queues.freeze("user")
-        queues.add(ws.noop)  # connect first: a client's first call also connects
+        _ = queues.add(ws.noop).id  # connect first: a client's first call also connects
         start = time.perf_counter()
-        for _ in range(calls):
-            queues.add(ws.noop)
-        return calls / (time.perf_counter() - start)
+        handles = [queues.add(ws.noop) for _ in range(calls)]
+        ids = [job.id for job in handles]  # each call counts once the journal holds it
+        elapsed = time.perf_counter() - start
+        assert len(set(ids)) == calls
+        return calls / elapsed
 
 
 def add_many_rate(ws: Workspace, jobs: int) -> float:
@@ -120,9 +145,9 @@ def add_many_rate(ws: Workspace, jobs: int) -> float:
         queues = daemon.queues()
         queues.freeze("user")
         start = time.perf_counter()
-        handles = queues.add_many(ws.noop, [()] * jobs)
+        ids = [job.id for job in queues.add_many(ws.noop, [()] * jobs)]
         elapsed = time.perf_counter() - start
-        assert len(handles) == jobs
+        assert len(set(ids)) == jobs
         return jobs / elapsed
 
 

@@ -66,9 +66,7 @@ def build_journal(ws: Workspace, done: int, queued: int) -> Path:
 def _clone(conn: sqlite3.Connection, template: int, ids: range) -> None:
     """Copy job `template` and its events under each id of `ids`."""
     job_columns, job_rows = _select(conn, "SELECT * FROM jobs WHERE id = ?", template)
-    conn.executemany(
-        _insert("jobs", job_columns), _copies(job_columns, job_rows[0], template, ids)
-    )
+    conn.executemany(_insert("jobs", job_columns), _copies(job_columns, job_rows[0], template, ids))
     columns, rows = _select(conn, "SELECT * FROM events WHERE job = ? ORDER BY seq", template)
     keep = [i for i, name in enumerate(columns) if name != "seq"]  # SQLite numbers them
     columns = [columns[i] for i in keep]

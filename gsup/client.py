@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gsup.config import Paths, resolve_home
-from gsup.protocol import JobSpec, LineReader, encode
+from gsup.protocol import JobSpec, LineReader, encode, shared_fields
 
 ADD_BATCH = 10_000  # jobs per add request
 
@@ -166,9 +166,7 @@ class Client:
     def add_many(self, jobs: Iterable[JobSpec]) -> list[int]:
         """Add jobs in requests of ADD_BATCH, each sent while the daemon commits the
         one before; the ids in order. GsupError says how many were added if one fails."""
-        pending = [
-            self.send("add", jobs=[job.to_wire() for job in batch]) for batch in _batches(jobs)
-        ]
+        pending = [self._send_batch([job.to_wire() for job in batch]) for batch in _batches(jobs)]
         ids: list[int] = []
         errors = []
         for request in pending:
@@ -179,6 +177,11 @@ class Client:
         if errors:
             raise GsupError(f"{errors[0]} ({len(ids)} jobs were added)")
         return ids
+
+    def _send_batch(self, wires: list[dict[str, Any]]) -> Pending:
+        shared = shared_fields(wires)
+        jobs = [{k: v for k, v in wire.items() if k not in shared} for wire in wires]
+        return self.send("add", defaults=shared, jobs=jobs)
 
     def get(self, job: int) -> dict[str, Any]:
         return self.request("get", job=job)["job"]

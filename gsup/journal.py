@@ -163,12 +163,17 @@ class QueuedJob:
     policy: Policy
 
 
-_RUNNABLE = ("arguments", "pickled", "argv", "cwd", "path", "env")
-
-
-def _runnable_json(spec: JobSpec) -> str:
-    """What the pool needs to run a job, as the `spec` column holds it."""
-    return json.dumps({key: getattr(spec, key) for key in _RUNNABLE})
+def _runnable_json(spec: JobSpec, cache: dict[tuple, str]) -> str:
+    """What the pool needs to run a job, as the `spec` column holds it. The parts jobs
+    of one batch share (the very same objects) are encoded once, through `cache`."""
+    key = (id(spec.argv), spec.cwd, id(spec.path), id(spec.env))
+    shared = cache.get(key)
+    if shared is None:
+        shared = cache[key] = json.dumps(
+            {"argv": spec.argv, "cwd": spec.cwd, "path": spec.path, "env": spec.env}
+        )[1:]
+    head = json.dumps({"arguments": spec.arguments, "pickled": spec.pickled})[:-1]
+    return f"{head}, {shared}"
 
 
 class JournalStalled(Exception):
@@ -300,6 +305,7 @@ class Writer:
     def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[int]:
         # Explicit ids: a replayed turn gives the same ones.
         ids = list(range(self._next_job_id, self._next_job_id + len(specs)))
+        encoded: dict[tuple, str] = {}  # objects the batch shares are alive meanwhile
         self._next_job_id += len(specs)
         self._write(
             "INSERT INTO jobs (id, name, pool, kind, target, display, spec, priority, timeout,"
@@ -313,7 +319,7 @@ class Writer:
                     spec.kind,
                     spec.target,
                     spec.display,
-                    _runnable_json(spec),
+                    _runnable_json(spec, encoded),
                     spec.priority,
                     spec.timeout,
                     spec.retries,

@@ -130,16 +130,11 @@ class JobSpec:
         return {name: getattr(self, name) for name in _SPEC_FIELDS}  # asdict() copies deeply
 
     @classmethod
-    def from_wire(cls, data: Any) -> JobSpec:
-        """Validate a job sent by a client; raises ProtocolError naming the bad field."""
-        _check(isinstance(data, dict), "a job must be a JSON object")
-        unknown = data.keys() - _SPEC_RULES.keys()
-        _check(not unknown, "unknown job fields: " + ", ".join(sorted(unknown)))
-        for name, value in data.items():  # fields left out keep their valid defaults
-            valid, message = _SPEC_RULES[name]
-            if not valid(value):
-                raise ProtocolError(message.format(value=value))
-        spec = cls(**data)
+    def from_wire(cls, data: Any, defaults: dict[str, Any] | None = None) -> JobSpec:
+        """Validate a job sent by a client; raises ProtocolError naming the bad field.
+        `defaults` are fields checked already, shared with other jobs."""
+        _check_fields(data)
+        spec = cls(**{**defaults, **data}) if defaults else cls(**data)
         if spec.kind == "cmd":
             _check(bool(spec.argv), "a command job needs a command")
         else:
@@ -151,6 +146,16 @@ class JobSpec:
         if spec.timeout is not None:
             spec.timeout = float(spec.timeout)
         return spec
+
+
+def _check_fields(data: Any) -> None:
+    _check(isinstance(data, dict), "a job must be a JSON object")
+    unknown = data.keys() - _SPEC_RULES.keys()
+    _check(not unknown, "unknown job fields: " + ", ".join(sorted(unknown)))
+    for name, value in data.items():  # fields left out keep their valid defaults
+        valid, message = _SPEC_RULES[name]
+        if not valid(value):
+            raise ProtocolError(message.format(value=value))
 
 
 def _is_str_list(value: Any) -> bool:
@@ -219,10 +224,24 @@ def _ping(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def _add(message: dict[str, Any]) -> dict[str, Any]:
+    """`jobs`, each a JobSpec's fields; `defaults`, fields shared by all of them, sent
+    (and checked) once."""
     jobs = message.get("jobs")
     _check(isinstance(jobs, list) and jobs, "add needs a non-empty list of jobs")
     _check(len(jobs) <= MAX_JOBS_PER_ADD, f"at most {MAX_JOBS_PER_ADD} jobs per request")
-    return {"jobs": [JobSpec.from_wire(job) for job in jobs]}
+    defaults = message.get("defaults") or {}
+    _check_fields(defaults)
+    return {"jobs": [JobSpec.from_wire(job, defaults) for job in jobs]}
+
+
+def shared_fields(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fields all jobs of a batch have alike: an add request sends them once."""
+    first, rest = jobs[0], jobs[1:]
+    return {
+        name: value
+        for name, value in first.items()
+        if all(job[name] is value or job[name] == value for job in rest)
+    }
 
 
 def _one_job(message: dict[str, Any]) -> dict[str, Any]:

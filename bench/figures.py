@@ -1,0 +1,217 @@
+"""From measured samples to the table's rows, each with its target from the issue."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.measure import median
+from bench.plan import HUEY_FAST_POLLING, USER_QUEUE_SIZE, USER_THREADS, Plan
+from bench.report import Row
+from bench.scale import CliTimes, RssReading
+
+MS = 1000.0
+MIB = 1024.0  # VmRSS is in KiB
+
+
+@dataclass
+class Samples:
+    """Every measured value, by figure and side (e.g. "drain.huey"): one per repetition."""
+
+    values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    cli: CliTimes | None = None
+    rss: list[RssReading] = field(default_factory=list)
+
+    def add(self, key: str, value: float) -> None:
+        self.values[key].append(value)
+
+    def median(self, key: str) -> float | None:
+        found = self.values.get(key)
+        return median(found) if found else None
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None, peer: float | None) -> float | None:
+    if value is None or peer is None or peer == 0:
+        return None
+    return value / peer
+
+
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "NO")
+
+
+def _check(value: float | None, test: Callable[[float], bool]) -> bool | None:
+    return None if value is None else test(value)
+
+
+def _row(
+    figure: str,
+    gsup: float | None,
+    peer: float | None,
+    digits: int,
+    target: str = "-",
+    ok: Callable[[float, float | None], bool] | None = None,
+    peer_text: str | None = None,
+) -> Row:
+    """A row; `ok(gsup, ratio)` judges the target, `peer_text` replaces the peer's number."""
+    ratio = _ratio(gsup, peer)
+    met = "-"
+    if ok is not None:
+        met = _met(None if gsup is None else ok(gsup, ratio))
+    return Row(
+        figure=figure,
+        gsup=_number(gsup, digits),
+        peer=peer_text if peer_text is not None else _number(peer, digits),
+        ratio="n/a" if ratio is None else f"{ratio:.2f}x",
+        target=target,
+        met=met,
+    )
+
+
+def _at_least(times: float) -> Callable[[float, float | None], bool]:
+    def ok(_: float, ratio: float | None) -> bool:
+        return ratio is not None and ratio >= times
+
+    return ok
+
+
+def _at_most_ratio(limit: float) -> Callable[[float, float | None], bool]:
+    def ok(_: float, ratio: float | None) -> bool:
+        return ratio is not None and ratio <= limit
+
+    return ok
+
+
+def _at_most_value(limit: float) -> Callable[[float, float | None], bool]:
+    return lambda value, _: value <= limit
+
+
+def _at_least_value(limit: float) -> Callable[[float, float | None], bool]:
+    return lambda value, _: value >= limit
+
+
+# --- the rows ---------------------------------------------------------------------------
+
+
+def comparative_rows(s: Samples, plan: Plan) -> list[Row]:
+    n = plan.drain_jobs
+    return [
+        _row(f"drain {n:,} jobs, 4 threads (jobs/s) vs huey", s.median("drain.gsup"),
+             s.median("drain.huey"), 0, ">= 3x huey", _at_least(3)),
+        _row("enqueue: single queues.add (calls/s) vs huey", s.median("enqueue.gsup"),
+             s.median("enqueue.huey"), 0, ">= 2x huey", _at_least(2)),
+        _row("single queues.add vs SQLite ceiling (/s)", s.median("enqueue.gsup"),
+             s.median("sqlite.ceiling"), 0),
+        _row(f"batch: queues.add_many {plan.batch_jobs:,} (jobs/s)", s.median("add_many.gsup"),
+             50_000, 0, ">= 50,000", _at_least_value(50_000)),
+        _row(f"batch: gsup add --from, {plan.batch_jobs:,} lines (jobs/s)",
+             s.median("cli_from.gsup"), 50_000, 0, ">= 50,000", _at_least_value(50_000)),
+        _row("latency add -> result, idle: median (ms) vs huey", _ms(s.median("lat50.gsup")),
+             _ms(s.median("lat50.huey")), 2, "<= 1 ms", _at_most_value(1.0)),
+        _row("latency add -> result, idle: p99 (ms) vs huey", _ms(s.median("lat99.gsup")),
+             _ms(s.median("lat99.huey")), 2, "<= 5 ms", _at_most_value(5.0)),
+        _row(f"idle CPU over {plan.idle_seconds:g} s (% of a core) vs huey",
+             s.median("idle.gsup"), s.median("idle.huey"), 2, "<= 0.5%", _at_most_value(0.5)),
+        _row('gsup add process (ms) vs python -c "import typer"', _ms(s.median("add.gsup")),
+             _ms(s.median("add.typer")), 1, "<= 1.3x", _at_most_ratio(1.3)),
+    ]  # fmt: skip
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * MS
+
+
+def scale_rows(s: Samples, plan: Plan) -> list[Row]:
+    size = f"{plan.scale_done + plan.scale_queued:,}-job journal"
+    rows = [
+        _row(f"daemon start to ready, {size} (ms)", _ms(s.median("ready.gsup")), 1000, 0,
+             "<= 1 s", _at_most_value(1000)),
+    ]  # fmt: skip
+    if s.cli is not None:
+        floor = median(s.cli.floor) * MS
+        for name, times in (("gsup jobs --limit 50", s.cli.jobs), ("gsup queues", s.cli.queues)):
+            whole = median(times) * MS
+            rows += [
+                _row(f'{name}, {size} (ms) vs "import typer"', whole, floor, 0),
+                _row(f"  {name}: beyond process start (ms)", whole - floor, 100, 0,
+                     "<= 100 ms", _at_most_value(100)),
+            ]  # fmt: skip
+    rows += _rss_rows(s.rss)
+    return rows
+
+
+def _rss_rows(readings: list[RssReading]) -> list[Row]:
+    if len(readings) < 2:
+        return []
+    first, last = readings[0], readings[-1]
+    return [
+        _row(f"daemon RSS after {first.processed:,} jobs (MiB)", first.supervisor_kb / MIB,
+             None, 1, peer_text="-"),
+        _row(f"daemon RSS after {last.processed:,} jobs (MiB) vs after {first.processed:,}",
+             last.supervisor_kb / MIB, first.supervisor_kb / MIB, 1, "<= 1.10x",
+             _at_most_ratio(1.10)),
+        _row(f"daemon + pools RSS after {last.processed:,} (MiB) vs after {first.processed:,}",
+             last.tree_kb / MIB, first.tree_kb / MIB, 1),
+        _row(f"add_many + run, {last.processed:,} jobs (jobs/s)", last.rate, None, 0,
+             peer_text="-"),
+    ]  # fmt: skip
+
+
+def all_rows(s: Samples, plan: Plan) -> list[Row]:
+    return comparative_rows(s, plan) + scale_rows(s, plan)
+
+
+def notes(plan: Plan) -> list[str]:
+    """How each figure was measured, for RESULTS.md."""
+    polling = " ".join(HUEY_FAST_POLLING)
+    return [
+        f"Each figure is the median of {plan.reps} repetitions, interleaved (gsup, huey, "
+        "gsup, huey, ...); process times are medians of "
+        f"{plan.process_runs} interleaved runs; the big journal's CLI times of "
+        f"{plan.scale_cli_runs}, start-to-ready of {plan.scale_ready_runs}; the RSS run is "
+        "one run.",
+        f"gsup: a fresh state dir per repetition, gsup.toml `[pools.user] threads = "
+        f"{USER_THREADS}, queue_size = {USER_QUEUE_SIZE}`; the journal at WAL, "
+        "synchronous=FULL. The job is `noop:noop` (`def noop(): return None`), added by "
+        "reference from a module on sys.path.",
+        "huey: `SqliteHuey(fsync=True, store_none=True)` (WAL, synchronous=FULL; None "
+        f"results stored, so they can be waited for); consumer `-w 4 -k thread -q {polling}`"
+        " (its fastest polling: an idle worker looks every 1 ms).",
+        f"drain: {plan.drain_jobs:,} jobs queued with the user pool frozen; clock from "
+        "`queues.unfreeze()` to the reply of one `wait` on all of them. huey has no freeze: "
+        "the same number of messages, made by huey's serializer, are inserted in one "
+        "transaction while its consumer runs; clock from that commit until its result "
+        "store holds them all (counted every 5 ms).",
+        f"enqueue: {plan.enqueue_calls:,} sequential `queues.add(noop)` with the user pool "
+        "frozen (adding only), against huey's `noop()` with no consumer running. The SQLite "
+        f"ceiling is {plan.sqlite_tx:,} BEGIN IMMEDIATE/INSERT/COMMIT transactions on a "
+        "fresh file with WAL and synchronous=FULL on the same disk.",
+        f"batch: one `queues.add_many(noop, [()] * {plan.batch_jobs:,})` call, and one whole "
+        f"`gsup add --from FILE` process on a file of {plan.batch_jobs:,} `noop:noop` lines "
+        "(process start included), user pool frozen.",
+        f"latency: {plan.latency_trips:,} sequential `queues.add(noop).result()` on an idle "
+        "daemon; huey: `noop()` then `result.get(blocking=True, backoff=1, max_delay=0.001)` "
+        "(huey's blocking get polls the result store, here every 1 ms). Median and p99 "
+        "(nearest rank) per repetition, then the median of those.",
+        f"idle CPU: utime+stime from /proc of the process and its children (gsup's pool "
+        f"processes) over {plan.idle_seconds:g} s, after one job and 1 s of quiet; huey's "
+        "consumer at its fastest polling. Resolution: one clock tick (10 ms) per window.",
+        "gsup add process: wall time of the whole `gsup add noop:noop` process, run from "
+        'the folder of noop.py, against `python -c "import typer"`. `gsup` runs as a '
+        "console script the bench writes as pip does, for the entry point the installed "
+        "metadata declares (the bin dir's script keeps an old entry point until a reinstall).",
+        f"scale: a real daemon writes one ended and one queued template job; their rows and "
+        f"events are cloned to {plan.scale_done:,} ended and {plan.scale_queued:,} queued "
+        "jobs (user pool frozen), then the WAL is checkpointed. Start to ready: spawn of "
+        "`gsup daemon` to its `gsup: ready:` line. CLI times with the daemon running; "
+        '"beyond process start" subtracts the `import typer` process time.',
+        f"RSS: VmRSS of the supervisor process (and, on another row, plus its pool "
+        f"processes) after {plan.rss_checkpoints[0]:,} and {plan.rss_checkpoints[1]:,} "
+        "no-op jobs have run, added with add_many 10,000 at a time, the next batch added "
+        "while the last one runs.",
+    ]
