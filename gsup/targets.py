@@ -122,6 +122,21 @@ def resolve(target: str, path: list[str]) -> Callable[..., Any]:
     job's path finds another file for it, or when its file has changed since.
     The path entries stay on sys.path, so the job's own imports work as they would.
     """
+    key = (target, tuple(path))
+    known = _resolved.get(key)
+    if known is not None and _mtime(known[1]) == known[2]:
+        return known[0]  # the usual case: one stat
+    found = _import_target(target, path)
+    file = _origins.get(parse_target(target)[0], ((), "", -1))[1]
+    _resolved[key] = (found, file, _mtime(file))
+    return found
+
+
+# The callable each (target, path) resolved to, with its module's file and mtime then.
+_resolved: dict[tuple[str, tuple[str, ...]], tuple[Callable[..., Any], str, int]] = {}
+
+
+def _import_target(target: str, path: list[str]) -> Callable[..., Any]:
     module_name, attr = parse_target(target)
     with _import_lock:
         sys.path[:0] = [entry for entry in path if entry not in sys.path]
@@ -176,6 +191,8 @@ def _forget(top: str) -> None:
 
 
 def _mtime(file: str) -> int:
+    if not file:
+        return -1
     try:
         return os.stat(file).st_mtime_ns
     except OSError:
