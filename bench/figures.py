@@ -45,17 +45,13 @@ def _met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("yes" if ok else "NO")
 
 
-def _check(value: float | None, test: Callable[[float], bool]) -> bool | None:
-    return None if value is None else test(value)
-
-
 def _row(
     figure: str,
     gsup: float | None,
     peer: float | None,
     digits: int,
     target: str = "-",
-    ok: Callable[[float, float | None], bool] | None = None,
+    ok: Callable[[float, float | None], bool | None] | None = None,
     peer_text: str | None = None,
 ) -> Row:
     """A row; `ok(gsup, ratio)` judges the target, `peer_text` replaces the peer's number."""
@@ -73,25 +69,25 @@ def _row(
     )
 
 
-def _at_least(times: float) -> Callable[[float, float | None], bool]:
-    def ok(_: float, ratio: float | None) -> bool:
-        return ratio is not None and ratio >= times
+def _at_least(times: float) -> Callable[[float, float | None], bool | None]:
+    def ok(_: float, ratio: float | None) -> bool | None:
+        return None if ratio is None else ratio >= times  # None: no peer to compare
 
     return ok
 
 
-def _at_most_ratio(limit: float) -> Callable[[float, float | None], bool]:
-    def ok(_: float, ratio: float | None) -> bool:
-        return ratio is not None and ratio <= limit
+def _at_most_ratio(limit: float) -> Callable[[float, float | None], bool | None]:
+    def ok(_: float, ratio: float | None) -> bool | None:
+        return None if ratio is None else ratio <= limit
 
     return ok
 
 
-def _at_most_value(limit: float) -> Callable[[float, float | None], bool]:
+def _at_most_value(limit: float) -> Callable[[float, float | None], bool | None]:
     return lambda value, _: value <= limit
 
 
-def _at_least_value(limit: float) -> Callable[[float, float | None], bool]:
+def _at_least_value(limit: float) -> Callable[[float, float | None], bool | None]:
     return lambda value, _: value >= limit
 
 

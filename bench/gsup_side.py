@@ -100,7 +100,7 @@ def running_daemon(home: Path) -> Iterator[GsupDaemon]:
         daemon.stop()
 
 
-def _check_done(states: dict[int, str], expected: int) -> None:
+def check_done(states: dict[int, str], expected: int) -> None:
     ended = [state for state in states.values() if state != "done"]
     if len(states) != expected or ended:
         raise RuntimeError(f"{len(ended)} of {expected} jobs did not end done: {ended[:5]}")
@@ -119,7 +119,7 @@ def drain_rate(ws: Workspace, jobs: int) -> float:
         queues.unfreeze("user")
         states = queues.client.wait(ids, WAIT_TIMEOUT)  # answered when the last one ends
         elapsed = time.perf_counter() - start
-        _check_done(states, jobs)
+        check_done(states, jobs)
         return jobs / elapsed
 
 

@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -95,6 +96,18 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _commit() -> str:
+    """The checkout's commit, read without touching the index (another may be writing it)."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
 def machine(temp_root: Path) -> list[tuple[str, str]]:
     free = shutil.disk_usage(temp_root).free / 2**30
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -106,7 +119,7 @@ def machine(temp_root: Path) -> list[tuple[str, str]]:
         ("OS", f"{platform.system()} {platform.release()}"),
         ("load average at start", load),
         ("Python", sys.version.split()[0]),
-        ("gsup", _version("gsup")),
+        ("gsup", f"{_version('gsup')} (checkout at commit {_commit()})"),
         ("huey", _version("huey")),
         ("typer", _version("typer")),
         ("SQLite", sqlite3.sqlite_version),

@@ -22,7 +22,7 @@ from bench.gsup_side import (
     WAIT_TIMEOUT,
     GsupDaemon,
     Workspace,
-    _check_done,
+    check_done,
     gsup_cli,
     new_home,
     running_daemon,
@@ -188,9 +188,9 @@ def rss_over_run(ws: Workspace, checkpoints: Sequence[int]) -> list[RssReading]:
                 added = [job.id for job in queues.add_many(ws.noop, [()] * count)]
                 submitted += count
                 if running:
-                    _check_done(queues.client.wait(running, WAIT_TIMEOUT), len(running))
+                    check_done(queues.client.wait(running, WAIT_TIMEOUT), len(running))
                 running = added
-            _check_done(queues.client.wait(running, WAIT_TIMEOUT), len(running))
+            check_done(queues.client.wait(running, WAIT_TIMEOUT), len(running))
             busy += time.perf_counter() - start
             time.sleep(RSS_SETTLE)
             tree = sum(rss_kb(pid) for pid in descendants(daemon.pid))

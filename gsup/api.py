@@ -70,8 +70,7 @@ class JobHandle:
         A value that was not JSON-able comes back as its repr; TimeoutError if the
         job has not ended within `timeout` seconds.
         """
-        self._client.wait([self.id], timeout)
-        job = self._client.get(self.id)
+        job = self._client.get(self.id, wait=True, timeout=timeout)
         if job["state"] != "done":
             raise JobFailed(job)
         if job["result_type"] == "json":

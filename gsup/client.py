@@ -75,6 +75,7 @@ class Client:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()  # guards the connection and `_pending`
         self._pending: dict[int, Pending] = {}  # sent, reply not read yet
+        self._waiters = threading.local()
         self._pid = os.getpid()
 
     def _connect(self) -> socket.socket:
@@ -183,8 +184,12 @@ class Client:
         jobs = [{k: v for k, v in wire.items() if k not in shared} for wire in wires]
         return self.send("add", defaults=shared, jobs=jobs)
 
-    def get(self, job: int) -> dict[str, Any]:
-        return self.request("get", job=job)["job"]
+    def get(self, job: int, wait: bool = False, timeout: float | None = None) -> dict[str, Any]:
+        """A job's summary; with `wait`, once it has ended (on this thread's waiting
+        connection, so that other threads' requests go on meanwhile)."""
+        if not wait:
+            return self.request("get", job=job)["job"]
+        return self._waiting().request("get", timeout=timeout, job=job, wait=True)["job"]
 
     def cancel(self, job: int) -> dict[str, Any]:
         return self.request("cancel", job=job)
@@ -203,8 +208,14 @@ class Client:
     def wait(self, jobs: list[int], timeout: float | None = None) -> dict[int, str]:
         """Block until every job has ended; their end states by id.
 
-        On a connection of its own, so that other threads' requests go on meanwhile.
+        On this thread's waiting connection, so that other threads' requests go on.
         """
-        with Client(self.paths.home) as waiter:
-            states = waiter.request("wait", timeout=timeout, jobs=jobs)["states"]
+        states = self._waiting().request("wait", timeout=timeout, jobs=jobs)["states"]
         return {int(job): state for job, state in states.items()}
+
+    def _waiting(self) -> Client:
+        """This thread's connection for requests that block until jobs end."""
+        waiter = getattr(self._waiters, "client", None)
+        if waiter is None:
+            waiter = self._waiters.client = Client(self.paths.home)
+        return waiter

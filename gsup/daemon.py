@@ -123,6 +123,7 @@ class Waiter:
     request_id: Any
     pending: set[int]
     states: dict[int, str]
+    then_get: int | None = None  # a `get` that waited: answer with this job's summary
 
 
 # --- the supervisor -------------------------------------------------------------------
@@ -574,10 +575,13 @@ class Supervisor:
                 f" {self.settings.min_free_mb:g} MB are kept for the jobs already accepted"
             )
 
-    def handle_get(self, conn: Connection, fields: dict[str, Any]) -> dict[str, Any]:
-        row = self._job_row(fields["job"])
-        keys = ("id", "name", "pool", "state", "reason", "result", "result_type", "error")
-        return {"job": {key: row[key] for key in keys}}
+    def handle_get(self, conn: Connection, fields: dict[str, Any]) -> dict[str, Any] | None:
+        job = fields["job"]
+        row = self._job_row(job)
+        if fields["wait"] and row["state"] not in END_STATES:
+            self.waiters.append(Waiter(conn, self._current_request_id, {job}, {}, then_get=job))
+            return None
+        return {"job": _summary(row)}
 
     def handle_cancel(self, conn: Connection, fields: dict[str, Any]) -> dict[str, Any]:
         job = fields["job"]
@@ -720,9 +724,12 @@ class Supervisor:
                 waiter.states[job] = state.value
                 if not waiter.pending:
                     self.waiters.remove(waiter)
-                    self._reply(
-                        waiter.conn, waiter.request_id, {"ok": True, "states": waiter.states}
-                    )
+                    self._reply(waiter.conn, waiter.request_id, self._waited(waiter))
+
+    def _waited(self, waiter: Waiter) -> dict[str, Any]:
+        if waiter.then_get is None:
+            return {"ok": True, "states": waiter.states}
+        return {"ok": True, "job": _summary(self._job_row(waiter.then_get))}
 
     # --- pools ----------------------------------------------------------------------------
 
@@ -875,6 +882,11 @@ class Supervisor:
             self._requeue(pool, flight, "its pool was recycled", now)
         else:
             self._end_run(pool, flight, State.LOST, f"pool died ({_describe_exit(code)})", now)
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("id", "name", "pool", "state", "reason", "result", "result_type", "error")
+    return {key: row[key] for key in keys}
 
 
 def _shared(folder: Path) -> bool:

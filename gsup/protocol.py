@@ -248,6 +248,13 @@ def _one_job(message: dict[str, Any]) -> dict[str, Any]:
     return {"job": check_job_id(message.get("job"))}
 
 
+def _get(message: dict[str, Any]) -> dict[str, Any]:
+    """`wait`: answer once the job has ended."""
+    wait = message.get("wait", False)
+    _check(isinstance(wait, bool), "wait must be true or false")
+    return {"job": check_job_id(message.get("job")), "wait": wait}
+
+
 def _purge(message: dict[str, Any]) -> dict[str, Any]:
     return {"pool": check_pool(message.get("pool"), allow_all=True)}
 
@@ -267,7 +274,7 @@ def _wait(message: dict[str, Any]) -> dict[str, Any]:
 _REQUESTS = {
     "ping": _ping,
     "add": _add,
-    "get": _one_job,
+    "get": _get,
     "cancel": _one_job,
     "retry": _one_job,
     "purge": _purge,
