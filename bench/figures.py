@@ -198,9 +198,8 @@ def notes(plan: Plan) -> list[str]:
         f"processes) over {plan.idle_seconds:g} s, after one job and 1 s of quiet; huey's "
         "consumer at its fastest polling. Resolution: one clock tick (10 ms) per window.",
         "gsup add process: wall time of the whole `gsup add noop:noop` process, run from "
-        'the folder of noop.py, against `python -c "import typer"`. `gsup` runs as a '
-        "console script the bench writes as pip does, for the entry point the installed "
-        "metadata declares (the bin dir's script keeps an old entry point until a reinstall).",
+        'the folder of noop.py, against `python -c "import typer"`. `gsup` is the '
+        "installed console script.",
         f"scale: a real daemon writes one ended and one queued template job; their rows and "
         f"events are cloned to {plan.scale_done:,} ended and {plan.scale_queued:,} queued "
         "jobs (user pool frozen), then the WAL is checkpointed. Start to ready: spawn of "

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -42,32 +41,12 @@ def make_workspace(root: Path) -> Workspace:
     (code / "noop.py").write_text(NOOP_SOURCE)
     sys.path.insert(0, str(code))  # the API sends sys.path; the pools import from it
     module = importlib.import_module("noop")
-    write_launcher(root)
     return Workspace(root=root, code=code, noop=module.noop)
 
 
-_launcher: list[str] = []
-
-
 def gsup_cli() -> list[str]:
-    """How the bench runs `gsup`: a console script as pip writes it, for the entry point
-    the installed metadata declares. Written by the bench because the script in the
-    bin dir is only rewritten by a reinstall, and may name an older entry point."""
-    return _launcher or console_script("gsup", "gsup")
-
-
-def write_launcher(folder: Path) -> None:
-    try:
-        (entry,) = metadata.entry_points(group="console_scripts", name="gsup")
-    except ValueError:
-        return  # not installed: the bin dir's script, or `python -m gsup`
-    script = folder / "gsup"
-    script.write_text(
-        f"#!{sys.executable}\nimport sys\nfrom {entry.module} import {entry.attr}\n"
-        f"if __name__ == '__main__':\n    sys.exit({entry.attr}())\n"
-    )
-    script.chmod(0o755)
-    _launcher[:] = [str(script)]
+    """How the bench runs `gsup`: the installed console script, as a user would."""
+    return console_script("gsup", "gsup")
 
 
 def new_home(root: Path) -> Path:
