@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -17,7 +18,7 @@ from typing import NoReturn
 from gsup.client import Client, GsupError
 from gsup.config import DEFAULT_PRIORITY, POOL_NAMES
 from gsup.protocol import MAX_SECONDS, JobSpec
-from gsup.specs import call_spec, command_spec
+from gsup.specs import call_spec, cli_import_path, command_spec
 from gsup.targets import TargetError, parse_keyword, parse_value
 
 DESCRIPTION = "Add a job; prints its id once the journal holds it."
@@ -122,10 +123,13 @@ def _specs(options: argparse.Namespace) -> list[JobSpec]:
         if options.from_file is not None
         else [[options.target, *options.args]]
     )
-    return [_spec(words, options, job_options) for words in lines]
+    path = cli_import_path(os.getcwd())  # once for all lines
+    return [_spec(words, options, job_options, path) for words in lines]
 
 
-def _spec(words: list[str], options: argparse.Namespace, job_options: dict) -> JobSpec:
+def _spec(
+    words: list[str], options: argparse.Namespace, job_options: dict, path: list[str]
+) -> JobSpec:
     """The job of one command line: TARGET ARG..., or with --cmd PROG ARG..."""
     if options.cmd:
         return command_spec(words, **job_options)
@@ -135,7 +139,7 @@ def _spec(words: list[str], options: argparse.Namespace, job_options: dict) -> J
     keywords = dict(pairs)
     if len(keywords) < len(pairs):
         raise TargetError("a keyword argument is given twice")
-    return call_spec(target, values, keywords, **job_options)
+    return call_spec(target, values, keywords, path, **job_options)
 
 
 def _job_lines(source: str) -> list[list[str]]:
@@ -150,7 +154,8 @@ def _job_lines(source: str) -> list[list[str]]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip() and not line.lstrip().startswith("#"):
             try:
-                jobs.append(shlex.split(line))
+                plain = not any(mark in line for mark in "'\"\\")
+                jobs.append(line.split() if plain else shlex.split(line))
             except ValueError as exc:
                 raise GsupError(f"{source}, line {number}: {exc}") from None
     if not jobs:

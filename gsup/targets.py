@@ -41,6 +41,10 @@ def parse_value(text: str, as_string: bool = False) -> Any:
     """A command-line argument: a Python literal if it parses as one, else the string."""
     if as_string:
         return text
+    if text.isascii() and text.isdigit() and (text == "0" or text[0] != "0"):
+        return int(text)  # the common cases, without the parser (007 is no literal)
+    if text.isidentifier() and text not in ("None", "True", "False"):
+        return text
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
