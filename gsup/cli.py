@@ -115,49 +115,31 @@ def recover(
     print("\n".join(recovery.plan().lines()))
 
 
-# --- adding jobs -----------------------------------------------------------------------------
+# --- the commands on hot paths ---------------------------------------------------------------
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
-def add(ctx: typer.Context) -> None:
-    """Add a job; prints its id once the journal holds it (gsup add --help)."""
-    from gsup.add_command import main as add_main  # argparse: see add_command.py
+def _fast(name: str, summary: str) -> None:
+    """List a command of fast_cli.py in `gsup --help`; gsup.main runs it without typer."""
 
-    raise typer.Exit(add_main(ctx.args))
+    @app.command(
+        name=name,
+        help=summary,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )
+    def command(ctx: typer.Context) -> None:
+        from gsup.fast_cli import run
+
+        raise typer.Exit(run(name, ctx.args))
+
+
+_fast("add", "Add a job; prints its id once the journal holds it.")
 
 
 # --- the queues ------------------------------------------------------------------------------
 
 
-@app.command()
-def queues(
-    home: Home = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
-) -> None:
-    """Show each pool's workers (Name / Command / Timeout) and pending queue."""
-    from dataclasses import asdict
-
-    from gsup.client import daemon_is_up
-    from gsup.journal import queues_snapshot
-    from gsup.render import queues_view
-
-    paths = _paths(home)
-    up = daemon_is_up(paths)
-    if not paths.journal.exists():
-        raise GsupError(
-            f"daemon: {'running' if up else 'not running'}; no journal yet at {paths.journal}"
-        )
-    _open_journal(paths)
-    pools = queues_snapshot()
-    if as_json:
-        _print_json(
-            {"daemon": "running" if up else "not running", "pools": [asdict(p) for p in pools]}
-        )
-    else:
-        _console().print(queues_view(pools, up))
+_fast("queues", "Show each pool's workers (Name / Command / Timeout) and pending queue.")
 
 
 @app.command()
@@ -203,30 +185,7 @@ def purge(
 # --- jobs -------------------------------------------------------------------------------------
 
 
-@app.command()
-def jobs(
-    state: Annotated[
-        str | None, typer.Option("--state", "-s", help="Only jobs in this state")
-    ] = None,
-    queue: QueueOption = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many, newest first")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
-    home: Home = None,
-) -> None:
-    """List jobs, newest first."""
-    from gsup.journal import list_jobs
-    from gsup.lifecycle import State
-
-    if state is not None and state not in {s.value for s in State}:
-        raise GsupError(f"unknown state {state!r}; choose from {', '.join(s.value for s in State)}")
-    _open_journal(_paths(home))
-    found = list_jobs(state, _pool(queue), limit)
-    if as_json:
-        _print_json(found)
-    else:
-        from gsup.render import jobs_table
-
-        _console().print(jobs_table(found))
+_fast("jobs", "List jobs, newest first.")
 
 
 def _job_ids(jobs: list[int]) -> list[int]:
@@ -239,11 +198,15 @@ def _job_ids(jobs: list[int]) -> list[int]:
 
 
 def _details(job: int, home: Path | None) -> dict[str, Any]:
-    from gsup.journal import job_details
+    from gsup import reads
 
     _job_ids([job])
-    _open_journal(_paths(home))
-    found = job_details(job)
+    try:
+        conn = reads.connect(_paths(home).journal)
+    except reads.NoJournal as exc:
+        raise GsupError(str(exc)) from None
+    with conn:
+        found = reads.job_details(conn, job)
     if found is None:
         raise GsupError(f"no job {job}")
     return found

@@ -20,7 +20,6 @@ from typing import Any
 
 import peewee as pw
 
-from gsup.config import POOL_NAMES
 from gsup.lifecycle import Policy, State, check_transition
 from gsup.protocol import JobSpec
 
@@ -449,22 +448,7 @@ class Writer:
         return dict(zip([c[0] for c in cursor.description], row, strict=True))
 
 
-# --- queries for the CLI (read-only) --------------------------------------------
-
-JOB_SUMMARY_FIELDS = (
-    Job.id,
-    Job.name,
-    Job.pool,
-    Job.state,
-    Job.display,
-    Job.priority,
-    Job.attempts,
-    Job.worker,
-    Job.created,
-    Job.started,
-    Job.ended,
-    Job.reason,
-)
+# --- what the daemon and `gsup recover` read ---------------------------------------
 
 
 def unfinished_jobs() -> tuple[int, list[tuple[int, str, Policy]]]:
@@ -475,92 +459,3 @@ def unfinished_jobs() -> tuple[int, list[tuple[int, str, Policy]]]:
         f"SELECT id, pool, {POLICY_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id"
     )
     return queued, [(row[0], row[1], policy_of(row[2:])) for row in cursor.fetchall()]
-
-
-def list_jobs(state: str | None, pool: str | None, limit: int) -> list[dict[str, Any]]:
-    query = Job.select(*JOB_SUMMARY_FIELDS).order_by(Job.id.desc()).limit(limit)
-    if state:
-        query = query.where(Job.state == state)
-    if pool:
-        query = query.where(Job.pool == pool)
-    return list(query.dicts())
-
-
-def job_details(job_id: int) -> dict[str, Any] | None:
-    job = Job.select().where(Job.id == job_id).dicts().first()
-    if job is None:
-        return None
-    job["spec"] = json.loads(job["spec"])
-    job["events"] = list(
-        Event.select(Event.before, Event.after, Event.at, Event.why)
-        .where(Event.job == job_id)
-        .order_by(Event.seq)
-        .dicts()
-    )
-    return job
-
-
-def attempts_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each run of a job, derived from its events: from `running` to what followed."""
-    attempts: list[dict[str, Any]] = []
-    for event in events:
-        if event["after"] == State.RUNNING:
-            attempts.append({"number": len(attempts) + 1, "dispatched": event["at"]})
-        elif attempts and event["before"] == State.RUNNING:
-            attempts[-1].update(ended=event["at"], state=event["after"], why=event["why"])
-    return attempts
-
-
-@dataclass
-class PoolSnapshot:
-    name: str
-    threads: int
-    frozen: bool
-    running: list[dict[str, Any]]  # jobs a worker has taken up
-    pending: list[dict[str, Any]]  # the first waiting jobs, handed-over ones first
-    pending_count: int
-
-
-def queues_snapshot(pending_limit: int = 10) -> list[PoolSnapshot]:
-    """What `gsup queues` shows, from the journal alone."""
-    fields = (
-        Job.id, Job.display, Job.priority, Job.worker, Job.started, Job.timeout, Job.not_before,
-    )  # fmt: skip
-    snapshots = []
-    pools = sorted(
-        Pool.select(),
-        key=lambda p: (
-            p.name not in POOL_NAMES,
-            POOL_NAMES.index(p.name) if p.name in POOL_NAMES else 0,
-            p.name,
-        ),
-    )
-    for pool in pools:
-        running = list(
-            Job.select(*fields)
-            .where(Job.pool == pool.name, Job.state == State.RUNNING, Job.worker.is_null(False))
-            .dicts()
-        )
-        handed_over = list(
-            Job.select(*fields)
-            .where(Job.pool == pool.name, Job.state == State.RUNNING, Job.worker.is_null())
-            .order_by(Job.id)
-            .dicts()
-        )
-        queued = (
-            Job.select(*fields)
-            .where(Job.pool == pool.name, Job.state == State.QUEUED)
-            .order_by(Job.priority, Job.id)
-        )
-        pending = (handed_over + list(queued.limit(pending_limit).dicts()))[:pending_limit]
-        snapshots.append(
-            PoolSnapshot(
-                name=pool.name,
-                threads=pool.threads,
-                frozen=pool.frozen,
-                running=running,
-                pending=pending,
-                pending_count=len(handed_over) + queued.count(),
-            )
-        )
-    return snapshots

@@ -1,13 +1,15 @@
-"""The `gsup` command: `gsup add` goes to its light parser, every other command to typer."""
+"""The `gsup` command: the commands on hot paths go to their light argparse parsers
+(fast_cli.py), every other command to the typer app (cli.py)."""
 
 import sys
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["add"]:
-        from gsup.add_command import main as add_main
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command in ("add", "jobs", "queues"):
+        from gsup.fast_cli import run
 
-        sys.exit(add_main(sys.argv[2:]))
+        sys.exit(run(command, sys.argv[2:]))
     from gsup.cli import main as cli_main
 
     cli_main()

@@ -13,7 +13,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from gsup.journal import PoolSnapshot, attempts_of
+from gsup.reads import PoolSnapshot, attempts_of
 
 STATE_STYLES = {
     "queued": "cyan",
@@ -171,9 +171,13 @@ def job_view(job: dict[str, Any]) -> RenderableType:
 
 def queues_for(paths: Any) -> RenderableType:
     """The `gsup queues` view of a state dir, read from its journal."""
+    from gsup import reads
     from gsup.client import daemon_is_up
-    from gsup.journal import open_database, queues_snapshot
 
     up = daemon_is_up(paths)
-    open_database(paths.journal, readonly=True)
-    return queues_view(queues_snapshot(), up)
+    with reads.connect(paths.journal) as conn:
+        return queues_view(reads.queues_snapshot(conn), up)
+
+
+def print_rich(renderable: RenderableType) -> None:
+    Console().print(renderable)

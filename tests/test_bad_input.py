@@ -55,7 +55,7 @@ def test_a_job_that_calls_sys_exit_only_fails(daemon, gsup, workdir):
         (["cancel", "999"], "no job 999"),
         (["retry", "999"], "no job 999"),
         (["wait", "999"], "no job 999"),
-        (["jobs", "--state", "weird"], "unknown state 'weird'"),
+        (["jobs", "--state", "weird"], "invalid choice: 'weird'"),
     ],
 )
 def test_cli_errors_are_one_line_and_exit_non_zero(daemon, gsup, args, message):

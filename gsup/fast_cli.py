@@ -1,8 +1,10 @@
-"""`gsup add`: the command on the hot path of scripts that add jobs one process at a time.
+"""The commands on hot paths: `gsup add` (scripts adding jobs one process at a time),
+`gsup jobs` and `gsup queues` (what people run in a loop to watch their jobs).
 
-It is parsed with argparse, not typer: running a typer app imports pydantic (~60 ms
-here), and a process that only adds a job should cost little more than Python's own
-start. It imports neither typer nor rich nor peewee nor user code.
+They are parsed with argparse, not typer: running a typer app imports pydantic (~60 ms
+here), and these should cost little more than Python's own start. `add` imports
+neither typer nor rich nor peewee nor user code; the queries read the journal with
+plain SQL (reads.py). `gsup.main` routes to them before typer loads.
 """
 
 from __future__ import annotations
@@ -12,22 +14,31 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, NoReturn
 
 from gsup.client import Client, GsupError
-from gsup.config import DEFAULT_PRIORITY, POOL_NAMES
+from gsup.config import DEFAULT_PRIORITY, POOL_NAMES, Paths, resolve_home
+from gsup.lifecycle import State
 from gsup.protocol import MAX_SECONDS, JobSpec
 from gsup.specs import call_spec, cli_import_path, command_spec
 from gsup.targets import TargetError, parse_keyword, parse_value
+
+if TYPE_CHECKING:
+    import sqlite3
 
 DESCRIPTION = "Add a job; prints its id once the journal holds it."
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not a usage block
-        print(f"gsup: error: {message} (see: gsup add --help)", file=sys.stderr)
+        print(f"gsup: error: {message} (see: {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def _home_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", help="state dir [default: $GSUP_HOME or $XDG_STATE_HOME/gsup]")
 
 
 def _number(low: float, high: float, kind: type = float) -> Callable[[str], float]:
@@ -77,11 +88,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_file", metavar="FILE",
                    help="one job per line of FILE ('-': stdin): TARGET [ARG...], or with --cmd"
                    " a command line; the other options apply to all")  # fmt: skip
-    p.add_argument("--home", help="state dir [default: $GSUP_HOME or $XDG_STATE_HOME/gsup]")
+    _home_option(p)
     return p
 
 
-def main(argv: Sequence[str]) -> int:
+def add_main(argv: Sequence[str]) -> int:
     options = _parse(list(argv))
     try:
         specs = _specs(options)
@@ -185,3 +196,96 @@ def _check(spec: JobSpec) -> None:
     if child.returncode != 0:
         raise GsupError(line.removeprefix("gsup: error: "))
     print(line)
+
+
+# --- the queries -------------------------------------------------------------------------
+
+
+def jobs_main(argv: Sequence[str]) -> int:
+    p = _Parser(prog="gsup jobs", description="List jobs, newest first.")
+    p.add_argument("-s", "--state", choices=STATES, help="only jobs in this state")
+    p.add_argument("-q", "--queue", choices=POOL_NAMES, help="one queue only")
+    p.add_argument("-n", "--limit", type=_number(1, 1e9, int), default=20,
+                   help="how many, newest first [default: 20]")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _home_option(p)
+    options = p.parse_args(argv)
+    from gsup import reads
+
+    with _journal(options.home) as conn:
+        found = reads.list_jobs(conn, options.state, options.queue, options.limit)
+    if options.json:
+        _print_json(found)
+    else:
+        from gsup.render import jobs_table, print_rich
+
+        print_rich(jobs_table(found))
+    return 0
+
+
+def queues_main(argv: Sequence[str]) -> int:
+    p = _Parser(
+        prog="gsup queues",
+        description="Show each pool's workers (Name / Command / Timeout) and pending queue.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _home_option(p)
+    options = p.parse_args(argv)
+    from dataclasses import asdict
+
+    from gsup import reads
+    from gsup.client import daemon_is_up
+
+    paths = Paths(resolve_home(options.home))
+    up = daemon_is_up(paths)
+    with _journal(options.home) as conn:
+        pools = reads.queues_snapshot(conn)
+    if options.json:
+        _print_json({"daemon": "running" if up else "not running",
+                     "pools": [asdict(pool) for pool in pools]})  # fmt: skip
+    else:
+        from gsup.render import print_rich, queues_view
+
+        print_rich(queues_view(pools, up))
+    return 0
+
+
+STATES = tuple(state.value for state in State)
+
+
+@contextmanager
+def _journal(home: str | None) -> Iterator[sqlite3.Connection]:
+    """The journal, read-only; GsupError (one line) if there is none yet."""
+    from gsup.reads import NoJournal, connect
+
+    paths = Paths(resolve_home(home))
+    try:
+        conn = connect(paths.journal)
+    except NoJournal as exc:
+        raise GsupError(str(exc)) from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "add": add_main,
+    "jobs": jobs_main,
+    "queues": queues_main,
+}
+
+
+def run(command: str, argv: Sequence[str]) -> int:
+    """Run a fast command; one line on stderr and exit 1 for a known error."""
+    try:
+        return COMMANDS[command](argv)
+    except GsupError as exc:
+        print(f"gsup: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        os._exit(1)  # `gsup jobs | head`: the reader went away
