@@ -13,7 +13,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,32 +223,34 @@ class Writer:
             return None
 
     def commit(self) -> None:
-        if not self._in_transaction:
-            return
+        if self._in_transaction:
+            self._settle(self._commit_turn)
+
+    def replay(self) -> None:
+        """Write a failed turn again; raises JournalStalled while that still fails."""
+        self.failure = None
+        self._settle(self._write_turn_again)
+
+    def _settle(self, write: Callable[[], None]) -> None:
         try:
-            if self.failure is not None:
-                raise self.failure
-            self.conn.execute("COMMIT")
+            write()
         except sqlite3.Error as exc:
             self._abandon()
             raise JournalStalled(str(exc)) from exc
         self._in_transaction = False
         self._log.clear()
 
-    def replay(self) -> None:
-        """Write a failed turn again; raises JournalStalled while that still fails."""
-        self.failure = None
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self._in_transaction = True
-            for sql, params, many in self._log:
-                (self.conn.executemany if many else self.conn.execute)(sql, params)
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._abandon()
-            raise JournalStalled(str(exc)) from exc
-        self._in_transaction = False
-        self._log.clear()
+    def _commit_turn(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.conn.execute("COMMIT")
+
+    def _write_turn_again(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        for sql, params, many in self._log:
+            (self.conn.executemany if many else self.conn.execute)(sql, params)
+        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self._abandon()  # a turn cut short by a crash is not committed

@@ -234,6 +234,17 @@ def gsup(env: dict[str, str], workdir: Path) -> Cli:
     return Cli(env, workdir)
 
 
+def run_daemon_expecting_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run `gsup daemon` where it must refuse to start; its exit and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "gsup", "daemon"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def journal_rows(home: Path, sql: str, params: tuple = ()) -> list[tuple]:
     with sqlite3.connect(f"file:{home / 'journal.sqlite'}?mode=ro", uri=True) as db:
         return db.execute(sql, params).fetchall()

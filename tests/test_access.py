@@ -7,9 +7,9 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 
 import pytest
+from conftest import run_daemon_expecting_exit
 
 NOBODY = 65534  # uid of nobody and gid of nogroup on Debian
 
@@ -70,13 +70,7 @@ def test_members_of_the_configured_group_are_let_in(make_daemon, home, env):
 
 def test_an_unknown_group_stops_the_daemon_with_a_clear_error(env):
     env["GSUP_GROUP"] = "no-such-group-here"
-    result = subprocess.run(
-        [sys.executable, "-m", "gsup", "daemon"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_daemon_expecting_exit(env)
     assert (result.returncode, result.stderr.strip()) == (
         1,
         "gsup: error: unknown group 'no-such-group-here'",

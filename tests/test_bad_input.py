@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import socket
 import stat
-import subprocess
-import sys
 
 import pytest
-from conftest import journal_rows
+from conftest import journal_rows, run_daemon_expecting_exit
 
 
 @pytest.mark.parametrize(
@@ -206,13 +204,7 @@ def test_long_timeouts_and_delays_are_fine_and_impossible_ones_refused(daemon, g
 def test_a_shared_folder_is_not_taken_as_a_state_dir(env, home):
     home.mkdir(mode=0o777)
     home.chmod(0o1777)
-    result = subprocess.run(
-        [sys.executable, "-m", "gsup", "daemon"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_daemon_expecting_exit(env)
     assert result.returncode == 1
     assert "is not private" in result.stderr
     assert stat.S_IMODE(home.stat().st_mode) == 0o1777  # left as it was
@@ -230,13 +222,7 @@ def test_a_shared_folder_is_not_taken_as_a_state_dir(env, home):
 def test_a_bad_config_is_one_clear_line(env, home, toml, message):
     home.mkdir(mode=0o700)
     (home / "gsup.toml").write_text(toml)
-    result = subprocess.run(
-        [sys.executable, "-m", "gsup", "daemon"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_daemon_expecting_exit(env)
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
 

@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 
-from conftest import alive, journal_rows, wait_until
+from conftest import alive, journal_rows, run_daemon_expecting_exit, wait_until
 
 
 def _pool_pids(daemon_pid: int) -> list[int]:
@@ -27,13 +27,7 @@ def test_state_dir_and_socket_are_private(daemon, home):
 
 
 def test_a_second_daemon_for_the_same_state_dir_exits_at_once(daemon, env, home):
-    second = subprocess.run(
-        [sys.executable, "-m", "gsup", "daemon"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    second = run_daemon_expecting_exit(env)
     assert second.returncode == 1
     assert second.stderr.strip() == (
         f"gsup: error: a daemon is already running for {home} (pid {daemon.pid})"
