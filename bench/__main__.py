@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -130,6 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A SIGTERM ends the run through the finally blocks that stop daemons and consumers.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     args = parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     has_huey = huey_side.huey_version() is not None

@@ -52,7 +52,16 @@ class RequestError(Exception):
 
 
 def say(message: str) -> None:
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} gsup: {message}", flush=True)
+    """A line for the operator (the terminal, or journald under systemd). Whoever reads
+    it may be gone: a daemon must not fall over a closed stdout."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} gsup: {message}", flush=True)
+
+
+def report_bug() -> None:
+    """The traceback of the exception being handled, on stderr if it is still there."""
+    with contextlib.suppress(OSError, ValueError):
+        traceback.print_exc()
 
 
 # --- the parts the loop watches ------------------------------------------------------
@@ -189,12 +198,12 @@ class Supervisor:
         try:
             while not self.done:
                 self._turn()
-        except Exception:  # a bug: end like a crash, but leave no pool behind
-            traceback.print_exc()
-            say("crashed; the next start recovers from the journal")
+        except BaseException:  # a bug: end like a crash, but leave no pool behind
             for pool in self.pools.values():
                 self._kill_pool(pool)
             self.exit_code = 1
+            report_bug()
+            say("crashed; the next start recovers from the journal")
         self._close()
         say("stopped")
         return self.exit_code
@@ -513,7 +522,7 @@ class Supervisor:
                 raise
             if isinstance(exc, sqlite3.Error):
                 raise RequestError(f"cannot write the journal ({exc}); nothing changed") from exc
-            traceback.print_exc()  # a bug must not take the daemon down
+            report_bug()  # a bug must not take the daemon down
             raise RequestError(f"internal error: {type(exc).__name__}: {exc}") from exc
         if verb in MUTATING:
             self.journal.release_savepoint()
@@ -797,7 +806,7 @@ class Supervisor:
             try:
                 self._pool_message(pool, message, now)
             except Exception:  # a bug must not take the daemon down
-                traceback.print_exc()
+                report_bug()
 
     def _pool_message(self, pool: PoolHandle, message: tuple[Any, ...], now: float) -> None:
         kind = message[0]

@@ -143,3 +143,17 @@ def test_every_command_has_help(gsup):
     ):
         result = gsup(command, "--help")
         assert "usage: " in result.stdout.lower() and command in result.stdout
+
+
+def test_a_daemon_whose_output_is_gone_still_stops_cleanly(env):
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "gsup", "daemon"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    for line in daemon.stdout:
+        if "gsup: ready:" in line:
+            break
+    pools = _pool_pids(daemon.pid)
+    daemon.stdout.close()  # as when `gsup daemon | head` or a log reader goes away
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+    wait_until(lambda: not any(alive(pid) for pid in pools), what="the pools to end")
