@@ -10,6 +10,7 @@ plain SQL (reads.py). `gsup.main` routes to them before typer loads.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from gsup.client import Client, GsupError
 from gsup.config import DEFAULT_PRIORITY, POOL_NAMES, Paths, resolve_home
 from gsup.lifecycle import State
 from gsup.protocol import MAX_SECONDS, JobSpec
-from gsup.specs import call_spec, cli_import_path, command_spec
+from gsup.specs import call_specs, cli_import_path, command_spec
 from gsup.targets import TargetError, parse_keyword, parse_value
 
 if TYPE_CHECKING:
@@ -134,23 +135,18 @@ def _specs(options: argparse.Namespace) -> list[JobSpec]:
         if options.from_file is not None
         else [[options.target, *options.args]]
     )
-    path = cli_import_path(os.getcwd())  # once for all lines
-    return [_spec(words, options, job_options, path) for words in lines]
-
-
-def _spec(
-    words: list[str], options: argparse.Namespace, job_options: dict, path: list[str]
-) -> JobSpec:
-    """The job of one command line: TARGET ARG..., or with --cmd PROG ARG..."""
     if options.cmd:
-        return command_spec(words, **job_options)
-    target, *args = words
-    values = tuple(parse_value(arg, options.as_str) for arg in args)
+        return [command_spec(words, **job_options) for words in lines]
     pairs = [parse_keyword(item, options.as_str) for item in options.kw]
     keywords = dict(pairs)
     if len(keywords) < len(pairs):
         raise TargetError("a keyword argument is given twice")
-    return call_spec(target, values, keywords, path, **job_options)
+    path = cli_import_path(os.getcwd())  # once for all lines
+    specs: list[JobSpec] = []
+    for target, run in itertools.groupby(lines, key=lambda words: words[0]):
+        arguments = (tuple(parse_value(arg, options.as_str) for arg in words[1:]) for words in run)
+        specs += call_specs(target, arguments, keywords, path, **job_options)  # one run at a time
+    return specs
 
 
 def _job_lines(source: str) -> list[list[str]]:
