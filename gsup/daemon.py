@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -41,6 +42,7 @@ from gsup.protocol import MUTATING, LineReader, ProtocolError, check_request, en
 from gsup.systemd import Notifier
 
 STALL_RETRY = 1.0  # seconds between attempts to write a turn that failed to commit
+ACCEPT_PAUSE = 1.0  # seconds without new connections when file descriptors run out
 
 
 class DaemonError(Exception):
@@ -153,6 +155,7 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.done = False
         self.exit_code = 0
+        self.accept_resume_at: float | None = None  # new connections paused until then
         self.systemd = Notifier()
         self.next_watchdog = 0.0
         self.lock_fd = -1
@@ -238,6 +241,7 @@ class Supervisor:
         os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
 
     def _listen(self) -> None:
+        _raise_open_files_limit()
         path = self.paths.socket
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left by a daemon that died; we hold the lock
@@ -362,6 +366,8 @@ class Supervisor:
         deadlines = [self.stop_deadline] if self.stopping else []
         if self.systemd.watchdog_interval is not None:
             deadlines.append(self.next_watchdog)
+        if self.accept_resume_at is not None:
+            deadlines.append(self.accept_resume_at)
         for pool in self.pools.values():
             deadlines.extend(t for t in (pool.restart_at, pool.wake_at) if t is not None)
             for flight in pool.flights.values():
@@ -379,6 +385,9 @@ class Supervisor:
         return timeout_at, flight.stop_deadline
 
     def _fire_timers(self, now: float) -> None:
+        if self.accept_resume_at is not None and now >= self.accept_resume_at:
+            self.accept_resume_at = None
+            self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
         if self.systemd.watchdog_interval is not None and now >= self.next_watchdog:
             self.systemd.watchdog()  # sent from the loop: a hung loop stops the pings
             self.next_watchdog = now + self.systemd.watchdog_interval
@@ -460,6 +469,11 @@ class Supervisor:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError as exc:  # out of file descriptors: take no one for a moment
+                say(f"cannot take a connection ({exc.strerror}); pausing for {ACCEPT_PAUSE:g}s")
+                self.selector.unregister(self.listener)
+                self.accept_resume_at = time.time() + ACCEPT_PAUSE
+                return
             pid, uid, gid = peer_credentials(sock)
             sock.setblocking(False)
             conn = Connection(sock, LineReader(self.settings.max_message), uid, pid)
@@ -522,6 +536,8 @@ class Supervisor:
                 raise
             if isinstance(exc, sqlite3.Error):
                 raise RequestError(f"cannot write the journal ({exc}); nothing changed") from exc
+            if isinstance(exc, UnicodeEncodeError):
+                raise RequestError("a text of the request is not valid UTF-8") from exc
             report_bug()  # a bug must not take the daemon down
             raise RequestError(f"internal error: {type(exc).__name__}: {exc}") from exc
         if verb in MUTATING:
@@ -719,8 +735,14 @@ class Supervisor:
         else:
             self._ended(flight.job, state)
 
-    def _requeue(self, pool: PoolHandle, flight: Flight, why: str, now: float) -> None:
-        """Back to the queue without charging an attempt: it was not the job's fault."""
+    def _requeue(
+        self, pool: PoolHandle, flight: Flight, why: str, now: float, never_ran: bool = False
+    ) -> None:
+        """Back to the queue without charging an attempt: it was not the job's fault.
+        A job that must not run twice (on_lost=fail) and may have started ends lost."""
+        if flight.policy.on_lost == "fail" and not never_ran:
+            self._end_run(pool, flight, State.LOST, why, now)
+            return
         pool.flights.pop(flight.job, None)
         self.journal.transition(flight.job, State.RUNNING, State.QUEUED, why, now, charge=-1)
         pool.maybe_queued = True
@@ -832,6 +854,8 @@ class Supervisor:
         now: float,
     ) -> None:
         """Map what the pool reports onto the life-cycle, by what the supervisor had asked."""
+        why = _valid_text(why)  # a job's own texts may hold what UTF-8 cannot
+        outcome = {key: _valid_text(value) for key, value in outcome.items()}
         unstarted = result == "recalled"  # the pool gave it back before a thread took it
         if result == "done":
             self._end_run(pool, flight, State.DONE, why, now, outcome)
@@ -842,7 +866,7 @@ class Supervisor:
         elif unstarted and flight.recall == "cancel":
             self._end_run(pool, flight, State.CANCELLED, "purged before it started", now)
         elif unstarted:
-            self._requeue(pool, flight, "given back before it started", now)
+            self._requeue(pool, flight, "given back before it started", now, never_ran=True)
         else:
             self._end_run(pool, flight, State.FAILED, why, now, outcome)
 
@@ -891,6 +915,20 @@ class Supervisor:
             self._requeue(pool, flight, "its pool was recycled", now)
         else:
             self._end_run(pool, flight, State.LOST, f"pool died ({_describe_exit(code)})", now)
+
+
+def _raise_open_files_limit() -> None:
+    """Each client holds a connection: allow as many as the hard limit lets us."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _valid_text(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:

@@ -213,13 +213,17 @@ class Writer:
             return None
         self._begin()
         try:
+            if self._in_transaction and not self.conn.in_transaction:
+                # SQLite rolled the whole turn back (disk full, I/O error): executing
+                # now would autocommit; the turn must be replayed instead.
+                raise sqlite3.OperationalError("the turn's transaction was rolled back")
             if many:
                 return self.conn.executemany(sql, params)
             return self.conn.execute(sql, params)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
             if self._savepoint is not None:
                 raise  # the request's savepoint undoes its writes
-            self.failure = exc
+            self.failure = exc if isinstance(exc, sqlite3.Error) else sqlite3.DataError(str(exc))
             return None
 
     def commit(self) -> None:
@@ -273,11 +277,16 @@ class Writer:
 
     def rollback_to_savepoint(self) -> None:
         assert self._savepoint is not None
-        self.conn.execute("ROLLBACK TO request")
-        self.conn.execute("RELEASE request")
         log_length, self._next_job_id = self._savepoint
         del self._log[log_length:]
         self._savepoint = None
+        try:
+            self.conn.execute("ROLLBACK TO request")
+            self.conn.execute("RELEASE request")
+        except sqlite3.Error as exc:
+            # SQLite rolled back the whole transaction, not just the request: the
+            # turn's earlier writes (still in the log) must be written again.
+            self.failure = exc
 
     # --- commands and pools -----------------------------------------------------
 

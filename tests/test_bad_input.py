@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import socket
 import stat
+import subprocess
+import sys
+import threading
 
 import pytest
-from conftest import journal_rows, run_daemon_expecting_exit
+from conftest import journal_rows, run_daemon_expecting_exit, wait_until
 
 
 @pytest.mark.parametrize(
@@ -235,3 +238,29 @@ def test_absurd_ids_and_a_zero_wait_are_clear(daemon, gsup):
     job = gsup.add("jobs:sleep", "30")
     result = gsup("wait", str(job), "--timeout", "0", check=False)
     assert result.stderr.strip() == "gsup: error: timed out after 0s"
+
+
+def test_running_out_of_file_descriptors_pauses_new_connections(env, gsup, home):
+    daemon = subprocess.Popen(  # a hard limit of 64 open files
+        ["prlimit", "--nofile=64:64", sys.executable, "-m", "gsup", "daemon"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(daemon.stdout), daemon=True).start()
+    try:
+        wait_until(lambda: any("gsup: ready:" in line for line in lines), what="ready")
+        held = []
+        for _ in range(100):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(home / "gsup.sock"))
+            held.append(sock)
+        wait_until(lambda: any("cannot take a connection" in line for line in lines))
+        for sock in held:
+            sock.close()
+        assert gsup.wait(gsup.add("jobs:add", "1"))  # it takes connections again
+        assert daemon.poll() is None
+    finally:
+        daemon.kill()
+        daemon.wait(30)

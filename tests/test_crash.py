@@ -75,3 +75,20 @@ def test_pool_processes_die_with_a_killed_supervisor(make_daemon):
     assert len(pools) == 2
     daemon.kill()
     wait_until(lambda: not any(alive(pid) for pid in pools), what="the pools to die")
+
+
+def test_a_job_that_must_not_run_twice_is_not_rerun_when_a_neighbour_recycles_the_pool(
+    daemon, gsup, workdir
+):
+    side = workdir / "runs"
+    once = gsup.add("jobs:record", str(side), "once", "--on-lost", "fail")
+    gsup.wait(once)  # warm: the module is imported
+    flag = workdir / "never"
+    must_not_repeat = gsup.add("jobs:wait_for_file", str(flag), "--on-lost", "fail")
+    wait_until(lambda: gsup.show(must_not_repeat)["worker"], what="the job to start")
+    stuck = gsup.add("jobs:sleep", "30", "--timeout", "0.3")  # blocked in C: pool recycled
+    assert gsup.wait(stuck) == {stuck: "timeout"}
+    assert gsup.wait(must_not_repeat) == {must_not_repeat: "lost"}
+    shown = gsup.show(must_not_repeat)
+    assert shown["reason"] == "its pool was recycled; on_lost=fail"
+    assert [e["after"] for e in shown["events"]].count("running") == 1
