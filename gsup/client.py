@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -10,8 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gsup.config import Paths, resolve_home
-from gsup.protocol import JobSpec, LineReader, encode, shared_fields
+from gsup.config import MAX_MESSAGE, Paths, resolve_home
+from gsup.protocol import JobSpec, LineReader, ProtocolError, encode, shared_fields
 
 ADD_BATCH = 10_000  # jobs per add request
 
@@ -78,9 +79,17 @@ class Client:
         self._waiters = threading.local()
         self._pid = os.getpid()
 
+    def _after_fork(self) -> None:
+        """A forked child must not share its parent's stream, lock or pending replies."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._sock, self._reader, self._lock = None, LineReader(), threading.RLock()
+            for pending in self._pending.values():
+                pending.message = {"ok": False, "error": "sent by the parent process"}
+            self._pending = {}
+            self._waiters = threading.local()
+
     def _connect(self) -> socket.socket:
-        if self._pid != os.getpid():  # a forked child must not share its parent's stream
-            self._sock, self._reader, self._pid = None, LineReader(), os.getpid()
         if self._sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -96,6 +105,7 @@ class Client:
 
     def close(self) -> None:
         if self._sock is not None:
+            self._salvage()
             self._sock.close()
             self._sock = None
         for pending in self._pending.values():  # their replies can no longer come
@@ -115,6 +125,7 @@ class Client:
     def send(self, verb: str, **fields: Any) -> Pending:
         """Send a request without waiting: many requests in a row share the daemon's
         commits. Its reply is read when `Pending.reply` asks for it."""
+        self._after_fork()
         with self._lock:
             sock = self._connect()
             pending = Pending(self, next(self._ids))
@@ -128,6 +139,7 @@ class Client:
 
     def _await(self, pending: Pending, timeout: float | None) -> dict[str, Any]:
         """Read replies, in order, until `pending`'s has come."""
+        self._after_fork()
         with self._lock:
             while pending.message is None:
                 self._read_replies(None if timeout is None else max(timeout, 1e-3))
@@ -148,13 +160,34 @@ class Client:
         if not data:
             self.close()
             raise GsupError("the daemon closed the connection")
-        for reply in self._reader.feed(data):
+        self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        """Hand each reply in `data` to the request it answers."""
+        try:
+            replies = self._reader.feed(data)
+        except ProtocolError as exc:
+            sock, self._sock = self._sock, None  # unreadable: nothing left to salvage
+            if sock is not None:
+                sock.close()
+            self.close()
+            raise GsupError(f"unreadable reply from the daemon: {exc}") from None
+        for reply in replies:
             if reply.get("id") is None:  # a refusal of the whole connection
                 for waiting in self._pending.values():
                     waiting.message = reply
                 self._pending.clear()
             elif (waiting := self._pending.pop(reply["id"], None)) is not None:
                 waiting.message = reply
+
+    def _salvage(self) -> None:
+        """Read the replies already here before the connection goes: a job the daemon
+        journaled must not be reported as lost."""
+        assert self._sock is not None
+        self._sock.setblocking(False)
+        with contextlib.suppress(OSError, GsupError):
+            while self._pending and (data := self._sock.recv(1 << 16)):
+                self._deliver(data)
 
     # --- one method per verb ---------------------------------------------------------
 
@@ -167,7 +200,11 @@ class Client:
     def add_many(self, jobs: Iterable[JobSpec]) -> list[int]:
         """Add jobs in requests of ADD_BATCH, each sent while the daemon commits the
         one before; the ids in order. GsupError says how many were added if one fails."""
-        pending = [self._send_batch([job.to_wire() for job in batch]) for batch in _batches(jobs)]
+        pending = [
+            request
+            for batch in _batches(jobs)
+            for request in self._send_batch([job.to_wire() for job in batch])
+        ]
         ids: list[int] = []
         errors = []
         for request in pending:
@@ -179,10 +216,14 @@ class Client:
             raise GsupError(f"{errors[0]} ({len(ids)} jobs were added)")
         return ids
 
-    def _send_batch(self, wires: list[dict[str, Any]]) -> Pending:
+    def _send_batch(self, wires: list[dict[str, Any]]) -> list[Pending]:
+        """One add request, or several if the batch is larger than a message may be."""
         shared = shared_fields(wires)
         jobs = [{k: v for k, v in wire.items() if k not in shared} for wire in wires]
-        return self.send("add", defaults=shared, jobs=jobs)
+        if len(wires) > 1 and len(encode({"defaults": shared, "jobs": jobs})) > MAX_MESSAGE:
+            half = len(wires) // 2
+            return self._send_batch(wires[:half]) + self._send_batch(wires[half:])
+        return [self.send("add", defaults=shared, jobs=jobs)]
 
     def get(self, job: int, wait: bool = False, timeout: float | None = None) -> dict[str, Any]:
         """A job's summary; with `wait`, once it has ended (on this thread's waiting

@@ -157,6 +157,8 @@ def _job_lines(source: str) -> list[list[str]]:
         text = sys.stdin.read() if source == "-" else open(source).read()  # noqa: SIM115
     except OSError as exc:
         raise GsupError(f"cannot read {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise GsupError(f"{source} is not UTF-8 text: {exc.reason}") from None
     jobs = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip() and not line.lstrip().startswith("#"):
@@ -252,6 +254,8 @@ STATES = tuple(state.value for state in State)
 @contextmanager
 def _journal(home: str | None) -> Iterator[sqlite3.Connection]:
     """The journal, read-only; GsupError (one line) if there is none yet."""
+    import sqlite3
+
     from gsup.reads import NoJournal, connect
 
     paths = Paths(resolve_home(home))
@@ -261,6 +265,8 @@ def _journal(home: str | None) -> Iterator[sqlite3.Connection]:
         raise GsupError(str(exc)) from None
     try:
         yield conn
+    except sqlite3.Error as exc:
+        raise GsupError(f"cannot read the journal: {exc}") from None
     finally:
         conn.close()
 

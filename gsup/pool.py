@@ -183,11 +183,13 @@ class PoolProcess:
             return job
 
     def _run(self, worker: Worker, job: PoolJob) -> None:
-        if job.kind != "cmd":
-            self.report("start", job.id, worker.index, time.time())
         outcome: Outcome | None = None
+        start_reported = job.kind == "cmd"  # a command's start is reported once spawned
         while True:  # a stop may land anywhere until the job is detached under the lock
             try:
+                if not start_reported:
+                    start_reported = True
+                    self.report("start", job.id, worker.index, time.time())
                 if outcome is None:
                     outcome = self._execute(worker, job)
                 with self.lock:

@@ -20,7 +20,7 @@ from gsup.output import OutputRouter, tail
 from gsup.targets import TargetError, load_call
 
 GUARD = str(Path(__file__).with_name("guard.py"))
-MAX_RESULT = 16 * 1024 * 1024  # characters of a result kept in the journal
+MAX_RESULT = 4 * 1024 * 1024  # characters of a result kept: well within a message
 
 
 class JobStopped(BaseException):

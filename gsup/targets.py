@@ -170,8 +170,10 @@ def _stale(module_name: str, path: list[str]) -> bool:
     if loaded is None:
         return False
     known = _origins.get(module_name)
+    if known is not None and _mtime(known[1]) != known[2]:
+        return True  # its file changed since it was imported
     if known is not None and known[0] == tuple(path):
-        return _mtime(known[1]) != known[2]  # the usual case: one stat
+        return False
     top = module_name.partition(".")[0]
     spec = importlib.machinery.PathFinder.find_spec(top, path)
     if spec is None or not spec.origin:

@@ -153,3 +153,25 @@ def test_add_many_adds_one_job_per_item(queues):
     assert [job.result(30) for job in jobs] == [2, 4, 6]
     with pytest.raises(TypeError, match="unknown job options: colour"):
         queues.add_many(double, [1], colour="red")
+
+
+def test_a_forked_child_uses_a_connection_of_its_own(queues):
+    import os
+
+    first = queues.add(double, args=(1,))  # its reply not read yet
+    child = os.fork()
+    if child == 0:
+        ok = queues.add(double, args=(5,)).result(30) == 10
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert first.result(30) == 2
+
+
+def test_replies_already_received_survive_a_lost_connection(daemon, queues):
+    import signal
+
+    added = queues.add(double, args=(3,))
+    assert daemon.stop(signal.SIGTERM) == 0  # it answered before it stopped
+    pytest.raises(GsupError, lambda: queues.add(double, args=(4,)).id)
+    assert isinstance(added.id, int)  # journaled, and known as such
