@@ -171,7 +171,11 @@ def test_a_forked_child_uses_a_connection_of_its_own(queues):
 def test_replies_already_received_survive_a_lost_connection(daemon, queues):
     import signal
 
-    added = queues.add(double, args=(3,))
-    assert daemon.stop(signal.SIGTERM) == 0  # it answered before it stopped
-    pytest.raises(GsupError, lambda: queues.add(double, args=(4,)).id)
+    from conftest import journal_rows, wait_until
+
+    added = queues.add(double, args=(3,))  # its reply is not read here
+    wait_until(lambda: journal_rows(daemon.home, "SELECT count(*) FROM jobs") == [(1,)])
+    assert daemon.stop(signal.SIGTERM) == 0
+    with pytest.raises(GsupError):
+        assert queues.add(double, args=(4,)).id
     assert isinstance(added.id, int)  # journaled, and known as such
