@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
 import socket
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -78,6 +80,7 @@ class Client:
         self._pending: dict[int, Pending] = {}  # sent, reply not read yet
         self._waiters = threading.local()
         self._pid = os.getpid()
+        self._exit_check = False
 
     def _after_fork(self) -> None:
         """A forked child must not share its parent's stream, lock or pending replies."""
@@ -135,6 +138,9 @@ class Client:
                 self.close()
                 raise GsupError(f"lost the connection to the daemon: {exc}") from None
             self._pending[pending.request_id] = pending
+            if not self._exit_check:
+                self._exit_check = True
+                atexit.register(self._report_unread)
             return pending
 
     def _await(self, pending: Pending, timeout: float | None) -> dict[str, Any]:
@@ -179,6 +185,20 @@ class Client:
                 self._pending.clear()
             elif (waiting := self._pending.pop(reply["id"], None)) is not None:
                 waiting.message = reply
+
+    def _report_unread(self) -> None:
+        """At exit: read the replies nobody asked for, so that a job the daemon refused
+        (while stopping, say) is not dropped in silence by a fire-and-forget add."""
+        if self._pid != os.getpid():
+            return
+        refused = []
+        for pending in list(self._pending.values()):
+            try:
+                pending.reply(timeout=5.0)
+            except (GsupError, TimeoutError) as exc:
+                refused.append(str(exc))
+        if refused:
+            print(f"gsup: {len(refused)} request(s) not done: {refused[0]}", file=sys.stderr)
 
     def _salvage(self) -> None:
         """Read the replies already here before the connection goes: a job the daemon

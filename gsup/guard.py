@@ -4,7 +4,8 @@ A pool process can be SIGKILLed (with its supervisor, or when it is recycled); a
 command it started would then run on unsupervised, and so would whatever the command
 started. So each command runs under this small process, which
 - runs the command in a process group of its own;
-- kills that whole group when its pool dies (end-of-file on WATCH_FD, a pipe whose
+- kills that whole group, and what escaped it to become its child (it is a child
+  subreaper), when its pool dies (end-of-file on WATCH_FD, a pipe whose
   other end only the pool holds), when it gets SIGTERM (the pool stopping the job),
   and when the command exits (what it left running in its group dies with it);
 - exits as the command did (same code, or killed by the same signal).
@@ -19,10 +20,43 @@ import select
 import signal
 import sys
 
+_PR_SET_CHILD_SUBREAPER = 36
 
-def _kill_group(pgid: int) -> None:
+
+def _become_subreaper() -> None:
+    """Processes that leave the group (setsid, a double fork) become our children when
+    their parent dies, instead of init's: `_kill_all` still finds them."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):
+        pass  # not Linux: the process group alone
+
+
+def _kill_all(pgid: int) -> None:
+    """Kill the command's process group, then whatever escaped it and came to us."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+    for _ in range(100):  # each round may orphan grandchildren to us
+        children = _children()
+        if not children:
+            return
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as file:
+            return [int(pid) for pid in file.read().split()]
+    except OSError:
+        return []
 
 
 def _run_command(argv: list[str]) -> None:
@@ -38,6 +72,7 @@ def _run_command(argv: list[str]) -> None:
 
 def main() -> None:
     watch_fd, argv = int(sys.argv[1]), sys.argv[2:]
+    _become_subreaper()
     child = os.fork()
     if child == 0:
         os.close(watch_fd)
@@ -46,8 +81,9 @@ def main() -> None:
         os.setpgid(child, child)  # on both sides: no window where a kill misses it
 
     def stop(signum: int, frame: object) -> None:
-        _kill_group(child)
-        os.waitpid(child, 0)
+        _kill_all(child)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, 0)
         os.kill(os.getpid(), signal.SIGKILL)  # report "killed", as the command was
 
     signal.signal(signal.SIGTERM, stop)
@@ -55,13 +91,13 @@ def main() -> None:
     while True:
         ready, _, _ = select.select([pidfd, watch_fd], [], [])
         if watch_fd in ready and not os.read(watch_fd, 1):  # the pool is gone
-            _kill_group(child)
+            _kill_all(child)
             os._exit(1)
         if pidfd in ready:
             break
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _, status = os.waitpid(child, 0)
-    _kill_group(child)  # what the command left running in its group
+    _kill_all(child)  # what the command left running
     if os.WIFSIGNALED(status):
         signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
         os.kill(os.getpid(), os.WTERMSIG(status))

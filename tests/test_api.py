@@ -179,3 +179,21 @@ def test_replies_already_received_survive_a_lost_connection(daemon, queues):
     with pytest.raises(GsupError):
         assert queues.add(double, args=(4,)).id
     assert isinstance(added.id, int)  # journaled, and known as such
+
+
+def test_a_refused_add_that_nobody_read_is_reported_at_exit(daemon, env, workdir, home):
+    script = (
+        "from gsup import queues\n"
+        "queues.add('jobs:add', args=(1,), queue='user')\n"  # accepted: nothing to say
+        "queues.client.send('add', jobs=[{'kind': 'call'}])\n"  # refused: no target
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stderr.strip() == "gsup: 1 request(s) not done: a call job needs a target"

@@ -92,3 +92,12 @@ def test_a_job_that_must_not_run_twice_is_not_rerun_when_a_neighbour_recycles_th
     shown = gsup.show(must_not_repeat)
     assert shown["reason"] == "its pool was recycled; on_lost=fail"
     assert [e["after"] for e in shown["events"]].count("running") == 1
+
+
+def test_what_a_command_started_in_a_session_of_its_own_dies_too(daemon, gsup):
+    job = gsup.add("--timeout", "0.5", "--cmd", "--", "sh", "-c", "setsid sleep 3006 & sleep 3007")
+    assert gsup.wait(job) == {job: "timeout"}
+    wait_until(lambda: not _processes_matching("sleep 300[67]"), what="the escapee to die")
+    ended = gsup.add("--cmd", "--", "sh", "-c", "setsid sleep 3008 &")
+    assert gsup.wait(ended) == {ended: "done"}
+    wait_until(lambda: not _processes_matching("sleep 3008"), what="the escapee to die")
