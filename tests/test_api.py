@@ -25,6 +25,18 @@ def wait_for_file(path, timeout=60):
     return os.path.exists(path)
 
 
+def _run_python(script: str, env: dict, cwd) -> subprocess.CompletedProcess[str]:
+    """A separate Python process using the API, as a user's script would."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture
 def queues(daemon, home) -> Queues:
     return Queues(home)
@@ -108,14 +120,7 @@ def test_queues_prints_the_same_table_as_the_cli(daemon, env, workdir):
         print(repr(queues))
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
+    out = _run_python(script, env, workdir).stdout
     assert "gsup user threads (frozen)" in out
     assert "Worker_4" in out and "Command" in out and "Timeout" in out
     assert "gsup user queue: 1 pending" in out and "jobs:add(1)" in out
@@ -187,13 +192,6 @@ def test_a_refused_add_that_nobody_read_is_reported_at_exit(daemon, env, workdir
         "queues.add('jobs:add', args=(1,), queue='user')\n"  # accepted: nothing to say
         "queues.client.send('add', jobs=[{'kind': 'call'}])\n"  # refused: no target
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _run_python(script, env, workdir)
     assert result.returncode == 0
     assert result.stderr.strip() == "gsup: 1 request(s) not done: a call job needs a target"
