@@ -38,7 +38,7 @@ from gsup.config import ConfigError, PoolSettings, Settings
 from gsup.journal import JournalStalled, QueuedJob, Writer, open_database
 from gsup.lifecycle import END_STATES, RETRYABLE, Policy, State, lost_reason, should_retry
 from gsup.pool import pool_main
-from gsup.protocol import MUTATING, LineReader, ProtocolError, check_request, encode
+from gsup.protocol import MUTATING, JobSpec, LineReader, ProtocolError, check_request, encode
 from gsup.systemd import Notifier
 
 STALL_RETRY = 1.0  # seconds between attempts to write a turn that failed to commit
@@ -581,7 +581,7 @@ class Supervisor:
         return {"pid": os.getpid(), "stopping": self.stopping}
 
     def handle_add(self, conn: Connection, fields: dict[str, Any]) -> dict[str, Any]:
-        self._check_room()
+        self._check_room(fields["jobs"])
         specs = fields["jobs"]
         self.journal.log_command("add", {"jobs": len(specs)}, conn.uid, conn.pid)
         ids = self.journal.insert_jobs(specs, time.time())
@@ -589,12 +589,12 @@ class Supervisor:
             self.pools[spec.pool].maybe_queued = True
         return {"ids": ids}
 
-    def _check_room(self) -> None:
-        """Refuse new jobs while the disk is nearly full: the room left is kept for
-        the journal's records of the jobs already accepted."""
+    def _check_room(self, specs: list[JobSpec]) -> None:
+        """Refuse new jobs when they would leave the disk nearly full: the room left is
+        kept for the journal's records of the jobs already accepted."""
         stats = os.statvfs(self.paths.home)
         free_mb = stats.f_bavail * stats.f_frsize / 1e6
-        if free_mb < self.settings.min_free_mb:
+        if free_mb - _journal_mb(specs) < self.settings.min_free_mb:
             raise RequestError(
                 f"the disk of {self.paths.home} is nearly full ({free_mb:.1f} MB free); the last"
                 f" {self.settings.min_free_mb:g} MB are kept for the jobs already accepted"
@@ -923,6 +923,13 @@ def _raise_open_files_limit() -> None:
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _journal_mb(specs: list[JobSpec]) -> float:
+    """A generous guess of what adding `specs` takes on disk: rows, indexes, WAL."""
+    payload = sum(len(s.arguments or "") + len(s.pickled or "") + len(s.display) for s in specs)
+    commands = sum(1 for s in specs if s.env)  # a command's environment is ~2-4 KB
+    return (len(specs) * 2_000 + commands * 8_000 + payload * 3) / 1e6
 
 
 def _valid_text(value: Any) -> Any:

@@ -102,3 +102,23 @@ def test_a_turn_that_cannot_be_written_waits_for_room_then_goes_on(small_home, e
         daemon.stop(signal.SIGTERM)
     with sqlite3.connect(small_home / "journal.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_a_request_that_would_use_up_the_reserve_is_refused_whole(small_home, env, workdir):
+    small_home.mkdir()
+    (small_home / "gsup.toml").write_text("min_free_mb = 6\n")
+    env["GSUP_HOME"] = str(small_home)
+    daemon = Daemon(small_home, env).start()
+    try:
+        with Client(small_home) as client:
+            specs = [
+                call_spec("jobs:add", (1,), {"ballast": "x" * 1000}, path=[str(workdir)])
+                for _ in range(5_000)
+            ]
+            with pytest.raises(GsupError, match="is nearly full"):
+                client.add(specs)
+            assert client.add(specs[:10])  # a small one still fits
+    finally:
+        daemon.stop(signal.SIGTERM)
+    with sqlite3.connect(small_home / "journal.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM jobs").fetchone() == (10,)
