@@ -31,6 +31,14 @@ def small_home(home):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def _start_daemon(home, env: dict[str, str], min_free_mb: int) -> Daemon:
+    """A daemon on the small tmpfs, keeping `min_free_mb` for the jobs it has."""
+    home.mkdir()
+    (home / "gsup.toml").write_text(f"min_free_mb = {min_free_mb}\n")
+    env["GSUP_HOME"] = str(home)
+    return Daemon(home, env).start()
+
+
 def _fill_with_jobs(client: Client, workdir) -> tuple[list[int], str]:
     """Add jobs with big arguments until the daemon refuses; the ids and the refusal."""
     ballast = "x" * 20_000
@@ -48,10 +56,7 @@ def _fill_with_jobs(client: Client, workdir) -> tuple[list[int], str]:
 
 def test_a_full_disk_refuses_new_jobs_and_keeps_the_accepted_ones(small_home, env, workdir):
     (workdir / "jobs.py").write_text("def add(x, y=0, ballast=''):\n    return x + y\n")
-    small_home.mkdir()
-    (small_home / "gsup.toml").write_text("min_free_mb = 6\n")
-    env["GSUP_HOME"] = str(small_home)
-    daemon = Daemon(small_home, env).start()
+    daemon = _start_daemon(small_home, env, min_free_mb=6)
     try:
         with Client(small_home) as client:
             client.freeze(None)
@@ -72,10 +77,7 @@ def test_a_full_disk_refuses_new_jobs_and_keeps_the_accepted_ones(small_home, en
 
 
 def test_a_turn_that_cannot_be_written_waits_for_room_then_goes_on(small_home, env, workdir):
-    small_home.mkdir()
-    (small_home / "gsup.toml").write_text("min_free_mb = 0\n")
-    env["GSUP_HOME"] = str(small_home)
-    daemon = Daemon(small_home, env).start()
+    daemon = _start_daemon(small_home, env, min_free_mb=0)
     filler = small_home.parent / "filler"
     try:
         with Client(small_home) as client:
@@ -105,10 +107,7 @@ def test_a_turn_that_cannot_be_written_waits_for_room_then_goes_on(small_home, e
 
 
 def test_a_request_that_would_use_up_the_reserve_is_refused_whole(small_home, env, workdir):
-    small_home.mkdir()
-    (small_home / "gsup.toml").write_text("min_free_mb = 6\n")
-    env["GSUP_HOME"] = str(small_home)
-    daemon = Daemon(small_home, env).start()
+    daemon = _start_daemon(small_home, env, min_free_mb=6)
     try:
         with Client(small_home) as client:
             specs = [
