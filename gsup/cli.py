@@ -56,15 +56,6 @@ def _console() -> Any:
     return Console()
 
 
-def _open_journal(paths: Paths) -> None:
-    from gsup.journal import JournalError, open_database
-
-    try:
-        open_database(paths.journal, readonly=True)
-    except JournalError as exc:
-        raise GsupError(str(exc)) from None
-
-
 # --- the daemon ---------------------------------------------------------------------------
 
 
@@ -84,7 +75,7 @@ def daemon(
 ) -> None:
     """Run the supervisor in the foreground (under systemd, or by hand)."""
     from gsup.config import ConfigError, load_settings
-    from gsup.daemon import serve
+    from gsup.supervisor.daemon import serve
 
     try:
         settings = load_settings(
@@ -103,16 +94,24 @@ def recover(
     home: Home = None,
 ) -> None:
     """Show what the next daemon start will decide for jobs left unfinished."""
+    import sqlite3
+
     from gsup import recovery
     from gsup.client import daemon_is_up
+    from gsup.config import ConfigError, load_settings
+    from gsup.supervisor.daemon import local_executors
 
     paths = _paths(home)
     if not dry_run:
         raise GsupError("recovery runs when the daemon starts; --dry-run shows what it will do")
     if daemon_is_up(paths):
         raise GsupError(f"a daemon is running for {paths.home}; it recovered when it started")
-    _open_journal(paths)
-    print("\n".join(recovery.plan().lines()))
+    try:
+        executors = local_executors(load_settings(paths.home))
+        with _read_journal(paths) as conn:
+            print("\n".join(recovery.plan(conn, executors).lines()))
+    except (ConfigError, sqlite3.Error) as exc:
+        raise GsupError(f"cannot read the journal: {exc}") from None
 
 
 # --- the commands on hot paths ---------------------------------------------------------------
@@ -197,16 +196,30 @@ def _job_ids(jobs: list[int]) -> list[int]:
     return jobs
 
 
+def _read_journal(paths: Paths) -> Any:
+    """A read-only connection to the journal, closed when the block ends."""
+    import contextlib
+
+    from gsup.journal import queries
+
+    try:
+        conn = queries.connect(paths.journal)
+    except queries.NoJournal as exc:
+        raise GsupError(str(exc)) from None
+    return contextlib.closing(conn)
+
+
 def _details(job: int, home: Path | None) -> dict[str, Any]:
-    from gsup import reads
+    import sqlite3
+
+    from gsup.journal import queries
 
     _job_ids([job])
     try:
-        conn = reads.connect(_paths(home).journal)
-    except reads.NoJournal as exc:
-        raise GsupError(str(exc)) from None
-    with conn:
-        found = reads.job_details(conn, job)
+        with _read_journal(_paths(home)) as conn:
+            found = queries.job_details(conn, job)
+    except sqlite3.Error as exc:
+        raise GsupError(f"cannot read the journal: {exc}") from None
     if found is None:
         raise GsupError(f"no job {job}")
     return found
@@ -249,7 +262,10 @@ def cancel(jobs: Annotated[list[int], typer.Argument(help="Job ids")], home: Hom
     client = Client(home)
     for job in _job_ids(jobs):
         reply = client.cancel(job)
-        print(f"{job}: {'stopping' if reply.get('stopping') else reply['state']}")
+        if reply.get("stopping"):  # its executor holds it: it ends once stopped
+            print(f"{job}: {'stopping' if reply['state'] == 'running' else 'cancelling'}")
+        else:
+            print(f"{job}: {reply['state']}")
 
 
 @app.command()

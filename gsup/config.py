@@ -14,6 +14,14 @@ from pathlib import Path
 POOL_NAMES = ("user", "monitoring")
 DEFAULT_POOL = "user"
 DEFAULT_THREADS = 5  # as Ganga's queues
+
+
+def default_queue_size(threads: int) -> int:
+    """Jobs a pool holds ahead of its threads: enough that a thread that finishes finds
+    its next job at once, while the supervisor's next turn is still to come. It costs
+    no priority: a better job takes the place of a held one (see the dispatcher)."""
+    return max(16, 4 * threads)
+
 DEFAULT_PRIORITY = 5
 MAX_MESSAGE = 8 * 1024 * 1024  # bytes in one socket message
 
@@ -72,9 +80,7 @@ class Paths:
 class PoolSettings:
     name: str
     threads: int = DEFAULT_THREADS
-    # Jobs handed to the pool beyond its threads, so a thread that finishes
-    # finds its next job without waiting for the supervisor's next turn.
-    queue_size: int = DEFAULT_THREADS
+    queue_size: int = default_queue_size(DEFAULT_THREADS)  # see default_queue_size
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,7 @@ def load_settings(
             next(v for v in (flag, env, section.get("threads"), DEFAULT_THREADS) if v is not None),
             f"threads of pool {name!r}",
         )
-        queue = _positive_int(section.get("queue_size", count), f"queue_size of pool {name!r}")
+        queue = _positive_int(section.get("queue_size", default_queue_size(count)), f"queue_size of pool {name!r}")
         pools.append(PoolSettings(name, count, queue))
     if grace is None:
         grace = os.environ.get("GSUP_GRACE", toml.get("grace", 10.0))  # type: ignore[assignment]

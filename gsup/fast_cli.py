@@ -4,7 +4,7 @@
 They are parsed with argparse, not typer: running a typer app imports pydantic (~60 ms
 here), and these should cost little more than Python's own start. `add` imports
 neither typer nor rich nor peewee nor user code; the queries read the journal with
-plain SQL (reads.py). `gsup.main` routes to them before typer loads.
+plain SQL (gsup/journal/queries.py). `gsup.main` routes to them before typer loads.
 """
 
 from __future__ import annotations
@@ -208,10 +208,10 @@ def jobs_main(argv: Sequence[str]) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _home_option(p)
     options = p.parse_args(argv)
-    from gsup import reads
+    from gsup.journal import queries
 
     with _journal(options.home) as conn:
-        found = reads.list_jobs(conn, options.state, options.queue, options.limit)
+        found = queries.list_jobs(conn, options.state, options.queue, options.limit)
     if options.json:
         _print_json(found)
     else:
@@ -231,13 +231,13 @@ def queues_main(argv: Sequence[str]) -> int:
     options = p.parse_args(argv)
     from dataclasses import asdict
 
-    from gsup import reads
     from gsup.client import daemon_is_up
+    from gsup.journal import queries
 
     paths = Paths(resolve_home(options.home))
     up = daemon_is_up(paths)
     with _journal(options.home) as conn:
-        pools = reads.queues_snapshot(conn)
+        pools = queries.queues_snapshot(conn)
     if options.json:
         _print_json({"daemon": "running" if up else "not running",
                      "pools": [asdict(pool) for pool in pools]})  # fmt: skip
@@ -256,7 +256,7 @@ def _journal(home: str | None) -> Iterator[sqlite3.Connection]:
     """The journal, read-only; GsupError (one line) if there is none yet."""
     import sqlite3
 
-    from gsup.reads import NoJournal, connect
+    from gsup.journal.queries import NoJournal, connect
 
     paths = Paths(resolve_home(home))
     try:

@@ -7,9 +7,11 @@
                                             requeued without charging an attempt
     failed | timeout | lost | cancelled ─> queued      retry, by policy or by hand
 
-`running` starts when the supervisor hands the job to a pool (journaled before the
-hand-over); the pool reports the moment a thread takes it up, which sets `worker`
-and `started` without a transition.
+A job is `queued` until an executor reports that it has started it (a pool thread took
+it up, a batch system accepted it): jobs handed to an executor ahead of a free worker
+are still `queued`, and may be asked back. Each start opens an attempt; each end of a
+run closes it with an `Ending`, which `settle` maps onto the job's next state.
+Imports nothing heavy: the CLI and the journal's readers use it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,80 @@ def check_transition(before: State | str | None, after: State) -> None:
 
 
 @dataclass(frozen=True)
+class StateChange:
+    """One transition, as the supervisor's subscribers see it (tasks, metrics)."""
+
+    job: int
+    pool: str
+    before: State | None
+    after: State
+    why: str
+    at: float
+
+
+# --- how an attempt ended, and what becomes of its job ------------------------------
+
+
+class Ending(StrEnum):
+    """How an attempt ended, as its executor reports it."""
+
+    DONE = "done"  # returned, or exit code 0
+    FAILED = "failed"  # raised, exited non-zero, or could not be started
+    STOPPED = "stopped"  # stopped because the supervisor asked (a timeout, a cancel)
+    RECALLED = "recalled"  # given back before any of its code ran
+    INTERRUPTED = "interrupted"  # ended through no fault of its own (a neighbour, a halt)
+    LOST = "lost"  # the executor lost it: its process died
+
+
+class Stop(StrEnum):
+    """Why the supervisor asked an executor to stop an attempt."""
+
+    TIMEOUT = "timeout"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What becomes of a job whose attempt ended: its next state (None: it stays
+    queued, nothing ran), the reason, and whether the run counts as an attempt."""
+
+    state: State | None
+    why: str
+    charged: bool = True
+
+
+def settle(
+    ending: Ending, why: str, stop: Stop | None, timeout: float | None, cancel_unstarted: bool
+) -> Settled:
+    """Map an executor's `ending` onto the job's next state, by what the supervisor had
+    asked: `stop` (a timeout or a cancel), `cancel_unstarted` (a purge that asked it
+    back). Retries are decided after this, by `should_retry`."""
+    if ending == Ending.DONE:
+        return Settled(State.DONE, why)
+    if ending == Ending.RECALLED:
+        if stop == Stop.CANCEL or cancel_unstarted:
+            return Settled(State.CANCELLED, "cancelled before it started", charged=False)
+        return Settled(None, why, charged=False)
+    asked = ending in (Ending.STOPPED, Ending.INTERRUPTED)  # whatever ended it, it was asked
+    if asked and stop == Stop.TIMEOUT:
+        return Settled(State.TIMEOUT, f"timed out after {timeout:g}s" + _detail(why))
+    if asked and stop == Stop.CANCEL:
+        return Settled(State.CANCELLED, "cancelled by request" + _detail(why))
+    if ending == Ending.INTERRUPTED:
+        return Settled(State.QUEUED, why, charged=False)
+    if ending == Ending.LOST:
+        return Settled(State.LOST, why)
+    return Settled(State.FAILED, why)
+
+
+def _detail(why: str) -> str:
+    return "" if why in ("", "stopped") else f"; {why}"
+
+
+# --- retries --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class Policy:
     """What a job asked for when a run ends badly; `attempts` counts charged runs so far."""
 
@@ -67,6 +143,11 @@ class Policy:
     retry_delay: float = 0.0  # seconds before the first retry
     backoff: float = 2.0  # each further retry waits this many times longer
     retry_on: tuple[str, ...] | None = None  # None: any exception, timeout or exit code
+
+    @property
+    def runs_once(self) -> bool:
+        """A job that must not run twice: it starts only once the journal holds its start."""
+        return self.on_lost == "fail"
 
     def delay(self) -> float:
         """Seconds to wait before the next retry, after `attempts` runs (a day at most)."""

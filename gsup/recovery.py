@@ -1,29 +1,45 @@
 """Startup reconciliation: what becomes of the jobs the previous daemon left unfinished.
 
 All crash-restore policy is in `plan`:
-- queued: stays queued; nothing ran.
-- running: its pool died with the previous daemon, so the attempt is `lost`. The job
-  goes back to the queue if its on_lost policy is `requeue` (and it is not already
-  poison); otherwise it stays `lost` (on_lost=fail: jobs that must not run twice).
-  A daemon's death is not counted against the job as a pool death is.
-`apply` journals those decisions and the report in the daemon's first transaction.
+- queued: stays queued. One that had been handed to an executor (its attempt is in
+  the journal, its start is not) may have started just before the daemon died: that
+  attempt is closed as lost, so that `gsup show` tells of a run that may have been.
+- running: its attempt's executor decides. One whose attempt still runs elsewhere (a
+  batch job outlives the daemon) takes it back, and the job stays running. Otherwise
+  the attempt was lost with the daemon (a local pool dies with it): the job goes back
+  to the queue if its on_lost policy is `requeue` (and it is not already poison), or
+  ends `lost` (on_lost=fail: jobs that must not run twice). A daemon's death is not
+  counted against the job as a pool death is.
+`apply` journals those decisions in the daemon's first transaction.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from gsup.journal import Writer, unfinished_jobs
+from gsup.journal.queries import Unfinished, unfinished
 from gsup.lifecycle import State, lost_reason, should_retry
 
+if TYPE_CHECKING:
+    from gsup.executors.base import Executor
+    from gsup.supervisor.jobs import JobBook
+
 LOST_WITH_DAEMON = "lost with the daemon"
+REATTACHED = "reattached"
+REQUEUE = "requeue"
+ENDS_LOST = "ends lost"
+MAY_HAVE_STARTED = "stays queued"
+HANDED_OVER = "handed to its executor when the daemon died; it may have started"
 
 
 @dataclass
 class Decision:
-    job: int
-    pool: str
-    requeue: bool
+    job: Unfinished
+    action: str  # REATTACHED, REQUEUE, ENDS_LOST or MAY_HAVE_STARTED
     why: str
 
 
@@ -32,25 +48,27 @@ class RecoveryReport:
     queued: int = 0
     decisions: list[Decision] = field(default_factory=list)
 
-    @property
-    def requeued(self) -> list[int]:
-        return [d.job for d in self.decisions if d.requeue]
-
-    @property
-    def lost(self) -> list[int]:
-        return [d.job for d in self.decisions if not d.requeue]
+    def jobs(self, action: str) -> list[int]:
+        return [d.job.job for d in self.decisions if d.action == action]
 
     def lines(self) -> list[str]:
         return [self.summary()] + [
-            f"  job {d.job} ({d.pool}): {'requeue' if d.requeue else 'ends lost'}: {d.why}"
-            for d in self.decisions
+            f"  job {d.job.job} ({d.job.pool}): {d.action}: {d.why}" for d in self.decisions
         ]
 
     def summary(self) -> str:
-        return (
-            f"recovery: {self.queued} queued kept, {len(self.requeued)} running requeued"
-            f"{_ids(self.requeued)}, {len(self.lost)} running ended lost{_ids(self.lost)}"
+        requeued, lost = self.jobs(REQUEUE), self.jobs(ENDS_LOST)
+        text = (
+            f"recovery: {self.queued} queued kept, {len(requeued)} running requeued"
+            f"{_ids(requeued)}, {len(lost)} running ended lost{_ids(lost)}"
         )
+        handed = self.jobs(MAY_HAVE_STARTED)
+        if handed:
+            text += f", {len(handed)} queued may have started{_ids(handed)}"
+        reattached = self.jobs(REATTACHED)
+        if reattached:
+            text += f", {len(reattached)} still running, followed again{_ids(reattached)}"
+        return text
 
 
 def _ids(ids: list[int], limit: int = 20) -> str:
@@ -60,22 +78,44 @@ def _ids(ids: list[int], limit: int = 20) -> str:
     return f" ({shown}{', …' if len(ids) > limit else ''})"
 
 
-def plan() -> RecoveryReport:
-    """Decide, from the journal alone, what becomes of each unfinished job."""
-    queued, running = unfinished_jobs()
+def plan(conn: sqlite3.Connection, executors: Mapping[str, Executor]) -> RecoveryReport:
+    """Decide, from the journal and each attempt's executor, what becomes of each
+    unfinished job."""
+    queued, running, handed = unfinished(conn)
     report = RecoveryReport(queued=queued)
-    for job, pool, policy in running:
-        requeue = should_retry(State.LOST, policy)
-        why = LOST_WITH_DAEMON if requeue else lost_reason(policy, LOST_WITH_DAEMON)
-        report.decisions.append(Decision(job, pool, requeue, why))
+    for job in handed:
+        report.decisions.append(Decision(job, MAY_HAVE_STARTED, HANDED_OVER))
+    for job in running:
+        executor = executors.get(job.executor or job.pool)
+        if job.attempt is not None and executor is not None and executor.reattach(job):
+            report.decisions.append(Decision(job, REATTACHED, f"on {job.external_id}"))
+        elif should_retry(State.LOST, job.policy):
+            report.decisions.append(Decision(job, REQUEUE, LOST_WITH_DAEMON))
+        else:
+            report.decisions.append(
+                Decision(job, ENDS_LOST, lost_reason(job.policy, LOST_WITH_DAEMON))
+            )
     return report
 
 
-def apply(journal: Writer, report: RecoveryReport, now: float) -> None:
+def apply(book: JobBook, report: RecoveryReport) -> None:
     if not report.decisions:
         return
-    journal.log_command("recover", {"requeued": report.requeued, "lost": report.lost}, None, None)
+    now = time.time()
+    detail = {"requeued": report.jobs(REQUEUE), "lost": report.jobs(ENDS_LOST),
+              "reattached": report.jobs(REATTACHED)}  # fmt: skip
+    book.journal.log_command("recover", detail, None, None)
     for decision in report.decisions:
-        journal.transition(decision.job, State.RUNNING, State.LOST, decision.why, now)
-        if decision.requeue:
-            journal.transition(decision.job, State.LOST, State.QUEUED, "requeued after loss", now)
+        job = decision.job
+        if decision.action == REATTACHED:
+            book.adopt(job)
+            continue
+        if decision.action == MAY_HAVE_STARTED:
+            assert job.attempt is not None
+            book.journal.close_attempt(job.attempt, State.LOST, decision.why, now, charged=False)
+            continue
+        book.transition(job.job, job.pool, State.RUNNING, State.LOST, decision.why, now)
+        if job.attempt is not None:
+            book.journal.close_attempt(job.attempt, State.LOST, decision.why, now)
+        if decision.action == REQUEUE:
+            book.transition(job.job, job.pool, State.LOST, State.QUEUED, "requeued after loss", now)

@@ -13,7 +13,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from gsup.reads import PoolSnapshot, attempts_of
+from gsup.journal.queries import PoolSnapshot
 
 STATE_STYLES = {
     "queued": "cyan",
@@ -135,9 +135,7 @@ def job_view(job: dict[str, Any]) -> RenderableType:
         ("retries", str(job["retries"])),
         ("on lost", job["on_lost"]),
         ("attempts", str(job["attempts"])),
-        ("worker", job["worker"] or "-"),
         ("created", when(job["created"])),
-        ("started", when(job["started"])),
         ("ended", when(job["ended"])),
         ("retry at", when(job["not_before"])),
         ("result", "-" if job["result"] is None else f"{job['result']} ({job['result_type']})"),
@@ -145,38 +143,45 @@ def job_view(job: dict[str, Any]) -> RenderableType:
     ]
     for name, value in rows:
         fields.add_row(Text(name, style="bold"), value)
-    attempts = Table(
-        "#",
-        "Dispatched",
-        "Ended",
-        "State",
-        "Why",
-        title="attempts",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-    )
-    for attempt in attempts_of(job["events"]):
-        attempts.add_row(
-            str(attempt["number"]),
-            when(attempt["dispatched"]),
-            when(attempt.get("ended")),
-            _state(attempt.get("state", "running")),
-            attempt.get("why") or "",
-        )
-    parts: list[RenderableType] = [fields, attempts]
+    parts: list[RenderableType] = [fields, attempts_table(job["attempts_list"])]
     if job["traceback"]:
         parts.append(Text(job["traceback"].rstrip(), style="red"))
     return Group(*parts)
 
 
+def attempts_table(attempts: list[dict[str, Any]]) -> Table:
+    """Each run of a job: where, when, how it ended, and what it used where known."""
+    table = Table("#", "On", "Started", "Ended", "Outcome", "Exit", "CPU", "Peak RSS", "Why",
+                  title="attempts", box=box.SIMPLE_HEAD, title_justify="left")  # fmt: skip
+    for number, attempt in enumerate(attempts, 1):
+        where = attempt["executor"] + (
+            f"/{attempt['external_id']}" if attempt["external_id"] else ""
+        )
+        charged = "" if attempt["charged"] else " (not charged)"
+        table.add_row(
+            str(number),
+            where,
+            short_time(attempt["started"] or attempt["dispatched"]),
+            short_time(attempt["ended"]),
+            _state(attempt["outcome"] or ("running" if attempt["started"] else "handed over")),
+            "-" if attempt["exit_status"] is None else str(attempt["exit_status"]),
+            "-" if attempt["cpu_seconds"] is None else f"{attempt['cpu_seconds']:.3f}s",
+            "-" if attempt["peak_rss_kb"] is None else f"{attempt['peak_rss_kb'] / 1024:.1f} MiB",
+            (attempt["reason"] or "") + charged,
+        )
+    return table
+
+
 def queues_for(paths: Any) -> RenderableType:
     """The `gsup queues` view of a state dir, read from its journal."""
-    from gsup import reads
+    import contextlib
+
     from gsup.client import daemon_is_up
+    from gsup.journal import queries
 
     up = daemon_is_up(paths)
-    with reads.connect(paths.journal) as conn:
-        return queues_view(reads.queues_snapshot(conn), up)
+    with contextlib.closing(queries.connect(paths.journal)) as conn:
+        return queues_view(queries.queues_snapshot(conn), up)
 
 
 def print_rich(renderable: RenderableType) -> None:

@@ -191,6 +191,7 @@ class Cli:
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
         self.env = env
         self.cwd = cwd
+        self.home = Path(env["GSUP_HOME"])
 
     def __call__(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
@@ -227,6 +228,10 @@ class Cli:
         import json
 
         return json.loads(self("show", str(job), "--json").stdout)
+
+    def running(self, job: int) -> bool:
+        """Whether a worker has started the job (its attempt is open)."""
+        return self.show(job)["state"] == "running"
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_recover_dry_run_shows_what_the_next_start_decides(make_daemon, gsup):
     daemon = make_daemon()
     first = gsup.add("jobs:sleep", "60")
     second = gsup.add("jobs:sleep", "60", "--on-lost", "fail")
-    wait_until(lambda: gsup.show(first)["worker"] and gsup.show(second)["worker"])
+    wait_until(lambda: gsup.running(first) and gsup.running(second))
     assert "a daemon is running" in gsup("recover", "--dry-run", check=False).stderr
     daemon.kill()
     out = gsup("recover", "--dry-run").stdout.splitlines()
@@ -85,7 +85,7 @@ def test_a_job_that_must_not_run_twice_is_not_rerun_when_a_neighbour_recycles_th
     gsup.wait(once)  # warm: the module is imported
     flag = workdir / "never"
     must_not_repeat = gsup.add("jobs:wait_for_file", str(flag), "--on-lost", "fail")
-    wait_until(lambda: gsup.show(must_not_repeat)["worker"], what="the job to start")
+    wait_until(lambda: gsup.running(must_not_repeat), what="the job to start")
     stuck = gsup.add("jobs:sleep", "30", "--timeout", "0.3")  # blocked in C: pool recycled
     assert gsup.wait(stuck) == {stuck: "timeout"}
     assert gsup.wait(must_not_repeat) == {must_not_repeat: "lost"}

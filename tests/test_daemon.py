@@ -53,7 +53,7 @@ def test_sigterm_stops_cleanly_and_queued_jobs_wait_for_the_next_start(make_daem
 def test_running_jobs_get_the_grace_period_then_are_requeued(make_daemon, gsup, workdir):
     daemon = make_daemon("--grace", "0.5")
     job = gsup.add("jobs:wait_for_file", str(workdir / "never"))
-    wait_until(lambda: gsup.show(job)["worker"], what="the job to start")
+    wait_until(lambda: gsup.running(job), what="the job to start")
     assert daemon.stop(signal.SIGTERM) == 0
     shown = gsup.show(job)
     assert shown["state"] == "queued"
@@ -65,7 +65,7 @@ def test_a_finishing_job_is_waited_for_on_sigterm(make_daemon, gsup, workdir):
     daemon = make_daemon("--grace", "60")
     flag = workdir / "go"
     job = gsup.add("jobs:wait_for_file", str(flag))
-    wait_until(lambda: gsup.show(job)["worker"], what="the job to start")
+    wait_until(lambda: gsup.running(job), what="the job to start")
     daemon.process.send_signal(signal.SIGTERM)
     wait_until(lambda: "stopping: 1 jobs in flight" in daemon.output, what="the stop to begin")
     refused = gsup("add", "jobs:add", "1", check=False)
@@ -86,7 +86,7 @@ def test_a_dead_pool_is_restarted_and_its_job_handled_by_policy(daemon, gsup):
 
 def test_a_job_that_keeps_killing_its_pool_is_quarantined(daemon, gsup):
     neighbour = gsup.add("jobs:sleep", "0.5")
-    wait_until(lambda: gsup.show(neighbour)["worker"], what="the neighbour to start")
+    wait_until(lambda: gsup.running(neighbour), what="the neighbour to start")
     job = gsup.add("jobs:die")
     assert gsup.wait(job, neighbour) == {job: "lost", neighbour: "done"}
     shown = gsup.show(job)
@@ -102,7 +102,7 @@ def test_killed_supervisor_takes_its_pools_along_and_recovers_on_restart(make_da
     lost = gsup.add("jobs:sleep", "60", "--on-lost", "fail")
     gsup("freeze", "--queue", "monitoring")
     queued = gsup.add("jobs:add", "1", "--queue", "monitoring")
-    wait_until(lambda: gsup.show(requeued)["worker"] and gsup.show(lost)["worker"])
+    wait_until(lambda: gsup.running(requeued) and gsup.running(lost))
     pools = _pool_pids(daemon.pid)
     daemon.kill()
     wait_until(lambda: not any(alive(pid) for pid in pools), what="the pools to die")

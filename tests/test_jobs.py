@@ -14,7 +14,11 @@ def test_add_runs_the_callable_and_stores_its_result(daemon, gsup):
     assert shown["state"] == "done"
     assert json.loads(shown["result"]) == 123
     assert shown["result_type"] == "json"
-    assert shown["worker"].startswith("Worker_")
+    (attempt,) = shown["attempts_list"]
+    assert attempt["executor"] == "user" and attempt["external_id"].startswith("Worker_")
+    assert attempt["dispatched"] <= attempt["started"] <= attempt["ended"]
+    assert (attempt["outcome"], attempt["charged"]) == ("done", 1)
+    assert attempt["cpu_seconds"] >= 0 and attempt["exit_status"] is None
     assert [(e["before"], e["after"]) for e in shown["events"]] == [
         (None, "queued"),
         ("queued", "running"),

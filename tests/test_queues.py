@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import wait_until
+from conftest import journal_rows, wait_until
 
 
 def test_queues_shows_both_pools_with_their_workers(daemon, gsup):
@@ -80,7 +80,7 @@ def test_priority_then_fifo(make_daemon, gsup, workdir):
 
 def test_cancel_a_queued_and_a_running_job(daemon, gsup, workdir):
     running = gsup.add("jobs:spin", "60")
-    wait_until(lambda: gsup.show(running)["worker"], what="the job to start")
+    wait_until(lambda: gsup.running(running), what="the job to start")
     assert gsup("cancel", str(running)).stdout.strip() == f"{running}: stopping"
     assert gsup.wait(running) == {running: "cancelled"}
     gsup("freeze")
@@ -94,7 +94,7 @@ def test_cancel_a_queued_and_a_running_job(daemon, gsup, workdir):
 
 def test_cancel_a_running_command_kills_it(daemon, gsup):
     job = gsup.add("--cmd", "--", "sleep", "60")
-    wait_until(lambda: gsup.show(job)["worker"], what="the command to start")
+    wait_until(lambda: gsup.running(job), what="the command to start")
     gsup("cancel", str(job))
     assert gsup.wait(job) == {job: "cancelled"}
 
@@ -130,48 +130,82 @@ def test_timeout_stops_a_spinning_job_without_disturbing_its_neighbours(daemon, 
     assert gsup.show(neighbour)["attempts"] == 1
 
 
-def _busy_pool_with_a_held_job(make_daemon, gsup, workdir):
-    """One thread, busy; the pool's queue holds the next job, not yet started."""
+def _handed_over(gsup, job: int) -> bool:
+    """Whether the job's pool holds it, no worker having started it yet."""
+    attempts = gsup.show(job)["attempts_list"]
+    return bool(attempts) and attempts[-1]["started"] is None and attempts[-1]["ended"] is None
+
+
+def _busy_pool_holding_two(make_daemon, gsup, workdir):
+    """One thread, busy; the pool's queue holds the next two jobs, not yet started."""
     make_daemon("--user-threads", "1")
     flag = workdir / "go"
     busy = gsup.add("jobs:wait_for_file", str(flag))
-    held = gsup.add("jobs:add", "1")
-    waiting = gsup.add("jobs:add", "2")
-    wait_until(lambda: gsup.show(busy)["worker"], what="the first job to start")
-    assert gsup.show(held)["state"] == "running" and gsup.show(held)["worker"] is None
-    assert gsup.show(waiting)["state"] == "queued"
-    return flag, busy, held, waiting
+    held = [gsup.add("jobs:add", str(i)) for i in range(2)]
+    wait_until(
+        lambda: gsup.running(busy) and all(_handed_over(gsup, job) for job in held),
+        what="the pool to hold two jobs",
+    )
+    assert [gsup.show(job)["state"] for job in held] == ["queued", "queued"]
+    out = gsup("queues").stdout
+    assert "gsup user queue: 2 pending" in out
+    assert f"#{held[0]} [p5] jobs:add(0)" in out and f"#{busy} jobs:wait_for_file" in out
+    return flag, busy, held
 
 
 def test_freeze_takes_back_jobs_a_pool_holds_but_has_not_started(make_daemon, gsup, workdir):
-    flag, busy, held, waiting = _busy_pool_with_a_held_job(make_daemon, gsup, workdir)
+    flag, busy, held = _busy_pool_holding_two(make_daemon, gsup, workdir)
     gsup("freeze")
-    wait_until(lambda: gsup.show(held)["state"] == "queued", what="the held job to come back")
-    shown = gsup.show(held)
-    assert shown["attempts"] == 0
-    assert shown["events"][-1]["why"] == "given back before it started"
+    wait_until(
+        lambda: not any(_handed_over(gsup, job) for job in held), what="the jobs to come back"
+    )
+    assert [gsup.show(job)["attempts_list"] for job in held] == [[], []]  # there was no run
     flag.touch()
     assert gsup.wait(busy) == {busy: "done"}
-    assert {gsup.show(j)["state"] for j in (held, waiting)} == {"queued"}
     gsup("unfreeze")
-    assert gsup.wait(held, waiting) == {held: "done", waiting: "done"}
+    assert gsup.wait(*held) == {job: "done" for job in held}
+    ((unfrozen,),) = journal_rows(gsup.home, "SELECT at FROM commands WHERE verb = 'unfreeze'")
+    for job in held:  # none started while the pool was frozen
+        (attempt,) = gsup.show(job)["attempts_list"]
+        assert attempt["started"] > unfrozen
 
 
 def test_purge_cancels_jobs_a_pool_holds_but_has_not_started(make_daemon, gsup, workdir):
-    flag, busy, held, waiting = _busy_pool_with_a_held_job(make_daemon, gsup, workdir)
+    flag, busy, held = _busy_pool_holding_two(make_daemon, gsup, workdir)
     out = gsup("purge", "--yes").stdout.strip()
-    assert out == "cancelled 1 pending jobs; asked 1 back from the pools"
-    assert gsup.wait(held, waiting) == {held: "cancelled", waiting: "cancelled"}
+    assert out == "cancelled 0 pending jobs; asked 2 back from the pools"
+    assert gsup.wait(*held) == {job: "cancelled" for job in held}
+    assert [gsup.show(job)["attempts_list"] for job in held] == [[], []]
     flag.touch()
     assert gsup.wait(busy) == {busy: "done"}
 
 
 def test_cancel_a_job_a_pool_holds_but_has_not_started(make_daemon, gsup, workdir):
-    flag, busy, held, _ = _busy_pool_with_a_held_job(make_daemon, gsup, workdir)
-    gsup("cancel", str(held))
-    assert gsup.wait(held) == {held: "cancelled"}
+    flag, busy, held = _busy_pool_holding_two(make_daemon, gsup, workdir)
+    assert gsup("cancel", str(held[0])).stdout.strip() == f"{held[0]}: cancelling"
+    assert gsup.wait(held[0]) == {held[0]: "cancelled"}
+    assert gsup.show(held[0])["reason"] == "cancelled before it started"
     flag.touch()
-    assert gsup.wait(busy) == {busy: "done"}
+    assert gsup.wait(busy, held[1]) == {busy: "done", held[1]: "done"}
+
+
+def test_an_urgent_job_waits_only_for_a_free_thread(make_daemon, gsup, workdir):
+    """Jobs the pool holds ahead of its threads do not go before a better priority."""
+    make_daemon("--user-threads", "2")
+    flags = [workdir / f"go{i}" for i in range(12)]
+    blockers = [gsup.add("jobs:wait_for_file", str(flag)) for flag in flags]
+    wait_until(lambda: all(gsup.running(job) for job in blockers[:2]), what="two to start")
+    wait_until(lambda: _handed_over(gsup, blockers[2]), what="the pool to hold the next")
+    urgent = gsup.add("jobs:add", "1", "--priority", "0")
+    pending = gsup("queues").stdout.split("gsup user queue:")[1]
+    assert pending.splitlines()[1].strip().startswith(f"#{urgent} [p0]")  # listed first
+    flags[0].touch()
+    assert gsup.wait(urgent) == {urgent: "done"}
+    for flag in flags:
+        flag.touch()
+    assert set(gsup.wait(*blockers).values()) == {"done"}
+    starts = {job: gsup.show(job)["attempts_list"][-1]["started"] for job in [*blockers, urgent]}
+    assert sorted(starts, key=starts.__getitem__)[:3] == [*blockers[:2], urgent]
 
 
 def test_freezing_and_unfreezing_in_a_loop_loses_and_repeats_nothing(make_daemon, workdir, home):

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gsup.config import Paths
-from gsup.output import OutputRouter, tail
+from gsup.executors.local.output import OutputRouter, tail
+from gsup.lifecycle import Ending
 from gsup.targets import TargetError, load_call
 
 GUARD = str(Path(__file__).with_name("guard.py"))
@@ -36,13 +38,15 @@ class PoolJob:
     kind: str
     target: str
     spec: dict[str, Any]
+    runs_once: bool = False
 
 
 @dataclass
 class Outcome:
-    state: str  # "done", "failed" or "stopped"
+    ending: Ending
     why: str
     fields: dict[str, Any] = field(default_factory=dict)  # result, error, traceback...
+    usage: dict[str, Any] = field(default_factory=dict)  # exit_status, cpu_seconds, peak_rss_kb
 
 
 def encode_result(value: Any) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def _failure(exc: BaseException) -> Outcome:
     except Exception:
         text = "".join(traceback.format_tb(inner)) + error
     causes = [cls.__name__ for cls in type(exc).__mro__[:-1]]  # for --retry-on
-    return Outcome("failed", error, {"error": error, "traceback": text, "causes": causes})
+    return Outcome(Ending.FAILED, error, {"error": error, "traceback": text, "causes": causes})
 
 
 def run_call(job: PoolJob, router: OutputRouter) -> Outcome:
@@ -91,15 +95,19 @@ def run_call(job: PoolJob, router: OutputRouter) -> Outcome:
         )
     except TargetError as exc:
         error = f"TargetError: {exc}"
-        return Outcome("failed", str(exc), {"error": error, "causes": ["TargetError"]})
+        return Outcome(Ending.FAILED, str(exc), {"error": error, "causes": ["TargetError"]})
+    cpu = time.thread_time()
     with router.capture(job.id):
         try:
             value = func(*args, **kwargs)
         except JobStopped:
             raise
         except BaseException as exc:  # SystemExit and KeyboardInterrupt end the job, not the thread
-            return _failure(exc)
-    return Outcome("done", "returned", encode_result(value))
+            outcome = _failure(exc)
+            outcome.usage["cpu_seconds"] = time.thread_time() - cpu
+            return outcome
+    usage = {"cpu_seconds": time.thread_time() - cpu}
+    return Outcome(Ending.DONE, "returned", encode_result(value), usage)
 
 
 def run_command(
@@ -111,38 +119,54 @@ def run_command(
     argv, cwd, env = spec["argv"], spec.get("cwd") or None, spec.get("env")
     if _find_program(argv[0], cwd, env) is None:
         error = f"command not found: {argv[0]}"
-        return Outcome("failed", error, {"error": error})
+        return Outcome(Ending.FAILED, error, {"error": error})
     out_path, err_path = paths.job_output(job.id, "out"), paths.job_output(job.id, "err")
     watch_r, watch_w = os.pipe()  # the guardian sees end-of-file when this process dies
+    usage_r, usage_w = os.pipe()  # the guardian writes what the command used
     try:
         with open(out_path, "ab") as out, open(err_path, "ab") as err:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-S", GUARD, str(watch_r), *argv],
+                [sys.executable, "-I", "-S", GUARD, str(watch_r), str(usage_w), *argv],
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                pass_fds=(watch_r,),
+                pass_fds=(watch_r, usage_w),
             )
     except (OSError, ValueError, TypeError) as exc:  # a bad folder, a NUL in an argument...
         os.close(watch_w)
+        os.close(usage_r)
         error = f"cannot run {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
-        return Outcome("failed", error, {"error": error})
+        return Outcome(Ending.FAILED, error, {"error": error})
     finally:
         os.close(watch_r)
+        os.close(usage_w)
     try:
         on_spawn(process)
         code = process.wait()
+        usage = _usage(usage_r, code)
     finally:
         os.close(watch_w)
+        os.close(usage_r)
     result = {"exit_code": code, "stdout": tail(out_path), "stderr": tail(err_path)}
     fields = {"result": json.dumps(result), "result_type": "json"}
     if code == 0:
-        return Outcome("done", "exit code 0", fields)
+        return Outcome(Ending.DONE, "exit code 0", fields, usage)
     why = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
-    return Outcome("failed", why, {**fields, "error": why, "causes": ["exit"]})
+    return Outcome(Ending.FAILED, why, {**fields, "error": why, "causes": ["exit"]}, usage)
+
+
+def _usage(usage_r: int, code: int) -> dict[str, Any]:
+    """What the guardian said the command used (nothing if it was killed first)."""
+    usage: dict[str, Any] = {"exit_status": code}
+    try:
+        user, system, peak = os.read(usage_r, 256).split()
+        usage.update(cpu_seconds=float(user) + float(system), peak_rss_kb=int(peak))
+    except (OSError, ValueError):
+        pass
+    return usage
 
 
 def _find_program(name: str, cwd: str | None, env: dict[str, str] | None) -> str | None:

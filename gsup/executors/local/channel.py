@@ -3,13 +3,14 @@
 Messages are plain tuples of builtins (stdlib pickle, fast); user callables travel
 inside them as the dill text the client made, and only the pool unpickles that.
 
-supervisor -> pool: ("run", job_id, kind, target, spec_json)
+supervisor -> pool: ("run", job_id, kind, target, spec_json, priority, runs_once)
+                    ("go", job_id)              a runs-once job's start is journaled
                     ("stop", job_id)            stop it, whether it has started or not
                     ("recall", job_id)          give it back if it has not started
 pool -> supervisor: ("ready", pid)
                     ("start", job_id, worker_index, at)
-                    ("end", job_id, state, why, outcome)
-                    where state is "done", "failed", "stopped" or "recalled"
+                    ("end", job_id, ending, why, outcome, usage)
+                    where ending is an Ending's value (gsup.lifecycle)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The guardian of one command job: `python -I -S guard.py WATCH_FD PROG ARG...`.
+"""The guardian of one command job: `python -I -S guard.py WATCH_FD USAGE_FD PROG ARG...`.
 
 A pool process can be SIGKILLed (with its supervisor, or when it is recycled); a
 command it started would then run on unsupervised, and so would whatever the command
@@ -8,6 +8,8 @@ started. So each command runs under this small process, which
   subreaper), when its pool dies (end-of-file on WATCH_FD, a pipe whose
   other end only the pool holds), when it gets SIGTERM (the pool stopping the job),
   and when the command exits (what it left running in its group dies with it);
+- writes what the command used to USAGE_FD ("user_s system_s peak_rss_kb", from
+  wait4: the command and the descendants it reaped);
 - exits as the command did (same code, or killed by the same signal).
 Standard library only, and no site: it starts in about 10 ms.
 """
@@ -70,12 +72,21 @@ def _run_command(argv: list[str]) -> None:
     os._exit(127)
 
 
+def _wait_and_report(child: int, usage_fd: int) -> int:
+    """Reap the command; write what it used; its wait status."""
+    _, status, usage = os.wait4(child, 0)
+    with contextlib.suppress(OSError):
+        os.write(usage_fd, f"{usage.ru_utime} {usage.ru_stime} {usage.ru_maxrss}".encode())
+    return status
+
+
 def main() -> None:
-    watch_fd, argv = int(sys.argv[1]), sys.argv[2:]
+    watch_fd, usage_fd, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
     _become_subreaper()
     child = os.fork()
     if child == 0:
         os.close(watch_fd)
+        os.close(usage_fd)
         _run_command(argv)
     with contextlib.suppress(OSError):
         os.setpgid(child, child)  # on both sides: no window where a kill misses it
@@ -83,7 +94,7 @@ def main() -> None:
     def stop(signum: int, frame: object) -> None:
         _kill_all(child)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(child, 0)
+            _wait_and_report(child, usage_fd)
         os.kill(os.getpid(), signal.SIGKILL)  # report "killed", as the command was
 
     signal.signal(signal.SIGTERM, stop)
@@ -96,7 +107,7 @@ def main() -> None:
         if pidfd in ready:
             break
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _, status = os.waitpid(child, 0)
+    status = _wait_and_report(child, usage_fd)
     _kill_all(child)  # what the command left running
     if os.WIFSIGNALED(status):
         signal.signal(os.WTERMSIG(status), signal.SIG_DFL)

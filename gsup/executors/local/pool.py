@@ -1,0 +1,286 @@
+"""A pool process: a fixed number of worker threads fed by a bounded priority queue.
+
+The supervisor forks it once and reuses it; it talks to the supervisor over one
+socket (see channel.py). The main thread reads that socket; each worker thread runs
+one job at a time and sends its own reports, so that a job's start is in the socket
+before any of its code runs (a job that kills the pool at once is still known to
+have started). A stopped job gets an asynchronous JobStopped in its thread (a command
+gets its process group killed); a thread blocked in C never sees that, which is why
+the supervisor recycles the whole process when a stop does not land in time.
+The pool dies with the supervisor: PR_SET_PDEATHSIG, and end-of-file on its socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import heapq
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gsup.config import Paths
+from gsup.executors.local.channel import FrameReader, frame
+from gsup.executors.local.output import OutputRouter
+from gsup.executors.local.runner import (
+    JobStopped,
+    Outcome,
+    PoolJob,
+    describe,
+    run_call,
+    run_command,
+    stop_command,
+)
+from gsup.lifecycle import Ending
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: end-of-file on the socket still ends the pool
+
+
+def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Schedule `exc` in another thread (None clears a pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None
+    )
+
+
+class Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.thread_id: int | None = None
+        # Guarded by PoolProcess.lock:
+        self.job: int | None = None
+        self.kind = "call"
+        self.stopping = False
+        self.live = False  # the job's code may be running: a stop is raised in the thread
+        self.confirmed: bool | None = None  # a runs-once job: "go" (True) or "stop" (False)
+        self.process: subprocess.Popen | None = None
+
+
+class Reporter:
+    """Sends reports from any thread; reports queued while another thread sends go
+    out with the next send, in one frame. `report` returns once its message is sent."""
+
+    def __init__(self, sock: socket.socket, on_broken: Any) -> None:
+        self.sock = sock
+        self.on_broken = on_broken
+        self._queue_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._queued: list[tuple[Any, ...]] = []
+        self._tickets = 0  # reports queued so far
+        self._sent = 0  # reports sent so far
+
+    def report(self, *message: Any) -> None:
+        with self._queue_lock:
+            self._queued.append(message)
+            self._tickets += 1
+            ticket = self._tickets
+        with self._send_lock:
+            if self._sent >= ticket:
+                return  # another thread sent it with its own
+            with self._queue_lock:
+                batch, self._queued = self._queued, []
+                upto = self._tickets
+            try:
+                self.sock.sendall(frame(batch))
+            except OSError:
+                self.on_broken()
+            self._sent = upto
+
+
+class PoolProcess:
+    def __init__(self, name: str, threads: int, sock: socket.socket, paths: Paths) -> None:
+        self.name = name
+        self.sock = sock
+        self.paths = paths
+        self.workers = [Worker(i) for i in range(threads)]
+        self.router = OutputRouter(paths.job_output)
+        self.reporter = Reporter(sock, self.exit)
+        # One lock orders "a worker takes a job up" against "the supervisor stops or
+        # recalls it"; it guards `waiting`, `order` and each worker's fields.
+        self.lock = threading.Lock()
+        self.job_ready = threading.Condition(self.lock)
+        self.confirmed = threading.Condition(self.lock)
+        # The bounded queue: jobs handed over and not yet taken up, and their order
+        # (priority, then job id); entries of jobs given back are skipped when popped.
+        self.waiting: dict[int, PoolJob] = {}
+        self.order: list[tuple[int, int]] = []
+
+    def report(self, *message: Any) -> None:
+        self.reporter.report(*message)
+
+    # --- the main thread ------------------------------------------------------------
+
+    def serve(self) -> None:
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        self.router.install()
+        for worker in self.workers:
+            threading.Thread(
+                target=self._work, args=(worker,), name=f"Worker_{worker.index}", daemon=True
+            ).start()
+        self.report("ready", os.getpid())
+        reader = FrameReader()
+        while data := self._receive():
+            for message in reader.feed(data):
+                self._handle(message)
+        self.exit()
+
+    def _receive(self) -> bytes:
+        try:
+            return self.sock.recv(1 << 16)
+        except OSError:
+            return b""
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "run":
+            _, job_id, job_kind, target, spec, priority, runs_once = message
+            job = PoolJob(job_id, job_kind, target, json.loads(spec), runs_once)
+            with self.job_ready:
+                self.waiting[job_id] = job
+                heapq.heappush(self.order, (priority, job_id))
+                self.job_ready.notify()
+        elif kind == "go":
+            self._confirm(message[1], True)
+        elif kind == "stop":
+            self.stop(message[1])
+        elif kind == "recall":
+            self.recall(message[1])
+
+    def stop(self, job_id: int) -> None:
+        """Stop a job, running or waiting; one that has ended already is left alone."""
+        with self.lock:
+            for worker in self.workers:
+                if worker.job == job_id:
+                    worker.stopping = True
+                    if worker.process is not None:
+                        stop_command(worker.process)
+                    elif worker.live and worker.thread_id is not None:
+                        _raise_in_thread(worker.thread_id, JobStopped)
+                    elif worker.confirmed is None:
+                        worker.confirmed = False
+                        self.confirmed.notify_all()
+                    return
+            self._give_back(job_id)
+
+    def recall(self, job_id: int) -> None:
+        """Give a job back if no worker has taken it up (then it just runs)."""
+        with self.lock:
+            self._give_back(job_id)
+
+    def _give_back(self, job_id: int) -> None:
+        if self.waiting.pop(job_id, None) is not None:
+            self.report(
+                "end", job_id, Ending.RECALLED.value, "given back before it started", {}, {}
+            )
+
+    def _confirm(self, job_id: int, go: bool) -> None:
+        with self.lock:
+            for worker in self.workers:
+                if worker.job == job_id and worker.confirmed is None:
+                    worker.confirmed = go
+                    self.confirmed.notify_all()
+
+    def exit(self) -> None:
+        """Leave no command running unsupervised, then go."""
+        with self.lock:
+            for worker in self.workers:
+                if worker.process is not None:
+                    stop_command(worker.process)
+        os._exit(0)
+
+    # --- worker threads ---------------------------------------------------------------
+
+    def _work(self, worker: Worker) -> None:
+        worker.thread_id = threading.get_ident()
+        while True:
+            job = self._take(worker)
+            # In the socket before any of the job's code runs (see the module's doc).
+            self.report("start", job.id, worker.index, time.time())
+            outcome = self._run(worker, job)
+            self.report("end", job.id, outcome.ending.value, outcome.why, outcome.fields,
+                        outcome.usage)  # fmt: skip
+
+    def _take(self, worker: Worker) -> PoolJob:
+        """The best waiting job, now this worker's (one atomic step for `stop`)."""
+        with self.job_ready:
+            while True:
+                while not self.order:
+                    self.job_ready.wait()
+                _, job_id = heapq.heappop(self.order)
+                job = self.waiting.pop(job_id, None)
+                if job is not None:
+                    break
+            worker.job, worker.kind, worker.stopping = job.id, job.kind, False
+            worker.confirmed = None if job.runs_once else True
+            return job
+
+    def _run(self, worker: Worker, job: PoolJob) -> Outcome:
+        """Run the job; a stop may land anywhere until it is detached under the lock."""
+        outcome: Outcome | None = None
+        while True:
+            try:
+                if outcome is None:
+                    outcome = self._execute(worker, job)
+                with self.lock:
+                    if worker.stopping and job.kind == "cmd":
+                        outcome = Outcome(Ending.STOPPED, "stopped", outcome.fields, outcome.usage)
+                    worker.job, worker.process, worker.live = None, None, False
+                    _raise_in_thread(worker.thread_id, None)  # drop a stop that came too late
+                return outcome
+            except JobStopped:
+                outcome = outcome or Outcome(Ending.STOPPED, "stopped")
+
+    def _execute(self, worker: Worker, job: PoolJob) -> Outcome:
+        with self.lock:
+            while worker.confirmed is None:  # a runs-once job waits for the journal
+                self.confirmed.wait()
+            if not worker.confirmed:
+                return Outcome(Ending.RECALLED, "stopped before it ran")
+            if worker.stopping:
+                return Outcome(Ending.STOPPED, "stopped before it ran")
+            worker.live = job.kind == "call"
+        try:
+            if job.kind == "cmd":
+                return run_command(job, self.paths, lambda p: self._spawned(worker, p))
+            return run_call(job, self.router)
+        except JobStopped:
+            return Outcome(Ending.STOPPED, "stopped")
+        except Exception as exc:  # what the daemon let through must not kill the thread
+            why = f"gsup could not run it: {describe(exc)}"
+            return Outcome(Ending.FAILED, why, {"error": why})
+
+    def _spawned(self, worker: Worker, process: subprocess.Popen) -> None:
+        with self.lock:
+            worker.process = process
+            if worker.stopping:  # stopped while it was being spawned
+                stop_command(process)
+
+
+def pool_main(name: str, threads: int, sock: socket.socket, home: str, close: list[int]) -> None:
+    """Entry point of the forked pool process."""
+    _die_with_parent()
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # its own group: a Ctrl-C at the terminal is for the supervisor
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)  # the supervisor's, inherited
+    for fd in close:  # the supervisor's listener, lock, clients and other pools' sockets
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if os.getppid() == 1:
+        os._exit(0)  # the supervisor died before PDEATHSIG was set
+    PoolProcess(name, threads, sock, Paths(Path(home))).serve()

@@ -1,0 +1,184 @@
+"""Opening the journal for the daemon: create it from the models, or upgrade it in place.
+
+A journal's version is `PRAGMA user_version` (0.1.0 left it at 0: a file with a `jobs`
+table and version 0 is version 1). An older journal is copied aside first (SQLite's
+backup API: a consistent copy, WAL included), then upgraded by the steps below in one
+transaction that also sets the new version: a step that fails leaves the journal as
+it was. Each step is frozen: it says what that version's change was, in its own
+terms, never through today's models (which later versions will change again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import peewee as pw
+from playhouse.migrate import SqliteMigrator, migrate
+
+from gsup.journal.schema import MODELS, SCHEMA_VERSION, database
+
+
+class JournalError(Exception):
+    """The journal cannot be used; the message says why and what to do."""
+
+
+PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": "full",  # an acknowledged job survives a power cut
+    "busy_timeout": 5000,
+    "foreign_keys": 0,
+}
+
+
+def backup_path(journal: Path, version: int) -> Path:
+    return journal.with_name(f"{journal.name}.v{version}.bak")
+
+
+def open_journal(path: Path) -> tuple[sqlite3.Connection, str | None]:
+    """The daemon's connection to the journal at `path`, created or upgraded to
+    SCHEMA_VERSION; and a line saying what was upgraded, if anything was."""
+    database.init(str(path), pragmas=PRAGMAS)
+    try:
+        database.connect(reuse_if_open=True)
+        version = journal_version(database.connection())
+    except sqlite3.DatabaseError as exc:
+        database.close()
+        raise JournalError(f"cannot open the journal {path}: {exc}") from None
+    if version > SCHEMA_VERSION:
+        database.close()
+        raise JournalError(
+            f"the journal {path} is version {version}, written by a newer gsup; this one"
+            f" reads up to version {SCHEMA_VERSION}"
+        )
+    if version == 0:
+        with database.atomic():
+            database.create_tables(MODELS)
+            database.pragma("user_version", SCHEMA_VERSION)
+        return database.connection(), None
+    if version < SCHEMA_VERSION:
+        return database.connection(), _upgrade(path, version)
+    return database.connection(), None
+
+
+def journal_version(conn: sqlite3.Connection) -> int:
+    """The schema version of an open journal; 0 for an empty file."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if (
+        version == 0
+        and conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+        ).fetchone()
+    ):
+        return 1  # 0.1.0 did not set user_version
+    return version
+
+
+def _upgrade(path: Path, version: int) -> str:
+    backup = backup_path(path, version)
+    try:
+        _copy(database.connection(), backup)
+    except (OSError, sqlite3.Error) as exc:
+        database.close()
+        raise JournalError(
+            f"cannot copy the journal aside before upgrading it ({exc}); it is unchanged"
+        ) from None
+    try:
+        with database.atomic():
+            for step in STEPS[version - 1 :]:
+                step(SqliteMigrator(database))
+            database.pragma("user_version", SCHEMA_VERSION)
+    except (pw.PeeweeException, sqlite3.Error) as exc:
+        database.close()
+        raise JournalError(
+            f"cannot upgrade the journal from version {version} to {SCHEMA_VERSION} ({exc});"
+            f" it is unchanged, and a copy is at {backup}"
+        ) from None
+    return (
+        f"journal upgraded from version {version} to {SCHEMA_VERSION}; the old one is at {backup}"
+    )
+
+
+def _copy(conn: sqlite3.Connection, destination: Path) -> None:
+    """A consistent copy of the journal, on disk before the upgrade begins."""
+    partial = destination.with_name(destination.name + ".partial")
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private, as the journal
+    os.close(fd)
+    copy = sqlite3.connect(partial)
+    try:
+        conn.backup(copy)
+    finally:
+        copy.close()
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    partial.replace(destination)
+
+
+# --- the steps: STEPS[n - 1] takes a journal from version n to n + 1 ------------------
+
+
+class _AttemptV2(pw.Model):
+    """The attempts table as version 2 made it."""
+
+    id = pw.AutoField()
+    job = pw.IntegerField(index=True)
+    executor = pw.TextField()
+    backend = pw.TextField()
+    external_id = pw.TextField(null=True)
+    dispatched = pw.FloatField()
+    started = pw.FloatField(null=True)
+    ended = pw.FloatField(null=True)
+    outcome = pw.TextField(null=True)
+    reason = pw.TextField(null=True)
+    charged = pw.BooleanField(default=True)
+    exit_status = pw.IntegerField(null=True)
+    cpu_seconds = pw.FloatField(null=True)
+    peak_rss_kb = pw.IntegerField(null=True)
+
+    class Meta:
+        database = database
+        table_name = "attempts"
+
+
+_AttemptV2.add_index(
+    _AttemptV2.index(_AttemptV2.id, name="attempts_open").where(_AttemptV2.ended.is_null())
+)
+
+
+def _v1_to_v2(migrator: SqliteMigrator) -> None:
+    """Attempts become rows of their own. 0.1.0 kept only the latest run's worker and
+    start on the job; each earlier run is rebuilt from the events (from `running` to
+    what followed), and the job points at its latest."""
+    _AttemptV2.create_table(safe=False)
+    database.execute_sql(
+        "INSERT INTO attempts (id, job, executor, backend, external_id, dispatched, started,"
+        " ended, outcome, reason, charged)"
+        " SELECT s.seq, s.job, j.pool, 'local', NULL, s.at, s.at, e.at, e.after, e.why,"
+        "  coalesce(e.after, '') != 'queued'"
+        " FROM events s JOIN jobs j ON j.id = s.job"
+        " LEFT JOIN events e ON e.seq = (SELECT min(seq) FROM events"
+        "  WHERE job = s.job AND seq > s.seq AND before = 'running')"
+        " WHERE s.after = 'running'"
+    )
+    migrate(migrator.add_column("jobs", "attempt", pw.IntegerField(null=True)))
+    database.execute_sql(
+        "UPDATE jobs SET attempt = (SELECT max(id) FROM attempts WHERE job = jobs.id)"
+    )
+    database.execute_sql(
+        "UPDATE attempts SET external_id = (SELECT worker FROM jobs WHERE attempt = attempts.id),"
+        " started = coalesce((SELECT started FROM jobs WHERE attempt = attempts.id), started)"
+        " WHERE id IN (SELECT attempt FROM jobs WHERE attempt IS NOT NULL)"
+    )
+    migrate(migrator.drop_column("jobs", "worker"), migrator.drop_column("jobs", "started"))
+
+
+STEPS: list[Callable[[SqliteMigrator], None]] = [_v1_to_v2]
+assert len(STEPS) == SCHEMA_VERSION - 1, "a migration step per version"

@@ -1,0 +1,251 @@
+"""Every read of the journal, as plain SQL over a sqlite3 connection.
+
+One definition of each query, shared by the supervisor (through its writing
+connection, inside its turn's transaction) and by the CLI (a read-only connection:
+`gsup jobs`, `queues`, `show` work with the daemon down and start fast, without
+peewee). State names come from the life-cycle; a partial index is only used when a
+query repeats its condition as written, so they are put into the SQL text.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gsup.config import POOL_NAMES
+from gsup.lifecycle import Policy, State
+
+QUEUED = f"state = '{State.QUEUED}'"  # as the partial index jobs_queued_order says it
+RUNNING = f"state = '{State.RUNNING}'"
+
+
+class NoJournal(Exception):
+    pass
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A read-only connection; it never creates or changes the journal."""
+    if not path.exists():
+        raise NoJournal(f"no journal at {path} (has `gsup daemon` run here?)")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+
+
+def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+# --- a job's retry policy ----------------------------------------------------------
+
+POLICY_COLUMNS = "retries, on_lost, attempts, lost_count, retry_delay, backoff, retry_on"
+
+
+def policy_of(row: Sequence[Any]) -> Policy:
+    """A job's retry policy from its POLICY_COLUMNS, in that order."""
+    retries, on_lost, attempts, lost_count, retry_delay, backoff, retry_on = row
+    return Policy(
+        retries, on_lost, attempts, lost_count, retry_delay, backoff,
+        None if retry_on is None else tuple(json.loads(retry_on)),
+    )  # fmt: skip
+
+
+# --- what the dispatcher reads -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """What the dispatcher needs of a queued job."""
+
+    id: int
+    kind: str
+    target: str
+    spec: str
+    priority: int
+    timeout: float | None
+    policy: Policy
+
+
+_QUEUED_JOB = f"SELECT id, kind, target, spec, priority, timeout, {POLICY_COLUMNS} FROM jobs"
+
+
+def next_queued(
+    conn: sqlite3.Connection,
+    pool: str,
+    limit: int,
+    now: float,
+    after: tuple[int, int] | None = None,
+    better_than: int | None = None,
+) -> list[QueuedJob]:
+    """The next jobs of `pool` to run, by priority then FIFO, delayed retries once due:
+    those that come `after` a (priority, id), or those of a priority `better_than` one."""
+    where = f"{QUEUED} AND pool = ? AND (not_before IS NULL OR not_before <= ?)"
+    params: list[Any] = [pool, now]
+    if after is not None:
+        where += " AND (priority, id) > (?, ?)"
+        params += after
+    if better_than is not None:
+        where += " AND priority < ?"
+        params.append(better_than)
+    rows = conn.execute(
+        f"{_QUEUED_JOB} WHERE {where} ORDER BY priority, id LIMIT ?", (*params, limit)
+    ).fetchall()
+    return [QueuedJob(*row[:6], policy_of(row[6:])) for row in rows]
+
+
+def next_retry_time(conn: sqlite3.Connection, pool: str, now: float) -> float | None:
+    """When the earliest delayed retry of a pool falls due."""
+    return conn.execute(
+        f"SELECT min(not_before) FROM jobs WHERE {QUEUED} AND pool = ? AND not_before > ?",
+        (pool, now),
+    ).fetchone()[0]
+
+
+def queued_jobs(conn: sqlite3.Connection, pool: str | None) -> list[tuple[int, str]]:
+    """(id, pool) of every queued job, of one pool or of all."""
+    if pool is None:
+        return conn.execute(f"SELECT id, pool FROM jobs WHERE {QUEUED}").fetchall()
+    return conn.execute(
+        f"SELECT id, pool FROM jobs WHERE {QUEUED} AND pool = ?", (pool,)
+    ).fetchall()
+
+
+def states_of(conn: sqlite3.Connection, jobs: list[int]) -> dict[int, str]:
+    states: dict[int, str] = {}
+    for start in range(0, len(jobs), 500):
+        chunk = jobs[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        states.update(conn.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk))
+    return states
+
+
+def job_row(conn: sqlite3.Connection, job: int) -> dict[str, Any] | None:
+    found = _dicts(conn.execute("SELECT * FROM jobs WHERE id = ?", (job,)))
+    return found[0] if found else None
+
+
+SUMMARY_FIELDS = ("id", "name", "pool", "state", "reason", "result", "result_type", "error")
+
+
+def summary(row: dict[str, Any]) -> dict[str, Any]:
+    """What `get` answers about a job (the API's handles)."""
+    return {key: row[key] for key in SUMMARY_FIELDS}
+
+
+def pool_frozen(conn: sqlite3.Connection, pool: str) -> bool:
+    row = conn.execute("SELECT frozen FROM pools WHERE name = ?", (pool,)).fetchone()
+    return bool(row and row[0])
+
+
+# --- what recovery reads ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A job the journal says is running, with its open attempt."""
+
+    job: int
+    pool: str
+    priority: int
+    timeout: float | None
+    policy: Policy
+    attempt: int | None
+    executor: str | None
+    backend: str | None
+    external_id: str | None
+    started: float | None
+
+
+def unfinished(conn: sqlite3.Connection) -> tuple[int, list[Unfinished], list[Unfinished]]:
+    """What a daemon left behind: how many jobs are queued; the running ones; and the
+    queued ones that were handed to an executor (their start may not have reached
+    the journal)."""
+    (queued,) = conn.execute(f"SELECT count(*) FROM jobs WHERE {QUEUED}").fetchone()
+    policy = ", ".join(f"j.{column}" for column in POLICY_COLUMNS.split(", "))
+    columns = (
+        "SELECT j.id, j.pool, j.priority, j.timeout, a.id, a.executor, a.backend,"
+        f" a.external_id, a.started, {policy}"
+    )
+    running = conn.execute(
+        f"{columns} FROM jobs j LEFT JOIN attempts a ON a.id = j.attempt AND a.ended IS NULL"
+        f" WHERE j.{RUNNING} ORDER BY j.id"
+    ).fetchall()
+    handed = conn.execute(
+        f"{columns} FROM attempts a JOIN jobs j ON j.id = a.job"
+        f" WHERE a.ended IS NULL AND a.started IS NULL AND j.{QUEUED} ORDER BY j.id"
+    ).fetchall()
+    return queued, *([Unfinished(*r[:4], policy_of(r[9:]), *r[4:9]) for r in rows]
+                     for rows in (running, handed))  # fmt: skip
+
+
+# --- what the CLI shows -------------------------------------------------------------
+
+LIST_FIELDS = "id, name, pool, state, display, priority, attempts, created, ended, reason"
+
+
+def list_jobs(
+    conn: sqlite3.Connection, state: str | None, pool: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Jobs, newest first."""
+    where = [clause for clause, value in (("state = ?", state), ("pool = ?", pool)) if value]
+    sql = f"SELECT {LIST_FIELDS} FROM jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    params = [value for value in (state, pool) if value]
+    return _dicts(conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)))
+
+
+def job_details(conn: sqlite3.Connection, job: int) -> dict[str, Any] | None:
+    """All of a job's fields, its runnable spec decoded, its attempts and its events."""
+    details = job_row(conn, job)
+    if details is None:
+        return None
+    details["spec"] = json.loads(details["spec"])
+    details["attempts_list"] = _dicts(
+        conn.execute("SELECT * FROM attempts WHERE job = ? ORDER BY id", (job,))
+    )
+    details["events"] = _dicts(
+        conn.execute("SELECT before, after, at, why FROM events WHERE job = ? ORDER BY seq", (job,))
+    )
+    return details
+
+
+@dataclass
+class PoolSnapshot:
+    name: str
+    threads: int
+    frozen: bool
+    running: list[dict[str, Any]]  # jobs a worker has started
+    pending: list[dict[str, Any]]  # the first queued jobs, in the order they will run
+    pending_count: int
+
+
+def queues_snapshot(conn: sqlite3.Connection, pending_limit: int = 10) -> list[PoolSnapshot]:
+    """What `gsup queues` shows, from the journal alone."""
+    pools = conn.execute("SELECT name, threads, frozen FROM pools").fetchall()
+    order = {name: index for index, name in enumerate(POOL_NAMES)}
+    snapshots = []
+    for name, threads, frozen in sorted(pools, key=lambda p: (order.get(p[0], 99), p[0])):
+        running = _dicts(
+            conn.execute(
+                "SELECT j.id, j.display, j.timeout, a.external_id AS worker, a.started"
+                f" FROM jobs j JOIN attempts a ON a.id = j.attempt WHERE j.{RUNNING}"
+                " AND j.pool = ? ORDER BY j.id",
+                (name,),
+            )
+        )
+        pending = _dicts(
+            conn.execute(
+                f"SELECT id, display, priority, not_before FROM jobs WHERE {QUEUED}"
+                " AND pool = ? ORDER BY priority, id LIMIT ?",
+                (name, pending_limit),
+            )
+        )
+        (count,) = conn.execute(
+            f"SELECT count(*) FROM jobs WHERE {QUEUED} AND pool = ?", (name,)
+        ).fetchone()
+        snapshots.append(PoolSnapshot(name, threads, bool(frozen), running, pending, count))
+    return snapshots

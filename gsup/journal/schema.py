@@ -1,0 +1,130 @@
+"""The journal's tables, as peewee models: the one definition of the schema.
+
+A new journal is created from these models; an older one is brought up to them by
+migrations.py. Change a model, and add the migration step that makes an existing
+journal match it (tests/test_journal.py checks that both end in the same schema).
+"""
+
+from __future__ import annotations
+
+import peewee as pw
+
+from gsup.lifecycle import State
+
+# PRAGMA user_version of a journal these models describe. 0.1.0 wrote version 1
+# (it left user_version at 0; migrations.py tells it from a new file by its tables).
+SCHEMA_VERSION = 2
+
+database = pw.SqliteDatabase(None)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+
+
+class Job(BaseModel):
+    id = pw.AutoField()
+    name = pw.TextField(null=True)
+    pool = pw.TextField()  # the executor that runs it (a pool, later a backend)
+    kind = pw.TextField()  # "call" or "cmd"
+    target = pw.TextField()
+    display = pw.TextField()  # the command as tables show it
+    spec = pw.TextField()  # JSON: what the executor needs to run it (arguments, path, cwd...)
+    priority = pw.IntegerField()
+    timeout = pw.FloatField(null=True)
+    retries = pw.IntegerField(default=0)
+    retry_delay = pw.FloatField(default=0.0)
+    backoff = pw.FloatField(default=2.0)
+    retry_on = pw.TextField(null=True)  # JSON list of names; NULL: retry on anything
+    on_lost = pw.TextField(default="requeue")
+    state = pw.TextField()
+    attempts = pw.IntegerField(default=0)  # charged runs
+    lost_count = pw.IntegerField(default=0)  # executor deaths it was in flight for
+    attempt = pw.IntegerField(null=True)  # its latest attempt (attempts.id)
+    created = pw.FloatField()
+    ended = pw.FloatField(null=True)  # when it reached its end state
+    not_before = pw.FloatField(null=True)  # a delayed retry is not dispatched before then
+    reason = pw.TextField(null=True)  # why it ended
+    result = pw.TextField(null=True)
+    result_type = pw.TextField(null=True)  # "json", or "repr" when not JSON-able
+    error = pw.TextField(null=True)  # "ExceptionType: message"
+    traceback = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "jobs"
+
+
+# The dispatcher's query: the next queued jobs of a pool, by priority then FIFO.
+QUEUED_ORDER = Job.index(Job.pool, Job.priority, Job.id, name="jobs_queued_order").where(
+    Job.state == State.QUEUED.value
+)
+Job.add_index(QUEUED_ORDER)
+Job.add_index(Job.index(Job.state, name="jobs_state"))
+
+
+class Attempt(BaseModel):
+    """One run of a job, from its hand-over to an executor to its end. Written before
+    the executor has it, so that no run can escape the journal: one that never started
+    is deleted when the executor gives it back."""
+
+    id = pw.AutoField()
+    job = pw.IntegerField(index=True)
+    executor = pw.TextField()  # the executor's name (the pool)
+    backend = pw.TextField()  # its kind: "local" (later "process", "slurm", "dask")
+    external_id = pw.TextField(null=True)  # the pool's worker, later a Slurm job id
+    dispatched = pw.FloatField()  # handed to the executor
+    started = pw.FloatField(null=True)  # the executor started it (the job is running)
+    ended = pw.FloatField(null=True)
+    outcome = pw.TextField(null=True)  # the job state it ended in ("queued": requeued)
+    reason = pw.TextField(null=True)
+    charged = pw.BooleanField(default=True)  # counted against the job's retries
+    exit_status = pw.IntegerField(null=True)  # a command's exit code (-N: signal N)
+    cpu_seconds = pw.FloatField(null=True)
+    peak_rss_kb = pw.IntegerField(null=True)
+
+    class Meta:
+        table_name = "attempts"
+
+
+# Recovery's query: attempts handed over and not ended.
+Attempt.add_index(Attempt.index(Attempt.id, name="attempts_open").where(Attempt.ended.is_null()))
+
+
+class Event(BaseModel):
+    seq = pw.AutoField()
+    job = pw.IntegerField(index=True)
+    before = pw.TextField(null=True)
+    after = pw.TextField()
+    at = pw.FloatField()
+    why = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "events"
+
+
+class Command(BaseModel):
+    """Every request that changes something, journaled before it is acted on."""
+
+    seq = pw.AutoField()
+    at = pw.FloatField()
+    verb = pw.TextField()
+    detail = pw.TextField()  # JSON
+    uid = pw.IntegerField(null=True)
+    pid = pw.IntegerField(null=True)
+
+    class Meta:
+        table_name = "commands"
+
+
+class Pool(BaseModel):
+    name = pw.TextField(primary_key=True)
+    threads = pw.IntegerField()
+    queue_size = pw.IntegerField()
+    frozen = pw.BooleanField(default=False)
+
+    class Meta:
+        table_name = "pools"
+
+
+MODELS = (Job, Attempt, Event, Command, Pool)

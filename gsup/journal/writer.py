@@ -1,0 +1,352 @@
+"""The supervisor's writes: prepared SQL on one connection, one transaction per turn.
+
+A peewee statement costs about three times a raw one, so the hot path is plain SQL
+(the models in schema.py define the tables). Every state change goes through
+`Writer.transition`, which checks it against the state machine and writes the job
+row and its event row together. Reads go through queries.py on the same connection,
+inside the turn's transaction, so they see what the turn wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from gsup.journal import queries
+from gsup.lifecycle import State, check_transition
+from gsup.protocol import JobSpec
+
+
+class JournalStalled(Exception):
+    """A turn's writes could not be committed (disk full, I/O error); they are kept
+    for `Writer.replay`, and nothing the turn decided may be acted on until then."""
+
+
+class JournalConflict(Exception):
+    """A write found the journal other than the supervisor believed: a bug."""
+
+
+def _runnable_json(spec: JobSpec, cache: dict[tuple, str]) -> str:
+    """What an executor needs to run a job, as the `spec` column holds it. The parts
+    jobs of one batch share (the very same objects) are encoded once, through `cache`."""
+    key = (id(spec.argv), spec.cwd, id(spec.path), id(spec.env))
+    shared = cache.get(key)
+    if shared is None:
+        shared = cache[key] = json.dumps(
+            {"argv": spec.argv, "cwd": spec.cwd, "path": spec.path, "env": spec.env}
+        )[1:]
+    head = json.dumps({"arguments": spec.arguments, "pickled": spec.pickled})[:-1]
+    return f"{head}, {shared}"
+
+
+def storable(value: Any) -> Any:
+    """A value SQLite takes as it is: what an executor reports is made safe to bind
+    (texts valid UTF-8, integers within 64 bits, anything else as its repr)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return storable(repr(value))
+
+
+class Writer:
+    """The supervisor's statements; one transaction per loop turn (`commit`).
+
+    Every write is also kept in a log until its turn commits, so that a turn that
+    fails to commit can be written again, as it was, once the disk has room.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._in_transaction = False
+        self._log: list[tuple[str, Sequence[Any], bool]] = []
+        # A request's writes are undone alone if its handler fails half-way:
+        # (log length, next job id, next attempt id) when its savepoint was taken.
+        self._savepoint: tuple[int, int, int] | None = None
+        self.failure: sqlite3.Error | None = None  # a write of this turn failed
+        self._next_job_id = self._next_id("jobs")
+        self._next_attempt_id = self._next_id("attempts")
+
+    def _next_id(self, table: str) -> int:
+        return (self.conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0) + 1
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        """The connection for queries.py, inside the turn's transaction."""
+        self._begin()
+        return self.conn
+
+    def _begin(self) -> None:
+        if not self._in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._in_transaction = True
+
+    def _write(self, sql: str, params: Sequence[Any] = (), many: bool = False) -> Any:
+        """Execute and log a write (`many`: one row of params each). Outside a request,
+        a failure does not raise: the turn goes on, and its commit fails (see `commit`)."""
+        self._log.append((sql, params, many))
+        if self.failure is not None:
+            return None
+        self._begin()
+        try:
+            if self._in_transaction and not self.conn.in_transaction:
+                # SQLite rolled the whole turn back (disk full, I/O error): executing
+                # now would autocommit; the turn must be replayed instead.
+                raise sqlite3.OperationalError("the turn's transaction was rolled back")
+            if many:
+                return self.conn.executemany(sql, params)
+            return self.conn.execute(sql, params)
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            if self._savepoint is not None:
+                raise  # the request's savepoint undoes its writes
+            self.failure = exc if isinstance(exc, sqlite3.Error) else sqlite3.DataError(str(exc))
+            return None
+
+    # --- the turn's transaction ----------------------------------------------------
+
+    def commit(self) -> None:
+        if self._in_transaction:
+            self._settle(self._commit_turn)
+
+    def replay(self) -> None:
+        """Write a failed turn again; raises JournalStalled while that still fails."""
+        self.failure = None
+        self._settle(self._write_turn_again)
+
+    def _settle(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except sqlite3.Error as exc:
+            self._abandon()
+            raise JournalStalled(str(exc)) from exc
+        self._in_transaction = False
+        self._log.clear()
+
+    def _commit_turn(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.conn.execute("COMMIT")
+
+    def _write_turn_again(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        for sql, params, many in self._log:
+            (self.conn.executemany if many else self.conn.execute)(sql, params)
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._abandon()  # a turn cut short by a crash is not committed
+        self.conn.close()
+
+    def _abandon(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("ROLLBACK")
+        self._in_transaction = False
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A request's writes: kept if the block ends normally, undone if it raises."""
+        self._begin()
+        self.conn.execute("SAVEPOINT request")
+        self._savepoint = (len(self._log), self._next_job_id, self._next_attempt_id)
+        try:
+            yield
+        except BaseException:
+            self._rollback_to_savepoint()
+            raise
+        self.conn.execute("RELEASE request")
+        self._savepoint = None
+
+    def _rollback_to_savepoint(self) -> None:
+        assert self._savepoint is not None
+        log_length, self._next_job_id, self._next_attempt_id = self._savepoint
+        del self._log[log_length:]
+        self._savepoint = None
+        try:
+            self.conn.execute("ROLLBACK TO request")
+            self.conn.execute("RELEASE request")
+        except sqlite3.Error as exc:
+            # SQLite rolled back the whole transaction, not just the request: the
+            # turn's earlier writes (still in the log) must be written again.
+            self.failure = exc
+
+    # --- commands and pools ----------------------------------------------------------
+
+    def log_command(self, verb: str, detail: dict[str, Any], uid: int | None, pid: int | None):
+        self._write(
+            "INSERT INTO commands (at, verb, detail, uid, pid) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), verb, json.dumps(detail), uid, pid),
+        )
+
+    def register_pool(self, name: str, threads: int, queue_size: int) -> bool:
+        """Record a pool's size; returns whether it is frozen (kept across restarts)."""
+        self._write(
+            "INSERT INTO pools (name, threads, queue_size, frozen) VALUES (?, ?, ?, 0) "
+            "ON CONFLICT(name) DO UPDATE SET threads = excluded.threads, "
+            "queue_size = excluded.queue_size",
+            (name, threads, queue_size),
+        )
+        return queries.pool_frozen(self.reader, name)
+
+    def set_frozen(self, name: str, frozen: bool) -> None:
+        self._write("UPDATE pools SET frozen = ? WHERE name = ?", (int(frozen), name))
+
+    # --- jobs ------------------------------------------------------------------------
+
+    def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[int]:
+        # Explicit ids: a replayed turn gives the same ones.
+        ids = list(range(self._next_job_id, self._next_job_id + len(specs)))
+        encoded: dict[tuple, str] = {}  # objects the batch shares are alive meanwhile
+        self._next_job_id += len(specs)
+        self._write(
+            "INSERT INTO jobs (id, name, pool, kind, target, display, spec, priority, timeout,"
+            " retries, retry_delay, backoff, retry_on, on_lost, state, attempts, lost_count,"
+            f" created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.QUEUED}', 0, 0,"
+            " ?)",
+            [
+                (
+                    job,
+                    spec.name,
+                    spec.pool,
+                    spec.kind,
+                    spec.target,
+                    spec.display,
+                    _runnable_json(spec, encoded),
+                    spec.priority,
+                    spec.timeout,
+                    spec.retries,
+                    spec.retry_delay,
+                    spec.backoff,
+                    None if spec.retry_on is None else json.dumps(spec.retry_on),
+                    spec.on_lost,
+                    now,
+                )
+                for job, spec in zip(ids, specs, strict=True)
+            ],
+            many=True,
+        )
+        self._write(
+            f"INSERT INTO events (job, before, after, at, why) VALUES (?, NULL, '{State.QUEUED}',"
+            " ?, 'added')",
+            [(job, now) for job in ids],
+            many=True,
+        )
+        return ids
+
+    def transition(
+        self,
+        job: int,
+        before: State | str,
+        after: State,
+        why: str,
+        now: float,
+        *,
+        charge: int = 0,
+        lost: int = 0,
+        outcome: dict[str, Any] | None = None,
+        not_before: float | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """Move `job` from `before` to `after`, with its event, in this turn's transaction.
+
+        `charge` adds to the charged attempts (1 when a run starts, -1 when it was
+        interrupted through no fault of its own); `lost` counts an executor's death;
+        `outcome` holds result/result_type/error/traceback of an ended run;
+        `not_before` delays a retry; `attempt` is the run that starts (to running).
+        """
+        check_transition(before, after)
+        if after == State.RUNNING:
+            sql = (
+                "UPDATE jobs SET state = ?, attempts = attempts + ?, lost_count = lost_count + ?,"
+                " attempt = ?, not_before = NULL WHERE id = ? AND state = ?"
+            )
+            params: tuple = (after.value, charge, lost, attempt, job, str(before))
+        elif after == State.QUEUED:
+            sql = (
+                "UPDATE jobs SET state = ?, attempts = attempts + ?, lost_count = lost_count + ?,"
+                " ended = NULL, not_before = ? WHERE id = ? AND state = ?"
+            )
+            params = (after.value, charge, lost, not_before, job, str(before))
+        else:
+            outcome = outcome or {}
+            sql = (
+                "UPDATE jobs SET state = ?, attempts = attempts + ?, lost_count = lost_count + ?,"
+                " ended = ?, reason = ?, result = ?, result_type = ?, error = ?, traceback = ?"
+                " WHERE id = ? AND state = ?"
+            )
+            params = (
+                after.value,
+                charge,
+                lost,
+                now,
+                storable(why),
+                *(storable(outcome.get(key)) for key in ("result", "result_type", "error")),
+                storable(outcome.get("traceback")),
+                job,
+                str(before),
+            )
+        cursor = self._write(sql, params)
+        if cursor is not None and cursor.rowcount != 1:
+            raise JournalConflict(f"job {job} is not {before}")
+        self._write(
+            "INSERT INTO events (job, before, after, at, why) VALUES (?, ?, ?, ?, ?)",
+            (job, None if before is None else str(before), after.value, now, storable(why)),
+        )
+
+    # --- attempts --------------------------------------------------------------------
+
+    def open_attempt(self, job: int, executor: str, backend: str, dispatched: float) -> int:
+        """A run is handed to an executor; its id (explicit, so that a replayed turn
+        gives the same one). Written before the executor has it: no run escapes."""
+        attempt = self._next_attempt_id
+        self._next_attempt_id += 1
+        self._write(
+            "INSERT INTO attempts (id, job, executor, backend, dispatched, charged)"
+            " VALUES (?, ?, ?, ?, ?, 1)",
+            (attempt, job, executor, backend, dispatched),
+        )
+        return attempt
+
+    def start_attempt(self, attempt: int, external_id: str | None, started: float) -> None:
+        self._write(
+            "UPDATE attempts SET external_id = ?, started = ? WHERE id = ?",
+            (storable(external_id), started, attempt),
+        )
+
+    def drop_attempt(self, attempt: int) -> None:
+        """The executor gave the run back before it started: there was no run."""
+        self._write("DELETE FROM attempts WHERE id = ?", (attempt,))
+
+    def close_attempt(
+        self,
+        attempt: int,
+        outcome: State,
+        reason: str,
+        ended: float,
+        charged: bool = True,
+        usage: dict[str, Any] | None = None,
+    ) -> None:
+        """A run ended: in what state it left its job, and what it used where known."""
+        usage = usage or {}
+        self._write(
+            "UPDATE attempts SET ended = ?, outcome = ?, reason = ?, charged = ?,"
+            " exit_status = ?, cpu_seconds = ?, peak_rss_kb = ? WHERE id = ?",
+            (
+                ended,
+                outcome.value,
+                storable(reason),
+                int(charged),
+                *(storable(usage.get(key)) for key in ("exit_status", "cpu_seconds")),
+                storable(usage.get("peak_rss_kb")),
+                attempt,
+            ),
+        )

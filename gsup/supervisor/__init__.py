@@ -1,0 +1,1 @@
+"""The supervisor (`gsup daemon`): one loop, the journal's only writer (see daemon.py)."""

@@ -1,0 +1,213 @@
+"""The supervisor: one single-threaded loop that owns the journal and the executors.
+
+Each turn of the loop reads like a checklist:
+  1. wait on the socket, the clients, the executors and the signal pipe (no polling);
+  2. handle what arrived: requests, executors' reports, signals;
+  3. fire timers: job timeouts, stops that did not land, the shutdown deadline;
+  4. dispatch queued jobs to executors with room;
+  5. commit everything the turn wrote in one transaction (group commit);
+  6. only then act on it: replies to clients, messages to executors.
+It never imports user code; it starts its executors before it could have any thread.
+The parts: loop.py (waiting), connections.py (clients), handlers.py (one per verb),
+jobs.py (dispatch, endings, waiters), lifetime.py (the state dir, the socket).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from gsup import recovery
+from gsup.access import Access
+from gsup.config import ConfigError, Settings
+from gsup.executors.base import Executor
+from gsup.executors.local.executor import LocalPool
+from gsup.journal.migrations import JournalError, open_journal
+from gsup.journal.writer import JournalStalled, Writer
+from gsup.supervisor import lifetime
+from gsup.supervisor.connections import Connection, Connections
+from gsup.supervisor.handlers import Handlers
+from gsup.supervisor.jobs import JobBook
+from gsup.supervisor.lifetime import DaemonError
+from gsup.supervisor.loop import Loop, report_bug, say
+from gsup.systemd import Notifier
+
+STALL_RETRY = 1.0  # seconds between attempts to write a turn that failed to commit
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def local_executors(settings: Settings) -> dict[str, Executor]:
+    """One local pool per configured pool."""
+    return {
+        pool.name: LocalPool(pool, settings.paths, settings.stop_grace) for pool in settings.pools
+    }
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.paths = settings.paths
+        self.access = Access.for_group(settings.group)
+        self.loop = Loop()
+        self.executors = local_executors(settings)
+        self.systemd = Notifier()
+        self.stop_timer: Any = None
+        self.done = False
+        self.exit_code = 0
+
+    # --- start and stop -------------------------------------------------------------
+
+    def run(self) -> int:
+        lifetime.prepare_home(self.paths, self.access)
+        self.loop.keep_private(lifetime.take_lock(self.paths))
+        self._open()
+        self.connections.listen(lifetime.listen(self.paths, self.access))
+        self.loop.catch_signals(STOP_SIGNALS)
+        for executor in self.executors.values():
+            executor.start(self.loop, self.book)
+        sizes = ", ".join(f"{p.name} {p.threads} threads" for p in self.settings.pools)
+        say(f"ready: home {self.paths.home}, pools {sizes}, pid {os.getpid()}")
+        self.systemd.ready(f"ready: pools {sizes}")
+        self._watchdog()
+        try:
+            while not self.done:
+                self._turn()
+        except BaseException:  # a bug: end like a crash, but leave no pool behind
+            for executor in self.executors.values():
+                executor.halt("the daemon crashed")
+            self.exit_code = 1
+            report_bug()
+            say("crashed; the next start recovers from the journal")
+        self._close()
+        say("stopped")
+        return self.exit_code
+
+    def _open(self) -> None:
+        """The journal (upgraded if it is older), the parts, and recovery's decisions."""
+        try:
+            conn, upgraded = open_journal(self.paths.journal)
+        except JournalError as exc:
+            raise DaemonError(str(exc)) from None
+        if upgraded:
+            say(upgraded)
+        lifetime.protect_journal(self.paths, self.access)
+        self.journal = Writer(conn)
+        self.connections = Connections(
+            self.loop, self.access, self.settings.max_message, self._request, self._dropped
+        )
+        self.book = JobBook(self.journal, self.executors.values(), self.loop,
+                            self.connections.reply)  # fmt: skip
+        self.handlers = Handlers(self.settings, self.journal, self.book, self.connections.reply)
+        report = recovery.plan(self.journal.reader, self.executors)
+        recovery.apply(self.book, report)
+        for pool in self.settings.pools:
+            frozen = self.journal.register_pool(pool.name, pool.threads, pool.queue_size)
+            self.book.lanes[pool.name].frozen = frozen
+        self.journal.commit()
+        for line in report.lines():
+            say(line)
+
+    def _request(self, conn: Connection, message: dict[str, Any]) -> None:
+        self.handlers.request(conn, message)
+
+    def _dropped(self, conn: Connection) -> None:
+        self.book.forget(conn)
+
+    def _begin_stop(self) -> None:
+        """First signal: take no new work, give running jobs the grace period.
+        A second signal ends the grace period at once."""
+        if self.book.stopping:
+            self._finish_stop()
+            return
+        running = self.book.in_flight()
+        say(f"stopping: {running} jobs in flight get {self.settings.grace:g}s")
+        self.systemd.stopping(f"stopping: {running} jobs in flight")
+        self.book.begin_stop()
+        self.stop_timer = self.loop.call_at(
+            self.loop.now() + self.settings.grace, self._finish_stop
+        )
+
+    def _finish_stop(self) -> None:
+        """The grace period is over, or nothing runs any more: requeue what still runs."""
+        if self.done:
+            return
+        self.book.halt("daemon stopped before it ended")
+        if self._commit():
+            self._flush()
+        self.done = True
+
+    def _close(self) -> None:
+        for executor in self.executors.values():
+            executor.close()
+        self.connections.close()
+        lifetime.remove_socket(self.paths)
+        self.journal.close()
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def _turn(self) -> None:
+        self.loop.wait()
+        if self.loop.take_signals():
+            self._begin_stop()
+        self.loop.fire_timers()
+        if self.book.stopping and not self.done and not self.book.in_flight():
+            self._finish_stop()
+        if self.done:
+            return
+        self.book.dispatch()
+        if self._commit():
+            self._flush()
+
+    def _flush(self) -> None:
+        self.connections.flush()
+        for executor in self.executors.values():
+            executor.flush()
+
+    def _watchdog(self) -> None:
+        """systemd's watchdog, pinged from the loop: a hung loop stops the pings."""
+        interval = self.systemd.watchdog_interval
+        if interval is not None:
+            self.systemd.watchdog()
+            self.loop.call_at(self.loop.now() + interval, self._watchdog)
+
+    def _commit(self) -> bool:
+        """Commit the turn; if the journal cannot be written, act on none of it
+        (no reply, no hand-over) until it has been: see `_stall`."""
+        try:
+            self.journal.commit()
+        except JournalStalled as exc:
+            self._stall(exc)
+        return not self.done
+
+    def _stall(self, exc: JournalStalled) -> None:
+        """Retry the failed turn every second, doing nothing else meanwhile. A signal
+        ends the daemon: what the turn decided was never acted on, and the journal's
+        last committed state is what the next start recovers."""
+        say(f"cannot write the journal ({exc}); retrying every {STALL_RETRY:g}s")
+        self.systemd.status(f"stalled: cannot write the journal ({exc})")
+        while True:
+            if self.loop.sleep_unless_signalled(STALL_RETRY):
+                say("stopping with the journal not writable; the last turn is dropped")
+                for executor in self.executors.values():
+                    executor.halt("the daemon stopped with the journal not writable")
+                self.done, self.exit_code = True, 1
+                return
+            if self.systemd.watchdog_interval is not None:
+                self.systemd.watchdog()
+            try:
+                self.journal.replay()
+            except JournalStalled:
+                continue
+            say("the journal is writable again")
+            self.systemd.status("running")
+            return
+
+
+def serve(settings: Settings) -> int:
+    try:
+        return Supervisor(settings).run()
+    except (DaemonError, ConfigError) as exc:
+        print(f"gsup: error: {exc}", file=sys.stderr)
+        return 1

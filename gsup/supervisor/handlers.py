@@ -1,0 +1,196 @@
+"""One handler per request verb (the verbs and their fields are in protocol.py).
+
+A handler that changes something runs in a savepoint of the turn's transaction: if
+it fails half-way, the journal is as it was before the request. A handler returns its
+reply, or None when it answers later (a wait: the book answers when the jobs end).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gsup.config import Settings
+from gsup.journal import queries
+from gsup.journal.writer import Writer
+from gsup.lifecycle import END_STATES, RETRYABLE, State, Stop
+from gsup.protocol import MUTATING, JobSpec, ProtocolError, check_request
+from gsup.supervisor.connections import Connection
+from gsup.supervisor.jobs import JobBook
+from gsup.supervisor.loop import report_bug
+
+Reply = dict[str, Any] | None
+
+
+class RequestError(Exception):
+    """A request that is well-formed but cannot be done; sent back to the client."""
+
+
+class Handlers:
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Writer,
+        book: JobBook,
+        reply: Callable[[Connection, Any, dict[str, Any]], None],
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.book = book
+        self.reply = reply
+        self.verbs: dict[str, Callable[[Connection, Any, dict[str, Any]], Reply]] = {
+            "ping": self.ping,
+            "add": self.add,
+            "get": self.get,
+            "cancel": self.cancel,
+            "retry": self.retry,
+            "purge": self.purge,
+            "freeze": self.freeze,
+            "wait": self.wait,
+        }
+
+    def request(self, conn: Connection, message: dict[str, Any]) -> None:
+        """Check a request, run its handler, queue its reply."""
+        request_id = message.get("id")
+        try:
+            verb, fields = check_request(message)
+            reply = self._run(conn, request_id, verb, fields)
+        except (ProtocolError, RequestError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        if reply is not None:
+            self.reply(conn, request_id, {"ok": True, **reply} if "ok" not in reply else reply)
+
+    def _run(self, conn: Connection, request_id: Any, verb: str, fields: dict[str, Any]) -> Reply:
+        handler = self.verbs[verb]
+        if verb not in MUTATING:
+            return self._guarded(handler, conn, request_id, fields)
+        if self.book.stopping:
+            raise RequestError("the daemon is stopping; try again once it has restarted")
+        if self.journal.failure is not None:
+            raise RequestError(f"cannot write the journal ({self.journal.failure})")
+        with self.journal.savepoint():
+            return self._guarded(handler, conn, request_id, fields)
+
+    @staticmethod
+    def _guarded(handler: Callable[..., Reply], *args: Any) -> Reply:
+        """Run a handler; what it raises becomes a one-line refusal, never a crash."""
+        try:
+            return handler(*args)
+        except RequestError:
+            raise
+        except sqlite3.Error as exc:
+            raise RequestError(f"cannot write the journal ({exc}); nothing changed") from exc
+        except UnicodeEncodeError as exc:
+            raise RequestError("a text of the request is not valid UTF-8") from exc
+        except Exception as exc:
+            report_bug()  # a bug must not take the daemon down
+            raise RequestError(f"internal error: {type(exc).__name__}: {exc}") from exc
+
+    def _job_row(self, job: int) -> dict[str, Any]:
+        row = queries.job_row(self.journal.reader, job)
+        if row is None:
+            raise RequestError(f"no job {job}")
+        return row
+
+    # --- the verbs ---------------------------------------------------------------------
+
+    def ping(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        return {"pid": os.getpid(), "stopping": self.book.stopping}
+
+    def add(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        specs = fields["jobs"]
+        self._check_room(specs)
+        self.journal.log_command("add", {"jobs": len(specs)}, conn.uid, conn.pid)
+        ids = self.journal.insert_jobs(specs, time.time())
+        self.book.added(specs)
+        return {"ids": ids}
+
+    def _check_room(self, specs: list[JobSpec]) -> None:
+        """Refuse new jobs when they would leave the disk nearly full: the room left is
+        kept for the journal's records of the jobs already accepted."""
+        home = self.settings.paths.home
+        stats = os.statvfs(home)
+        free_mb = stats.f_bavail * stats.f_frsize / 1e6
+        if free_mb - _journal_mb(specs) < self.settings.min_free_mb:
+            raise RequestError(
+                f"the disk of {home} is nearly full ({free_mb:.1f} MB free); the last"
+                f" {self.settings.min_free_mb:g} MB are kept for the jobs already accepted"
+            )
+
+    def get(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        job = fields["job"]
+        row = self._job_row(job)
+        if fields["wait"] and row["state"] not in END_STATES:
+            self.book.wait(conn, request_id, {job}, then_get=job)
+            return None
+        return {"job": queries.summary(row)}
+
+    def cancel(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        job = fields["job"]
+        row = self._job_row(job)
+        self.journal.log_command("cancel", {"job": job}, conn.uid, conn.pid)
+        flight = self.book.flight(job, row["pool"])
+        if flight is not None:  # held by its executor, started or not
+            self.book.stop_flight(flight, Stop.CANCEL)
+            return {"state": row["state"], "stopping": True}
+        if row["state"] == State.QUEUED:
+            self.book.cancel_queued(job, row["pool"], "cancelled by request", time.time())
+            return {"state": State.CANCELLED.value}
+        raise RequestError(f"job {job} has already ended ({row['state']})")
+
+    def retry(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        job = fields["job"]
+        row = self._job_row(job)
+        if row["state"] not in RETRYABLE:
+            raise RequestError(
+                f"job {job} is {row['state']}; only an ended job that did not "
+                "succeed can be retried"
+            )
+        self.journal.log_command("retry", {"job": job}, conn.uid, conn.pid)
+        self.book.transition(job, row["pool"], State(row["state"]), State.QUEUED,
+                             "retried by request", time.time())  # fmt: skip
+        self.book.queued(row["pool"], row["priority"])
+        return {"state": State.QUEUED.value}
+
+    def purge(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        pool = fields["pool"]
+        self.journal.log_command("purge", {"pool": pool}, conn.uid, conn.pid)
+        now = time.time()
+        cancelled = 0
+        for job, job_pool in queries.queued_jobs(self.journal.reader, pool):
+            if self.book.flight(job, job_pool) is None:  # those held are asked back below
+                self.book.cancel_queued(job, job_pool, "purged", now)
+                cancelled += 1
+        recalled = self.book.recall_unstarted(pool, cancel=True)
+        return {"cancelled": cancelled, "recalled": recalled}
+
+    def freeze(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        frozen, pool = fields["frozen"], fields["pool"]
+        self.journal.log_command("freeze" if frozen else "unfreeze", {"pool": pool},
+                                 conn.uid, conn.pid)  # fmt: skip
+        for name in [pool] if pool else list(self.book.lanes):
+            self.journal.set_frozen(name, frozen)
+        self.book.set_frozen(pool, frozen)
+        return {"pools": {name: lane.frozen for name, lane in self.book.lanes.items()}}
+
+    def wait(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        jobs = fields["jobs"]
+        states = queries.states_of(self.journal.reader, jobs)
+        missing = [job for job in jobs if job not in states]
+        if missing:
+            raise RequestError(f"no job {missing[0]}")
+        pending = {job for job, state in states.items() if state not in END_STATES}
+        if not pending:
+            return {"states": states}
+        self.book.wait(conn, request_id, pending, states=states)
+        return None
+
+
+def _journal_mb(specs: list[JobSpec]) -> float:
+    """A generous guess of what adding `specs` takes on disk: rows, indexes, WAL."""
+    payload = sum(len(s.arguments or "") + len(s.pickled or "") + len(s.display) for s in specs)
+    commands = sum(1 for s in specs if s.env)  # a command's environment is ~2-4 KB
+    return (len(specs) * 2_000 + commands * 8_000 + payload * 3) / 1e6

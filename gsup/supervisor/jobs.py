@@ -1,0 +1,431 @@
+"""Job bookkeeping: what runs where, what each attempt's end means, who waits for what.
+
+The book hands queued jobs to executors (priority, then FIFO; suspects alone), follows
+each one it handed over (a `Flight`) until its executor reports the end, maps that
+end onto the life-cycle, and answers the clients waiting for jobs to end. It is the
+supervisor's only caller of `Writer.transition`, so every state change also reaches
+its subscribers (`subscribe`). It needs no socket and no process: tests drive it
+with a fake executor and a clock of their own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from gsup.executors.base import Attempt, AttemptEnd, Executor
+from gsup.journal import queries
+from gsup.journal.queries import QueuedJob, Unfinished
+from gsup.journal.writer import JournalConflict, Writer
+from gsup.lifecycle import (
+    Ending,
+    Policy,
+    State,
+    StateChange,
+    Stop,
+    lost_reason,
+    settle,
+    should_retry,
+)
+from gsup.protocol import JobSpec
+from gsup.supervisor.loop import report_bug, say
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Any: ...
+
+
+Answer = Callable[[Any, Any, dict[str, Any]], None]  # (connection, request id, reply)
+
+
+@dataclass
+class Flight:
+    """A job handed to an executor, until the executor reports its end."""
+
+    job: int
+    pool: str
+    priority: int
+    timeout: float | None
+    policy: Policy  # its `attempts` include this run once it has started
+    attempt: int  # the journal's attempt, written at the hand-over
+    started: bool = False
+    stop: Stop | None = None  # why the book asked the executor to stop it
+    recalling: bool = False  # asked back before it started (displaced, frozen, stopping)
+    cancel_unstarted: bool = False  # a purge asked it back: if it comes back, cancel it
+    timer: Any = None  # its timeout
+
+    @property
+    def waiting(self) -> bool:
+        """Held by its executor, no worker has it, and it is not being asked back."""
+        return not self.started and not self.recalling and self.stop is None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.priority, self.job
+
+
+@dataclass
+class Lane:
+    """One executor's side of the book."""
+
+    executor: Executor
+    frozen: bool = False
+    flights: dict[int, Flight] = field(default_factory=dict)
+    maybe_queued: bool = True  # cleared when a dispatch finds no job ready
+    maybe_better: bool = False  # a job queued that beats one the executor holds
+    wake: Any = None  # timer: the earliest delayed retry falls due
+
+    def worst_waiting(self) -> Flight | None:
+        waiting = [f for f in self.flights.values() if f.waiting]
+        return max(waiting, key=lambda f: f.key) if waiting else None
+
+
+@dataclass
+class Waiter:
+    conn: Any
+    request_id: Any
+    pending: set[int]
+    states: dict[int, str]
+    then_get: int | None = None  # a `get` that waited: answer with this job's summary
+
+
+class JobBook:
+    def __init__(
+        self, journal: Writer, executors: Iterable[Executor], clock: Clock, answer: Answer
+    ) -> None:
+        self.journal = journal
+        self.lanes = {executor.name: Lane(executor) for executor in executors}
+        self.clock = clock
+        self.answer = answer
+        self.waiters: list[Waiter] = []
+        self.hooks: list[Callable[[StateChange], None]] = []
+        self.stopping = False
+
+    def subscribe(self, hook: Callable[[StateChange], None]) -> None:
+        """Call `hook` on every state change, as it is written (in the same turn: what
+        the hook writes is committed with it)."""
+        self.hooks.append(hook)
+
+    def transition(self, job: int, pool: str, before: State | None, after: State, why: str,
+                   at: float, **columns: Any) -> None:  # fmt: skip
+        """The one way the supervisor changes a job's state (see Writer.transition)."""
+        self.journal.transition(job, before, after, why, at, **columns)  # type: ignore[arg-type]
+        change = StateChange(job, pool, before, after, why, at)
+        for hook in self.hooks:
+            hook(change)
+
+    def in_flight(self) -> int:
+        return sum(f.started for lane in self.lanes.values() for f in lane.flights.values())
+
+    def flight(self, job: int, pool: str) -> Flight | None:
+        lane = self.lanes.get(pool)
+        return None if lane is None else lane.flights.get(job)
+
+    # --- jobs entering the queue -----------------------------------------------------
+
+    def queued(self, pool: str, priority: int) -> None:
+        """A job of `pool` is queued (added, retried, requeued, given back)."""
+        lane = self.lanes[pool]
+        lane.maybe_queued = True
+        worst = lane.worst_waiting()
+        if worst is not None and priority < worst.priority:
+            lane.maybe_better = True
+
+    def added(self, specs: list[JobSpec]) -> None:
+        best: dict[str, int] = {}
+        for spec in specs:
+            best[spec.pool] = min(best.get(spec.pool, 9), spec.priority)
+        for pool, priority in best.items():
+            self.queued(pool, priority)
+
+    # --- dispatch ---------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Hand queued jobs to executors with room, in priority then FIFO order.
+
+        An executor holds jobs ahead of a free worker, best first; a job of better
+        priority than one it holds takes that one's place (which is asked back), so
+        that an urgent job waits only for a free worker.
+
+        A suspect, a job that was in flight when its executor died, runs alone where
+        jobs share a process: if it kills the executor again, no innocent neighbour is
+        charged, and a job only becomes poison by deaths it alone can have caused.
+        """
+        if self.stopping:
+            return
+        for lane in self.lanes.values():
+            if lane.frozen or (lane.executor.shared_fate and self._suspect_aboard(lane)):
+                continue
+            free = lane.executor.capacity()
+            if lane.maybe_better:
+                self._dispatch_better(lane, free)
+            elif free > 0 and lane.maybe_queued:
+                self._fill(lane, free)
+
+    @staticmethod
+    def _suspect_aboard(lane: Lane) -> bool:
+        return any(f.policy.lost_count for f in lane.flights.values())
+
+    def _fill(self, lane: Lane, free: int) -> None:
+        """Jobs that come after the last one the executor holds (all before it are held)."""
+        worst = lane.worst_waiting()
+        asked_back = sum(f.recalling for f in lane.flights.values())
+        jobs = self._candidates(lane, free + asked_back, after=worst.key if worst else None)
+        if len(jobs) < free:
+            self._sleep_until_due(lane)
+        for job in jobs[:free]:
+            if not self._hand_over(lane, job):
+                break
+
+    def _dispatch_better(self, lane: Lane, free: int) -> None:
+        """Some queued job may beat what the executor holds: fill the free room with the
+        best, then let better jobs take the places of the worst held ones."""
+        lane.maybe_better = False
+        held = sorted((f for f in lane.flights.values() if f.waiting), key=lambda f: f.key)
+        limit = free + 2 * len(held) + sum(f.recalling for f in lane.flights.values())
+        jobs = self._candidates(lane, limit)
+        if len(jobs) < free:
+            self._sleep_until_due(lane)
+        for job in jobs:
+            if free > 0:
+                free -= 1
+            elif held and job.priority < held[-1].priority:
+                displaced = held.pop()
+                displaced.recalling = True
+                lane.executor.recall(displaced.job)
+            else:
+                return
+            if not self._hand_over(lane, job):
+                return
+
+    def _candidates(
+        self, lane: Lane, limit: int, after: tuple[int, int] | None = None
+    ) -> list[QueuedJob]:
+        if limit <= 0:
+            return []
+        jobs = queries.next_queued(
+            self.journal.reader, lane.executor.name, limit, time.time(), after=after
+        )
+        return [job for job in jobs if job.id not in lane.flights]
+
+    def _sleep_until_due(self, lane: Lane) -> None:
+        """Nothing more is ready: look again when a job is queued or a delayed retry
+        falls due."""
+        lane.maybe_queued = False
+        due = queries.next_retry_time(self.journal.reader, lane.executor.name, time.time())
+        if lane.wake is not None:
+            lane.wake.cancel()
+            lane.wake = None
+        if due is not None:
+            lane.wake = self.clock.call_at(
+                self.clock.now() + max(0.0, due - time.time()), lambda: self._due(lane)
+            )
+
+    def _due(self, lane: Lane) -> None:
+        lane.wake, lane.maybe_queued = None, True
+
+    def _hand_over(self, lane: Lane, job: QueuedJob) -> bool:
+        """Submit `job`; False when nothing more may follow it now (a suspect)."""
+        suspect = lane.executor.shared_fate and job.policy.lost_count > 0
+        if suspect and lane.flights:
+            lane.maybe_queued = True  # it waits until its executor holds nothing
+            return False
+        executor = lane.executor
+        attempt = self.journal.open_attempt(job.id, executor.name, executor.backend, time.time())
+        lane.flights[job.id] = Flight(job.id, executor.name, job.priority, job.timeout,
+                                      job.policy, attempt)  # fmt: skip
+        lane.executor.submit(
+            Attempt(job.id, job.kind, job.target, job.spec, job.priority, job.policy.runs_once)
+        )
+        if suspect:
+            lane.maybe_queued = True  # the rest wait until it has ended
+        return not suspect
+
+    # --- cancelling, asking jobs back or to stop --------------------------------------------
+
+    def cancel_queued(self, job: int, pool: str, why: str, at: float) -> None:
+        """Cancel a queued job that no executor holds."""
+        self.transition(job, pool, State.QUEUED, State.CANCELLED, why, at)
+        self._ended(job, State.CANCELLED)
+
+    def stop_flight(self, flight: Flight, why: Stop) -> None:
+        if flight.stop is None:
+            flight.stop = why
+            self.lanes[flight.pool].executor.stop(flight.job)
+
+    def recall_unstarted(self, pool: str | None, cancel: bool) -> int:
+        """Ask back what executors hold but have not started; each comes back (to be
+        cancelled if `cancel`), or runs if a worker took it meanwhile."""
+        asked = 0
+        for lane in self._selected(pool):
+            for flight in lane.flights.values():
+                if flight.started or flight.stop is not None:
+                    continue
+                flight.cancel_unstarted = flight.cancel_unstarted or cancel
+                if not flight.recalling:
+                    flight.recalling = True
+                    lane.executor.recall(flight.job)
+                asked += 1
+        return asked
+
+    def set_frozen(self, pool: str | None, frozen: bool) -> None:
+        for lane in self._selected(pool):
+            lane.frozen, lane.maybe_queued = frozen, True
+        if frozen:
+            self.recall_unstarted(pool, cancel=False)
+
+    def _selected(self, pool: str | None) -> list[Lane]:
+        return list(self.lanes.values()) if pool is None else [self.lanes[pool]]
+
+    def _time_out(self, flight: Flight) -> None:
+        flight.timer = None
+        if flight.job in self.lanes[flight.pool].flights:
+            self.stop_flight(flight, Stop.TIMEOUT)
+
+    def adopt(self, job: Unfinished) -> None:
+        """Follow again an attempt that outlived the daemon (recovery reattached it)."""
+        assert job.attempt is not None
+        flight = Flight(job.job, job.pool, job.priority, job.timeout, job.policy, job.attempt,
+                        started=True)  # fmt: skip
+        self.lanes[job.pool].flights[job.job] = flight
+        if job.timeout is not None and job.started is not None:
+            left = job.timeout - (time.time() - job.started)
+            flight.timer = self.clock.call_at(
+                self.clock.now() + max(0.0, left), lambda: self._time_out(flight)
+            )
+
+    # --- what executors report -----------------------------------------------------------
+
+    def started(self, executor: Executor, job: int, external_id: str, at: float) -> None:
+        flight = self.lanes[executor.name].flights.get(job)
+        if flight is None or flight.started:
+            return
+        self._start(flight, executor, external_id, at)
+        if flight.policy.runs_once:
+            executor.confirm(job)  # sent once the turn, with the start, is committed
+
+    def _start(self, flight: Flight, executor: Executor, external_id: str | None,
+                      at: float) -> None:  # fmt: skip
+        flight.started, flight.recalling = True, False  # it runs: too late to ask it back
+        self.journal.start_attempt(flight.attempt, external_id, at)
+        flight.policy = replace(flight.policy, attempts=flight.policy.attempts + 1)
+        why = f"started on {executor.name}/{external_id}" if external_id else "started"
+        self.transition(flight.job, flight.pool, State.QUEUED, State.RUNNING, why, at, charge=1,
+                        attempt=flight.attempt)  # fmt: skip
+        if flight.timeout is not None:
+            flight.timer = self.clock.call_at(
+                self.clock.now() + flight.timeout, lambda: self._time_out(flight)
+            )
+
+    def ended(self, executor: Executor, job: int, end: AttemptEnd) -> None:
+        flight = self.lanes[executor.name].flights.pop(job, None)
+        if flight is None:
+            return
+        if flight.timer is not None:
+            flight.timer.cancel()
+        try:
+            self._settle(executor, flight, end)
+        except Exception as exc:  # a bug must not leave the job running with nobody on it
+            report_bug()
+            self._settle_as_lost(flight, exc)
+
+    def _settle(self, executor: Executor, flight: Flight, end: AttemptEnd) -> None:
+        settled = settle(end.ending, end.why, flight.stop, flight.timeout, flight.cancel_unstarted)
+        now = time.time()
+        if not flight.started and end.ending != Ending.RECALLED:
+            self._start(flight, executor, None, now)  # it ran, unannounced
+        if not flight.started:
+            self.journal.drop_attempt(flight.attempt)
+            if settled.state == State.CANCELLED:
+                self.cancel_queued(flight.job, flight.pool, settled.why, now)
+            else:
+                self.queued(flight.pool, flight.priority)
+            return
+        state, why, charged = settled.state or State.QUEUED, settled.why, settled.charged
+        if state == State.QUEUED and end.ending != Ending.RECALLED and flight.policy.runs_once:
+            state, charged = State.LOST, True  # it may have run: it must not run again
+        lost = int(state == State.LOST)
+        policy = replace(flight.policy, lost_count=flight.policy.lost_count + lost)
+        retry = should_retry(state, policy, tuple(end.outcome.get("causes", ())))
+        if state == State.LOST and not retry:
+            why = lost_reason(policy, why)
+        self.transition(flight.job, flight.pool, State.RUNNING, state, why, now,
+                        charge=0 if charged else -1, lost=lost, outcome=end.outcome)  # fmt: skip
+        self.journal.close_attempt(flight.attempt, state, why, now, charged, end.usage)
+        if state == State.QUEUED:
+            self.queued(flight.pool, flight.priority)
+        elif retry:
+            delay = policy.delay() if state != State.LOST else 0.0
+            self.transition(flight.job, flight.pool, state, State.QUEUED,
+                            f"retry after {state}" + (f" in {delay:g}s" if delay else ""), now,
+                            not_before=now + delay if delay else None)  # fmt: skip
+            self.queued(flight.pool, flight.priority)
+        else:
+            self._ended(flight.job, state)
+
+    def _settle_as_lost(self, flight: Flight, exc: Exception) -> None:
+        """An end that could not be journaled as it came: the job ends lost, so that it
+        is not left running with nothing following it."""
+        if not flight.started:
+            self.journal.drop_attempt(flight.attempt)
+            self.queued(flight.pool, flight.priority)
+            return
+        if isinstance(exc, JournalConflict):
+            say(f"job {flight.job}: {exc}; its end is not recorded")
+            return
+        why = f"gsup could not record its end ({type(exc).__name__}: {exc})"
+        try:
+            self.transition(flight.job, flight.pool, State.RUNNING, State.LOST, why, time.time())
+        except Exception:
+            report_bug()
+            say(f"job {flight.job}: its end could not be journaled; the next start recovers it")
+            return
+        self._ended(flight.job, State.LOST)
+
+    # --- the daemon stopping ---------------------------------------------------------------
+
+    def begin_stop(self) -> None:
+        """Take no new work; ask back what has not started."""
+        self.stopping = True
+        self.recall_unstarted(None, cancel=False)
+
+    def halt(self, why: str) -> None:
+        """End every attempt now; executors report each (requeued, or lost if it must
+        not run twice)."""
+        for lane in self.lanes.values():
+            lane.executor.halt(why)
+        for waiter in self.waiters:
+            self.answer(waiter.conn, waiter.request_id, {"ok": False, "error": "daemon stopped"})
+        self.waiters.clear()
+
+    # --- waiters ----------------------------------------------------------------------------
+
+    def wait(self, conn: Any, request_id: Any, jobs: set[int], then_get: int | None = None,
+             states: dict[int, str] | None = None) -> None:  # fmt: skip
+        """Answer `request_id` on `conn` once every job of `jobs` has ended."""
+        self.waiters.append(Waiter(conn, request_id, set(jobs), states or {}, then_get))
+
+    def forget(self, conn: Any) -> None:
+        """A client went away: nobody waits on its behalf any more."""
+        self.waiters = [w for w in self.waiters if w.conn is not conn]
+
+    def _ended(self, job: int, state: State) -> None:
+        """A job reached its final state: answer whoever waits for it."""
+        for waiter in list(self.waiters):
+            if job in waiter.pending:
+                waiter.pending.discard(job)
+                waiter.states[job] = state.value
+                if not waiter.pending:
+                    self.waiters.remove(waiter)
+                    self.answer(waiter.conn, waiter.request_id, self._waited(waiter))
+
+    def _waited(self, waiter: Waiter) -> dict[str, Any]:
+        if waiter.then_get is None:
+            return {"ok": True, "states": waiter.states}
+        row = queries.job_row(self.journal.reader, waiter.then_get)
+        assert row is not None
+        return {"ok": True, "job": queries.summary(row)}

@@ -1,0 +1,93 @@
+"""The daemon's place on the machine: its private state dir, the lock that makes it
+the only daemon there, its journal files' modes, and the socket clients connect to."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import resource
+import socket
+import stat
+from pathlib import Path
+
+from gsup.access import Access
+from gsup.config import Paths
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why."""
+
+
+def prepare_home(paths: Paths, access: Access) -> None:
+    home = paths.home
+    if home.exists() and _shared(home):
+        raise DaemonError(
+            f"state dir {home} is not private (owned by another user or writable by"
+            " others); use a folder of its own"
+        )
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        access.protect(home, access.dir_mode)
+        paths.logs.mkdir(mode=0o700, exist_ok=True)
+        access.protect(paths.logs, access.dir_mode)
+    except OSError as exc:
+        raise DaemonError(f"cannot use state dir {home}: {exc.strerror or exc}") from None
+    if len(os.fsencode(paths.socket)) > 100:
+        raise DaemonError(f"state dir path too long for a unix socket: {home}")
+
+
+def _shared(folder: Path) -> bool:
+    """Whether a folder belongs to others: not ours, or writable by group or others."""
+    stats = folder.stat()
+    return stats.st_uid != os.getuid() or bool(stats.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def take_lock(paths: Paths) -> int:
+    """The state dir's lock, held for the daemon's life; its descriptor."""
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode().strip() or "?"
+        raise DaemonError(f"a daemon is already running for {paths.home} (pid {pid})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def protect_journal(paths: Paths, access: Access) -> None:
+    """The journal, its WAL and index, and the copies migrations left: the daemon's
+    user's (and the configured group's) only."""
+    for path in [*paths.journal_files, *paths.home.glob("journal.sqlite.v*.bak")]:
+        if path.exists():
+            access.protect(path, access.file_mode)
+
+
+def listen(paths: Paths, access: Access) -> socket.socket:
+    _raise_open_files_limit()
+    with contextlib.suppress(FileNotFoundError):
+        paths.socket.unlink()  # left by a daemon that died; we hold the lock
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        listener.bind(str(paths.socket))
+    finally:
+        os.umask(old_umask)
+    access.protect(paths.socket, access.socket_mode)
+    listener.listen(128)
+    listener.setblocking(False)
+    return listener
+
+
+def remove_socket(paths: Paths) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        paths.socket.unlink()
+
+
+def _raise_open_files_limit() -> None:
+    """Each client holds a connection: allow as many as the hard limit lets us."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
