@@ -22,6 +22,7 @@ def default_queue_size(threads: int) -> int:
     no priority: a better job takes the place of a held one (see the dispatcher)."""
     return max(16, 4 * threads)
 
+
 DEFAULT_PRIORITY = 5
 MAX_MESSAGE = 8 * 1024 * 1024  # bytes in one socket message
 
@@ -137,7 +138,9 @@ def load_settings(
             next(v for v in (flag, env, section.get("threads"), DEFAULT_THREADS) if v is not None),
             f"threads of pool {name!r}",
         )
-        queue = _positive_int(section.get("queue_size", default_queue_size(count)), f"queue_size of pool {name!r}")
+        queue = _positive_int(
+            section.get("queue_size", default_queue_size(count)), f"queue_size of pool {name!r}"
+        )
         pools.append(PoolSettings(name, count, queue))
     if grace is None:
         grace = os.environ.get("GSUP_GRACE", toml.get("grace", 10.0))  # type: ignore[assignment]

@@ -233,6 +233,11 @@ class Cli:
         """Whether a worker has started the job (its attempt is open)."""
         return self.show(job)["state"] == "running"
 
+    def handed_over(self, job: int) -> bool:
+        """Whether the job's pool holds it, no worker having started it yet."""
+        attempts = self.show(job)["attempts_list"]
+        return bool(attempts) and attempts[-1]["started"] is None and attempts[-1]["ended"] is None
+
 
 @pytest.fixture
 def gsup(env: dict[str, str], workdir: Path) -> Cli:

@@ -101,3 +101,23 @@ def test_what_a_command_started_in_a_session_of_its_own_dies_too(daemon, gsup):
     ended = gsup.add("--cmd", "--", "sh", "-c", "setsid sleep 3008 &")
     assert gsup.wait(ended) == {ended: "done"}
     wait_until(lambda: not _processes_matching("sleep 3008"), what="the escapee to die")
+
+
+def test_jobs_a_pool_held_when_the_daemon_died_may_have_started_and_say_so(
+    make_daemon, gsup, workdir
+):
+    daemon = make_daemon("--user-threads", "1")
+    flag = workdir / "go"
+    busy = gsup.add("jobs:wait_for_file", str(flag))
+    held = gsup.add("jobs:add", "1")
+    wait_until(lambda: gsup.running(busy) and gsup.handed_over(held), what="the pool to hold it")
+    daemon.kill()
+    restarted = make_daemon()
+    assert (
+        f"job {held} (user): stays queued: handed to its executor when the daemon died;"
+        " it may have started"
+    ) in restarted.output
+    flag.touch()
+    assert gsup.wait(busy, held) == {busy: "done", held: "done"}
+    attempts = gsup.show(held)["attempts_list"]
+    assert [(a["outcome"], a["charged"]) for a in attempts] == [("lost", 0), ("done", 1)]

@@ -244,3 +244,16 @@ def test_add_from_a_file_adds_one_job_per_line(daemon, gsup, workdir):
     assert set(gsup.wait(*map(int, from_stdin)).values()) == {"done"}
     assert "give a TARGET, or --from FILE" in gsup("add", check=False).stderr
     assert "holds no job" in gsup("add", "--from", "-", input="# nothing\n", check=False).stderr
+
+
+def test_show_lists_each_attempt_with_what_it_used(daemon, gsup):
+    job = gsup.add("--retries", "1", "--cmd", "--", "sh", "-c", "echo try; exit 3")
+    assert gsup.wait(job) == {job: "failed"}
+    attempts = gsup.show(job)["attempts_list"]
+    assert [(a["outcome"], a["exit_status"], a["charged"]) for a in attempts] == [
+        ("failed", 3, 1),
+        ("failed", 3, 1),
+    ]
+    assert all(a["cpu_seconds"] >= 0 and a["peak_rss_kb"] > 0 for a in attempts)
+    table = gsup("show", str(job)).stdout
+    assert "attempts" in table and table.count("exit code 3") >= 3  # reason, and each attempt

@@ -130,12 +130,6 @@ def test_timeout_stops_a_spinning_job_without_disturbing_its_neighbours(daemon, 
     assert gsup.show(neighbour)["attempts"] == 1
 
 
-def _handed_over(gsup, job: int) -> bool:
-    """Whether the job's pool holds it, no worker having started it yet."""
-    attempts = gsup.show(job)["attempts_list"]
-    return bool(attempts) and attempts[-1]["started"] is None and attempts[-1]["ended"] is None
-
-
 def _busy_pool_holding_two(make_daemon, gsup, workdir):
     """One thread, busy; the pool's queue holds the next two jobs, not yet started."""
     make_daemon("--user-threads", "1")
@@ -143,7 +137,7 @@ def _busy_pool_holding_two(make_daemon, gsup, workdir):
     busy = gsup.add("jobs:wait_for_file", str(flag))
     held = [gsup.add("jobs:add", str(i)) for i in range(2)]
     wait_until(
-        lambda: gsup.running(busy) and all(_handed_over(gsup, job) for job in held),
+        lambda: gsup.running(busy) and all(gsup.handed_over(job) for job in held),
         what="the pool to hold two jobs",
     )
     assert [gsup.show(job)["state"] for job in held] == ["queued", "queued"]
@@ -156,9 +150,7 @@ def _busy_pool_holding_two(make_daemon, gsup, workdir):
 def test_freeze_takes_back_jobs_a_pool_holds_but_has_not_started(make_daemon, gsup, workdir):
     flag, busy, held = _busy_pool_holding_two(make_daemon, gsup, workdir)
     gsup("freeze")
-    wait_until(
-        lambda: not any(_handed_over(gsup, job) for job in held), what="the jobs to come back"
-    )
+    wait_until(lambda: not any(gsup.handed_over(job) for job in held), what="the jobs to come back")
     assert [gsup.show(job)["attempts_list"] for job in held] == [[], []]  # there was no run
     flag.touch()
     assert gsup.wait(busy) == {busy: "done"}
@@ -195,7 +187,7 @@ def test_an_urgent_job_waits_only_for_a_free_thread(make_daemon, gsup, workdir):
     flags = [workdir / f"go{i}" for i in range(12)]
     blockers = [gsup.add("jobs:wait_for_file", str(flag)) for flag in flags]
     wait_until(lambda: all(gsup.running(job) for job in blockers[:2]), what="two to start")
-    wait_until(lambda: _handed_over(gsup, blockers[2]), what="the pool to hold the next")
+    wait_until(lambda: gsup.handed_over(blockers[2]), what="the pool to hold the next")
     urgent = gsup.add("jobs:add", "1", "--priority", "0")
     pending = gsup("queues").stdout.split("gsup user queue:")[1]
     assert pending.splitlines()[1].strip().startswith(f"#{urgent} [p0]")  # listed first

@@ -45,7 +45,7 @@ def open_journal(path: Path) -> tuple[sqlite3.Connection, str | None]:
     try:
         database.connect(reuse_if_open=True)
         version = journal_version(database.connection())
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.Error, pw.PeeweeException) as exc:
         database.close()
         raise JournalError(f"cannot open the journal {path}: {exc}") from None
     if version > SCHEMA_VERSION:
@@ -129,7 +129,7 @@ class _AttemptV2(pw.Model):
     """The attempts table as version 2 made it."""
 
     id = pw.AutoField()
-    job = pw.IntegerField(index=True)
+    job = pw.IntegerField()
     executor = pw.TextField()
     backend = pw.TextField()
     external_id = pw.TextField(null=True)
@@ -148,6 +148,7 @@ class _AttemptV2(pw.Model):
         table_name = "attempts"
 
 
+_AttemptV2.add_index(_AttemptV2.index(_AttemptV2.job, name="attempts_job"))
 _AttemptV2.add_index(
     _AttemptV2.index(_AttemptV2.id, name="attempts_open").where(_AttemptV2.ended.is_null())
 )

@@ -69,7 +69,7 @@ class Attempt(BaseModel):
     is deleted when the executor gives it back."""
 
     id = pw.AutoField()
-    job = pw.IntegerField(index=True)
+    job = pw.IntegerField()
     executor = pw.TextField()  # the executor's name (the pool)
     backend = pw.TextField()  # its kind: "local" (later "process", "slurm", "dask")
     external_id = pw.TextField(null=True)  # the pool's worker, later a Slurm job id
@@ -87,6 +87,7 @@ class Attempt(BaseModel):
         table_name = "attempts"
 
 
+Attempt.add_index(Attempt.index(Attempt.job, name="attempts_job"))
 # Recovery's query: attempts handed over and not ended.
 Attempt.add_index(Attempt.index(Attempt.id, name="attempts_open").where(Attempt.ended.is_null()))
 

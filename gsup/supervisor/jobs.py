@@ -10,6 +10,7 @@ with a fake executor and a clock of their own.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,8 @@ from gsup.supervisor.loop import report_bug, say
 
 
 class Clock(Protocol):
+    """The loop's timers (monotonic deadlines)."""
+
     def now(self) -> float: ...
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Any: ...
@@ -95,11 +98,17 @@ class Waiter:
 
 class JobBook:
     def __init__(
-        self, journal: Writer, executors: Iterable[Executor], clock: Clock, answer: Answer
+        self,
+        journal: Writer,
+        executors: Iterable[Executor],
+        clock: Clock,
+        answer: Answer,
+        wall: Callable[[], float] = time.time,  # times stored in the journal
     ) -> None:
         self.journal = journal
         self.lanes = {executor.name: Lane(executor) for executor in executors}
         self.clock = clock
+        self.wall = wall
         self.answer = answer
         self.waiters: list[Waiter] = []
         self.hooks: list[Callable[[StateChange], None]] = []
@@ -208,7 +217,7 @@ class JobBook:
         if limit <= 0:
             return []
         jobs = queries.next_queued(
-            self.journal.reader, lane.executor.name, limit, time.time(), after=after
+            self.journal.reader, lane.executor.name, limit, self.wall(), after=after
         )
         return [job for job in jobs if job.id not in lane.flights]
 
@@ -216,13 +225,13 @@ class JobBook:
         """Nothing more is ready: look again when a job is queued or a delayed retry
         falls due."""
         lane.maybe_queued = False
-        due = queries.next_retry_time(self.journal.reader, lane.executor.name, time.time())
+        due = queries.next_retry_time(self.journal.reader, lane.executor.name, self.wall())
         if lane.wake is not None:
             lane.wake.cancel()
             lane.wake = None
         if due is not None:
             lane.wake = self.clock.call_at(
-                self.clock.now() + max(0.0, due - time.time()), lambda: self._due(lane)
+                self.clock.now() + max(0.0, due - self.wall()), lambda: self._due(lane)
             )
 
     def _due(self, lane: Lane) -> None:
@@ -235,7 +244,7 @@ class JobBook:
             lane.maybe_queued = True  # it waits until its executor holds nothing
             return False
         executor = lane.executor
-        attempt = self.journal.open_attempt(job.id, executor.name, executor.backend, time.time())
+        attempt = self.journal.open_attempt(job.id, executor.name, executor.backend, self.wall())
         lane.flights[job.id] = Flight(job.id, executor.name, job.priority, job.timeout,
                                       job.policy, attempt)  # fmt: skip
         lane.executor.submit(
@@ -293,7 +302,7 @@ class JobBook:
                         started=True)  # fmt: skip
         self.lanes[job.pool].flights[job.job] = flight
         if job.timeout is not None and job.started is not None:
-            left = job.timeout - (time.time() - job.started)
+            left = job.timeout - (self.wall() - job.started)
             flight.timer = self.clock.call_at(
                 self.clock.now() + max(0.0, left), lambda: self._time_out(flight)
             )
@@ -335,7 +344,7 @@ class JobBook:
 
     def _settle(self, executor: Executor, flight: Flight, end: AttemptEnd) -> None:
         settled = settle(end.ending, end.why, flight.stop, flight.timeout, flight.cancel_unstarted)
-        now = time.time()
+        now = self.wall()
         if not flight.started and end.ending != Ending.RECALLED:
             self._start(flight, executor, None, now)  # it ran, unannounced
         if not flight.started:
@@ -353,9 +362,9 @@ class JobBook:
         retry = should_retry(state, policy, tuple(end.outcome.get("causes", ())))
         if state == State.LOST and not retry:
             why = lost_reason(policy, why)
+        self.journal.close_attempt(flight.attempt, state, why, now, charged, end.usage)
         self.transition(flight.job, flight.pool, State.RUNNING, state, why, now,
                         charge=0 if charged else -1, lost=lost, outcome=end.outcome)  # fmt: skip
-        self.journal.close_attempt(flight.attempt, state, why, now, charged, end.usage)
         if state == State.QUEUED:
             self.queued(flight.pool, flight.priority)
         elif retry:
@@ -378,12 +387,15 @@ class JobBook:
             say(f"job {flight.job}: {exc}; its end is not recorded")
             return
         why = f"gsup could not record its end ({type(exc).__name__}: {exc})"
+        now = self.wall()
         try:
-            self.transition(flight.job, flight.pool, State.RUNNING, State.LOST, why, time.time())
+            self.transition(flight.job, flight.pool, State.RUNNING, State.LOST, why, now)
         except Exception:
             report_bug()
             say(f"job {flight.job}: its end could not be journaled; the next start recovers it")
             return
+        with contextlib.suppress(Exception):
+            self.journal.close_attempt(flight.attempt, State.LOST, why, now)
         self._ended(flight.job, State.LOST)
 
     # --- the daemon stopping ---------------------------------------------------------------

@@ -1,0 +1,257 @@
+"""The scheduling, driven by hand: the job book with a fake executor, a journal in a
+temp dir and clocks of the test's own. No process starts; each test takes milliseconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gsup.executors.fake import FakeExecutor
+from gsup.journal import queries
+from gsup.journal.migrations import open_journal
+from gsup.journal.writer import Writer
+from gsup.lifecycle import Ending, State, StateChange
+from gsup.specs import call_spec
+from gsup.supervisor.jobs import JobBook
+from gsup.supervisor.loop import Timers
+
+
+class Clocks:
+    """A monotonic clock for the timers and a wall clock for the journal, moved by hand."""
+
+    def __init__(self) -> None:
+        self.monotonic = 100.0
+        self.wall = 1_800_000_000.0
+        self.timers = Timers(clock=lambda: self.monotonic)
+
+    def now(self) -> float:
+        return self.monotonic
+
+    def call_at(self, when: float, callback: Any) -> Any:
+        return self.timers.call_at(when, callback)
+
+    def advance(self, seconds: float) -> None:
+        self.monotonic += seconds
+        self.wall += seconds
+        self.timers.fire_due()
+
+
+class Bench:
+    """A book, its fake executor and journal; `answers` collects replies to waiters."""
+
+    def __init__(self, path: Path, slots: int = 2, shared_fate: bool = False) -> None:
+        conn, _ = open_journal(path / "journal.sqlite")
+        self.journal = Writer(conn)
+        self.fake = FakeExecutor("user", slots=slots, shared_fate=shared_fate)
+        self.clocks = Clocks()
+        self.answers: list[dict[str, Any]] = []
+        self.book = JobBook(
+            self.journal,
+            [self.fake],
+            self.clocks,
+            lambda conn, request_id, reply: self.answers.append(reply),
+            wall=lambda: self.clocks.wall,
+        )
+        self.journal.register_pool("user", 1, slots)
+        self.fake.start(None, self.book)
+
+    def add(self, *arguments: Any, **options: Any) -> int:
+        spec = call_spec("jobs:add", arguments or (1,), path=["/nowhere"], **options)
+        (job,) = self.journal.insert_jobs([spec], self.clocks.wall)
+        self.book.added([spec])
+        return job
+
+    def turn(self) -> None:
+        """What the loop does after its reports: dispatch, then commit."""
+        self.book.dispatch()
+        self.journal.commit()
+
+    def row(self, job: int) -> dict[str, Any]:
+        found = queries.job_row(self.journal.reader, job)
+        assert found is not None
+        return found
+
+    def attempts(self, job: int) -> list[dict[str, Any]]:
+        details = queries.job_details(self.journal.reader, job)
+        assert details is not None
+        return details["attempts_list"]
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Bench:
+    return Bench(tmp_path)
+
+
+def test_jobs_are_handed_over_by_priority_then_fifo_and_stay_queued_until_started(bench):
+    jobs = [bench.add(priority=p) for p in (9, 0, 5, 0)]
+    bench.turn()
+    assert bench.fake.submitted == [jobs[1], jobs[3]]  # two slots: the two of priority 0
+    assert [bench.row(job)["state"] for job in jobs] == ["queued"] * 4
+    assert [a["started"] for a in bench.attempts(jobs[1])] == [None]  # handed over, written
+    bench.fake.begin(jobs[1])
+    assert bench.row(jobs[1])["state"] == "running"
+    bench.fake.finish(jobs[1], result="2", result_type="json")
+    bench.turn()
+    assert bench.fake.submitted == [jobs[1], jobs[3], jobs[2]]
+    assert bench.row(jobs[1])["state"] == "done"
+
+
+def test_a_better_job_takes_the_place_of_a_held_one(bench):
+    first, second = bench.add(priority=5), bench.add(priority=5)
+    bench.turn()
+    bench.fake.begin(first)
+    urgent = bench.add(priority=0)
+    bench.turn()
+    assert bench.fake.submitted[-1] == urgent and bench.fake.recalled == [second]
+    bench.fake.deliver()  # the executor gives `second` back
+    assert bench.row(second)["state"] == "queued" and bench.attempts(second) == []
+    assert bench.fake.next_up() == urgent
+    bench.fake.finish(first)
+    bench.turn()
+    assert bench.fake.submitted[-1] == second  # back in once there is room
+
+
+def test_a_timeout_stops_the_attempt_and_ends_the_job(bench):
+    job = bench.add(timeout=5)
+    bench.turn()
+    bench.fake.begin(job)
+    bench.clocks.advance(4.9)
+    assert bench.fake.stopped == []
+    bench.clocks.advance(0.2)
+    assert bench.fake.stopped == [job]
+    bench.fake.finish(job, Ending.STOPPED, "stopped")
+    assert (bench.row(job)["state"], bench.row(job)["reason"]) == ("timeout", "timed out after 5s")
+
+
+def test_a_delayed_retry_waits_for_its_time(bench):
+    job = bench.add(retries=1, retry_delay=30)
+    bench.turn()
+    bench.fake.begin(job)
+    bench.fake.finish(job, Ending.FAILED, "ValueError: no", error="ValueError: no")
+    bench.turn()
+    assert bench.row(job)["state"] == "queued" and bench.fake.submitted == [job]
+    bench.clocks.advance(29)
+    bench.turn()
+    assert bench.fake.submitted == [job]
+    bench.clocks.advance(1.5)
+    bench.turn()
+    assert bench.fake.submitted == [job, job]
+    assert [a["outcome"] for a in bench.attempts(job)] == ["failed", None]
+
+
+def test_a_job_lost_with_a_shared_process_then_runs_alone(tmp_path):
+    bench = Bench(tmp_path, slots=3, shared_fate=True)
+    suspect, neighbour, other = bench.add(), bench.add(), bench.add()
+    bench.turn()
+    for job in (suspect, neighbour, other):
+        bench.fake.begin(job)
+    bench.fake.finish(suspect, Ending.LOST, "pool died (killed by SIGKILL)")
+    bench.fake.finish(neighbour, Ending.LOST, "pool died (killed by SIGKILL)")
+    bench.turn()
+    assert bench.row(suspect)["lost_count"] == 1 and bench.row(suspect)["state"] == "queued"
+    assert bench.fake.submitted == [suspect, neighbour, other]  # waits: `other` still runs
+    bench.fake.finish(other)
+    bench.turn()
+    assert bench.fake.submitted[3:] == [suspect]  # alone
+    bench.fake.begin(suspect)
+    bench.fake.finish(suspect)
+    bench.turn()
+    assert bench.fake.submitted[4:] == [neighbour]
+
+
+def test_poison_after_three_deaths(bench):
+    job = bench.add()
+    for _ in range(3):
+        bench.turn()
+        bench.fake.begin(job)
+        bench.fake.finish(job, Ending.LOST, "pool died (killed by SIGKILL)")
+    row = bench.row(job)
+    assert row["state"] == "lost"
+    assert row["reason"] == "poison: in flight during 3 pool deaths (pool died (killed by SIGKILL))"
+
+
+def test_a_job_that_must_not_run_twice_runs_only_once_its_start_is_journaled(bench):
+    job = bench.add(on_lost="fail")
+    bench.turn()
+    bench.fake.begin(job)
+    assert bench.fake.held[job].confirmed  # confirmed after the start was written
+    assert bench.row(job)["state"] == "running"
+    bench.fake.finish(job, Ending.INTERRUPTED, "its pool was recycled")
+    assert (bench.row(job)["state"], bench.row(job)["reason"]) == (
+        "lost",
+        "its pool was recycled; on_lost=fail",
+    )
+
+
+def test_every_state_change_reaches_the_subscribers(bench):
+    changes: list[StateChange] = []
+    bench.book.subscribe(changes.append)
+    job = bench.add(retries=1)
+    bench.turn()
+    bench.fake.begin(job)
+    bench.fake.finish(job, Ending.FAILED, "ValueError: no")
+    assert [(c.job, c.pool, c.before, c.after) for c in changes] == [
+        (job, "user", State.QUEUED, State.RUNNING),
+        (job, "user", State.RUNNING, State.FAILED),
+        (job, "user", State.FAILED, State.QUEUED),
+    ]
+
+
+def test_an_end_that_cannot_be_journaled_leaves_the_job_lost_not_running(bench, monkeypatch):
+    job = bench.add()
+    bench.book.wait("conn", 7, {job})
+    bench.turn()
+    bench.fake.begin(job)
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(bench.journal, "close_attempt", broken)
+    bench.fake.finish(job)
+    row = bench.row(job)
+    assert row["state"] == "lost"
+    assert row["reason"] == "gsup could not record its end (RuntimeError: disk on fire)"
+    assert bench.answers == [{"ok": True, "states": {job: "lost"}}]
+
+
+def test_what_an_executor_reports_is_stored_whatever_its_types(bench):
+    job = bench.add()
+    bench.turn()
+    bench.fake.begin(job)
+    bench.fake.finish(job, Ending.FAILED, "bad \udcff text", error={1, 2}, traceback=2**70,
+                      usage={"exit_status": 3, "cpu_seconds": float("nan")})  # fmt: skip
+    bench.journal.commit()
+    row = bench.row(job)
+    assert (row["state"], row["reason"], row["error"]) == ("failed", "bad ? text", "{1, 2}")
+    assert row["traceback"] == str(2**70)
+    (attempt,) = bench.attempts(job)
+    assert (attempt["exit_status"], attempt["cpu_seconds"]) == (3, None)
+
+
+def test_halting_requeues_what_ran_and_takes_back_what_did_not(bench):
+    running, held = bench.add(), bench.add()
+    bench.turn()
+    bench.fake.begin(running)
+    bench.book.halt("daemon stopped before it ended")
+    assert (bench.row(running)["state"], bench.row(running)["attempts"]) == ("queued", 0)
+    assert bench.row(held)["state"] == "queued" and bench.attempts(held) == []
+    (attempt,) = bench.attempts(running)
+    assert (attempt["outcome"], attempt["charged"]) == ("queued", 0)
+
+
+def test_cancelling_a_held_job_ends_it_when_the_executor_gives_it_back(bench):
+    job = bench.add()
+    bench.turn()
+    flight = bench.book.flight(job, "user")
+    assert flight is not None
+    from gsup.lifecycle import Stop
+
+    bench.book.stop_flight(flight, Stop.CANCEL)
+    assert bench.row(job)["state"] == "queued"
+    bench.fake.deliver()
+    assert (bench.row(job)["state"], bench.row(job)["reason"]) == (
+        "cancelled",
+        "cancelled before it started",
+    )
