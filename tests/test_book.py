@@ -43,7 +43,7 @@ class Bench:
 
     def __init__(self, path: Path, slots: int = 2, shared_fate: bool = False) -> None:
         conn, _ = open_journal(path / "journal.sqlite")
-        self.journal = Writer(conn)
+        self.journal = Writer(conn, path / "journal.sqlite-wal")
         self.fake = FakeExecutor("user", slots=slots, shared_fate=shared_fate)
         self.clocks = Clocks()
         self.answers: list[dict[str, Any]] = []

@@ -5,6 +5,14 @@ A peewee statement costs about three times a raw one, so the hot path is plain S
 `Writer.transition`, which checks it against the state machine and writes the job
 row and its event row together. Reads go through queries.py on the same connection,
 inside the turn's transaction, so they see what the turn wrote.
+
+Durability: a committed turn is in the operating system at once (a crash of the
+daemon loses nothing), and on the disk (fsync of the WAL, what synchronous=FULL does)
+before anything it decided leaves the daemon: a reply, a result, a runs-once job's
+go-ahead. Only turns that hand jobs over and record their starts skip the fsync: the
+next fsync takes them too (a power cut that loses them finds those jobs queued, which
+is what a loss would have made of them). SQLite cannot change synchronous inside a
+transaction, so the connection runs at NORMAL and the writer syncs the WAL itself.
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from gsup.journal import queries
@@ -65,8 +75,12 @@ class Writer:
     fails to commit can be written again, as it was, once the disk has room.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, wal: Path) -> None:
         self.conn = conn
+        self.conn.execute("PRAGMA synchronous = NORMAL")  # see the module's doc
+        self._wal = wal
+        self._wal_fd: int | None = None
+        self._must_sync = False  # a write of this turn must reach the disk before it acts
         self._in_transaction = False
         self._log: list[tuple[str, Sequence[Any], bool]] = []
         # A request's writes are undone alone if its handler fails half-way:
@@ -90,10 +104,14 @@ class Writer:
             self.conn.execute("BEGIN IMMEDIATE")
             self._in_transaction = True
 
-    def _write(self, sql: str, params: Sequence[Any] = (), many: bool = False) -> Any:
-        """Execute and log a write (`many`: one row of params each). Outside a request,
+    def _write(
+        self, sql: str, params: Sequence[Any] = (), many: bool = False, lazy: bool = False
+    ) -> Any:
+        """Execute and log a write (`many`: one row of params each; `lazy`: it need not
+        be on the disk before the turn acts, see the module's doc). Outside a request,
         a failure does not raise: the turn goes on, and its commit fails (see `commit`)."""
         self._log.append((sql, params, many))
+        self._must_sync = self._must_sync or not lazy
         if self.failure is not None:
             return None
         self._begin()
@@ -117,6 +135,10 @@ class Writer:
         if self._in_transaction:
             self._settle(self._commit_turn)
 
+    def must_sync(self) -> None:
+        """This turn must be on the disk before it acts, whatever it wrote."""
+        self._must_sync = True
+
     def replay(self) -> None:
         """Write a failed turn again; raises JournalStalled while that still fails."""
         self.failure = None
@@ -125,11 +147,19 @@ class Writer:
     def _settle(self, write: Callable[[], None]) -> None:
         try:
             write()
-        except sqlite3.Error as exc:
+            if self._must_sync:
+                self._sync()
+        except (sqlite3.Error, OSError) as exc:
             self._abandon()
             raise JournalStalled(str(exc)) from exc
-        self._in_transaction = False
+        self._in_transaction = self._must_sync = False
         self._log.clear()
+
+    def _sync(self) -> None:
+        """fsync the WAL: the turn, and every lazy one before it, is on the disk."""
+        if self._wal_fd is None:
+            self._wal_fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+        os.fsync(self._wal_fd)
 
     def _commit_turn(self) -> None:
         if self.failure is not None:
@@ -146,6 +176,8 @@ class Writer:
     def close(self) -> None:
         self._abandon()  # a turn cut short by a crash is not committed
         self.conn.close()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
 
     def _abandon(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -294,12 +326,14 @@ class Writer:
                 job,
                 str(before),
             )
-        cursor = self._write(sql, params)
+        lazy = after == State.RUNNING  # a start: see the module's doc
+        cursor = self._write(sql, params, lazy=lazy)
         if cursor is not None and cursor.rowcount != 1:
             raise JournalConflict(f"job {job} is not {before}")
         self._write(
             "INSERT INTO events (job, before, after, at, why) VALUES (?, ?, ?, ?, ?)",
             (job, None if before is None else str(before), after.value, now, storable(why)),
+            lazy=lazy,
         )
 
     # --- attempts --------------------------------------------------------------------
@@ -313,6 +347,7 @@ class Writer:
             "INSERT INTO attempts (id, job, executor, backend, dispatched, charged)"
             " VALUES (?, ?, ?, ?, ?, 1)",
             (attempt, job, executor, backend, dispatched),
+            lazy=True,
         )
         return attempt
 
@@ -320,11 +355,12 @@ class Writer:
         self._write(
             "UPDATE attempts SET external_id = ?, started = ? WHERE id = ?",
             (storable(external_id), started, attempt),
+            lazy=True,
         )
 
     def drop_attempt(self, attempt: int) -> None:
         """The executor gave the run back before it started: there was no run."""
-        self._write("DELETE FROM attempts WHERE id = ?", (attempt,))
+        self._write("DELETE FROM attempts WHERE id = ?", (attempt,), lazy=True)
 
     def close_attempt(
         self,

@@ -93,7 +93,7 @@ class Supervisor:
         if upgraded:
             say(upgraded)
         lifetime.protect_journal(self.paths, self.access)
-        self.journal = Writer(conn)
+        self.journal = Writer(conn, self.paths.journal_files[1])
         self.connections = Connections(
             self.loop, self.access, self.settings.max_message, self._request, self._dropped
         )

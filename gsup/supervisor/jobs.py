@@ -315,7 +315,8 @@ class JobBook:
             return
         self._start(flight, executor, external_id, at)
         if flight.policy.runs_once:
-            executor.confirm(job)  # sent once the turn, with the start, is committed
+            self.journal.must_sync()  # its go-ahead leaves once the start is on the disk
+            executor.confirm(job)
 
     def _start(self, flight: Flight, executor: Executor, external_id: str | None,
                       at: float) -> None:  # fmt: skip
