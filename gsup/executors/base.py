@@ -17,7 +17,8 @@ loop (a socket, a pidfd, a timer), never from inside a call the supervisor makes
 Whatever an executor is asked, every attempt it accepted ends with exactly one
 `ended` report, and a `started` report comes before any of the attempt's own code
 runs. Messages it sends to its workers leave in `flush`, which the supervisor calls
-only once the turn that decided them is in the journal.
+only once the turn that decided them is in the journal: first written (a crash of
+the daemon cannot undo it), then again once it is also on the disk.
 """
 
 from __future__ import annotations
@@ -141,8 +142,9 @@ class Executor(abc.ABC):
         return False
 
     @abc.abstractmethod
-    def flush(self) -> None:
-        """Send what this turn decided (the turn is in the journal)."""
+    def flush(self, durable: bool) -> None:
+        """Send what this turn decided: the turn is written to the journal; `durable`:
+        it is on the disk too, and confirms may go."""
 
     @abc.abstractmethod
     def halt(self, why: str) -> None:

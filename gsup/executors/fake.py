@@ -66,8 +66,8 @@ class FakeExecutor(Executor):
         if held is not None and not held.started:
             self.pending.append(lambda: self._end(job, Ending.RECALLED, "given back"))
 
-    def flush(self) -> None:
-        self.flushes += 1
+    def flush(self, durable: bool) -> None:
+        self.flushes += durable
 
     def halt(self, why: str) -> None:
         for job, held in list(self.held.items()):

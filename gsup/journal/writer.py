@@ -6,13 +6,15 @@ A peewee statement costs about three times a raw one, so the hot path is plain S
 row and its event row together. Reads go through queries.py on the same connection,
 inside the turn's transaction, so they see what the turn wrote.
 
-Durability: a committed turn is in the operating system at once (a crash of the
-daemon loses nothing), and on the disk (fsync of the WAL, what synchronous=FULL does)
-before anything it decided leaves the daemon: a reply, a result, a runs-once job's
-go-ahead. Only turns that hand jobs over and record their starts skip the fsync: the
-next fsync takes them too (a power cut that loses them finds those jobs queued, which
-is what a loss would have made of them). SQLite cannot change synchronous inside a
-transaction, so the connection runs at NORMAL and the writer syncs the WAL itself.
+Durability comes in two steps. `commit` writes the turn to the WAL: from then on a
+crash of the daemon cannot undo it, and the jobs it handed over may go to their
+executors. `sync` (fdatasync of the WAL, what synchronous=FULL does) puts it on the
+disk, before anything else it decided leaves the daemon: a reply, a result, a
+runs-once job's go-ahead. Turns that only hand jobs over and record their starts need
+no sync of their own: the next one takes them too (a power cut that loses them finds
+those jobs queued, which is what a loss would have made of them). SQLite cannot
+change synchronous inside a transaction, so the connection runs at NORMAL and the
+writer syncs the WAL itself.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from gsup.protocol import JobSpec
 
 
 class JournalStalled(Exception):
-    """A turn's writes could not be committed (disk full, I/O error); they are kept
-    for `Writer.replay`, and nothing the turn decided may be acted on until then."""
+    """A turn's writes could not be committed or synced (disk full, I/O error); they
+    are kept for `Writer.retry`, and nothing the turn decided may be acted on until then."""
 
 
 class JournalConflict(Exception):
@@ -81,6 +83,7 @@ class Writer:
         self._wal = wal
         self._wal_fd: int | None = None
         self._must_sync = False  # a write of this turn must reach the disk before it acts
+        self.sync_due = False  # a committed turn waits for `sync`
         self._in_transaction = False
         self._log: list[tuple[str, Sequence[Any], bool]] = []
         # A request's writes are undone alone if its handler fails half-way:
@@ -95,8 +98,8 @@ class Writer:
 
     @property
     def reader(self) -> sqlite3.Connection:
-        """The connection for queries.py, inside the turn's transaction."""
-        self._begin()
+        """The connection for queries.py. Inside the turn's transaction if it has written
+        (a read sees the turn's writes); else each read is its own: nobody else writes."""
         return self.conn
 
     def _begin(self) -> None:
@@ -132,6 +135,8 @@ class Writer:
     # --- the turn's transaction ----------------------------------------------------
 
     def commit(self) -> None:
+        """Write the turn: from now on a crash of the daemon cannot undo it; `sync` puts
+        it on the disk. Raises JournalStalled if it cannot be written (it is kept)."""
         if self._in_transaction:
             self._settle(self._commit_turn)
 
@@ -139,27 +144,36 @@ class Writer:
         """This turn must be on the disk before it acts, whatever it wrote."""
         self._must_sync = True
 
-    def replay(self) -> None:
-        """Write a failed turn again; raises JournalStalled while that still fails."""
-        self.failure = None
-        self._settle(self._write_turn_again)
+    def sync(self) -> None:
+        """fsync the WAL if a committed turn waits for it: that turn, and every lazy one
+        before it, is then on the disk. Raises JournalStalled while that fails."""
+        if not self.sync_due:
+            return
+        try:
+            if self._wal_fd is None:
+                self._wal_fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+            os.fdatasync(self._wal_fd)
+        except OSError as exc:
+            raise JournalStalled(f"cannot sync the journal: {exc.strerror or exc}") from exc
+        self.sync_due = False
+
+    def retry(self) -> None:
+        """After JournalStalled: write the failed turn again, or sync it; raises
+        JournalStalled while that still fails."""
+        if self._log:
+            self.failure = None
+            self._settle(self._write_turn_again)
+        self.sync()
 
     def _settle(self, write: Callable[[], None]) -> None:
         try:
             write()
-            if self._must_sync:
-                self._sync()
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
             self._abandon()
             raise JournalStalled(str(exc)) from exc
+        self.sync_due = self.sync_due or self._must_sync
         self._in_transaction = self._must_sync = False
         self._log.clear()
-
-    def _sync(self) -> None:
-        """fsync the WAL: the turn, and every lazy one before it, is on the disk."""
-        if self._wal_fd is None:
-            self._wal_fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
-        os.fsync(self._wal_fd)
 
     def _commit_turn(self) -> None:
         if self.failure is not None:

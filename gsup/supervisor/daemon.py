@@ -6,7 +6,8 @@ Each turn of the loop reads like a checklist:
   3. fire timers: job timeouts, stops that did not land, the shutdown deadline;
   4. dispatch queued jobs to executors with room;
   5. commit everything the turn wrote in one transaction (group commit);
-  6. only then act on it: replies to clients, messages to executors.
+  6. only then act on it: jobs go to executors, and while they start, the turn is
+     synced to the disk; then replies go to clients (see journal/writer.py).
 It never imports user code; it starts its executors before it could have any thread.
 The parts: loop.py (waiting), connections.py (clients), handlers.py (one per verb),
 jobs.py (dispatch, endings, waiters), lifetime.py (the state dir, the socket).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from gsup import recovery
@@ -106,6 +108,7 @@ class Supervisor:
             frozen = self.journal.register_pool(pool.name, pool.threads, pool.queue_size)
             self.book.lanes[pool.name].frozen = frozen
         self.journal.commit()
+        self.journal.sync()
         for line in report.lines():
             say(line)
 
@@ -134,8 +137,7 @@ class Supervisor:
         if self.done:
             return
         self.book.halt("daemon stopped before it ended")
-        if self._commit():
-            self._flush()
+        self._settle_turn()
         self.done = True
 
     def _close(self) -> None:
@@ -157,13 +159,19 @@ class Supervisor:
         if self.done:
             return
         self.book.dispatch()
-        if self._commit():
-            self._flush()
+        self._settle_turn()
 
-    def _flush(self) -> None:
+    def _settle_turn(self) -> None:
+        """Commit the turn, hand over its jobs, sync it, then answer (see the checklist)."""
+        if not self._journal_step(self.journal.commit):
+            return
+        for executor in self.executors.values():
+            executor.flush(durable=False)
+        if not self._journal_step(self.journal.sync):
+            return
         self.connections.flush()
         for executor in self.executors.values():
-            executor.flush()
+            executor.flush(durable=True)
 
     def _watchdog(self) -> None:
         """systemd's watchdog, pinged from the loop: a hung loop stops the pings."""
@@ -172,11 +180,11 @@ class Supervisor:
             self.systemd.watchdog()
             self.loop.call_at(self.loop.now() + interval, self._watchdog)
 
-    def _commit(self) -> bool:
-        """Commit the turn; if the journal cannot be written, act on none of it
+    def _journal_step(self, step: Callable[[], None]) -> bool:
+        """Commit or sync the turn; if the journal cannot be written, act on none of it
         (no reply, no hand-over) until it has been: see `_stall`."""
         try:
-            self.journal.commit()
+            step()
         except JournalStalled as exc:
             self._stall(exc)
         return not self.done
@@ -197,7 +205,7 @@ class Supervisor:
             if self.systemd.watchdog_interval is not None:
                 self.systemd.watchdog()
             try:
-                self.journal.replay()
+                self.journal.retry()
             except JournalStalled:
                 continue
             say("the journal is writable again")

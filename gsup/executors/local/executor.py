@@ -32,7 +32,8 @@ class Held:
 
     attempt: Attempt
     started: bool = False
-    go_sent: bool = False  # a runs-once attempt may run
+    confirmed: bool = False  # a runs-once attempt may run, once the turn is on the disk
+    go_sent: bool = False  # ...and the pool was told so
     stopping: bool = False
     stop_timer: Timer | None = None
     overdue: bool = False  # asked to stop, it did not within the grace: pool recycled
@@ -57,6 +58,7 @@ class LocalPool(Executor):
         self.pidfd: int | None = None
         self.reader = FrameReader()
         self.outbox: list[tuple[Any, ...]] = []
+        self.confirms: list[int] = []  # jobs whose go-ahead waits for the disk
         self.unsent = bytearray()
         self.started_at = 0.0
         self.recycling = False  # the supervisor killed it on purpose
@@ -85,9 +87,9 @@ class LocalPool(Executor):
 
     def confirm(self, job: int) -> None:
         held = self.held.get(job)
-        if held is not None and not held.go_sent:
-            held.go_sent = True
-            self.outbox.append(("go", job))
+        if held is not None and not held.confirmed:
+            held.confirmed = True
+            self.confirms.append(job)
 
     def stop(self, job: int) -> None:
         held = self.held.get(job)
@@ -104,7 +106,13 @@ class LocalPool(Executor):
         if held is not None and not held.started and not held.stopping:
             self.outbox.append(("recall", job))
 
-    def flush(self) -> None:
+    def flush(self, durable: bool) -> None:
+        if durable:
+            for job in self.confirms:
+                if job in self.held:
+                    self.held[job].go_sent = True
+                    self.outbox.append(("go", job))
+            self.confirms.clear()
         if self.outbox and self.alive:
             self.unsent += frame(self.outbox)
         self.outbox.clear()
@@ -242,6 +250,7 @@ class LocalPool(Executor):
         self.sock.close()
         self.sock = self.pidfd = None
         self.unsent.clear()
+        self.confirms.clear()
         self.process.join(1)
         death = _describe_exit(self.process.exitcode)
         if not self.recycling:
