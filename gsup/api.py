@@ -130,11 +130,12 @@ class Queues:
             on_lost=on_lost,
         )
         (spec,) = call_specs(func, [tuple(args)], kwargs, python_path(), **_job_options(options))
+        wire = spec.to_wire()
         try:  # bad input fails here, not when the id is read
-            JobSpec.from_wire(spec.to_wire())
+            JobSpec.from_wire(wire)
         except ProtocolError as exc:
             raise GsupError(str(exc)) from None
-        return JobHandle(self.client, self.client.send("add", jobs=[spec.to_wire()]))
+        return JobHandle(self.client, self.client.send("add", jobs=[wire]))
 
     def add_many(
         self,

@@ -127,7 +127,12 @@ class JobSpec:
     name: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _SPEC_FIELDS}  # asdict() copies deeply
+        """The fields that differ from their defaults (the daemon fills in the rest)."""
+        return {
+            name: value
+            for name, default in _SPEC_DEFAULTS.items()
+            if (value := getattr(self, name)) != default
+        }
 
     @classmethod
     def from_wire(cls, data: Any, defaults: dict[str, Any] | None = None) -> JobSpec:
@@ -203,7 +208,7 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-_SPEC_FIELDS = tuple(JobSpec.__dataclass_fields__)
+_SPEC_DEFAULTS = {name: getattr(JobSpec(), name) for name in JobSpec.__dataclass_fields__}
 
 
 # --- requests -------------------------------------------------------------------
@@ -237,10 +242,11 @@ def _add(message: dict[str, Any]) -> dict[str, Any]:
 def shared_fields(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     """The fields all jobs of a batch have alike: an add request sends them once."""
     first, rest = jobs[0], jobs[1:]
+    missing = object()
     return {
         name: value
         for name, value in first.items()
-        if all(job[name] is value or job[name] == value for job in rest)
+        if all((other := job.get(name, missing)) is value or other == value for job in rest)
     }
 
 

@@ -98,5 +98,12 @@ def command_spec(argv: list[str], **options: Any) -> JobSpec:
 
 
 def python_path() -> list[str]:
-    """The calling interpreter's import path, for jobs added from Python."""
-    return [os.path.abspath(p or ".") for p in sys.path]
+    """The calling interpreter's import path, for jobs added from Python (the same
+    list object while sys.path and the folder stay as they are)."""
+    key = (tuple(sys.path), os.getcwd())
+    if _python_path[0] != key:
+        _python_path[:] = [key, [os.path.abspath(p or ".") for p in sys.path]]
+    return _python_path[1]
+
+
+_python_path: list[Any] = [None, []]  # (sys.path and cwd, the list made of them)

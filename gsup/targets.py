@@ -58,7 +58,8 @@ def parse_keyword(text: str, as_string: bool = False) -> tuple[str, Any]:
     return name, parse_value(value, as_string)
 
 
-_PLAIN = (str, int, bool, type(None))  # their repr is always an equal literal
+_PLAIN = (str, int, bool, type(None))
+_NO_ARGUMENTS = repr(((), {}))  # their repr is always an equal literal
 
 
 def literal_text(args: tuple, kwargs: dict[str, Any]) -> str | None:
@@ -223,6 +224,8 @@ def load_call(
 
 
 def _literal_arguments(text: str) -> tuple[tuple, dict[str, Any]]:
+    if text == _NO_ARGUMENTS:
+        return (), {}  # f(): no parse
     try:
         args, kwargs = ast.literal_eval(text)
         if (
@@ -253,16 +256,16 @@ def _check_main() -> int:
     """`--check`: import the target and bind its arguments; print one line."""
     import json
 
-    spec = json.load(sys.stdin)
+    from gsup.protocol import JobSpec
+
+    spec = JobSpec.from_wire(json.load(sys.stdin))
     try:
-        func, args, kwargs = load_call(
-            spec["target"], spec["arguments"], spec["pickled"], spec["path"]
-        )
-        check_binding(func, spec["target"], args, kwargs)
+        func, args, kwargs = load_call(spec.target, spec.arguments, spec.pickled, spec.path)
+        check_binding(func, spec.target, args, kwargs)
     except TargetError as exc:
         print(f"gsup: error: {exc}")
         return 1
-    print(f"ok: {spec['display']}")
+    print(f"ok: {spec.display}")
     return 0
 
 

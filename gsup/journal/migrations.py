@@ -149,15 +149,17 @@ class _AttemptV2(pw.Model):
 
 
 _AttemptV2.add_index(_AttemptV2.index(_AttemptV2.job, name="attempts_job"))
-_AttemptV2.add_index(
-    _AttemptV2.index(_AttemptV2.id, name="attempts_open").where(_AttemptV2.ended.is_null())
-)
 
 
 def _v1_to_v2(migrator: SqliteMigrator) -> None:
     """Attempts become rows of their own. 0.1.0 kept only the latest run's worker and
     start on the job; each earlier run is rebuilt from the events (from `running` to
-    what followed), and the job points at its latest."""
+    what followed), and the job points at its latest. The index on every state gives
+    way to one on running jobs."""
+    migrate(migrator.drop_index("jobs", "jobs_state"))
+    database.execute_sql(
+        'CREATE INDEX "jobs_running" ON "jobs" ("pool", "id") WHERE ("state" = \'running\')'
+    )
     _AttemptV2.create_table(safe=False)
     database.execute_sql(
         "INSERT INTO attempts (id, job, executor, backend, external_id, dispatched, started,"
