@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,14 @@ class JobHandle:
     `queues.add` returns as soon as the request is sent, so that adds in a row share
     the daemon's commits; reading `id` (or `state`, or `result`) waits for it."""
 
+    # A job added less than this long ago has rarely ended: `result` asks the daemon
+    # at once rather than read the journal first.
+    FRESH = 0.005
+
     def __init__(self, client: Client, added: Pending | int) -> None:
         self._client = client
         self._added = added
+        self._added_at = time.monotonic()
 
     @property
     def id(self) -> int:
@@ -70,7 +76,8 @@ class JobHandle:
         A value that was not JSON-able comes back as its repr; TimeoutError if the
         job has not ended within `timeout` seconds.
         """
-        job = self._client.get(self.id, wait=True, timeout=timeout)
+        fresh = time.monotonic() - self._added_at < self.FRESH
+        job = self._client.get(self.id, wait=True, timeout=timeout, read_first=not fresh)
         if job["state"] != "done":
             raise JobFailed(job)
         if job["result_type"] == "json":

@@ -245,12 +245,45 @@ class Client:
             return self._send_batch(wires[:half]) + self._send_batch(wires[half:])
         return [self.send("add", defaults=shared, jobs=jobs)]
 
-    def get(self, job: int, wait: bool = False, timeout: float | None = None) -> dict[str, Any]:
+    def get(
+        self, job: int, wait: bool = False, timeout: float | None = None, read_first: bool = True
+    ) -> dict[str, Any]:
         """A job's summary; with `wait`, once it has ended (on this thread's waiting
-        connection, so that other threads' requests go on meanwhile)."""
+        connection, so that other threads' requests go on meanwhile). `read_first`: look
+        in the journal first, which costs the daemon nothing if the job has ended."""
+        ended = self._read_ended(job) if read_first else None
+        if ended is not None:
+            return ended
         if not wait:
             return self.request("get", job=job)["job"]
         return self._waiting().request("get", timeout=timeout, job=job, wait=True)["job"]
+
+    def _read_ended(self, job: int) -> dict[str, Any] | None:
+        """The summary of `job` from the journal if it has ended; None if it has not,
+        or if this process may not read the journal (then the daemon answers)."""
+        import sqlite3
+
+        from gsup.journal import queries
+        from gsup.lifecycle import END_STATES
+
+        local = self._waiters
+        if getattr(local, "journal", None) is None:
+            if getattr(local, "journal_failed", False):
+                return None
+            try:
+                local.journal = queries.connect(self.paths.journal)
+            except (queries.NoJournal, sqlite3.Error):
+                local.journal_failed = True
+                return None
+        try:
+            row = queries.job_row(local.journal, job)
+        except sqlite3.Error:
+            local.journal.close()
+            local.journal, local.journal_failed = None, True
+            return None
+        if row is None or row["state"] not in END_STATES:
+            return None
+        return queries.summary(row)
 
     def cancel(self, job: int) -> dict[str, Any]:
         return self.request("cancel", job=job)
