@@ -17,10 +17,10 @@ from typing import Any
 
 from bench import gsup_side, huey_side, scale
 from bench.figures import Samples, all_rows, notes
-from bench.measure import percentile
+from bench.measure import gaps, percentile
 from bench.plan import FULL, SMOKE, Plan
 from bench.report import machine, text_table, write_results
-from bench.sqlite_ceiling import committed_tx_rate
+from bench.sqlite_ceiling import commit_seconds_after, committed_tx_rate
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 TEMP_PARENT = "/tmp"  # short: a state dir's socket path must fit in ~100 bytes
@@ -35,69 +35,65 @@ def log(message: str) -> None:
 
 def interleave(
     samples: Samples, reps: int, figure: str, sides: dict[str, Callable[[], Any] | None]
-) -> None:
+) -> list[tuple[str, Any]]:
     """Run each side once per repetition, in turn, so that a noisy moment of the shared
-    machine falls on both sides; a side given as None (huey not installed) is skipped."""
+    machine falls on all of them; a side given as None (not installed) is skipped.
+    Numbers are kept in `samples`; every value, by side, is returned."""
+    measured = []
     for rep in range(1, reps + 1):
         for side, measure in sides.items():
             if measure is None:
                 continue
             value = measure()
-            samples.add(f"{figure}.{side}", value)
-            log(f"{figure} {rep}/{reps} {side}: {value:,.3f}")
+            measured.append((side, value))
+            if isinstance(value, int | float):
+                samples.add(f"{figure}.{side}", value)
+                log(f"{figure} {rep}/{reps} {side}: {value:,.3f}")
+    return measured
 
 
-def latency_percentiles(trips: list[float]) -> tuple[float, float]:
-    return percentile(trips, 0.5), percentile(trips, 0.99)
-
-
-def measure_latency(
-    samples: Samples, plan: Plan, ws: gsup_side.Workspace, hw: huey_side.HueyWorkspace | None
-) -> None:
-    sides: dict[str, Callable[[], list[float]] | None] = {
-        "gsup": lambda: gsup_side.latencies(ws, plan.latency_trips),
-        "huey": (lambda: huey_side.latencies(hw, plan.latency_trips)) if hw else None,
-    }
-    for rep in range(1, plan.reps + 1):
-        for side, measure in sides.items():
-            if measure is None:
-                continue
-            p50, p99 = latency_percentiles(measure())
-            samples.add(f"lat50.{side}", p50)
-            samples.add(f"lat99.{side}", p99)
-            log(f"latency {rep}/{plan.reps} {side}: median {p50 * 1e3:.3f} ms, p99 {p99 * 1e3:.3f}")
+def percentiles(samples: Samples, figure: str, measured: list[tuple[str, Any]]) -> None:
+    """Median and p99 of each repetition's trips, in milliseconds."""
+    for side, trips in measured:
+        p50, p99 = percentile(trips, 0.5) * 1e3, percentile(trips, 0.99) * 1e3
+        samples.add(f"{figure}50.{side}", p50)
+        samples.add(f"{figure}99.{side}", p99)
+        log(f"{figure} {side}: median {p50:.3f} ms, p99 {p99:.3f} ms")
 
 
 def measure_comparative(
-    samples: Samples, plan: Plan, ws: gsup_side.Workspace, hw: huey_side.HueyWorkspace | None
+    samples: Samples,
+    plan: Plan,
+    ws: gsup_side.Workspace,
+    hw: huey_side.HueyWorkspace | None,
+    before: gsup_side.Before | None,
 ) -> None:
-    huey = hw is not None
+    def sides(name: str, amount: Any, huey: Callable[..., Any] | None = None) -> dict[str, Any]:
+        """The figure on gsup, on the earlier gsup if there is one, and on huey."""
+        return {
+            "gsup": lambda: gsup_side.FIGURES[name](ws, amount),
+            "before": (lambda: before.measure(name, amount)) if before else None,
+            "huey": (lambda: huey(hw, amount)) if huey and hw else None,
+        }
 
-    def peer(figure: Callable[..., Any], *args: Any) -> Callable[[], Any] | None:
-        return (lambda: figure(hw, *args)) if huey else None
-
-    interleave(samples, plan.reps, "enqueue", {
-        "gsup": lambda: gsup_side.enqueue_rate(ws, plan.enqueue_calls),
-        "huey": peer(huey_side.enqueue_rate, plan.enqueue_calls),
-    })  # fmt: skip
+    interleave(samples, plan.reps, "enqueue", sides("enqueue", plan.enqueue_calls,
+                                                    huey_side.enqueue_rate))  # fmt: skip
     interleave(samples, plan.reps, "sqlite", {
         "ceiling": lambda: committed_tx_rate(ws.root, plan.sqlite_tx),
     })  # fmt: skip
-    interleave(samples, plan.reps, "drain", {
-        "gsup": lambda: gsup_side.drain_rate(ws, plan.drain_jobs),
-        "huey": peer(huey_side.drain_rate, plan.drain_jobs),
-    })  # fmt: skip
-    interleave(samples, plan.reps, "add_many", {
-        "gsup": lambda: gsup_side.add_many_rate(ws, plan.batch_jobs),
-    })  # fmt: skip
-    interleave(samples, plan.reps, "cli_from", {
-        "gsup": lambda: gsup_side.cli_from_rate(ws, plan.batch_jobs),
-    })  # fmt: skip
-    measure_latency(samples, plan, ws, hw)
-    interleave(samples, plan.reps, "idle", {
-        "gsup": lambda: gsup_side.idle_cpu(ws, plan.idle_seconds),
-        "huey": peer(huey_side.idle_cpu, plan.idle_seconds),
-    })  # fmt: skip
+    interleave(samples, plan.reps, "drain", sides("drain", plan.drain_jobs,
+                                                  huey_side.drain_rate))  # fmt: skip
+    by_results = sides("drain_results", plan.drain_jobs, huey_side.drain_by_results_rate)
+    interleave(samples, plan.reps, "drain_results", by_results)
+    interleave(samples, plan.reps, "add_many", sides("add_many", plan.batch_jobs))
+    interleave(samples, plan.reps, "cli_from", sides("cli_from", plan.batch_jobs))
+    percentiles(samples, "lat", interleave(samples, plan.reps, "latency", sides(
+        "latency", plan.latency_trips, huey_side.latencies)))  # fmt: skip
+    percentiles(samples, "gap", interleave(samples, plan.reps, "gap latency", {
+        **sides("gap_latency", plan.gap_trips, huey_side.gap_latencies),
+        "commit": lambda: commit_seconds_after(ws.root, gaps(plan.gap_trips)),
+    }))  # fmt: skip
+    interleave(samples, plan.reps, "idle", sides("idle", plan.idle_seconds, huey_side.idle_cpu))
     adds, floors = gsup_side.add_process_vs_typer(ws, plan.process_runs)
     samples.values["add.gsup"], samples.values["add.typer"] = adds, floors
     log(f"gsup add process: {min(adds) * 1e3:.1f} ms best, import typer {min(floors) * 1e3:.1f}")
@@ -124,6 +120,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny counts, for CI")
     parser.add_argument(
+        "--before", metavar="PYTHON",
+        help="also measure the gsup installed (not editable) for this interpreter: an"
+        " earlier release, beside this checkout's, in the same run",
+    )  # fmt: skip
+    parser.add_argument(
         "--out", type=Path, help=f"write the Markdown results here [default: {RESULTS} for a "
         "full run, nowhere for --smoke]",
     )  # fmt: skip
@@ -141,22 +142,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = Path(tempfile.mkdtemp(prefix="gsb", dir=TEMP_PARENT))
     samples = Samples()
+    before = gsup_side.Before(args.before, root) if args.before else None
+    version = before.version() if before else None
     try:
-        described = machine(root)
+        described = machine(root, version)
         ws = gsup_side.make_workspace(root)
         hw = huey_side.make_workspace(root) if has_huey else None
-        measure_comparative(samples, plan, ws, hw)
+        measure_comparative(samples, plan, ws, hw, before)
         measure_scale(samples, plan, ws)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows = all_rows(samples, plan)
-    print(text_table(rows))
+    print(text_table(rows, version))
     if not has_huey:
         print("\nhuey is not installed: its columns are n/a (pip install -e '.[bench]').")
     out = args.out or (None if plan.smoke else RESULTS)
     if out is not None:
         command = "python -m bench" + (" --smoke" if plan.smoke else "")
-        write_results(out, rows, described, command, notes(plan))
+        command += " --before PYTHON" if args.before else ""
+        write_results(out, rows, described, command, notes(plan), version)
         log(f"wrote {out}")
     log("done")
     return 0

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.measure import median
-from bench.plan import HUEY_FAST_POLLING, USER_QUEUE_SIZE, USER_THREADS, Plan
+from bench.plan import GAP_SECONDS, HUEY_FAST_POLLING, WORKERS, Plan
 from bench.report import Row
 from bench.scale import CliTimes, RssReading
+from gsup.config import default_queue_size
 
 MS = 1000.0
 MIB = 1024.0  # VmRSS is in KiB
@@ -53,8 +54,10 @@ def _row(
     target: str = "-",
     ok: Callable[[float, float | None], bool | None] | None = None,
     peer_text: str | None = None,
+    before: float | None = None,
 ) -> Row:
-    """A row; `ok(gsup, ratio)` judges the target, `peer_text` replaces the peer's number."""
+    """A row; `ok(gsup, ratio)` judges the target, `peer_text` replaces the peer's number,
+    `before` is the same figure on the earlier release."""
     ratio = _ratio(gsup, peer)
     met = "-"
     if ok is not None:
@@ -62,6 +65,7 @@ def _row(
     return Row(
         figure=figure,
         gsup=_number(gsup, digits),
+        before="-" if before is None else _number(before, digits),
         peer=peer_text if peer_text is not None else _number(peer, digits),
         ratio="n/a" if ratio is None else f"{ratio:.2f}x",
         target=target,
@@ -95,26 +99,40 @@ def _at_least_value(limit: float) -> Callable[[float, float | None], bool | None
 
 
 def comparative_rows(s: Samples, plan: Plan) -> list[Row]:
-    n = plan.drain_jobs
+    n, gap = plan.drain_jobs, f"{GAP_SECONDS[0] * 1e3:.0f}-{GAP_SECONDS[1] * 1e3:.0f} ms apart"
+
+    def m(key: str) -> float | None:
+        return s.median(key)
+
     return [
-        _row(f"drain {n:,} jobs, 4 threads (jobs/s) vs huey", s.median("drain.gsup"),
-             s.median("drain.huey"), 0, ">= 3x huey", _at_least(3)),
-        _row("enqueue: single queues.add (calls/s) vs huey", s.median("enqueue.gsup"),
-             s.median("enqueue.huey"), 0, ">= 2x huey", _at_least(2)),
-        _row("single queues.add vs SQLite ceiling (/s)", s.median("enqueue.gsup"),
-             s.median("sqlite.ceiling"), 0),
-        _row(f"batch: queues.add_many {plan.batch_jobs:,} (jobs/s)", s.median("add_many.gsup"),
-             50_000, 0, ">= 50,000", _at_least_value(50_000)),
+        _row(f"drain {n:,} jobs, one wait (jobs/s) vs huey", m("drain.gsup"), m("drain.huey"),
+             0, ">= 3x huey", _at_least(3), before=m("drain.before")),
+        _row(f"drain {n:,} jobs, result() of each in turn (jobs/s) vs huey",
+             m("drain_results.gsup"), m("drain_results.huey"), 0, ">= 3x huey", _at_least(3),
+             before=m("drain_results.before")),
+        _row("enqueue: single queues.add (calls/s) vs huey", m("enqueue.gsup"),
+             m("enqueue.huey"), 0, ">= 2x huey", _at_least(2), before=m("enqueue.before")),
+        _row("single queues.add vs SQLite ceiling (/s)", m("enqueue.gsup"),
+             m("sqlite.ceiling"), 0),
+        _row(f"batch: queues.add_many {plan.batch_jobs:,} (jobs/s)", m("add_many.gsup"),
+             50_000, 0, ">= 50,000", _at_least_value(50_000), before=m("add_many.before")),
         _row(f"batch: gsup add --from, {plan.batch_jobs:,} lines (jobs/s)",
-             s.median("cli_from.gsup"), 50_000, 0, ">= 50,000", _at_least_value(50_000)),
-        _row("latency add -> result, idle: median (ms) vs huey", _ms(s.median("lat50.gsup")),
-             _ms(s.median("lat50.huey")), 2, "<= 1 ms", _at_most_value(1.0)),
-        _row("latency add -> result, idle: p99 (ms) vs huey", _ms(s.median("lat99.gsup")),
-             _ms(s.median("lat99.huey")), 2, "<= 5 ms", _at_most_value(5.0)),
-        _row(f"idle CPU over {plan.idle_seconds:g} s (% of a core) vs huey",
-             s.median("idle.gsup"), s.median("idle.huey"), 2, "<= 0.5%", _at_most_value(0.5)),
-        _row('gsup add process (ms) vs python -c "import typer"', _ms(s.median("add.gsup")),
-             _ms(s.median("add.typer")), 1, "<= 1.3x", _at_most_ratio(1.3)),
+             m("cli_from.gsup"), 50_000, 0, ">= 50,000", _at_least_value(50_000),
+             before=m("cli_from.before")),
+        _row("latency add -> result, back to back: median (ms) vs huey", m("lat50.gsup"),
+             m("lat50.huey"), 2, "<= 0.5 ms", _at_most_value(0.5), before=m("lat50.before")),
+        _row("latency add -> result, back to back: p99 (ms) vs huey", m("lat99.gsup"),
+             m("lat99.huey"), 2, "<= 5 ms", _at_most_value(5.0), before=m("lat99.before")),
+        _row(f"latency add -> result, {gap}: median (ms) vs huey", m("gap50.gsup"),
+             m("gap50.huey"), 2, "<= 1 ms", _at_most_value(1.0), before=m("gap50.before")),
+        _row(f"latency add -> result, {gap}: p99 (ms) vs huey", m("gap99.gsup"),
+             m("gap99.huey"), 2, "<= 3 ms", _at_most_value(3.0), before=m("gap99.before")),
+        _row(f"  one SQLite commit (WAL, FULL), {gap}: median (ms)", m("gap50.commit"),
+             None, 2, peer_text="-"),
+        _row(f"idle CPU over {plan.idle_seconds:g} s (% of a core) vs huey", m("idle.gsup"),
+             m("idle.huey"), 2, "<= 0.5%", _at_most_value(0.5), before=m("idle.before")),
+        _row('gsup add process (ms) vs python -c "import typer"', _ms(m("add.gsup")),
+             _ms(m("add.typer")), 1, "<= 1.3x", _at_most_ratio(1.3)),
     ]  # fmt: skip
 
 
@@ -165,24 +183,32 @@ def all_rows(s: Samples, plan: Plan) -> list[Row]:
 def notes(plan: Plan) -> list[str]:
     """How each figure was measured, for RESULTS.md."""
     polling = " ".join(HUEY_FAST_POLLING)
+    low, high = (f"{g * 1e3:.0f}" for g in GAP_SECONDS)
     return [
-        f"Each figure is the median of {plan.reps} repetitions, interleaved (gsup, huey, "
-        "gsup, huey, ...); process times are medians of "
+        f"Each figure is the median of {plan.reps} repetitions, interleaved (gsup, the "
+        "earlier gsup, huey, gsup, ...); process times are medians of "
         f"{plan.process_runs} interleaved runs; the big journal's CLI times of "
         f"{plan.scale_cli_runs}, start-to-ready of {plan.scale_ready_runs}; the RSS run is "
         "one run.",
-        f"gsup: a fresh state dir per repetition, gsup.toml `[pools.user] threads = "
-        f"{USER_THREADS}, queue_size = {USER_QUEUE_SIZE}`; the journal at WAL, "
-        "synchronous=FULL. The job is `noop:noop` (`def noop(): return None`), added by "
-        "reference from a module on sys.path.",
+        "gsup: a fresh state dir per repetition with no settings file: the defaults "
+        f"({WORKERS} threads per pool, {default_queue_size(WORKERS)} jobs handed ahead of "
+        "them); the journal at WAL, "
+        "its turns synced before any reply. The job is `noop:noop` (`def noop(): return "
+        "None`), added by reference from a module on sys.path.",
+        "The earlier gsup (the column headed with its version) is installed, not editable, "
+        "in another environment; `--before PYTHON` runs the same figure functions "
+        "(bench/gsup_side.py) in that interpreter, interleaved with the others, also at its "
+        "own defaults.",
         "huey: `SqliteHuey(fsync=True, store_none=True)` (WAL, synchronous=FULL; None "
-        f"results stored, so they can be waited for); consumer `-w 4 -k thread -q {polling}`"
-        " (its fastest polling: an idle worker looks every 1 ms).",
+        f"results stored, so they can be waited for); consumer `-w {WORKERS} -k thread -q "
+        f"{polling}` (its fastest polling: an idle worker looks every 1 ms).",
         f"drain: {plan.drain_jobs:,} jobs queued with the user pool frozen; clock from "
-        "`queues.unfreeze()` to the reply of one `wait` on all of them. huey has no freeze: "
-        "the same number of messages, made by huey's serializer, are inserted in one "
-        "transaction while its consumer runs; clock from that commit until its result "
-        "store holds them all (counted every 5 ms).",
+        "`queues.unfreeze()` to the reply of one `wait` on all of them, or, on the next row, "
+        "until `result()` of every handle has returned, read one after another. huey has "
+        "no freeze: the same number of messages, made by huey's serializer, are inserted in "
+        "one transaction while its consumer runs; clock from that commit until its result "
+        "store holds them all (counted every 5 ms), or until each result has been read with "
+        "a blocking get, one after another.",
         f"enqueue: {plan.enqueue_calls:,} sequential `queues.add(noop)` with the user pool "
         "frozen (adding only), against huey's `noop()` with no consumer running. The SQLite "
         f"ceiling is {plan.sqlite_tx:,} BEGIN IMMEDIATE/INSERT/COMMIT transactions on a "
@@ -191,20 +217,26 @@ def notes(plan: Plan) -> list[str]:
         f"`gsup add --from FILE` process on a file of {plan.batch_jobs:,} `noop:noop` lines "
         "(process start included), user pool frozen.",
         f"latency: {plan.latency_trips:,} sequential `queues.add(noop).result()` on an idle "
-        "daemon; huey: `noop()` then `result.get(blocking=True, backoff=1, max_delay=0.001)` "
-        "(huey's blocking get polls the result store, here every 1 ms). Median and p99 "
-        "(nearest rank) per repetition, then the median of those.",
+        f"daemon, back to back; then {plan.gap_trips:,} more, each {low}-{high} ms after the "
+        "last one returned (the same seeded pauses on every side), so that every process "
+        "sleeps in between. huey: `noop()` then `result.get(blocking=True, backoff=1, "
+        "max_delay=0.001)` (huey's blocking get polls the result store, here every 1 ms). "
+        "Median and p99 (nearest rank) per repetition, then the median of those. The "
+        "commit row times one BEGIN IMMEDIATE/INSERT/COMMIT on a fresh WAL, "
+        "synchronous=FULL file after the same pauses: an add -> result trip waits for "
+        "two of them.",
         f"idle CPU: utime+stime from /proc of the process and its children (gsup's pool "
         f"processes) over {plan.idle_seconds:g} s, after one job and 1 s of quiet; huey's "
         "consumer at its fastest polling. Resolution: one clock tick (10 ms) per window.",
         "gsup add process: wall time of the whole `gsup add noop:noop` process, run from "
         'the folder of noop.py, against `python -c "import typer"`. `gsup` is the '
         "installed console script.",
-        f"scale: a real daemon writes one ended and one queued template job; their rows and "
-        f"events are cloned to {plan.scale_done:,} ended and {plan.scale_queued:,} queued "
-        "jobs (user pool frozen), then the WAL is checkpointed. Start to ready: spawn of "
-        "`gsup daemon` to its `gsup: ready:` line. CLI times with the daemon running; "
-        '"beyond process start" subtracts the `import typer` process time.',
+        f"scale: a real daemon writes one ended and one queued template job; their rows, "
+        f"attempts and events are cloned to {plan.scale_done:,} ended and "
+        f"{plan.scale_queued:,} queued jobs (user pool frozen), then the WAL is "
+        "checkpointed. Start to ready: spawn of `gsup daemon` to its `gsup: ready:` line. "
+        'CLI times with the daemon running; "beyond process start" subtracts the '
+        "`import typer` process time.",
         f"RSS: VmRSS of the supervisor process (and, on another row, plus its pool "
         f"processes) after {plan.rss_checkpoints[0]:,} and {plan.rss_checkpoints[1]:,} "
         "no-op jobs have run, added with add_many 10,000 at a time, the next batch added "

@@ -1,24 +1,32 @@
-"""The gsup side: daemons in state dirs of their own, and each figure's workload."""
+"""The gsup side: daemons in state dirs of their own, at default settings, and each
+figure's workload.
+
+The same figures can run against an earlier release of gsup installed in another
+environment (`python -m bench --before PYTHON`): `Before` runs this module in that
+interpreter, which imports its own gsup, so that both are measured in one run.
+"""
 
 from __future__ import annotations
 
 import importlib
+import json
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.measure import idle_cpu_percent, run_seconds
-from bench.plan import GSUP_TOML
+from bench.measure import gaps, idle_cpu_percent, run_seconds
 from bench.processes import Spawned, console_script
 
 NOOP_SOURCE = "def noop():\n    return None\n"
 WAIT_TIMEOUT = 900.0  # seconds; only a broken daemon takes this long
 SETTLE = 1.0  # seconds an idle daemon gets before its CPU is sampled
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -50,10 +58,8 @@ def gsup_cli() -> list[str]:
 
 
 def new_home(root: Path) -> Path:
-    """A fresh state dir with the bench's pool settings (see plan.GSUP_TOML)."""
-    home = Path(tempfile.mkdtemp(prefix="g", dir=root))
-    (home / "gsup.toml").write_text(GSUP_TOML)
-    return home
+    """A fresh state dir, with no settings file: the daemon runs at its defaults."""
+    return Path(tempfile.mkdtemp(prefix="g", dir=root))
 
 
 class GsupDaemon(Spawned):
@@ -88,18 +94,40 @@ def check_done(states: dict[int, str], expected: int) -> None:
 # --- figures --------------------------------------------------------------------------
 
 
+def _queued_frozen(queues: Any, ws: Workspace, jobs: int) -> list[Any]:
+    """`jobs` no-op jobs, added with the user pool frozen; their handles."""
+    queues.freeze("user")
+    handles = queues.add_many(ws.noop, [()] * jobs)
+    for handle in handles:
+        _ = handle.id  # journaled
+    return handles
+
+
 def drain_rate(ws: Workspace, jobs: int) -> float:
-    """Jobs/s from unfreezing a user pool with `jobs` queued to the last one's end."""
+    """Jobs/s from unfreezing a user pool with `jobs` queued to the last one's end,
+    awaited with one `wait` on all of them."""
     with running_daemon(new_home(ws.root)) as daemon:
         queues = daemon.queues()
-        queues.freeze("user")
-        ids = [job.id for job in queues.add_many(ws.noop, [()] * jobs)]
+        ids = [handle.id for handle in _queued_frozen(queues, ws, jobs)]
         start = time.perf_counter()
         queues.unfreeze("user")
         states = queues.client.wait(ids, WAIT_TIMEOUT)  # answered when the last one ends
         elapsed = time.perf_counter() - start
         check_done(states, jobs)
         return jobs / elapsed
+
+
+def drain_by_results_rate(ws: Workspace, jobs: int) -> float:
+    """Jobs/s from unfreezing a user pool with `jobs` queued until the `result()` of
+    each handle has been read, one after another."""
+    with running_daemon(new_home(ws.root)) as daemon:
+        queues = daemon.queues()
+        handles = _queued_frozen(queues, ws, jobs)
+        start = time.perf_counter()
+        queues.unfreeze("user")
+        for handle in handles:
+            handle.result(WAIT_TIMEOUT)
+        return jobs / (time.perf_counter() - start)
 
 
 def enqueue_rate(ws: Workspace, calls: int) -> float:
@@ -142,13 +170,24 @@ def cli_from_rate(ws: Workspace, jobs: int) -> float:
 
 
 def latencies(ws: Workspace, trips: int) -> list[float]:
-    """Seconds from `queues.add` to `.result()` returning, one job at a time, idle daemon."""
+    """Seconds from `queues.add` to `.result()` returning, one job after another."""
+    return _trips(ws, [0.0] * trips)
+
+
+def gap_latencies(ws: Workspace, trips: int) -> list[float]:
+    """The same, with the jobs 20-50 ms apart: every process sleeps in between."""
+    return _trips(ws, gaps(trips))
+
+
+def _trips(ws: Workspace, pauses: Sequence[float]) -> list[float]:
     with running_daemon(new_home(ws.root)) as daemon:
         queues = daemon.queues()
         for _ in range(5):  # warm up: the connection, and the pool's first import
             queues.add(ws.noop).result(WAIT_TIMEOUT)
         seconds = []
-        for _ in range(trips):
+        for pause in pauses:
+            if pause:
+                time.sleep(pause)
             start = time.perf_counter()
             queues.add(ws.noop).result(WAIT_TIMEOUT)
             seconds.append(time.perf_counter() - start)
@@ -177,3 +216,56 @@ def add_process_vs_typer(ws: Workspace, runs: int) -> tuple[list[float], list[fl
             adds.append(run_seconds(add, cwd=ws.code))
             floors.append(run_seconds(floor))
     return adds, floors
+
+
+# --- an earlier release, in an interpreter of its own ----------------------------------
+
+FIGURES: dict[str, Callable[[Workspace, Any], Any]] = {
+    "drain": drain_rate,
+    "drain_results": drain_by_results_rate,
+    "enqueue": enqueue_rate,
+    "add_many": add_many_rate,
+    "cli_from": cli_from_rate,
+    "latency": latencies,
+    "gap_latency": gap_latencies,
+    "idle": idle_cpu,
+}
+
+# Run in the earlier release's interpreter: its own gsup comes first on sys.path, this
+# checkout's bench package after it.
+_BOOT = (
+    "import sys; sys.path.append(sys.argv.pop(1)); "
+    "from bench.gsup_side import measure_main; measure_main(sys.argv[1:])"
+)
+
+
+def measure_main(argv: list[str]) -> None:
+    """`FIGURE AMOUNT ROOT`: measure one figure here, print it as JSON."""
+    figure, amount, root = argv
+    ws = make_workspace(Path(tempfile.mkdtemp(prefix="b", dir=root)))
+    print(json.dumps(FIGURES[figure](ws, json.loads(amount))))
+
+
+@dataclass(frozen=True)
+class Before:
+    """An earlier release of gsup, installed (not editable) in the environment of
+    `python`, measured by this module's figures in a subprocess of that interpreter."""
+
+    python: str
+    root: Path
+
+    def version(self) -> str:
+        return subprocess.run(
+            [self.python, "-I", "-c", "import importlib.metadata as m; print(m.version('gsup'))"],
+            capture_output=True, text=True, check=True, cwd=self.root,
+        ).stdout.strip()  # fmt: skip
+
+    def measure(self, figure: str, amount: Any) -> Any:
+        done = subprocess.run(
+            [self.python, "-I", "-c", _BOOT, str(REPOSITORY), figure, json.dumps(amount),
+             str(self.root)],
+            capture_output=True, text=True, cwd=self.root,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"the earlier gsup failed on {figure}: {done.stderr.strip()}")
+        return json.loads(done.stdout.splitlines()[-1])

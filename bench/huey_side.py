@@ -19,8 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.measure import idle_cpu_percent
-from bench.plan import HUEY_FAST_POLLING, HUEY_POLL
+from bench.measure import gaps, idle_cpu_percent
+from bench.plan import HUEY_FAST_POLLING, HUEY_POLL, WORKERS
 from bench.processes import Spawned, console_script
 
 MODULE = "bench_huey_tasks"  # the consumer imports it by this name, as the bench does
@@ -76,12 +76,12 @@ def make_workspace(root: Path) -> HueyWorkspace:
 
 
 class HueyConsumer(Spawned):
-    """`huey_consumer bench_huey_tasks.huey -w 4 -k thread -q [polling]`; -q keeps it from
+    """`huey_consumer bench_huey_tasks.huey -w 5 -k thread -q [polling]`; -q keeps it from
     logging every task (logging is not what is measured). SIGINT is its graceful stop."""
 
     def __init__(self, ws: HueyWorkspace, polling: tuple[str, ...] = HUEY_FAST_POLLING) -> None:
         argv = [*console_script("huey_consumer", "huey.bin.huey_consumer"), f"{MODULE}.huey"]
-        argv += ["-w", "4", "-k", "thread", "-q", *polling]
+        argv += ["-w", str(WORKERS), "-k", "thread", "-q", *polling]
         super().__init__(argv, cwd=ws.folder, env=ws.env(), stop_signal=signal.SIGINT)
         self.ws = ws
 
@@ -104,26 +104,46 @@ def _wait(result: Any) -> None:
 # --- figures --------------------------------------------------------------------------
 
 
-def drain_rate(ws: HueyWorkspace, jobs: int) -> float:
-    """Jobs/s for a running consumer to work through `jobs` that appear at once.
+def _released(ws: HueyWorkspace, jobs: int) -> list[Any]:
+    """`jobs` tasks that appear at once before a running consumer; their calls.
 
     huey has no freeze: the messages, made by huey's own serializer, are inserted in
     one transaction while the consumer polls every millisecond (the analogue of
-    unfreezing), and the clock starts once that transaction has committed. It stops
-    when the result store holds them all (counted every 5 ms).
+    unfreezing). The clock starts when this returns.
     """
     huey = ws.huey
-    huey.flush()
+    huey.flush()  # the start-up task's result
+    calls = [ws.tasks.noop.s() for _ in range(jobs)]
+    storage = huey.storage
+    rows = [(storage.name, storage.to_blob(huey.serialize_task(call)), 0) for call in calls]
+    with storage.db(commit=True) as cursor:
+        cursor.executemany("INSERT INTO task (queue, data, priority) VALUES (?, ?, ?)", rows)
+    return calls
+
+
+def drain_rate(ws: HueyWorkspace, jobs: int) -> float:
+    """Jobs/s for a running consumer to work through `jobs` that appear at once, until
+    the result store holds them all (counted every 5 ms)."""
+    ws.huey.flush()
     with HueyConsumer(ws):
-        huey.flush()  # the start-up task's result
-        messages = [huey.serialize_task(ws.tasks.noop.s()) for _ in range(jobs)]
-        storage = huey.storage
-        rows = [(storage.name, storage.to_blob(m), 0) for m in messages]
-        with storage.db(commit=True) as cursor:
-            cursor.executemany("INSERT INTO task (queue, data, priority) VALUES (?, ?, ?)", rows)
+        _released(ws, jobs)
         start = time.perf_counter()
-        while storage.result_store_size() < jobs:
+        while ws.huey.storage.result_store_size() < jobs:
             time.sleep(POLL_RESULTS)
+        return jobs / (time.perf_counter() - start)
+
+
+def drain_by_results_rate(ws: HueyWorkspace, jobs: int) -> float:
+    """The same, until each task's result has been read, one after another, blocking
+    as a huey user would."""
+    from huey.api import Result
+
+    ws.huey.flush()
+    with HueyConsumer(ws):
+        calls = _released(ws, jobs)
+        start = time.perf_counter()
+        for call in calls:
+            _wait(Result(ws.huey, call))
         return jobs / (time.perf_counter() - start)
 
 
@@ -141,17 +161,28 @@ def enqueue_rate(ws: HueyWorkspace, calls: int) -> float:
 
 
 def latencies(ws: HueyWorkspace, trips: int) -> list[float]:
-    """Seconds from `noop()` to its result, one at a time, consumer at fastest polling.
+    """Seconds from `noop()` to its result, one after another, consumer at fastest polling.
 
     huey's result.get(blocking=True) polls the result store too: here every
     millisecond (backoff=1, max_delay=0.001), as fast as the consumer polls its queue.
     """
+    return _trips(ws, [0.0] * trips)
+
+
+def gap_latencies(ws: HueyWorkspace, trips: int) -> list[float]:
+    """The same, with the tasks 20-50 ms apart, as on gsup's side."""
+    return _trips(ws, gaps(trips))
+
+
+def _trips(ws: HueyWorkspace, pauses: list[float]) -> list[float]:
     ws.huey.flush()
     with HueyConsumer(ws):
         for _ in range(5):
             _wait(ws.tasks.noop())
         seconds = []
-        for _ in range(trips):
+        for pause in pauses:
+            if pause:
+                time.sleep(pause)
             start = time.perf_counter()
             _wait(ws.tasks.noop())
             seconds.append(time.perf_counter() - start)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import statistics
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from bench.plan import GAP_SECONDS, GAP_SEED
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -25,6 +28,12 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(fraction * len(ordered)))
     return ordered[rank - 1]
+
+
+def gaps(trips: int) -> list[float]:
+    """The latency figure's pauses between trips: the same ones on every side."""
+    rng = random.Random(GAP_SEED)
+    return [rng.uniform(*GAP_SECONDS) for _ in range(trips)]
 
 
 def run_seconds(argv: Sequence[str], cwd: Path | None = None) -> float:

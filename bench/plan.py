@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The user pool of every gsup daemon the bench starts: 4 threads (the issue's drain
-# setting, and huey's `-w 4`), and 64 jobs handed to the pool ahead of a free thread
-# so that a thread that finishes finds its next job without a supervisor round trip.
-USER_THREADS = 4
-USER_QUEUE_SIZE = 64
-GSUP_TOML = f"[pools.user]\nthreads = {USER_THREADS}\nqueue_size = {USER_QUEUE_SIZE}\n"
+# Every gsup daemon the bench starts runs at its defaults (no gsup.toml): the figures
+# are the ones users get. huey's consumer gets as many worker threads as gsup's user
+# pool has by default.
+WORKERS = 5
 
 # huey's consumer at its fastest polling: an idle worker looks at the queue every
 # millisecond (-d is the first delay, -m the longest, -b 1 keeps it from growing).
@@ -17,15 +15,22 @@ GSUP_TOML = f"[pools.user]\nthreads = {USER_THREADS}\nqueue_size = {USER_QUEUE_S
 HUEY_POLL = 0.001
 HUEY_FAST_POLLING = ("-d", str(HUEY_POLL), "-m", str(HUEY_POLL), "-b", "1")
 
+# The latency with gaps: each job is added 20-50 ms after the last one ended, so that
+# every process sleeps in between, as on a real idle daemon. Seeded: both sides see
+# the same gaps.
+GAP_SECONDS = (0.020, 0.050)
+GAP_SEED = 20261128
+
 
 @dataclass(frozen=True)
 class Plan:
     smoke: bool
-    reps: int  # interleaved repetitions of each figure: gsup, huey, gsup, huey, ...
+    reps: int  # interleaved repetitions of each figure: gsup, gsup before, huey, ...
     drain_jobs: int
     enqueue_calls: int
     batch_jobs: int
-    latency_trips: int
+    latency_trips: int  # back to back
+    gap_trips: int  # with gaps
     idle_seconds: float
     process_runs: int  # runs of `gsup add`, and of `python -c "import typer"`
     sqlite_tx: int
@@ -39,10 +44,11 @@ class Plan:
 FULL = Plan(
     smoke=False,
     reps=3,
-    drain_jobs=20_000,
+    drain_jobs=10_000,
     enqueue_calls=2_000,
     batch_jobs=100_000,
     latency_trips=1_000,
+    gap_trips=300,
     idle_seconds=10.0,
     process_runs=15,
     sqlite_tx=3_000,
@@ -60,6 +66,7 @@ SMOKE = Plan(
     enqueue_calls=100,
     batch_jobs=2_000,
     latency_trips=50,
+    gap_trips=10,
     idle_seconds=0.5,
     process_runs=3,
     sqlite_tx=200,

@@ -15,7 +15,7 @@ from dataclasses import astuple, dataclass
 from importlib import metadata
 from pathlib import Path
 
-HEADER = ("figure", "gsup", "peer or limit", "ratio", "target", "met?")
+HEADER = ("figure", "gsup", "before", "peer or limit", "ratio", "target", "met?")
 LIMITS_HEADING = "## What limits it"
 LIMITS_PLACEHOLDER = "_To be written: what bounds each figure that misses its target._\n"
 
@@ -24,16 +24,21 @@ LIMITS_PLACEHOLDER = "_To be written: what bounds each figure that misses its ta
 class Row:
     figure: str
     gsup: str
+    before: str = "-"  # the same figure on an earlier release (`--before`)
     peer: str = "-"
     ratio: str = "-"
     target: str = "-"
     met: str = "-"
 
 
-def text_table(rows: Sequence[Row]) -> str:
-    cells = [HEADER, *(astuple(row) for row in rows)]
+def _header(before: str | None) -> tuple[str, ...]:
+    return tuple(f"gsup {before}" if h == "before" and before else h for h in HEADER)
+
+
+def text_table(rows: Sequence[Row], before: str | None = None) -> str:
+    cells = [_header(before), *(astuple(row) for row in rows)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(HEADER))]
-    right = {1, 2, 3}  # numbers line up on the right
+    right = {1, 2, 3, 4}  # numbers line up on the right
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(
@@ -42,15 +47,15 @@ def text_table(rows: Sequence[Row]) -> str:
         ).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(HEADER), rule, *(line(values) for values in cells[1:])])
+    return "\n".join([line(cells[0]), rule, *(line(values) for values in cells[1:])])
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
+def markdown_table(rows: Sequence[Row], before: str | None = None) -> str:
     def line(values: Sequence[str]) -> str:
         return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
 
-    align = "| --- | ---: | ---: | ---: | --- | --- |"
-    return "\n".join([line(HEADER), align, *(line(astuple(row)) for row in rows)])
+    align = "| --- | ---: | ---: | ---: | ---: | --- | --- |"
+    return "\n".join([line(_header(before)), align, *(line(astuple(row)) for row in rows)])
 
 
 # --- the machine -----------------------------------------------------------------------
@@ -108,7 +113,7 @@ def _commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def machine(temp_root: Path) -> list[tuple[str, str]]:
+def machine(temp_root: Path, before: str | None = None) -> list[tuple[str, str]]:
     free = shutil.disk_usage(temp_root).free / 2**30
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return [
@@ -120,6 +125,7 @@ def machine(temp_root: Path) -> list[tuple[str, str]]:
         ("load average at start", load),
         ("Python", sys.version.split()[0]),
         ("gsup", f"{_version('gsup')} (checkout at commit {_commit()})"),
+        *([("gsup before", f"{before} (installed for --before)")] if before else []),
         ("huey", _version("huey")),
         ("typer", _version("typer")),
         ("SQLite", sqlite3.sqlite_version),
@@ -145,6 +151,7 @@ def results_markdown(
     command: str,
     notes: Sequence[str],
     limits: str,
+    before: str | None = None,
 ) -> str:
     lines = [
         "# gsup benchmark results",
@@ -158,7 +165,7 @@ def results_markdown(
         "",
         "## Figures",
         "",
-        markdown_table(rows),
+        markdown_table(rows, before),
         "",
         "## How each figure is measured",
         "",
@@ -178,5 +185,7 @@ def write_results(
     described: Sequence[tuple[str, str]],
     command: str,
     notes: Sequence[str],
+    before: str | None = None,
 ) -> None:
-    path.write_text(results_markdown(rows, described, command, notes, _kept_limits(path)))
+    limits = _kept_limits(path)
+    path.write_text(results_markdown(rows, described, command, notes, limits, before))

@@ -29,7 +29,7 @@ from bench.gsup_side import (
 )
 from bench.measure import descendants, rss_kb, run_seconds
 
-TIME_COLUMNS = {"created", "started", "ended", "at"}  # shifted so clones are in id order
+TIME_COLUMNS = {"created", "dispatched", "started", "ended", "at"}  # shifted: clones in id order
 SPACING = 1e-4  # seconds between cloned jobs
 ADD_BATCH = 10_000  # jobs per add_many call in the RSS run (the API's request size)
 RSS_SETTLE = 0.5  # seconds after the last job ends before memory is read
@@ -64,25 +64,29 @@ def build_journal(ws: Workspace, done: int, queued: int) -> Path:
 
 
 def _clone(conn: sqlite3.Connection, template: int, ids: range) -> None:
-    """Copy job `template` and its events under each id of `ids`."""
+    """Copy job `template`, its attempts and its events under each id of `ids`."""
     job_columns, job_rows = _select(conn, "SELECT * FROM jobs WHERE id = ?", template)
     conn.executemany(_insert("jobs", job_columns), _copies(job_columns, job_rows[0], template, ids))
-    columns, rows = _select(conn, "SELECT * FROM events WHERE job = ? ORDER BY seq", template)
-    keep = [i for i, name in enumerate(columns) if name != "seq"]  # SQLite numbers them
-    columns = [columns[i] for i in keep]
-    copies = (
-        copy
-        for row in rows
-        for copy in _copies(columns, [row[i] for i in keep], template, ids, id_column="job")
-    )
-    conn.executemany(_insert("events", columns), copies)
+    for table, key in (("attempts", "id"), ("events", "seq")):
+        columns, rows = _select(conn, f"SELECT * FROM {table} WHERE job = ? ORDER BY {key}",
+                                template, allow_none=table == "attempts")  # fmt: skip
+        keep = [i for i, name in enumerate(columns) if name != key]  # SQLite numbers them
+        columns = [columns[i] for i in keep]
+        copies = (
+            copy
+            for row in rows
+            for copy in _copies(columns, [row[i] for i in keep], template, ids, id_column="job")
+        )
+        conn.executemany(_insert(table, columns), copies)
 
 
-def _select(conn: sqlite3.Connection, sql: str, job: int) -> tuple[list[str], list[tuple]]:
+def _select(
+    conn: sqlite3.Connection, sql: str, job: int, allow_none: bool = False
+) -> tuple[list[str], list[tuple]]:
     cursor = conn.execute(sql, (job,))
     columns = [c[0] for c in cursor.description]
     rows = cursor.fetchall()
-    if not rows:
+    if not rows and not allow_none:
         raise RuntimeError(f"the template job {job} is missing: {sql}")
     return columns, rows
 
