@@ -113,6 +113,26 @@ def test_a_better_job_takes_the_place_of_a_held_one(bench):
     assert bench.fake.submitted[-1] == second  # back in once there is room
 
 
+def test_a_job_given_back_keeps_its_place_among_its_equals(tmp_path):
+    bench = Bench(tmp_path, slots=4)
+    a, b, c, d, e, f = (bench.add() for _ in range(6))
+    bench.turn()
+    bench.fake.begin(a)
+    bench.fake.begin(b)
+    urgent = bench.add(priority=0)
+    bench.turn()
+    assert bench.fake.recalled == [d]
+    bench.fake.finish(a)
+    bench.fake.finish(b)
+    bench.turn()
+    assert bench.fake.submitted[-1] == e  # `d` is still on its way back
+    bench.fake.deliver()
+    bench.fake.begin(c)
+    bench.fake.finish(c)
+    bench.turn()
+    assert bench.fake.submitted == [a, b, c, d, urgent, e, d, f]  # `d` before `f`
+
+
 def test_a_timeout_stops_the_attempt_and_ends_the_job(bench):
     job = bench.add(timeout=5)
     bench.turn()

@@ -152,7 +152,7 @@ class Handlers:
         self.journal.log_command("retry", {"job": job}, conn.uid, conn.pid)
         self.book.transition(job, row["pool"], State(row["state"]), State.QUEUED,
                              "retried by request", time.time())  # fmt: skip
-        self.book.queued(row["pool"], row["priority"])
+        self.book.queued(row["pool"], row["priority"], job)
         return {"state": State.QUEUED.value}
 
     def purge(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:

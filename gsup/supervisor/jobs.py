@@ -10,7 +10,9 @@ with a fake executor and a clock of their own.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -136,12 +138,13 @@ class JobBook:
 
     # --- jobs entering the queue -----------------------------------------------------
 
-    def queued(self, pool: str, priority: int) -> None:
-        """A job of `pool` is queued (added, retried, requeued, given back)."""
+    def queued(self, pool: str, priority: int, job: int | None = None) -> None:
+        """A job of `pool` is queued (added, retried, requeued, given back); `job`: its
+        id (None: a new job, which comes after every other of its priority)."""
         lane = self.lanes[pool]
         lane.maybe_queued = True
         worst = lane.worst_waiting()
-        if worst is not None and priority < worst.priority:
+        if worst is not None and (priority, math.inf if job is None else job) < worst.key:
             lane.maybe_better = True
 
     def added(self, specs: list[JobSpec]) -> None:
@@ -183,22 +186,22 @@ class JobBook:
         """Jobs that come after the last one the executor holds (all before it are held)."""
         worst = lane.worst_waiting()
         asked_back = sum(f.recalling for f in lane.flights.values())
-        jobs = self._candidates(lane, free + asked_back, after=worst.key if worst else None)
+        jobs, _ = self._candidates(lane, free + asked_back, after=worst.key if worst else None)
         if len(jobs) < free:
             self._sleep_until_due(lane)
         for job in jobs[:free]:
-            if not self._hand_over(lane, job):
+            if self._hand_over(lane, job) is None:
                 break
 
     def _dispatch_better(self, lane: Lane, free: int) -> None:
-        """Some queued job may beat what the executor holds: fill the free room with the
-        best, then let better jobs take the places of the worst held ones."""
-        lane.maybe_better = False
+        """Some queued job may come before one the executor holds: fill the free room with
+        the best, and let a better priority take the place of the worst held job."""
         held = sorted((f for f in lane.flights.values() if f.waiting), key=lambda f: f.key)
         limit = free + 2 * len(held) + sum(f.recalling for f in lane.flights.values())
-        jobs = self._candidates(lane, limit)
+        jobs, more = self._candidates(lane, limit)
         if len(jobs) < free:
             self._sleep_until_due(lane)
+        lane.maybe_better = False
         for job in jobs:
             if free > 0:
                 free -= 1
@@ -206,20 +209,25 @@ class JobBook:
                 displaced = held.pop()
                 displaced.recalling = True
                 lane.executor.recall(displaced.job)
-            else:
+            else:  # it waits for room; until then, look before the held jobs again
+                lane.maybe_better = bool(held) and (job.priority, job.id) < held[-1].key
                 return
-            if not self._hand_over(lane, job):
+            flight = self._hand_over(lane, job)
+            if flight is None:
                 return
+            bisect.insort(held, flight, key=lambda f: f.key)
+        lane.maybe_better = more and bool(held)
 
     def _candidates(
         self, lane: Lane, limit: int, after: tuple[int, int] | None = None
-    ) -> list[QueuedJob]:
+    ) -> tuple[list[QueuedJob], bool]:
+        """The next queued jobs no executor holds; whether there may be more."""
         if limit <= 0:
-            return []
+            return [], True
         jobs = queries.next_queued(
             self.journal.reader, lane.executor.name, limit, self.wall(), after=after
         )
-        return [job for job in jobs if job.id not in lane.flights]
+        return [job for job in jobs if job.id not in lane.flights], len(jobs) == limit
 
     def _sleep_until_due(self, lane: Lane) -> None:
         """Nothing more is ready: look again when a job is queued or a delayed retry
@@ -237,22 +245,24 @@ class JobBook:
     def _due(self, lane: Lane) -> None:
         lane.wake, lane.maybe_queued = None, True
 
-    def _hand_over(self, lane: Lane, job: QueuedJob) -> bool:
-        """Submit `job`; False when nothing more may follow it now (a suspect)."""
+    def _hand_over(self, lane: Lane, job: QueuedJob) -> Flight | None:
+        """Submit `job`; None when it may not go now, nor anything after it (a suspect
+        waits until its executor holds nothing; the rest wait until it has ended)."""
         suspect = lane.executor.shared_fate and job.policy.lost_count > 0
         if suspect and lane.flights:
-            lane.maybe_queued = True  # it waits until its executor holds nothing
-            return False
+            lane.maybe_queued = True
+            return None
         executor = lane.executor
         attempt = self.journal.open_attempt(job.id, executor.name, executor.backend, self.wall())
-        lane.flights[job.id] = Flight(job.id, executor.name, job.priority, job.timeout,
-                                      job.policy, attempt)  # fmt: skip
-        lane.executor.submit(
+        flight = Flight(job.id, executor.name, job.priority, job.timeout, job.policy, attempt)
+        lane.flights[job.id] = flight
+        executor.submit(
             Attempt(job.id, job.kind, job.target, job.spec, job.priority, job.policy.runs_once)
         )
         if suspect:
-            lane.maybe_queued = True  # the rest wait until it has ended
-        return not suspect
+            lane.maybe_queued = True
+            return None
+        return flight
 
     # --- cancelling, asking jobs back or to stop --------------------------------------------
 
@@ -353,7 +363,7 @@ class JobBook:
             if settled.state == State.CANCELLED:
                 self.cancel_queued(flight.job, flight.pool, settled.why, now)
             else:
-                self.queued(flight.pool, flight.priority)
+                self.queued(flight.pool, flight.priority, flight.job)
             return
         state, why, charged = settled.state or State.QUEUED, settled.why, settled.charged
         if state == State.QUEUED and end.ending != Ending.RECALLED and flight.policy.runs_once:
@@ -367,13 +377,13 @@ class JobBook:
         self.transition(flight.job, flight.pool, State.RUNNING, state, why, now,
                         charge=0 if charged else -1, lost=lost, outcome=end.outcome)  # fmt: skip
         if state == State.QUEUED:
-            self.queued(flight.pool, flight.priority)
+            self.queued(flight.pool, flight.priority, flight.job)
         elif retry:
             delay = policy.delay() if state != State.LOST else 0.0
             self.transition(flight.job, flight.pool, state, State.QUEUED,
                             f"retry after {state}" + (f" in {delay:g}s" if delay else ""), now,
                             not_before=now + delay if delay else None)  # fmt: skip
-            self.queued(flight.pool, flight.priority)
+            self.queued(flight.pool, flight.priority, flight.job)
         else:
             self._ended(flight.job, state)
 
@@ -382,7 +392,7 @@ class JobBook:
         is not left running with nothing following it."""
         if not flight.started:
             self.journal.drop_attempt(flight.attempt)
-            self.queued(flight.pool, flight.priority)
+            self.queued(flight.pool, flight.priority, flight.job)
             return
         if isinstance(exc, JournalConflict):
             say(f"job {flight.job}: {exc}; its end is not recorded")
