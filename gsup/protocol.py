@@ -128,11 +128,8 @@ class JobSpec:
 
     def to_wire(self) -> dict[str, Any]:
         """The fields that differ from their defaults (the daemon fills in the rest)."""
-        return {
-            name: value
-            for name, default in _SPEC_DEFAULTS.items()
-            if (value := getattr(self, name)) != default
-        }
+        defaults = _SPEC_DEFAULTS
+        return {name: value for name, value in vars(self).items() if value != defaults[name]}
 
     @classmethod
     def from_wire(cls, data: Any, defaults: dict[str, Any] | None = None) -> JobSpec:

@@ -26,6 +26,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,21 @@ class JournalConflict(Exception):
 
 def _runnable_json(spec: JobSpec, cache: dict[tuple, str]) -> str:
     """What an executor needs to run a job, as the `spec` column holds it. The parts
-    jobs of one batch share (the very same objects) are encoded once, through `cache`."""
-    key = (id(spec.argv), spec.cwd, id(spec.path), id(spec.env))
+    jobs of one batch share (the same command and folder, the very same path and
+    environment objects) are encoded once, through `cache`."""
+    key = (tuple(spec.argv), spec.cwd, id(spec.path), id(spec.env))
     shared = cache.get(key)
     if shared is None:
         shared = cache[key] = json.dumps(
             {"argv": spec.argv, "cwd": spec.cwd, "path": spec.path, "env": spec.env}
         )[1:]
-    head = json.dumps({"arguments": spec.arguments, "pickled": spec.pickled})[:-1]
-    return f"{head}, {shared}"
+    arguments, pickled = _json_text(spec.arguments), _json_text(spec.pickled)
+    return f'{{"arguments": {arguments}, "pickled": {pickled}, {shared}'
+
+
+def _json_text(text: str | None) -> str:
+    """json.dumps of a text or None, without its per-call overhead (the hot path)."""
+    return "null" if text is None else encode_basestring_ascii(text)
 
 
 def storable(value: Any) -> Any:
