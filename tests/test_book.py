@@ -12,7 +12,7 @@ from gsup.executors.fake import FakeExecutor
 from gsup.journal import queries
 from gsup.journal.migrations import open_journal
 from gsup.journal.writer import Writer
-from gsup.lifecycle import Ending, State, StateChange
+from gsup.lifecycle import Ending, State, StateChange, Stop
 from gsup.specs import call_spec
 from gsup.supervisor.jobs import JobBook
 from gsup.supervisor.loop import Timers
@@ -266,8 +266,6 @@ def test_cancelling_a_held_job_ends_it_when_the_executor_gives_it_back(bench):
     bench.turn()
     flight = bench.book.flight(job, "user")
     assert flight is not None
-    from gsup.lifecycle import Stop
-
     bench.book.stop_flight(flight, Stop.CANCEL)
     assert bench.row(job)["state"] == "queued"
     bench.fake.deliver()
@@ -275,3 +273,67 @@ def test_cancelling_a_held_job_ends_it_when_the_executor_gives_it_back(bench):
         "cancelled",
         "cancelled before it started",
     )
+
+
+def test_a_held_job_on_its_way_back_does_not_hide_the_rest_of_the_queue(tmp_path):
+    bench = Bench(tmp_path, slots=3)
+    a, b, c, d = (bench.add() for _ in range(4))
+    bench.turn()
+    bench.fake.begin(a)
+    flight = bench.book.flight(c, "user")
+    assert flight is not None
+    bench.book.stop_flight(flight, Stop.CANCEL)  # `c` is cancelled; its executor has it still
+    bench.fake.finish(a)
+    bench.turn()
+    bench.fake.deliver()
+    bench.turn()
+    assert bench.row(c)["state"] == "cancelled" and bench.fake.submitted == [a, b, c, d]
+
+
+def test_a_delayed_retry_that_falls_due_comes_before_the_held_jobs(tmp_path):
+    bench = Bench(tmp_path, slots=3)
+    urgent = bench.add(priority=0, retries=1, retry_delay=10)
+    bench.turn()
+    bench.fake.begin(urgent)
+    bench.fake.finish(urgent, Ending.FAILED, "boom")
+    for _ in range(10):
+        bench.add(priority=5)
+    bench.turn()
+    bench.clocks.advance(11)
+    bench.turn()
+    bench.fake.finish(bench.fake.begin())  # room for one
+    bench.turn()
+    assert bench.fake.submitted.count(urgent) == 2
+
+
+def test_a_timeout_is_for_its_own_attempt_only(tmp_path):
+    bench = Bench(tmp_path, slots=2)
+    job = bench.add(timeout=10, retries=2)
+    bench.turn()
+    bench.fake.finish(job, Ending.FAILED, "could not be started")  # no start reported
+    bench.turn()
+    bench.clocks.advance(5)
+    bench.fake.begin(job)  # the retry
+    bench.clocks.advance(5.5)
+    assert bench.fake.stopped == []
+    bench.clocks.advance(5)
+    assert bench.fake.stopped == [job]
+
+
+def test_each_delayed_retry_is_looked_at_when_it_falls_due(tmp_path):
+    bench = Bench(tmp_path, slots=3)
+    soon = bench.add(priority=0, retries=1, retry_delay=10)
+    later = bench.add(priority=0, retries=1, retry_delay=20)
+    bench.turn()
+    for job in (soon, later):
+        bench.fake.begin(job)
+        bench.fake.finish(job, Ending.FAILED, "boom")
+    for _ in range(10):
+        bench.add(priority=5)
+    bench.turn()
+    for seconds in (11, 10):
+        bench.clocks.advance(seconds)
+        bench.turn()
+        bench.fake.finish(bench.fake.begin())
+        bench.turn()
+    assert bench.fake.submitted.count(soon) == bench.fake.submitted.count(later) == 2

@@ -84,10 +84,13 @@ def test_a_dead_pool_is_restarted_and_its_job_handled_by_policy(daemon, gsup):
     assert "pool user died (exit code 3); restarting it" in daemon.output
 
 
-def test_a_job_that_keeps_killing_its_pool_is_quarantined(daemon, gsup):
-    neighbour = gsup.add("jobs:sleep", "0.5")
+def test_a_job_that_keeps_killing_its_pool_is_quarantined(daemon, gsup, workdir):
+    flag = workdir / "go"
+    neighbour = gsup.add("jobs:wait_for_file", str(flag))
     wait_until(lambda: gsup.running(neighbour), what="the neighbour to start")
     job = gsup.add("jobs:die")
+    wait_until(lambda: gsup.show(neighbour)["lost_count"] == 1, what="the first pool death")
+    flag.touch()  # the neighbour, older, runs alone first
     assert gsup.wait(job, neighbour) == {job: "lost", neighbour: "done"}
     shown = gsup.show(job)
     assert shown["reason"].startswith("poison: in flight during 3 pool deaths")

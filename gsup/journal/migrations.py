@@ -175,10 +175,10 @@ def _v1_to_v2(migrator: SqliteMigrator) -> None:
     database.execute_sql(
         "UPDATE jobs SET attempt = (SELECT max(id) FROM attempts WHERE job = jobs.id)"
     )
-    database.execute_sql(
-        "UPDATE attempts SET external_id = (SELECT worker FROM jobs WHERE attempt = attempts.id),"
-        " started = coalesce((SELECT started FROM jobs WHERE attempt = attempts.id), started)"
-        " WHERE id IN (SELECT attempt FROM jobs WHERE attempt IS NOT NULL)"
+    database.execute_sql(  # each correlated by a primary key: linear in the jobs
+        "UPDATE attempts SET external_id = (SELECT worker FROM jobs WHERE id = attempts.job),"
+        " started = coalesce((SELECT started FROM jobs WHERE id = attempts.job), started)"
+        " WHERE id = (SELECT attempt FROM jobs WHERE id = attempts.job)"
     )
     migrate(migrator.drop_column("jobs", "worker"), migrator.drop_column("jobs", "started"))
 

@@ -82,11 +82,21 @@ class Lane:
     flights: dict[int, Flight] = field(default_factory=dict)
     maybe_queued: bool = True  # cleared when a dispatch finds no job ready
     maybe_better: bool = False  # a job queued that beats one the executor holds
-    wake: Any = None  # timer: the earliest delayed retry falls due
+    wake: Any = None  # timer: the earliest delayed retry falls due...
+    wake_at: float = math.inf  # ...at this wall time
+
+    def waiting(self) -> list[Flight]:
+        """The jobs its executor holds for a free worker, best first."""
+        return sorted((f for f in self.flights.values() if f.waiting), key=lambda f: f.key)
 
     def worst_waiting(self) -> Flight | None:
         waiting = [f for f in self.flights.values() if f.waiting]
         return max(waiting, key=lambda f: f.key) if waiting else None
+
+    def coming_back(self) -> int:
+        """Jobs it holds unstarted that are on their way back (asked back, or stopped):
+        still queued in the journal, so a query for the next jobs finds them too."""
+        return sum(not f.started and not f.waiting for f in self.flights.values())
 
 
 @dataclass
@@ -185,9 +195,9 @@ class JobBook:
     def _fill(self, lane: Lane, free: int) -> None:
         """Jobs that come after the last one the executor holds (all before it are held)."""
         worst = lane.worst_waiting()
-        asked_back = sum(f.recalling for f in lane.flights.values())
-        jobs, _ = self._candidates(lane, free + asked_back, after=worst.key if worst else None)
-        if len(jobs) < free:
+        limit = free + lane.coming_back()
+        jobs, more = self._candidates(lane, limit, after=worst.key if worst else None)
+        if not more:
             self._sleep_until_due(lane)
         for job in jobs[:free]:
             if self._hand_over(lane, job) is None:
@@ -196,13 +206,15 @@ class JobBook:
     def _dispatch_better(self, lane: Lane, free: int) -> None:
         """Some queued job may come before one the executor holds: fill the free room with
         the best, and let a better priority take the place of the worst held job."""
-        held = sorted((f for f in lane.flights.values() if f.waiting), key=lambda f: f.key)
-        limit = free + 2 * len(held) + sum(f.recalling for f in lane.flights.values())
+        held = lane.waiting()
+        limit = free + 2 * len(held) + lane.coming_back()
         jobs, more = self._candidates(lane, limit)
-        if len(jobs) < free:
+        if not more:
             self._sleep_until_due(lane)
         lane.maybe_better = False
         for job in jobs:
+            if self._must_wait_alone(lane, job):
+                return
             if free > 0:
                 free -= 1
             elif held and job.priority < held[-1].priority:
@@ -234,24 +246,45 @@ class JobBook:
         falls due."""
         lane.maybe_queued = False
         due = queries.next_retry_time(self.journal.reader, lane.executor.name, self.wall())
+        if due is not None:
+            self._wake_at(lane, due)
+
+    def _wake_at(self, lane: Lane, due: float) -> None:
+        """Look at `lane` again at wall time `due`, when a delayed retry falls due."""
+        if due >= lane.wake_at:
+            return  # an earlier wake comes first, and looks again then
         if lane.wake is not None:
             lane.wake.cancel()
-            lane.wake = None
-        if due is not None:
-            lane.wake = self.clock.call_at(
-                self.clock.now() + max(0.0, due - self.wall()), lambda: self._due(lane)
-            )
+        lane.wake_at = due
+        lane.wake = self.clock.call_at(
+            self.clock.now() + max(0.0, due - self.wall()), lambda: self._due(lane)
+        )
 
     def _due(self, lane: Lane) -> None:
-        lane.wake, lane.maybe_queued = None, True
+        """A delayed retry falls due: it may come before what the executor holds."""
+        lane.wake, lane.wake_at = None, math.inf
+        lane.maybe_queued = lane.maybe_better = True
+        later = queries.next_retry_time(self.journal.reader, lane.executor.name, self.wall())
+        if later is not None:
+            self._wake_at(lane, later)
+
+    @staticmethod
+    def _suspect(lane: Lane, job: QueuedJob) -> bool:
+        return lane.executor.shared_fate and job.policy.lost_count > 0
+
+    def _must_wait_alone(self, lane: Lane, job: QueuedJob) -> bool:
+        """A suspect waits until its executor holds nothing (and so does what follows it)."""
+        if self._suspect(lane, job) and lane.flights:
+            lane.maybe_queued = True
+            return True
+        return False
 
     def _hand_over(self, lane: Lane, job: QueuedJob) -> Flight | None:
-        """Submit `job`; None when it may not go now, nor anything after it (a suspect
-        waits until its executor holds nothing; the rest wait until it has ended)."""
-        suspect = lane.executor.shared_fate and job.policy.lost_count > 0
-        if suspect and lane.flights:
-            lane.maybe_queued = True
+        """Submit `job`; None when nothing may follow it now: it runs alone (a suspect),
+        or it must itself wait until it can."""
+        if self._must_wait_alone(lane, job):
             return None
+        suspect = self._suspect(lane, job)
         executor = lane.executor
         attempt = self.journal.open_attempt(job.id, executor.name, executor.backend, self.wall())
         flight = Flight(job.id, executor.name, job.priority, job.timeout, job.policy, attempt)
@@ -302,7 +335,7 @@ class JobBook:
 
     def _time_out(self, flight: Flight) -> None:
         flight.timer = None
-        if flight.job in self.lanes[flight.pool].flights:
+        if self.lanes[flight.pool].flights.get(flight.job) is flight:  # not a later attempt
             self.stop_flight(flight, Stop.TIMEOUT)
 
     def adopt(self, job: Unfinished) -> None:
@@ -323,23 +356,28 @@ class JobBook:
         flight = self.lanes[executor.name].flights.get(job)
         if flight is None or flight.started:
             return
-        self._start(flight, executor, external_id, at)
+        try:
+            self._start(flight, executor, external_id, at)
+        except Exception:  # a bug must not take the daemon down; its end will settle it
+            report_bug()
+            return
+        if flight.timeout is not None:
+            flight.timer = self.clock.call_at(
+                self.clock.now() + flight.timeout, lambda: self._time_out(flight)
+            )
         if flight.policy.runs_once:
             self.journal.must_sync()  # its go-ahead leaves once the start is on the disk
             executor.confirm(job)
 
     def _start(self, flight: Flight, executor: Executor, external_id: str | None,
-                      at: float) -> None:  # fmt: skip
-        flight.started, flight.recalling = True, False  # it runs: too late to ask it back
+               at: float) -> None:  # fmt: skip
+        """Journal the start of `flight`'s attempt: the job is running."""
         self.journal.start_attempt(flight.attempt, external_id, at)
+        flight.started, flight.recalling = True, False  # it runs: too late to ask it back
         flight.policy = replace(flight.policy, attempts=flight.policy.attempts + 1)
         why = f"started on {executor.name}/{external_id}" if external_id else "started"
         self.transition(flight.job, flight.pool, State.QUEUED, State.RUNNING, why, at, charge=1,
                         attempt=flight.attempt)  # fmt: skip
-        if flight.timeout is not None:
-            flight.timer = self.clock.call_at(
-                self.clock.now() + flight.timeout, lambda: self._time_out(flight)
-            )
 
     def ended(self, executor: Executor, job: int, end: AttemptEnd) -> None:
         flight = self.lanes[executor.name].flights.pop(job, None)
@@ -383,7 +421,10 @@ class JobBook:
             self.transition(flight.job, flight.pool, state, State.QUEUED,
                             f"retry after {state}" + (f" in {delay:g}s" if delay else ""), now,
                             not_before=now + delay if delay else None)  # fmt: skip
-            self.queued(flight.pool, flight.priority, flight.job)
+            if delay:
+                self._wake_at(self.lanes[flight.pool], now + delay)
+            else:
+                self.queued(flight.pool, flight.priority, flight.job)
         else:
             self._ended(flight.job, state)
 
