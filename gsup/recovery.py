@@ -32,14 +32,14 @@ LOST_WITH_DAEMON = "lost with the daemon"
 REATTACHED = "reattached"
 REQUEUE = "requeue"
 ENDS_LOST = "ends lost"
-MAY_HAVE_STARTED = "stays queued"
+STAYS_QUEUED = "stays queued"
 HANDED_OVER = "handed to its executor when the daemon died; it may have started"
 
 
 @dataclass
 class Decision:
     job: Unfinished
-    action: str  # REATTACHED, REQUEUE, ENDS_LOST or MAY_HAVE_STARTED
+    action: str  # REATTACHED, REQUEUE, ENDS_LOST or STAYS_QUEUED
     why: str
 
 
@@ -62,7 +62,7 @@ class RecoveryReport:
             f"recovery: {self.queued} queued kept, {len(requeued)} running requeued"
             f"{_ids(requeued)}, {len(lost)} running ended lost{_ids(lost)}"
         )
-        handed = self.jobs(MAY_HAVE_STARTED)
+        handed = self.jobs(STAYS_QUEUED)
         if handed:
             text += f", {len(handed)} queued may have started{_ids(handed)}"
         reattached = self.jobs(REATTACHED)
@@ -84,7 +84,7 @@ def plan(conn: sqlite3.Connection, executors: Mapping[str, Executor]) -> Recover
     queued, running, handed = unfinished(conn)
     report = RecoveryReport(queued=queued)
     for job in handed:
-        report.decisions.append(Decision(job, MAY_HAVE_STARTED, HANDED_OVER))
+        report.decisions.append(Decision(job, STAYS_QUEUED, HANDED_OVER))
     for job in running:
         executor = executors.get(job.executor or job.pool)
         if job.attempt is not None and executor is not None and executor.reattach(job):
@@ -110,7 +110,7 @@ def apply(book: JobBook, report: RecoveryReport) -> None:
         if decision.action == REATTACHED:
             book.adopt(job)
             continue
-        if decision.action == MAY_HAVE_STARTED:
+        if decision.action == STAYS_QUEUED:
             assert job.attempt is not None
             book.journal.close_attempt(job.attempt, State.LOST, decision.why, now, charged=False)
             continue

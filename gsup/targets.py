@@ -58,8 +58,8 @@ def parse_keyword(text: str, as_string: bool = False) -> tuple[str, Any]:
     return name, parse_value(value, as_string)
 
 
-_PLAIN = (str, int, bool, type(None))
-_NO_ARGUMENTS = repr(((), {}))  # their repr is always an equal literal
+_PLAIN = (str, int, bool, type(None))  # their repr is always an equal literal
+_NO_ARGUMENTS = repr(((), {}))
 
 
 def literal_text(args: tuple, kwargs: dict[str, Any]) -> str | None:

@@ -337,3 +337,17 @@ def test_each_delayed_retry_is_looked_at_when_it_falls_due(tmp_path):
         bench.fake.finish(bench.fake.begin())
         bench.turn()
     assert bench.fake.submitted.count(soon) == bench.fake.submitted.count(later) == 2
+
+
+def test_timers_fire_in_order_and_cancelled_ones_do_not_pile_up():
+    now = [0.0]
+    timers = Timers(clock=lambda: now[0])
+    fired: list[int] = []
+    kept = [timers.call_at(float(i), lambda i=i: fired.append(i)) for i in range(0, 300, 3)]
+    for i in range(1000):  # a timeout per job, each cancelled when its job ends
+        timers.call_at(1e6 + i, lambda: fired.append(-1)).cancel()
+    assert len(timers) < 300
+    kept[1].cancel()
+    now[0] = 10.0
+    timers.fire_due()
+    assert fired == [0, 6, 9]

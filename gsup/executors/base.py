@@ -113,7 +113,9 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def capacity(self) -> int:
-        """How many more attempts it takes now (0 while it cannot run any)."""
+        """How many more attempts it takes now (0 while it cannot run any). The
+        supervisor may go beyond it by one for each attempt it asks back at the same
+        time (a better priority taking a held attempt's place)."""
 
     @abc.abstractmethod
     def submit(self, attempt: Attempt) -> None:
@@ -122,13 +124,15 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def confirm(self, job: int) -> None:
-        """The journal holds the start of `job` (an attempt that `runs_once`): run it."""
+        """Let `job` (an attempt that `runs_once`, reported started) run: the turn that
+        journals its start is decided. The go-ahead must take effect only at the next
+        `flush(durable=True)`, once that turn is on the disk."""
 
     @abc.abstractmethod
     def stop(self, job: int) -> None:
-        """Stop the attempt of `job`, started or not. It ends `stopped` (or `recalled`
-        if none of its code had run), within the executor's own grace period: an
-        executor that cannot stop it gently stops it by force."""
+        """Stop the attempt of `job`, started or not. It ends `stopped`, or `recalled` if
+        none of its code had run, within the executor's own grace period: an executor
+        that cannot stop it gently stops it by force."""
 
     @abc.abstractmethod
     def recall(self, job: int) -> None:

@@ -52,7 +52,7 @@ class FakeExecutor(Executor):
         self.submitted.append(attempt.job)
 
     def confirm(self, job: int) -> None:
-        self.held[job].confirmed = True
+        self.held[job].confirmed = True  # a test checks it after the turn's commit
 
     def stop(self, job: int) -> None:
         self.stopped.append(job)

@@ -81,18 +81,14 @@ def next_queued(
     limit: int,
     now: float,
     after: tuple[int, int] | None = None,
-    better_than: int | None = None,
 ) -> list[QueuedJob]:
     """The next jobs of `pool` to run, by priority then FIFO, delayed retries once due:
-    those that come `after` a (priority, id), or those of a priority `better_than` one."""
+    those that come `after` a (priority, id) if one is given."""
     where = f"{QUEUED} AND pool = ? AND (not_before IS NULL OR not_before <= ?)"
     params: list[Any] = [pool, now]
     if after is not None:
         where += " AND (priority, id) > (?, ?)"
         params += after
-    if better_than is not None:
-        where += " AND priority < ?"
-        params.append(better_than)
     rows = conn.execute(
         f"{_QUEUED_JOB} WHERE {where} ORDER BY priority, id LIMIT ?", (*params, limit)
     ).fetchall()

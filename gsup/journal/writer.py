@@ -36,8 +36,13 @@ from gsup.protocol import JobSpec
 
 
 class JournalStalled(Exception):
-    """A turn's writes could not be committed or synced (disk full, I/O error); they
-    are kept for `Writer.retry`, and nothing the turn decided may be acted on until then."""
+    """A turn's writes could not be committed (disk full, I/O error); they are kept
+    for `Writer.retry`, and nothing the turn decided may be acted on until then."""
+
+
+class JournalSyncFailed(Exception):
+    """The journal could not be synced. The kernel may have dropped what it failed to
+    write, so a later sync proves nothing: what is on the disk is no longer known."""
 
 
 class JournalConflict(Exception):
@@ -145,7 +150,7 @@ class Writer:
         """Write the turn: from now on a crash of the daemon cannot undo it; `sync` puts
         it on the disk. Raises JournalStalled if it cannot be written (it is kept)."""
         if self._in_transaction:
-            self._settle(self._commit_turn)
+            self._finish(self._commit_turn)
 
     def must_sync(self) -> None:
         """This turn must be on the disk before it acts, whatever it wrote."""
@@ -153,7 +158,7 @@ class Writer:
 
     def sync(self) -> None:
         """fsync the WAL if a committed turn waits for it: that turn, and every lazy one
-        before it, is then on the disk. Raises JournalStalled while that fails."""
+        before it, is then on the disk. Raises JournalSyncFailed if that fails."""
         if not self.sync_due:
             return
         try:
@@ -161,18 +166,17 @@ class Writer:
                 self._wal_fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
             os.fdatasync(self._wal_fd)
         except OSError as exc:
-            raise JournalStalled(f"cannot sync the journal: {exc.strerror or exc}") from exc
+            raise JournalSyncFailed(f"cannot sync the journal: {exc.strerror or exc}") from exc
         self.sync_due = False
 
     def retry(self) -> None:
-        """After JournalStalled: write the failed turn again, or sync it; raises
-        JournalStalled while that still fails."""
-        if self._log:
-            self.failure = None
-            self._settle(self._write_turn_again)
-        self.sync()
+        """After JournalStalled: write the failed turn again; raises JournalStalled while
+        that still fails."""
+        self.failure = None
+        self._finish(self._write_turn_again)
 
-    def _settle(self, write: Callable[[], None]) -> None:
+    def _finish(self, write: Callable[[], None]) -> None:
+        """Run the turn's COMMIT (`write`); on failure keep its writes for `retry`."""
         try:
             write()
         except sqlite3.Error as exc:

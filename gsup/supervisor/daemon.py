@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from gsup import recovery
@@ -27,7 +26,7 @@ from gsup.config import ConfigError, Settings
 from gsup.executors.base import Executor
 from gsup.executors.local.executor import LocalPool
 from gsup.journal.migrations import JournalError, open_journal
-from gsup.journal.writer import JournalStalled, Writer
+from gsup.journal.writer import JournalStalled, JournalSyncFailed, Writer
 from gsup.supervisor import lifetime
 from gsup.supervisor.connections import Connection, Connections
 from gsup.supervisor.handlers import Handlers
@@ -107,8 +106,11 @@ class Supervisor:
         for pool in self.settings.pools:
             frozen = self.journal.register_pool(pool.name, pool.threads, pool.queue_size)
             self.book.lanes[pool.name].frozen = frozen
-        self.journal.commit()
-        self.journal.sync()
+        try:
+            self.journal.commit()
+            self.journal.sync()
+        except (JournalStalled, JournalSyncFailed) as exc:
+            raise DaemonError(f"cannot write the journal: {exc}") from None
         for line in report.lines():
             say(line)
 
@@ -163,11 +165,11 @@ class Supervisor:
 
     def _settle_turn(self) -> None:
         """Commit the turn, hand over its jobs, sync it, then answer (see the checklist)."""
-        if not self._journal_step(self.journal.commit):
+        if not self._commit():
             return
         for executor in self.executors.values():
             executor.flush(durable=False)
-        if not self._journal_step(self.journal.sync):
+        if not self._sync():
             return
         self.connections.flush()
         for executor in self.executors.values():
@@ -180,13 +182,25 @@ class Supervisor:
             self.systemd.watchdog()
             self.loop.call_at(self.loop.now() + interval, self._watchdog)
 
-    def _journal_step(self, step: Callable[[], None]) -> bool:
-        """Commit or sync the turn; if the journal cannot be written, act on none of it
+    def _commit(self) -> bool:
+        """Commit the turn; if the journal cannot be written, act on none of it
         (no reply, no hand-over) until it has been: see `_stall`."""
         try:
-            step()
+            self.journal.commit()
         except JournalStalled as exc:
             self._stall(exc)
+        return not self.done
+
+    def _sync(self) -> bool:
+        """Sync the turn; if that fails, stop: the disk may hold less than was written,
+        and only a start, which recovers from what it holds, can tell."""
+        try:
+            self.journal.sync()
+        except JournalSyncFailed as exc:
+            say(f"{exc}; stopping: the next start recovers from what the disk holds")
+            for executor in self.executors.values():
+                executor.halt("the daemon stopped: its journal could not be synced")
+            self.done, self.exit_code = True, 1
         return not self.done
 
     def _stall(self, exc: JournalStalled) -> None:

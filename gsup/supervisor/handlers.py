@@ -1,8 +1,11 @@
 """One handler per request verb (the verbs and their fields are in protocol.py).
 
 A handler that changes something runs in a savepoint of the turn's transaction: if
-it fails half-way, the journal is as it was before the request. A handler returns its
-reply, or None when it answers later (a wait: the book answers when the jobs end).
+it fails half-way, the journal is as it was before the request. What it told an
+executor or a waiting client before it failed is not taken back; such a failure is
+a bug (the request was checked first) or the disk failing under it.
+A handler returns its reply, or None when it answers later (a wait: the book
+answers when the jobs end).
 """
 
 from __future__ import annotations

@@ -37,41 +37,61 @@ def report_bug() -> None:
 
 
 class Timer:
-    __slots__ = ("callback", "cancelled", "when")
+    __slots__ = ("callback", "cancelled", "timers", "when")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, when: float, callback: Callable[[], None], timers: Timers) -> None:
         self.when = when
-        self.callback = callback
+        self.callback: Callable[[], None] | None = callback
         self.cancelled = False
+        self.timers = timers
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled, self.callback = True, None  # what it held can go at once
+            self.timers.cancelled += 1
 
 
 class Timers:
-    """Callbacks due at monotonic times; a cancelled one is dropped when it comes up."""
+    """Callbacks due at monotonic times. A cancelled one stays in the heap until it
+    comes up, or until cancelled ones are most of the heap (one timeout per job)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.now = clock
         self._heap: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
+        self.cancelled = 0  # of the timers in the heap
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(when, callback)
+        if self.cancelled > 64 and self.cancelled * 2 > len(self._heap):
+            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+            heapq.heapify(self._heap)
+            self.cancelled = 0
+        timer = Timer(when, callback, self)
         heapq.heappush(self._heap, (when, next(self._order), timer))
         return timer
 
     def next_deadline(self) -> float | None:
         while self._heap and self._heap[0][2].cancelled:
-            heapq.heappop(self._heap)
+            self._pop()
         return self._heap[0][0] if self._heap else None
 
     def fire_due(self) -> None:
         now = self.now()
         while self._heap and self._heap[0][0] <= now:
-            _, _, timer = heapq.heappop(self._heap)
-            if not timer.cancelled:
-                timer.callback()
+            timer = self._pop()
+            callback = timer.callback
+            if callback is not None:
+                timer.cancelled = True  # out of the heap: a late cancel must not count it
+                callback()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def _pop(self) -> Timer:
+        _, _, timer = heapq.heappop(self._heap)
+        if timer.cancelled:
+            self.cancelled -= 1
+        return timer
 
 
 class Loop:

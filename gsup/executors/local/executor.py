@@ -63,6 +63,7 @@ class LocalPool(Executor):
         self.started_at = 0.0
         self.recycling = False  # the supervisor killed it on purpose
         self.halted = False
+        self.halt_reason = ""
         self.restart: Timer | None = None
 
     @property
@@ -120,12 +121,13 @@ class LocalPool(Executor):
             self._send()
 
     def halt(self, why: str) -> None:
-        self.halted = True
+        self.halted, self.halt_reason = True, why
         if self.restart is not None:
             self.restart.cancel()
         self._kill()
-        for job, held in list(self.held.items()):
-            self._end(job, Ending.INTERRUPTED if held.may_have_run else Ending.RECALLED, why)
+        if self.process is not None:
+            self.process.join(5)
+        self._exited()  # what it reported before it died counts
 
     def close(self) -> None:
         if self.process is not None:
@@ -172,20 +174,21 @@ class LocalPool(Executor):
     def _on_io(self, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
             self._send()
-        if mask & selectors.EVENT_READ and self.sock is not None and not self._receive():
+        if mask & selectors.EVENT_READ and self.sock is not None and self._receive() is None:
             self._exited()
 
-    def _receive(self) -> bool:
-        """Read and handle what the pool sent; False once it has closed its end."""
+    def _receive(self) -> bool | None:
+        """Read and handle what the pool sent: whether anything came; None once the
+        pool has closed its end."""
         assert self.sock is not None
         try:
             data = self.sock.recv(1 << 20)
         except (BlockingIOError, InterruptedError):
-            return True
+            return False
         except OSError:
-            return False
+            return None
         if not data:
-            return False
+            return None
         for message in self.reader.feed(data):
             self._message(message)
         return True
@@ -243,7 +246,7 @@ class LocalPool(Executor):
         if self.sock is None:
             return
         while self._receive():  # its last reports: a job it started, then died of
-            pass
+            pass  # (a process the pool forked may still hold the socket: no end-of-file)
         self.loop.unwatch(self.sock)
         self.loop.unwatch(self.pidfd)
         os.close(self.pidfd)
@@ -267,6 +270,8 @@ class LocalPool(Executor):
         """What became of a job its pool held when the pool ended."""
         if not held.may_have_run:
             return Ending.RECALLED, "its pool ended before it ran"
+        if self.halted:
+            return Ending.INTERRUPTED, self.halt_reason
         if self.recycling and held.overdue:
             return Ending.STOPPED, f"did not stop within {self.stop_grace:g}s; pool recycled"
         if self.recycling:

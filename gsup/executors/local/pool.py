@@ -63,7 +63,6 @@ class Worker:
         self.thread_id: int | None = None
         # Guarded by PoolProcess.lock:
         self.job: int | None = None
-        self.kind = "call"
         self.stopping = False
         self.live = False  # the job's code may be running: a stop is raised in the thread
         self.confirmed: bool | None = None  # a runs-once job: "go" (True) or "stop" (False)
@@ -154,7 +153,7 @@ class PoolProcess:
                 heapq.heappush(self.order, (priority, job_id))
                 self.job_ready.notify()
         elif kind == "go":
-            self._confirm(message[1], True)
+            self._confirm(message[1])
         elif kind == "stop":
             self.stop(message[1])
         elif kind == "recall":
@@ -163,6 +162,7 @@ class PoolProcess:
     def stop(self, job_id: int) -> None:
         """Stop a job, running or waiting; one that has ended already is left alone."""
         with self.lock:
+            given_back = self.waiting.pop(job_id, None) is not None
             for worker in self.workers:
                 if worker.job == job_id:
                     worker.stopping = True
@@ -173,25 +173,26 @@ class PoolProcess:
                     elif worker.confirmed is None:
                         worker.confirmed = False
                         self.confirmed.notify_all()
-                    return
-            self._give_back(job_id)
+        if given_back:
+            self._report_given_back(job_id)
 
     def recall(self, job_id: int) -> None:
         """Give a job back if no worker has taken it up (then it just runs)."""
         with self.lock:
-            self._give_back(job_id)
+            given_back = self.waiting.pop(job_id, None) is not None
+        if given_back:
+            self._report_given_back(job_id)
 
-    def _give_back(self, job_id: int) -> None:
-        if self.waiting.pop(job_id, None) is not None:
-            self.report(
-                "end", job_id, Ending.RECALLED.value, "given back before it started", {}, {}
-            )
+    def _report_given_back(self, job_id: int) -> None:
+        """Outside the lock: a report may block, and the workers need the lock."""
+        self.report("end", job_id, Ending.RECALLED.value, "given back before it started", {}, {})
 
-    def _confirm(self, job_id: int, go: bool) -> None:
+    def _confirm(self, job_id: int) -> None:
+        """A runs-once job's start is on the disk: it may run."""
         with self.lock:
             for worker in self.workers:
                 if worker.job == job_id and worker.confirmed is None:
-                    worker.confirmed = go
+                    worker.confirmed = True
                     self.confirmed.notify_all()
 
     def exit(self) -> None:
@@ -224,7 +225,7 @@ class PoolProcess:
                 job = self.waiting.pop(job_id, None)
                 if job is not None:
                     break
-            worker.job, worker.kind, worker.stopping = job.id, job.kind, False
+            worker.job, worker.stopping = job.id, False
             worker.confirmed = None if job.runs_once else True
             return job
 
@@ -236,7 +237,7 @@ class PoolProcess:
                 if outcome is None:
                     outcome = self._execute(worker, job)
                 with self.lock:
-                    if worker.stopping and job.kind == "cmd":
+                    if worker.stopping and job.kind == "cmd" and outcome.ending != Ending.RECALLED:
                         outcome = Outcome(Ending.STOPPED, "stopped", outcome.fields, outcome.usage)
                     worker.job, worker.process, worker.live = None, None, False
                     _raise_in_thread(worker.thread_id, None)  # drop a stop that came too late
@@ -248,10 +249,8 @@ class PoolProcess:
         with self.lock:
             while worker.confirmed is None:  # a runs-once job waits for the journal
                 self.confirmed.wait()
-            if not worker.confirmed:
+            if not worker.confirmed or worker.stopping:
                 return Outcome(Ending.RECALLED, "stopped before it ran")
-            if worker.stopping:
-                return Outcome(Ending.STOPPED, "stopped before it ran")
             worker.live = job.kind == "call"
         try:
             if job.kind == "cmd":
