@@ -129,9 +129,12 @@ def load_settings(
     """Settings for the daemon of state dir `home`; `threads` are flag values."""
     paths = Paths(home)
     toml = _read_toml(paths.config)
+    _known(toml, TOP_KEYS, "")
+    _known(_table(toml.get("pools"), "pools"), set(POOL_NAMES), "pools.")
     pools = []
     for name in POOL_NAMES:
         section = _table(_table(toml.get("pools"), "pools").get(name), f"pools.{name}")
+        _known(section, POOL_KEYS, f"pools.{name}.")
         env = os.environ.get(f"GSUP_{name.upper()}_THREADS")
         flag = (threads or {}).get(name)
         count = _positive_int(
@@ -157,6 +160,20 @@ def load_settings(
         group=group,
         min_free_mb=_seconds(toml.get("min_free_mb", 50.0), "min_free_mb"),
     )
+
+
+TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools"}
+POOL_KEYS = {"threads", "queue_size"}
+
+
+def _known(table: dict, keys: set[str], prefix: str) -> None:
+    """A misspelt setting is an error, not a default silently kept."""
+    unknown = sorted(set(table) - keys)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {prefix}{unknown[0]} in gsup.toml; known: "
+            + ", ".join(prefix + key for key in sorted(keys))
+        )
 
 
 def _table(value: object, what: str) -> dict:

@@ -220,6 +220,9 @@ def test_a_shared_folder_is_not_taken_as_a_state_dir(env, home):
         ("grace = 'soon'\n", "grace must be a number, not 'soon'"),
         ("[pools.user]\nthreads = 0\n", "threads of pool 'user' must be at least 1"),
         ("not toml at all", "cannot read"),
+        ("graec = 3\n", "unknown setting graec in gsup.toml; known: grace, group,"),
+        ("[pools.user]\nthread = 3\n", "unknown setting pools.user.thread in gsup.toml"),
+        ("[pools.batch]\nthreads = 3\n", "unknown setting pools.batch in gsup.toml"),
     ],
 )
 def test_a_bad_config_is_one_clear_line(env, home, toml, message):

@@ -1,4 +1,4 @@
-"""The guardian of one command job: `python -I -S guard.py WATCH_FD USAGE_FD PROG ARG...`.
+"""The guardian of one command job: `python -I -S -c SOURCE WATCH_FD USAGE_FD PROG ARG...`.
 
 A pool process can be SIGKILLed (with its supervisor, or when it is recycled); a
 command it started would then run on unsupervised, and so would whatever the command

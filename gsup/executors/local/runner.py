@@ -21,7 +21,9 @@ from gsup.executors.local.output import OutputRouter, tail
 from gsup.lifecycle import Ending
 from gsup.targets import TargetError, load_call
 
-GUARD = str(Path(__file__).with_name("guard.py"))
+# The guardian's source, read once: a reinstall of gsup under a running daemon cannot
+# take it away from the pools.
+GUARD = Path(__file__).with_name("guard.py").read_text()
 MAX_RESULT = 4 * 1024 * 1024  # characters of a result kept: well within a message
 
 
@@ -126,7 +128,7 @@ def run_command(
     try:
         with open(out_path, "ab") as out, open(err_path, "ab") as err:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-S", GUARD, str(watch_r), str(usage_w), *argv],
+                [sys.executable, "-I", "-S", "-c", GUARD, str(watch_r), str(usage_w), *argv],
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
