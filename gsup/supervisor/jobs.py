@@ -25,6 +25,7 @@ from gsup.journal.writer import JournalConflict, Writer
 from gsup.lifecycle import (
     Ending,
     Policy,
+    Settled,
     State,
     StateChange,
     Stop,
@@ -396,13 +397,22 @@ class JobBook:
         now = self.wall()
         if not flight.started and end.ending != Ending.RECALLED:
             self._start(flight, executor, None, now)  # it ran, unannounced
-        if not flight.started:
-            self.journal.drop_attempt(flight.attempt)
-            if settled.state == State.CANCELLED:
-                self.cancel_queued(flight.job, flight.pool, settled.why, now)
-            else:
-                self.queued(flight.pool, flight.priority, flight.job)
-            return
+        if flight.started:
+            self._settle_run(flight, end, settled, now)
+        else:
+            self._given_back(flight, settled, now)
+
+    def _given_back(self, flight: Flight, settled: Settled, now: float) -> None:
+        """None of it ran: there was no attempt, and the job is queued still (or
+        cancelled, if that is what it was asked back for)."""
+        self.journal.drop_attempt(flight.attempt)
+        if settled.state == State.CANCELLED:
+            self.cancel_queued(flight.job, flight.pool, settled.why, now)
+        else:
+            self.queued(flight.pool, flight.priority, flight.job)
+
+    def _settle_run(self, flight: Flight, end: AttemptEnd, settled: Settled, now: float) -> None:
+        """A run ended: journal it, then requeue the job or end it, by its policy."""
         state, why, charged = settled.state or State.QUEUED, settled.why, settled.charged
         if state == State.QUEUED and end.ending != Ending.RECALLED and flight.policy.runs_once:
             state, charged = State.LOST, True  # it may have run: it must not run again
@@ -417,16 +427,18 @@ class JobBook:
         if state == State.QUEUED:
             self.queued(flight.pool, flight.priority, flight.job)
         elif retry:
-            delay = policy.delay() if state != State.LOST else 0.0
-            self.transition(flight.job, flight.pool, state, State.QUEUED,
-                            f"retry after {state}" + (f" in {delay:g}s" if delay else ""), now,
-                            not_before=now + delay if delay else None)  # fmt: skip
-            if delay:
-                self._wake_at(self.lanes[flight.pool], now + delay)
-            else:
-                self.queued(flight.pool, flight.priority, flight.job)
+            self._retry(flight, state, policy.delay() if state != State.LOST else 0.0, now)
         else:
             self._ended(flight.job, state)
+
+    def _retry(self, flight: Flight, after: State, delay: float, now: float) -> None:
+        why = f"retry after {after}" + (f" in {delay:g}s" if delay else "")
+        self.transition(flight.job, flight.pool, after, State.QUEUED, why, now,
+                        not_before=now + delay if delay else None)  # fmt: skip
+        if delay:
+            self._wake_at(self.lanes[flight.pool], now + delay)
+        else:
+            self.queued(flight.pool, flight.priority, flight.job)
 
     def _settle_as_lost(self, flight: Flight, exc: Exception) -> None:
         """An end that could not be journaled as it came: the job ends lost, so that it
