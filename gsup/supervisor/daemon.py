@@ -54,7 +54,6 @@ class Supervisor:
         self.loop = Loop()
         self.executors = local_executors(settings)
         self.systemd = Notifier()
-        self.stop_timer: Any = None
         self.done = False
         self.exit_code = 0
 
@@ -130,9 +129,7 @@ class Supervisor:
         say(f"stopping: {running} jobs in flight get {self.settings.grace:g}s")
         self.systemd.stopping(f"stopping: {running} jobs in flight")
         self.book.begin_stop()
-        self.stop_timer = self.loop.call_at(
-            self.loop.now() + self.settings.grace, self._finish_stop
-        )
+        self.loop.call_at(self.loop.now() + self.settings.grace, self._finish_stop)
 
     def _finish_stop(self) -> None:
         """The grace period is over, or nothing runs any more: requeue what still runs."""
