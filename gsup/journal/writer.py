@@ -148,8 +148,9 @@ class Writer:
 
     def commit(self) -> None:
         """Write the turn: from now on a crash of the daemon cannot undo it; `sync` puts
-        it on the disk. Raises JournalStalled if it cannot be written (it is kept)."""
-        if self._in_transaction:
+        it on the disk. Raises JournalStalled if it cannot be written (it is kept): also
+        when an earlier write of the turn failed, whether or not a transaction is open."""
+        if self._in_transaction or self.failure is not None:
             self._finish(self._commit_turn)
 
     def must_sync(self) -> None:
