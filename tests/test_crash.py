@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 from conftest import alive, wait_until
@@ -121,3 +122,61 @@ def test_jobs_a_pool_held_when_the_daemon_died_may_have_started_and_say_so(
     assert gsup.wait(busy, held) == {busy: "done", held: "done"}
     attempts = gsup.show(held)["attempts_list"]
     assert [(a["outcome"], a["charged"]) for a in attempts] == [("lost", 0), ("done", 1)]
+
+
+HOSTILE_MODULE = """
+import os, socket, stat, struct, sys, time
+
+def _sockets():
+    for fd in range(3, 64):
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                yield fd
+        except OSError:
+            pass
+
+def scribble():
+    for fd in _sockets():
+        os.write(fd, struct.pack("!I", 5) + b"hello")
+    time.sleep(1)
+
+def fork_and_return(how):
+    pid = os.fork()
+    if pid == 0:
+        if how == "exit":
+            sys.exit(0)
+        return "child"
+    os.waitpid(pid, 0)
+    return "parent"
+
+def fork_a_sleeper_then_die():
+    import multiprocessing
+    multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,)).start()
+    time.sleep(0.2)
+    os._exit(1)
+"""
+
+
+def test_a_job_that_scribbles_on_its_pools_channel_is_quarantined(daemon, gsup, workdir):
+    (workdir / "hostile.py").write_text(HOSTILE_MODULE)
+    job = gsup.add("hostile:scribble")
+    assert gsup.wait(job) == {job: "lost"}
+    assert gsup.show(job)["reason"].startswith("poison: in flight during 3 pool deaths")
+    assert "its channel was corrupted" in daemon.output
+    after = gsup.add("jobs:add", "1")
+    assert gsup.wait(after) == {after: "done"}
+
+
+def test_a_job_that_forks_gets_its_own_result_not_its_childs(daemon, gsup, workdir):
+    (workdir / "hostile.py").write_text(HOSTILE_MODULE)
+    jobs = [gsup.add("hostile:fork_and_return", how) for how in ("return", "exit")]
+    assert gsup.wait(*jobs) == {job: "done" for job in jobs}
+    assert [json.loads(gsup.show(job)["result"]) for job in jobs] == ["parent", "parent"]
+
+
+def test_a_pool_that_dies_while_a_process_it_forked_lives_is_settled_at_once(daemon, gsup, workdir):
+    (workdir / "hostile.py").write_text(HOSTILE_MODULE)
+    job = gsup.add("hostile:fork_a_sleeper_then_die", "--on-lost", "fail")
+    assert gsup.wait(job) == {job: "lost"}  # not after the 30 s the child sleeps
+    after = gsup.add("jobs:add", "1")
+    assert gsup.wait(after) == {after: "done"}

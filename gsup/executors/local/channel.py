@@ -20,6 +20,7 @@ import struct
 from typing import Any
 
 _HEADER = struct.Struct("!I")
+MAX_FRAME = 64 * 1024 * 1024  # far above any report (results are 4 MiB at most)
 
 
 def frame(messages: list[tuple[Any, ...]]) -> bytes:
@@ -38,6 +39,8 @@ class FrameReader:
         messages: list[tuple[Any, ...]] = []
         while len(self._buffer) >= _HEADER.size:
             (size,) = _HEADER.unpack_from(self._buffer)
+            if size > MAX_FRAME:
+                raise ValueError(f"a frame of {size} bytes")
             end = _HEADER.size + size
             if len(self._buffer) < end:
                 break

@@ -64,6 +64,7 @@ class LocalPool(Executor):
         self.recycling = False  # the supervisor killed it on purpose
         self.halted = False
         self.halt_reason = ""
+        self.broken: str | None = None  # why its channel could not be read
         self.restart: Timer | None = None
 
     @property
@@ -137,28 +138,49 @@ class LocalPool(Executor):
 
     def _spawn(self) -> None:
         self.restart = None
+        try:
+            self._fork()
+        except OSError as exc:  # out of file descriptors or processes: try again soon
+            self.loop.say(
+                f"cannot start pool {self.name} ({exc.strerror or exc}); trying again in"
+                f" {QUICK_DEATH:g}s"
+            )
+            self.restart = self.loop.call_at(self.loop.now() + QUICK_DEATH, self._spawn)
+
+    def _fork(self) -> None:
         ours, theirs = socket.socketpair()
-        process = multiprocess.get_context("fork").Process(
-            target=pool_main,
-            args=(
-                self.name,
-                self.settings.threads,
-                theirs,
-                str(self.paths.home),
-                [*self.loop.private_fds(), ours.fileno()],
-            ),
-            name=f"gsup-pool-{self.name}",
-        )
-        process.start()
+        try:
+            process = multiprocess.get_context("fork").Process(
+                target=pool_main,
+                args=(
+                    self.name,
+                    self.settings.threads,
+                    theirs,
+                    str(self.paths.home),
+                    [*self.loop.private_fds(), ours.fileno()],
+                ),
+                name=f"gsup-pool-{self.name}",
+            )
+            process.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         with contextlib.suppress(OSError):
             os.setpgid(process.pid, process.pid)  # set on both sides: no window without it
-        theirs.close()
+        try:
+            pidfd = os.pidfd_open(process.pid)
+        except OSError:
+            os.kill(process.pid, signal.SIGKILL)
+            process.join(5)
+            ours.close()
+            raise
         ours.setblocking(False)
-        self.process, self.sock, self.reader = process, ours, FrameReader()
-        self.pidfd = os.pidfd_open(process.pid)
-        self.started_at, self.recycling = self.loop.now(), False
+        self.process, self.sock, self.reader, self.pidfd = process, ours, FrameReader(), pidfd
+        self.started_at, self.recycling, self.broken = self.loop.now(), False, None
         self.loop.watch(ours, self._on_io)
-        self.loop.watch(self.pidfd, lambda mask: self._exited())
+        self.loop.watch(pidfd, lambda mask: self._exited())
 
     def _send(self) -> None:
         assert self.sock is not None
@@ -189,9 +211,21 @@ class LocalPool(Executor):
             return None
         if not data:
             return None
-        for message in self.reader.feed(data):
-            self._message(message)
+        if self.broken is None:  # else what comes is dropped until the pool is gone
+            try:
+                for message in self.reader.feed(data):
+                    self._message(message)
+            except Exception as exc:  # a job wrote to the pool's socket, or worse
+                self._break(f"its channel was corrupted: {type(exc).__name__}: {exc}")
         return True
+
+    def _break(self, why: str) -> None:
+        """The pool sent what cannot be read: nothing it says can be trusted any more.
+        It dies as if of its own accord: the jobs it started are lost, as suspects."""
+        self.broken = why
+        self.loop.say(f"pool {self.name}: {why}; killing it")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def _message(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -255,7 +289,7 @@ class LocalPool(Executor):
         self.unsent.clear()
         self.confirms.clear()
         self.process.join(1)
-        death = _describe_exit(self.process.exitcode)
+        death = self.broken or _describe_exit(self.process.exitcode)
         if not self.recycling:
             self.loop.say(f"pool {self.name} died ({death}); restarting it")
         for job, held in list(self.held.items()):

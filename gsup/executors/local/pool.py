@@ -124,6 +124,8 @@ class PoolProcess:
     # --- the main thread ------------------------------------------------------------
 
     def serve(self) -> None:
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._in_forked_child)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         self.router.install()
         for worker in self.workers:
@@ -195,6 +197,12 @@ class PoolProcess:
                     worker.confirmed = True
                     self.confirmed.notify_all()
 
+    def _in_forked_child(self) -> None:
+        """A job forked (multiprocessing, os.fork): the child must not speak for the pool,
+        nor keep its socket open, which would hide the pool's death from the supervisor."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
     def exit(self) -> None:
         """Leave no command running unsupervised, then go."""
         with self.lock:
@@ -236,6 +244,8 @@ class PoolProcess:
             try:
                 if outcome is None:
                     outcome = self._execute(worker, job)
+                    if os.getpid() != self.pid:  # a process the job forked came back here
+                        os._exit(0 if outcome.ending == Ending.DONE else 1)
                 with self.lock:
                     if worker.stopping and job.kind == "cmd" and outcome.ending != Ending.RECALLED:
                         outcome = Outcome(Ending.STOPPED, "stopped", outcome.fields, outcome.usage)

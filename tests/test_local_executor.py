@@ -1,0 +1,27 @@
+"""The local executor's own corner cases, driven in-process."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+
+from gsup.config import Paths, PoolSettings
+from gsup.executors.local.executor import QUICK_DEATH, LocalPool
+from gsup.supervisor.loop import Loop
+
+
+def test_a_pool_that_cannot_be_started_is_tried_again_later(tmp_path: Path, monkeypatch, capsys):
+    def out_of_descriptors() -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(socket, "socketpair", out_of_descriptors)
+    loop = Loop()
+    pool = LocalPool(PoolSettings("user"), Paths(tmp_path), stop_grace=1.0)
+    pool.start(loop, reports=None)  # type: ignore[arg-type]
+    assert pool.capacity() == 0 and not pool.alive
+    deadline = loop.timers.next_deadline()
+    assert deadline is not None and deadline - loop.now() <= QUICK_DEATH
+    assert "cannot start pool user (Too many open files); trying again in 1s" in (
+        capsys.readouterr().out
+    )
