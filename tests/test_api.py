@@ -195,3 +195,17 @@ def test_a_refused_add_that_nobody_read_is_reported_at_exit(daemon, env, workdir
     result = _run_python(script, env, workdir)
     assert result.returncode == 0
     assert result.stderr.strip() == "gsup: 1 request(s) not done: a call job needs a target"
+
+
+def test_big_results_and_errors_come_back_whole_or_clearly_cut(queues, workdir, monkeypatch):
+    (workdir / "big.py").write_text(
+        "def text(n, c='é'):\n    return c * n\n\ndef fail(n):\n    raise ValueError('é' * n)\n"
+    )
+    monkeypatch.syspath_prepend(str(workdir))
+    assert queues.add("big:text", args=(700_000,)).result(60) == "é" * 700_000
+    assert queues.add("big:text", args=(700_000, "😀")).result(60) == "😀" * 700_000
+    big = queues.add("big:text", args=(3_000_000,)).result(60)  # 6 MB: more than is kept
+    assert big.startswith("'éé") and big.endswith("…") and len(big.encode()) < 3_200_000
+    with pytest.raises(JobFailed) as failed:
+        queues.add("big:fail", args=(1_000_000,)).result(60)
+    assert 16_000 < len(str(failed.value)) < 17_000

@@ -24,7 +24,11 @@ from gsup.targets import TargetError, load_call
 # The guardian's source, read once: a reinstall of gsup under a running daemon cannot
 # take it away from the pools.
 GUARD = Path(__file__).with_name("guard.py").read_text()
-MAX_RESULT = 4 * 1024 * 1024  # characters of a result kept: well within a message
+# Bytes (UTF-8) of a result kept: a reply that carries it, escaped once more, stays
+# within a message (MAX_MESSAGE).
+MAX_RESULT = 3 * 1024 * 1024
+MAX_ERROR = 16 * 1024  # characters of an exception's message kept
+MAX_TRACEBACK = 64 * 1024  # characters of a traceback kept, from its end
 
 
 class JobStopped(BaseException):
@@ -54,8 +58,8 @@ class Outcome:
 def encode_result(value: Any) -> dict[str, Any]:
     """A return value for the journal: JSON if it can be, else its repr."""
     try:
-        text = json.dumps(value, allow_nan=False)
-        if len(text) <= MAX_RESULT:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        if _utf8_size(text) <= MAX_RESULT:
             return {"result": text, "result_type": "json"}
     except (TypeError, ValueError, OverflowError, RecursionError):
         pass
@@ -63,9 +67,20 @@ def encode_result(value: Any) -> dict[str, Any]:
         text = repr(value)
     except Exception as exc:  # a user __repr__ that raises
         text = f"<{type(value).__name__} whose repr raised {type(exc).__name__}>"
-    if len(text) > MAX_RESULT:
-        text = text[: MAX_RESULT - 1] + "…"
+    if _utf8_size(text) > MAX_RESULT:
+        text = text.encode("utf-8", "replace")[: MAX_RESULT - 3].decode("utf-8", "ignore") + "…"
     return {"result": text, "result_type": "repr"}
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "replace"))
+
+
+def clip(text: str, limit: int, keep_end: bool = False) -> str:
+    """`text`, cut to `limit` characters (its end kept, for a traceback)."""
+    if len(text) <= limit:
+        return text
+    return "…" + text[-(limit - 1) :] if keep_end else text[: limit - 1] + "…"
 
 
 def describe(exc: BaseException) -> str:
@@ -74,7 +89,7 @@ def describe(exc: BaseException) -> str:
         message = str(exc)
     except Exception:
         message = "<its str() raised>"
-    return f"{type(exc).__name__}: {message}"
+    return clip(f"{type(exc).__name__}: {message}", MAX_ERROR)
 
 
 def _failure(exc: BaseException) -> Outcome:
@@ -85,6 +100,7 @@ def _failure(exc: BaseException) -> Outcome:
         text = "".join(traceback.format_exception(type(exc), exc, inner))
     except Exception:
         text = "".join(traceback.format_tb(inner)) + error
+    text = clip(text, MAX_TRACEBACK, keep_end=True)
     causes = [cls.__name__ for cls in type(exc).__mro__[:-1]]  # for --retry-on
     return Outcome(Ending.FAILED, error, {"error": error, "traceback": text, "causes": causes})
 
