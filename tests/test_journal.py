@@ -10,10 +10,14 @@ from pathlib import Path
 
 from conftest import journal_rows, run_daemon_expecting_exit, wait_until
 
-from gsup.journal.migrations import backup_path, open_journal
+from gsup.journal.migrations import open_journal
 from gsup.journal.schema import SCHEMA_VERSION, database
 
 FIXTURE = Path(__file__).with_name("fixtures") / "journal-0.1.0.sql"
+
+
+def _copy_of(path: Path) -> Path:
+    return path.with_name(f"{path.name}.v1.bak")
 
 
 def _journal_0_1_0(home: Path) -> Path:
@@ -52,10 +56,9 @@ def test_a_0_1_0_journal_is_upgraded_and_keeps_its_jobs(make_daemon, gsup, home)
     before = _dump(path)
     daemon = make_daemon()
     assert (
-        f"journal upgraded from version 1 to {SCHEMA_VERSION}; the old one is at"
-        f" {backup_path(path, 1)}"
+        f"journal upgraded from version 1 to {SCHEMA_VERSION}; the old one is at {_copy_of(path)}"
     ) in daemon.output
-    assert _dump(backup_path(path, 1)) == before  # the copy is the journal as it was
+    assert _dump(_copy_of(path)) == before  # the copy is the journal as it was
     assert journal_rows(home, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     # Jobs and results are kept; each earlier run became an attempt.
     assert json.loads(gsup.show(1)["result"]) == 42
@@ -89,7 +92,7 @@ def test_an_upgrade_that_fails_changes_nothing(env, home):
     assert lines[0] == (
         f"gsup: error: cannot upgrade the journal from version 1 to {SCHEMA_VERSION}"
         f' (table "attempts" already exists); it is unchanged, and a copy is at'
-        f" {backup_path(path, 1)}"
+        f" {_copy_of(path)}"
     )
     assert _dump(path) == before
 
@@ -121,3 +124,29 @@ def test_a_file_that_is_no_journal_is_one_line(env, home):
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"gsup: error: cannot open the journal {home}")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_earlier_copy_is_kept_and_a_journal_of_no_version_refused(make_daemon, env, home):
+    path = _journal_0_1_0(home)
+    _copy_of(path).write_text("an earlier copy")
+    daemon = make_daemon()
+    assert f"the old one is at {path}.v1.2.bak" in daemon.output
+    assert _copy_of(path).read_text() == "an earlier copy"
+    daemon.stop()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = -3")
+    result = run_daemon_expecting_exit(env)
+    assert result.stderr.strip() == (
+        f"gsup: error: the journal {path} says it is version -3, which no gsup writes"
+    )
+
+
+def test_a_journal_missing_a_table_is_one_line(env, home):
+    path = _journal_0_1_0(home)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE pools")
+    result = run_daemon_expecting_exit(env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"gsup: error: cannot use the journal {path}: no such table: pools"
+    )

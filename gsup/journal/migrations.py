@@ -35,7 +35,12 @@ PRAGMAS = {
 
 
 def backup_path(journal: Path, version: int) -> Path:
-    return journal.with_name(f"{journal.name}.v{version}.bak")
+    """Where the copy of a version-`version` journal goes: a name not taken yet."""
+    path, n = journal.with_name(f"{journal.name}.v{version}.bak"), 1
+    while path.exists() or path.is_symlink():
+        n += 1
+        path = journal.with_name(f"{journal.name}.v{version}.{n}.bak")
+    return path
 
 
 def open_journal(path: Path) -> tuple[sqlite3.Connection, str | None]:
@@ -48,6 +53,9 @@ def open_journal(path: Path) -> tuple[sqlite3.Connection, str | None]:
     except (sqlite3.Error, pw.PeeweeException) as exc:
         database.close()
         raise JournalError(f"cannot open the journal {path}: {exc}") from None
+    if version < 0:
+        database.close()
+        raise JournalError(f"the journal {path} says it is version {version}, which no gsup writes")
     if version > SCHEMA_VERSION:
         database.close()
         raise JournalError(
@@ -93,8 +101,9 @@ def _upgrade(path: Path, version: int) -> str:
             database.pragma("user_version", SCHEMA_VERSION)
     except (pw.PeeweeException, sqlite3.Error) as exc:
         database.close()
+        cause = exc.__context__ if "cannot rollback" in str(exc) and exc.__context__ else exc
         raise JournalError(
-            f"cannot upgrade the journal from version {version} to {SCHEMA_VERSION} ({exc});"
+            f"cannot upgrade the journal from version {version} to {SCHEMA_VERSION} ({cause});"
             f" it is unchanged, and a copy is at {backup}"
         ) from None
     return (
@@ -109,17 +118,22 @@ def _copy(conn: sqlite3.Connection, destination: Path) -> None:
         partial.unlink()
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private, as the journal
     os.close(fd)
-    copy = sqlite3.connect(partial)
     try:
-        conn.backup(copy)
-    finally:
-        copy.close()
-    fd = os.open(partial, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    partial.replace(destination)
+        copy = sqlite3.connect(partial)
+        try:
+            conn.backup(copy)
+            copy.execute("PRAGMA journal_mode = DELETE")  # one file, as a copy should be
+        finally:
+            copy.close()
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        partial.replace(destination)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # on a full disk, give the room back
+        raise
 
 
 # --- the steps: STEPS[n - 1] takes a journal from version n to n + 1 ------------------

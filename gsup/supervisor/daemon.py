@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import sys
 from typing import Any
 
@@ -93,6 +94,12 @@ class Supervisor:
         if upgraded:
             say(upgraded)
         lifetime.protect_journal(self.paths, self.access)
+        try:
+            self._recover(conn)
+        except (sqlite3.Error, JournalStalled, JournalSyncFailed) as exc:
+            raise DaemonError(f"cannot use the journal {self.paths.journal}: {exc}") from None
+
+    def _recover(self, conn: sqlite3.Connection) -> None:
         self.journal = Writer(conn, self.paths.journal_files[1])
         self.connections = Connections(
             self.loop, self.access, self.settings.max_message, self._request, self._dropped
@@ -105,11 +112,8 @@ class Supervisor:
         for pool in self.settings.pools:
             frozen = self.journal.register_pool(pool.name, pool.threads, pool.queue_size)
             self.book.lanes[pool.name].frozen = frozen
-        try:
-            self.journal.commit()
-            self.journal.sync()
-        except (JournalStalled, JournalSyncFailed) as exc:
-            raise DaemonError(f"cannot write the journal: {exc}") from None
+        self.journal.commit()
+        self.journal.sync()
         for line in report.lines():
             say(line)
 
