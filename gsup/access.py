@@ -49,7 +49,13 @@ class Access:
         """Give `path` this mode, and to the allowed group if there is one."""
         path.chmod(mode)
         if self.gid is not None:
-            os.chown(path, -1, self.gid)
+            try:
+                os.chown(path, -1, self.gid)
+            except PermissionError:
+                name = grp.getgrgid(self.gid).gr_name
+                raise ConfigError(
+                    f"cannot give {path} to group {name!r}: the daemon's user must belong to it"
+                ) from None
 
     def allows(self, uid: int, gid: int) -> bool:
         if uid == os.getuid():

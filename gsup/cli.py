@@ -94,11 +94,10 @@ def recover(
     home: Home = None,
 ) -> None:
     """Show what the next daemon start will decide for jobs left unfinished."""
-    import sqlite3
-
     from gsup import recovery
     from gsup.client import daemon_is_up
     from gsup.config import ConfigError, load_settings
+    from gsup.fast_cli import read_journal
     from gsup.supervisor.daemon import local_executors
 
     paths = _paths(home)
@@ -108,10 +107,10 @@ def recover(
         raise GsupError(f"a daemon is running for {paths.home}; it recovered when it started")
     try:
         executors = local_executors(load_settings(paths.home))
-        with _read_journal(paths) as conn:
-            print("\n".join(recovery.plan(conn, executors).lines()))
-    except (ConfigError, sqlite3.Error) as exc:
-        raise GsupError(f"cannot read the journal: {exc}") from None
+    except ConfigError as exc:
+        raise GsupError(str(exc)) from None
+    with read_journal(paths.home) as conn:
+        print("\n".join(recovery.plan(conn, executors).lines()))
 
 
 # --- the commands on hot paths ---------------------------------------------------------------
@@ -196,30 +195,13 @@ def _job_ids(jobs: list[int]) -> list[int]:
     return jobs
 
 
-def _read_journal(paths: Paths) -> Any:
-    """A read-only connection to the journal, closed when the block ends."""
-    import contextlib
-
-    from gsup.journal import queries
-
-    try:
-        conn = queries.connect(paths.journal)
-    except queries.NoJournal as exc:
-        raise GsupError(str(exc)) from None
-    return contextlib.closing(conn)
-
-
 def _details(job: int, home: Path | None) -> dict[str, Any]:
-    import sqlite3
-
+    from gsup.fast_cli import read_journal
     from gsup.journal import queries
 
     _job_ids([job])
-    try:
-        with _read_journal(_paths(home)) as conn:
-            found = queries.job_details(conn, job)
-    except sqlite3.Error as exc:
-        raise GsupError(f"cannot read the journal: {exc}") from None
+    with read_journal(home) as conn:
+        found = queries.job_details(conn, job)
     if found is None:
         raise GsupError(f"no job {job}")
     return found

@@ -272,7 +272,7 @@ class Client:
                 return None
             try:
                 local.journal = queries.connect(self.paths.journal)
-            except (queries.NoJournal, sqlite3.Error):
+            except queries.Unreadable:
                 local.journal_failed = True
                 return None
         try:

@@ -17,12 +17,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from gsup.client import Client, GsupError
 from gsup.config import DEFAULT_PRIORITY, POOL_NAMES, Paths, resolve_home
 from gsup.lifecycle import State
-from gsup.protocol import MAX_SECONDS, JobSpec
+from gsup.protocol import MAX_RETRIES, MAX_SECONDS, JobSpec
 from gsup.specs import call_specs, cli_import_path, command_spec
 from gsup.targets import TargetError, parse_keyword, parse_value
 
@@ -71,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_number(0.001, MAX_SECONDS),
                    help="seconds before the job is stopped")  # fmt: skip
     p.add_argument("--name", help="a name to show")
-    p.add_argument("--retries", type=_number(0, 1e6, int), default=0,
+    p.add_argument("--retries", type=_number(0, MAX_RETRIES, int), default=0,
                    help="runs again after a failure or timeout")  # fmt: skip
     p.add_argument("--retry-delay", type=_number(0, MAX_SECONDS), default=0.0,
                    help="seconds before the first retry")  # fmt: skip
@@ -210,7 +211,7 @@ def jobs_main(argv: Sequence[str]) -> int:
     options = p.parse_args(argv)
     from gsup.journal import queries
 
-    with _journal(options.home) as conn:
+    with read_journal(options.home) as conn:
         found = queries.list_jobs(conn, options.state, options.queue, options.limit)
     if options.json:
         _print_json(found)
@@ -236,7 +237,7 @@ def queues_main(argv: Sequence[str]) -> int:
 
     paths = Paths(resolve_home(options.home))
     up = daemon_is_up(paths)
-    with _journal(options.home) as conn:
+    with read_journal(options.home) as conn:
         pools = queries.queues_snapshot(conn)
     if options.json:
         _print_json({"daemon": "running" if up else "not running",
@@ -252,16 +253,16 @@ STATES = tuple(state.value for state in State)
 
 
 @contextmanager
-def _journal(home: str | None) -> Iterator[sqlite3.Connection]:
-    """The journal, read-only; GsupError (one line) if there is none yet."""
+def read_journal(home: str | Path | None) -> Iterator[sqlite3.Connection]:
+    """The journal, read-only; GsupError (one line) if it cannot be read."""
     import sqlite3
 
-    from gsup.journal.queries import NoJournal, connect
+    from gsup.journal.queries import Unreadable, connect
 
     paths = Paths(resolve_home(home))
     try:
         conn = connect(paths.journal)
-    except NoJournal as exc:
+    except Unreadable as exc:
         raise GsupError(str(exc)) from None
     try:
         yield conn

@@ -73,11 +73,17 @@ def _is_int(value: Any) -> bool:
 
 MAX_JOB_ID = 2**63 - 1  # SQLite's largest integer
 MAX_SECONDS = 365 * 24 * 3600.0  # timeouts and retry delays: a year at most
+MAX_RETRIES = 1_000_000
 
 
 def _is_number(value: Any) -> bool:
-    """A finite int or float (not a bool, not inf or nan)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool, not inf or nan, not an int beyond a float)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _check(condition: bool, message: str) -> None:
@@ -195,7 +201,10 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or (_is_number(v) and 0 < v <= MAX_SECONDS),
         f"timeout must be a positive number of seconds up to {MAX_SECONDS:g}, not {{value!r}}",
     ),
-    "retries": (lambda v: _is_int(v) and v >= 0, "retries must be 0 or more"),
+    "retries": (
+        lambda v: _is_int(v) and 0 <= v <= MAX_RETRIES,
+        f"retries must be 0 to {MAX_RETRIES:,}, not {{value!r}}",
+    ),
     "retry_delay": (
         lambda v: _is_number(v) and 0 <= v <= MAX_SECONDS,
         f"retry_delay must be 0 to {MAX_SECONDS:g} seconds",

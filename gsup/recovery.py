@@ -9,7 +9,7 @@ All crash-restore policy is in `plan`:
   the attempt was lost with the daemon (a local pool dies with it): the job goes back
   to the queue if its on_lost policy is `requeue` (and it is not already poison), or
   ends `lost` (on_lost=fail: jobs that must not run twice). A daemon's death is not
-  counted against the job as a pool death is.
+  counted against the job as a pool death is, nor is the run charged to its retries.
 `apply` journals those decisions in the daemon's first transaction.
 """
 
@@ -114,8 +114,10 @@ def apply(book: JobBook, report: RecoveryReport) -> None:
             assert job.attempt is not None
             book.journal.close_attempt(job.attempt, State.LOST, decision.why, now, charged=False)
             continue
-        book.transition(job.job, job.pool, State.RUNNING, State.LOST, decision.why, now)
+        requeue = decision.action == REQUEUE  # not the job's fault: its run is not charged
         if job.attempt is not None:
-            book.journal.close_attempt(job.attempt, State.LOST, decision.why, now)
-        if decision.action == REQUEUE:
+            book.journal.close_attempt(job.attempt, State.LOST, decision.why, now, not requeue)
+        book.transition(job.job, job.pool, State.RUNNING, State.LOST, decision.why, now,
+                        charge=-1 if requeue else 0)  # fmt: skip
+        if requeue:
             book.transition(job.job, job.pool, State.LOST, State.QUEUED, "requeued after loss", now)

@@ -174,13 +174,12 @@ def attempts_table(attempts: list[dict[str, Any]]) -> Table:
 
 def queues_for(paths: Any) -> RenderableType:
     """The `gsup queues` view of a state dir, read from its journal."""
-    import contextlib
-
     from gsup.client import daemon_is_up
+    from gsup.fast_cli import read_journal
     from gsup.journal import queries
 
     up = daemon_is_up(paths)
-    with contextlib.closing(queries.connect(paths.journal)) as conn:
+    with read_journal(paths.home) as conn:
         return queues_view(queries.queues_snapshot(conn), up)
 
 

@@ -129,6 +129,16 @@ def _raw_exchange(home, payload: bytes) -> list[dict]:
             b' "timeout": 1e309}]}\n',
             "timeout must be a positive number",
         ),
+        (
+            b'{"verb": "add", "id": 1, "jobs": [{"kind": "cmd", "argv": ["true"],'
+            b' "retries": 100000000000000000000000}]}\n',
+            "retries must be 0 to 1,000,000",
+        ),
+        (
+            b'{"verb": "add", "id": 1, "jobs": [{"kind": "cmd", "argv": ["true"],'
+            b' "timeout": 1' + b"0" * 400 + b"}]}\n",
+            "timeout must be a positive number",
+        ),
     ],
 )
 def test_malformed_requests_get_an_error_reply(daemon, gsup, payload, error):

@@ -63,6 +63,13 @@ def test_recover_dry_run_shows_what_the_next_start_decides(make_daemon, gsup):
     assert gsup.show(first)["state"] == "running"  # a dry run changes nothing
     make_daemon()
     assert gsup.show(second)["state"] == "lost"
+    wait_until(lambda: gsup.running(first), what="the requeued job to run again")
+    shown = gsup.show(first)  # its lost run was not its fault: not charged
+    assert shown["attempts"] == 1
+    assert [(a["outcome"], a["charged"]) for a in shown["attempts_list"]] == [
+        ("lost", 0),
+        (None, 1),
+    ]
 
 
 def test_pool_processes_die_with_a_killed_supervisor(make_daemon):

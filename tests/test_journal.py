@@ -150,3 +150,14 @@ def test_a_journal_missing_a_table_is_one_line(env, home):
     assert result.stderr.strip() == (
         f"gsup: error: cannot use the journal {path}: no such table: pools"
     )
+
+
+def test_the_cli_on_a_journal_not_yet_upgraded_says_so_in_one_line(gsup, home):
+    path = _journal_0_1_0(home)
+    for command in (["jobs"], ["queues"], ["show", "1"], ["recover", "--dry-run"]):
+        result = gsup(*command, check=False)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"gsup: error: the journal {path} is version 1; this gsup reads version"
+            f" {SCHEMA_VERSION} (`gsup daemon` upgrades it when it starts)"
+        )

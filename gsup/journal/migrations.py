@@ -19,6 +19,7 @@ from pathlib import Path
 import peewee as pw
 from playhouse.migrate import SqliteMigrator, migrate
 
+from gsup.journal.queries import journal_version
 from gsup.journal.schema import MODELS, SCHEMA_VERSION, database
 
 
@@ -70,19 +71,6 @@ def open_journal(path: Path) -> tuple[sqlite3.Connection, str | None]:
     if version < SCHEMA_VERSION:
         return database.connection(), _upgrade(path, version)
     return database.connection(), None
-
-
-def journal_version(conn: sqlite3.Connection) -> int:
-    """The schema version of an open journal; 0 for an empty file."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if (
-        version == 0
-        and conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
-        ).fetchone()
-    ):
-        return 1  # 0.1.0 did not set user_version
-    return version
 
 
 def _upgrade(path: Path, version: int) -> str:

@@ -26,15 +26,50 @@ QUEUED_INDEX = "INDEXED BY jobs_queued_order"
 RUNNING_INDEX = "INDEXED BY jobs_running"
 
 
-class NoJournal(Exception):
-    pass
+# PRAGMA user_version of a journal that schema.py's models describe. 0.1.0 wrote
+# version 1 (it left user_version at 0: a file with a `jobs` table and version 0).
+SCHEMA_VERSION = 2
+
+
+class Unreadable(Exception):
+    """The journal cannot be read here; the message says why."""
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """A read-only connection; it never creates or changes the journal."""
+    """A read-only connection to a journal of this version; it never creates or
+    changes the journal."""
     if not path.exists():
-        raise NoJournal(f"no journal at {path} (has `gsup daemon` run here?)")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        raise Unreadable(f"no journal at {path} (has `gsup daemon` run here?)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        version = journal_version(conn)
+    except sqlite3.Error as exc:
+        raise Unreadable(f"cannot read the journal {path}: {exc}") from None
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise Unreadable(
+            f"the journal {path} is version {version}; this gsup reads version"
+            f" {SCHEMA_VERSION}"
+            + (
+                " (`gsup daemon` upgrades it when it starts)"
+                if 0 < version < SCHEMA_VERSION
+                else ""
+            )
+        )
+    return conn
+
+
+def journal_version(conn: sqlite3.Connection) -> int:
+    """The schema version of an open journal; 0 for an empty file."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if (
+        version == 0
+        and conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+        ).fetchone()
+    ):
+        return 1  # 0.1.0 did not set user_version
+    return version
 
 
 def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import peewee as pw
 
+from gsup.journal.queries import SCHEMA_VERSION  # the version these models describe
 from gsup.lifecycle import State
 
-# PRAGMA user_version of a journal these models describe. 0.1.0 wrote version 1
-# (it left user_version at 0; migrations.py tells it from a new file by its tables).
-SCHEMA_VERSION = 2
+__all__ = ["MODELS", "SCHEMA_VERSION", "database"]
 
 database = pw.SqliteDatabase(None)
 
