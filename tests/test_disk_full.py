@@ -55,6 +55,16 @@ def _fill_with_jobs(client: Client, workdir) -> tuple[list[int], str]:
             return accepted, str(exc)
 
 
+def _fill_disk(filler) -> None:
+    with open(filler, "wb") as f:  # take every free byte
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+                f.flush()
+        except OSError:
+            pass
+
+
 def test_a_full_disk_refuses_new_jobs_and_keeps_the_accepted_ones(small_home, env, workdir):
     (workdir / "jobs.py").write_text("def add(x, y=0, ballast=''):\n    return x + y\n")
     daemon = _start_daemon(small_home, env, min_free_mb=6)
@@ -84,13 +94,7 @@ def test_a_turn_that_cannot_be_written_waits_for_room_then_goes_on(small_home, e
         with Client(small_home) as client:
             client.freeze(None)
             job = client.add([call_spec("jobs:add", (2,), path=[str(workdir)])])[0]
-            with open(filler, "wb") as f:  # take every free byte
-                try:
-                    while True:
-                        f.write(b"\0" * (1 << 20))
-                        f.flush()
-                except OSError:
-                    pass
+            _fill_disk(filler)
             replies: list = []
             unfreeze = threading.Thread(target=lambda: replies.append(client.freeze(None, False)))
             unfreeze.start()
@@ -122,16 +126,6 @@ def test_a_request_that_would_use_up_the_reserve_is_refused_whole(small_home, en
         daemon.stop(signal.SIGTERM)
     with sqlite3.connect(small_home / "journal.sqlite") as db:
         assert db.execute("SELECT count(*) FROM jobs").fetchone() == (10,)
-
-
-def _fill_disk(filler) -> None:
-    with open(filler, "wb") as f:  # take every free byte
-        try:
-            while True:
-                f.write(b"\0" * (1 << 16))
-                f.flush()
-        except OSError:
-            pass
 
 
 def _purge_or_refusal(home) -> None:
