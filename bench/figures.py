@@ -196,9 +196,10 @@ def notes(plan: Plan) -> list[str]:
         "its turns synced before any reply. The job is `noop:noop` (`def noop(): return "
         "None`), added by reference from a module on sys.path.",
         "The earlier gsup (the column headed with its version) is installed, not editable, "
-        "in another environment; `--before PYTHON` runs the same figure functions "
-        "(bench/gsup_side.py) in that interpreter, interleaved with the others, also at its "
-        "own defaults.",
+        "in another environment (`git worktree add /tmp/old TAG && python -m venv /tmp/v "
+        "&& /tmp/v/bin/pip install /tmp/old`); `--before /tmp/v/bin/python` runs the same "
+        "figure functions (bench/gsup_side.py) in that interpreter, interleaved with the "
+        "others, also at its own defaults.",
         "huey: `SqliteHuey(fsync=True, store_none=True)` (WAL, synchronous=FULL; None "
         f"results stored, so they can be waited for); consumer `-w {WORKERS} -k thread -q "
         f"{polling}` (its fastest polling: an idle worker looks every 1 ms).",
