@@ -151,8 +151,10 @@ def job_view(job: dict[str, Any]) -> RenderableType:
 
 def attempts_table(attempts: list[dict[str, Any]]) -> Table:
     """Each run of a job: where, when, how it ended, and what it used where known."""
-    table = Table("#", "On", "Started", "Ended", "Outcome", "Exit", "CPU", "Peak RSS", "Why",
-                  title="attempts", box=box.SIMPLE_HEAD, title_justify="left")  # fmt: skip
+    table = Table(title="attempts", box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("#", "On", "Started", "Ended", "Outcome", "Exit", "CPU", "RSS"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("Why", min_width=16)  # the one column that wraps
     for number, attempt in enumerate(attempts, 1):
         where = attempt["executor"] + (
             f"/{attempt['external_id']}" if attempt["external_id"] else ""
@@ -165,8 +167,8 @@ def attempts_table(attempts: list[dict[str, Any]]) -> Table:
             short_time(attempt["ended"]),
             _state(attempt["outcome"] or ("running" if attempt["started"] else "handed over")),
             "-" if attempt["exit_status"] is None else str(attempt["exit_status"]),
-            "-" if attempt["cpu_seconds"] is None else f"{attempt['cpu_seconds']:.3f}s",
-            "-" if attempt["peak_rss_kb"] is None else f"{attempt['peak_rss_kb'] / 1024:.1f} MiB",
+            "-" if attempt["cpu_seconds"] is None else f"{attempt['cpu_seconds']:.2f}s",
+            "-" if attempt["peak_rss_kb"] is None else f"{attempt['peak_rss_kb'] / 1024:.0f}M",
             (attempt["reason"] or "") + charged,
         )
     return table
