@@ -103,7 +103,7 @@ def test_a_turn_that_cannot_be_written_waits_for_room_then_goes_on(small_home, e
             filler.unlink()
             unfreeze.join(30)
             assert replies == [{"user": False, "monitoring": False}]
-            assert "the journal is writable again" in daemon.output
+            wait_until(lambda: "the journal is writable again" in daemon.output, what="the line")
             assert client.wait([job], timeout=60) == {job: "done"}
     finally:
         daemon.stop(signal.SIGTERM)
