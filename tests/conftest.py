@@ -126,6 +126,11 @@ class Daemon:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def said(self, text: str) -> bool:
+        """Whether the daemon printed `text`, waiting for the line to be read."""
+        wait_until(lambda: text in self.output, what=f"the daemon to say {text!r}")
+        return True
+
     @property
     def pid(self) -> int:
         assert self.process is not None

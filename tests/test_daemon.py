@@ -41,7 +41,7 @@ def test_sigterm_stops_cleanly_and_queued_jobs_wait_for_the_next_start(make_daem
     pools = _pool_pids(daemon.pid)
     assert len(pools) == 2
     assert daemon.stop(signal.SIGTERM) == 0
-    assert "gsup: stopped" in daemon.output
+    assert daemon.said("gsup: stopped")
     assert not any(alive(pid) for pid in pools)
     assert not (daemon.home / "gsup.sock").exists()
     assert [row[0] for row in journal_rows(daemon.home, "SELECT state FROM jobs")] == ["queued"] * 3
@@ -81,7 +81,7 @@ def test_a_dead_pool_is_restarted_and_its_job_handled_by_policy(daemon, gsup):
     assert "pool died (exit code 3); on_lost=fail" in gsup.show(job)["reason"]
     after = gsup.add("jobs:add", "1")
     assert gsup.wait(after) == {after: "done"}
-    assert "pool user died (exit code 3); restarting it" in daemon.output
+    assert daemon.said("pool user died (exit code 3); restarting it")
 
 
 def test_a_job_that_keeps_killing_its_pool_is_quarantined(daemon, gsup, workdir):
