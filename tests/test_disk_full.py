@@ -3,7 +3,6 @@ accepted job is lost or damaged. The state dir is a small tmpfs of its own."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sqlite3
@@ -126,44 +125,3 @@ def test_a_request_that_would_use_up_the_reserve_is_refused_whole(small_home, en
         daemon.stop(signal.SIGTERM)
     with sqlite3.connect(small_home / "journal.sqlite") as db:
         assert db.execute("SELECT count(*) FROM jobs").fetchone() == (10,)
-
-
-def _purge_or_refusal(home) -> None:
-    with Client(home) as client, contextlib.suppress(GsupError):
-        client.purge("monitoring")
-
-
-def test_a_request_cut_short_by_a_full_disk_leaves_nothing_acted_on_unjournaled(
-    small_home, env, workdir
-):
-    daemon = _start_daemon(small_home, env, min_free_mb=0)
-    side = workdir / "runs"
-    try:
-        with Client(small_home) as client:
-            client.freeze(None)
-            ballast = [call_spec("jobs:add", (1,), {"y": "x" * 300}, path=[str(workdir)],
-                                 pool="monitoring") for _ in range(3000)]  # fmt: skip
-            client.add_many(ballast)
-            records = [call_spec("jobs:record", (str(side), str(i)), path=[str(workdir)],
-                                 on_lost="fail") for i in range(10)]  # fmt: skip
-            ids = client.add(records)
-            _fill_disk(small_home.parent / "filler")
-            purge = threading.Thread(target=_purge_or_refusal, args=(small_home,))
-            purge.start()  # refused half-way (SQLite gives up the turn), or held until room
-            wait_until(lambda: "cannot write the journal" in daemon.output or not purge.is_alive(),
-                       what="the purge to meet the full disk")  # fmt: skip
-            (small_home.parent / "filler").unlink()
-            purge.join(60)
-            client.freeze("user", False)
-            assert client.wait(ids, timeout=60) == {job: "done" for job in ids}
-            assert client.add(ballast[:1])  # the journal takes requests again
-    finally:
-        daemon.stop(signal.SIGTERM)
-    assert sorted(side.read_text().split(), key=int) == [str(i) for i in range(10)]
-    with sqlite3.connect(small_home / "journal.sqlite") as db:
-        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        started = db.execute(
-            f"SELECT count(*) FROM attempts WHERE started IS NOT NULL AND job IN"
-            f" ({','.join(map(str, ids))})"
-        ).fetchone()
-        assert started == (10,)
