@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 
 from bench import gsup_side, huey_side, scale
 from bench.figures import Samples, all_rows, notes
-from bench.measure import gaps, percentile
+from bench.measure import gaps, median, percentile
 from bench.plan import FULL, SMOKE, Plan
 from bench.report import machine, text_table, write_results
 from bench.sqlite_ceiling import commit_seconds_after, committed_tx_rate
@@ -94,9 +95,12 @@ def measure_comparative(
         "commit": lambda: commit_seconds_after(ws.root, gaps(plan.gap_trips)),
     }))  # fmt: skip
     interleave(samples, plan.reps, "idle", sides("idle", plan.idle_seconds, huey_side.idle_cpu))
-    adds, floors = gsup_side.add_process_vs_typer(ws, plan.process_runs)
-    samples.values["add.gsup"], samples.values["add.typer"] = adds, floors
-    log(f"gsup add process: {min(adds) * 1e3:.1f} ms best, import typer {min(floors) * 1e3:.1f}")
+    commands = gsup_side.command_processes_vs_typer(ws, plan.process_runs)
+    for name, times in commands.items():
+        samples.values[f"command.{name}"] = times
+    slowest = max((n for n in commands if n != "typer"), key=lambda n: median(commands[n]))
+    log(f"gsup commands: slowest {slowest} {median(commands[slowest]) * 1e3:.1f} ms median,"
+        f" import typer {median(commands['typer']) * 1e3:.1f}")  # fmt: skip
 
 
 def measure_scale(samples: Samples, plan: Plan, ws: gsup_side.Workspace) -> None:
@@ -134,6 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     # A SIGTERM ends the run through the finally blocks that stop daemons and consumers.
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # an install has .pyc files: so do we
     args = parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     has_huey = huey_side.huey_version() is not None

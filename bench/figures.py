@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bench.gsup_side import COMMANDS
 from bench.measure import median
 from bench.plan import GAP_SECONDS, HUEY_FAST_POLLING, WORKERS, Plan
 from bench.report import Row
@@ -131,8 +132,12 @@ def comparative_rows(s: Samples, plan: Plan) -> list[Row]:
              None, 2, peer_text="-"),
         _row(f"idle CPU over {plan.idle_seconds:g} s (% of a core) vs huey", m("idle.gsup"),
              m("idle.huey"), 2, "<= 0.5%", _at_most_value(0.5), before=m("idle.before")),
-        _row('gsup add process (ms) vs python -c "import typer"', _ms(m("add.gsup")),
-             _ms(m("add.typer")), 1, "<= 1.3x", _at_most_ratio(1.3)),
+        *(
+            _row(f'gsup {name} process (ms) vs python -c "import typer"',
+                 _ms(m(f"command.{name}")), _ms(m("command.typer")), 1, "<= 1.3x",
+                 _at_most_ratio(1.3))
+            for name in COMMANDS
+        ),
     ]  # fmt: skip
 
 
@@ -229,9 +234,10 @@ def notes(plan: Plan) -> list[str]:
         f"idle CPU: utime+stime from /proc of the process and its children (gsup's pool "
         f"processes) over {plan.idle_seconds:g} s, after one job and 1 s of quiet; huey's "
         "consumer at its fastest polling. Resolution: one clock tick (10 ms) per window.",
-        "gsup add process: wall time of the whole `gsup add noop:noop` process, run from "
-        'the folder of noop.py, against `python -c "import typer"`. `gsup` is the '
-        "installed console script.",
+        "gsup commands: wall time of each whole `gsup ...` process (the installed console "
+        "script), run from the folder of noop.py with the daemon up and job 1 done, in turn "
+        'with `python -c "import typer"`; medians. Bytecode caches are written on a first, '
+        "unmeasured run, as an install writes them.",
         f"scale: a real daemon writes one ended and one queued template job; their rows, "
         f"attempts and events are cloned to {plan.scale_done:,} ended and "
         f"{plan.scale_queued:,} queued jobs (user pool frozen), then the WAL is "

@@ -202,20 +202,43 @@ def idle_cpu(ws: Workspace, seconds: float) -> float:
         return idle_cpu_percent(daemon.pid, seconds)
 
 
-def add_process_vs_typer(ws: Workspace, runs: int) -> tuple[list[float], list[float]]:
-    """Wall seconds of whole `gsup add noop:noop` processes (from the folder of
-    noop.py, as a user would run it) and of `python -c "import typer"`, interleaved."""
+# Every command, as a user runs it (from the folder of noop.py), with the daemon up and
+# job 1 done; each must succeed. "typer" is the floor: `python -c "import typer"`.
+COMMANDS = {
+    "add": ["add", "{target}"],
+    "jobs": ["jobs"],
+    "queues": ["queues"],
+    "status": ["status"],
+    "show": ["show", "1"],
+    "logs": ["logs", "1"],
+    "wait": ["wait", "1"],
+    "cancel": ["cancel", "1"],
+    "freeze": ["freeze", "--queue", "monitoring"],
+    "unfreeze": ["unfreeze", "--queue", "monitoring"],
+    "add --help": ["add", "--help"],
+    "--version": ["--version"],
+}
+
+
+def command_processes_vs_typer(ws: Workspace, runs: int) -> dict[str, list[float]]:
+    """Wall seconds of whole `gsup` processes, one list per command and one of
+    `python -c "import typer"`, run in turn so that they share the machine's moods."""
     home = new_home(ws.root)
-    adds, floors = [], []
-    with running_daemon(home):
-        add = [*gsup_cli(), "add", "--home", str(home), ws.target]
-        floor = [sys.executable, "-c", "import typer"]
-        run_seconds(add, cwd=ws.code)  # warm the page cache for both
-        run_seconds(floor)
+    argvs = {
+        name: [*gsup_cli(), *(word.format(target=ws.target) for word in words), "--home", str(home)]
+        for name, words in COMMANDS.items()
+    }
+    argvs["--version"] = [*gsup_cli(), "--version"]
+    argvs["typer"] = [sys.executable, "-c", "import typer"]
+    times: dict[str, list[float]] = {name: [] for name in argvs}
+    with running_daemon(home) as daemon:
+        daemon.queues().add(ws.noop).result(WAIT_TIMEOUT)  # job 1, done
+        for argv in argvs.values():
+            run_seconds(argv, cwd=ws.code)  # warm the page cache (and write .pyc files)
         for _ in range(runs):
-            adds.append(run_seconds(add, cwd=ws.code))
-            floors.append(run_seconds(floor))
-    return adds, floors
+            for name, argv in argvs.items():
+                times[name].append(run_seconds(argv, cwd=ws.code))
+    return times
 
 
 # --- an earlier release, in an interpreter of its own ----------------------------------

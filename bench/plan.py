@@ -32,7 +32,7 @@ class Plan:
     latency_trips: int  # back to back
     gap_trips: int  # with gaps
     idle_seconds: float
-    process_runs: int  # runs of `gsup add`, and of `python -c "import typer"`
+    process_runs: int  # runs of each gsup command, and of `python -c "import typer"`
     sqlite_tx: int
     scale_done: int  # jobs of the big journal that have ended...
     scale_queued: int  # ...and that wait in the frozen user pool

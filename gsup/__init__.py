@@ -7,6 +7,8 @@ job.result(timeout=60)
 
 from typing import Any
 
+__version__ = "0.2.0.dev0"
+
 __all__ = ["Client", "GsupError", "JobFailed", "JobHandle", "Queues", "queues"]
 
 

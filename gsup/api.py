@@ -166,10 +166,10 @@ class Queues:
         self.client.freeze(queue, False)
 
     def __repr__(self) -> str:
-        from gsup.render import queues_for, to_text
+        from gsup.render import queues_for
 
         try:
-            return to_text(queues_for(Paths(resolve_home(self._home))))
+            return queues_for(Paths(resolve_home(self._home)))
         except Exception as exc:  # a repr must not raise at a prompt
             return f"<gsup queues: {exc}>"
 

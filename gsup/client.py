@@ -10,11 +10,15 @@ import socket
 import sys
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gsup.config import MAX_MESSAGE, Paths, resolve_home
 from gsup.protocol import JobSpec, LineReader, ProtocolError, encode, shared_fields
+
+if TYPE_CHECKING:
+    import sqlite3
 
 ADD_BATCH = 10_000  # jobs per add request
 
@@ -214,6 +218,23 @@ class Client:
     def ping(self) -> dict[str, Any]:
         return self.request("ping")
 
+    def stop(self, now: bool = False) -> dict[str, Any]:
+        return self.request("stop", now=now)
+
+    def wait_gone(self, timeout: float | None) -> bool:
+        """After `stop`: whether the daemon ended (its end of the connection closed)
+        within `timeout` seconds."""
+        assert self._sock is not None
+        self._sock.settimeout(timeout)
+        try:
+            while self._sock.recv(1 << 16):
+                pass
+        except TimeoutError:
+            return False
+        except OSError:
+            pass
+        return True
+
     def add(self, jobs: list[JobSpec]) -> list[int]:
         return self.request("add", jobs=[job.to_wire() for job in jobs])["ids"]
 
@@ -313,3 +334,23 @@ class Client:
         if waiter is None:
             waiter = self._waiters.client = Client(self.paths.home)
         return waiter
+
+
+@contextmanager
+def read_journal(home: str | Path | None) -> Iterator[sqlite3.Connection]:
+    """The journal of a state dir, read-only; GsupError (one line) if it cannot be read."""
+    import sqlite3
+
+    from gsup.journal.queries import Unreadable, connect
+
+    paths = Paths(resolve_home(home))
+    try:
+        conn = connect(paths.journal)
+    except Unreadable as exc:
+        raise GsupError(str(exc)) from None
+    try:
+        yield conn
+    except sqlite3.Error as exc:
+        raise GsupError(f"cannot read the journal: {exc}") from None
+    finally:
+        conn.close()

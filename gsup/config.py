@@ -25,6 +25,7 @@ def default_queue_size(threads: int) -> int:
 
 DEFAULT_PRIORITY = 5
 MAX_MESSAGE = 8 * 1024 * 1024  # bytes in one socket message
+MAX_JOB_ID = 2**63 - 1  # SQLite's largest integer
 
 
 class ConfigError(Exception):
@@ -105,8 +106,8 @@ def _positive_int(value: object, what: str) -> int:
         number = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise ConfigError(f"{what} must be a whole number, not {value!r}") from None
-    if number < 1:
-        raise ConfigError(f"{what} must be at least 1, not {number}")
+    if number < 1 or isinstance(value, float | bool):
+        raise ConfigError(f"{what} must be a whole number from 1, not {value!r}")
     return number
 
 
@@ -126,61 +127,84 @@ def load_settings(
     threads: dict[str, int | None] | None = None,
     grace: float | None = None,
 ) -> Settings:
-    """Settings for the daemon of state dir `home`; `threads` are flag values."""
+    """Settings for the daemon of state dir `home`; `threads` and `grace` are flag values.
+    An error names where the bad value came from: the flag, the variable or the file."""
     paths = Paths(home)
     toml = _read_toml(paths.config)
-    _known(toml, TOP_KEYS, "")
-    _known(_table(toml.get("pools"), "pools"), set(POOL_NAMES), "pools.")
+    file = str(paths.config)
+    _known(toml, TOP_KEYS, "", file)
+    _known(_table(toml.get("pools"), "pools", file), set(POOL_NAMES), "pools.", file)
     pools = []
     for name in POOL_NAMES:
-        section = _table(_table(toml.get("pools"), "pools").get(name), f"pools.{name}")
-        _known(section, POOL_KEYS, f"pools.{name}.")
-        env = os.environ.get(f"GSUP_{name.upper()}_THREADS")
-        flag = (threads or {}).get(name)
-        count = _positive_int(
-            next(v for v in (flag, env, section.get("threads"), DEFAULT_THREADS) if v is not None),
-            f"threads of pool {name!r}",
-        )
-        queue = _positive_int(
-            section.get("queue_size", default_queue_size(count)), f"queue_size of pool {name!r}"
-        )
+        section = _table(_table(toml.get("pools"), "pools", file).get(name), f"pools.{name}", file)
+        _known(section, POOL_KEYS, f"pools.{name}.", file)
+        count = _positive_int(*_pick(
+            (threads or {}).get(name), f"--{name}-threads", f"GSUP_{name.upper()}_THREADS",
+            section, f"pools.{name}.threads", DEFAULT_THREADS, file,
+        ))  # fmt: skip
+        queue = _positive_int(*_pick(
+            None, "", "", section, f"pools.{name}.queue_size", default_queue_size(count), file
+        ))  # fmt: skip
         pools.append(PoolSettings(name, count, queue))
-    if grace is None:
-        grace = os.environ.get("GSUP_GRACE", toml.get("grace", 10.0))  # type: ignore[assignment]
-    grace = _seconds(grace, "grace")
-    group = os.environ.get("GSUP_GROUP") or toml.get("group")
-    if group is not None and not isinstance(group, str):
-        raise ConfigError(f"group must be a group name, not {group!r}")
+    group, where = _pick(None, "", "GSUP_GROUP", toml, "group", None, file)
+    if group is not None:
+        _check_group(group, where)
     return Settings(
         paths=paths,
         pools=tuple(pools),
-        grace=grace,
-        stop_grace=_seconds(toml.get("stop_grace", 2.0), "stop_grace"),
-        max_message=_positive_int(toml.get("max_message", MAX_MESSAGE), "max_message"),
+        grace=_seconds(*_pick(grace, "--grace", "GSUP_GRACE", toml, "grace", 10.0, file)),
+        stop_grace=_seconds(*_pick(None, "", "", toml, "stop_grace", 2.0, file)),
+        max_message=_positive_int(*_pick(None, "", "", toml, "max_message", MAX_MESSAGE, file)),
         group=group,
-        min_free_mb=_seconds(toml.get("min_free_mb", 50.0), "min_free_mb"),
+        min_free_mb=_seconds(*_pick(None, "", "", toml, "min_free_mb", 50.0, file)),
     )
+
+
+def _check_group(group: object, where: str) -> None:
+    import grp
+
+    if not isinstance(group, str):
+        raise ConfigError(f"{where} must be a group name, not {group!r}")
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        raise ConfigError(f"{where}: unknown group {group!r}") from None
+
+
+def _pick(
+    flag: object, flag_name: str, variable: str, table: dict, key: str, default: object, file: str
+) -> tuple[object, str]:
+    """A setting's value, highest first from the flag, the environment variable and the
+    file (`key` is its dotted name there), and the name of where it came from."""
+    if flag is not None:
+        return flag, flag_name
+    if variable and os.environ.get(variable):
+        return os.environ[variable], variable
+    last = key.rpartition(".")[2]
+    if last in table:
+        return table[last], f"{key} in {file}"
+    return default, key
 
 
 TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools"}
 POOL_KEYS = {"threads", "queue_size"}
 
 
-def _known(table: dict, keys: set[str], prefix: str) -> None:
+def _known(table: dict, keys: set[str], prefix: str, file: str) -> None:
     """A misspelt setting is an error, not a default silently kept."""
     unknown = sorted(set(table) - keys)
     if unknown:
         raise ConfigError(
-            f"unknown setting {prefix}{unknown[0]} in gsup.toml; known: "
+            f"unknown setting {prefix}{unknown[0]} in {file}; known: "
             + ", ".join(prefix + key for key in sorted(keys))
         )
 
 
-def _table(value: object, what: str) -> dict:
+def _table(value: object, what: str, file: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"[{what}] in gsup.toml must be a table")
+        raise ConfigError(f"[{what}] in {file} must be a table")
     return value
 
 

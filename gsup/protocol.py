@@ -8,13 +8,14 @@ Kept import-light: the CLI's `add` path imports it.
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_MESSAGE, POOL_NAMES
+from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_JOB_ID, MAX_MESSAGE, POOL_NAMES
 
 KINDS = ("call", "cmd")
 ON_LOST = ("requeue", "fail")
@@ -71,7 +72,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-MAX_JOB_ID = 2**63 - 1  # SQLite's largest integer
 MAX_SECONDS = 365 * 24 * 3600.0  # timeouts and retry delays: a year at most
 MAX_RETRIES = 1_000_000
 
@@ -172,6 +172,23 @@ def _is_str_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
+RETRY_CAUSES = (
+    "a built-in exception name (ValueError), the dotted path of one (mymod.MyError),"
+    " 'timeout' or 'exit'"
+)
+
+
+def is_retry_cause(name: str) -> bool:
+    """What --retry-on may name: a built-in exception, a dotted path (checked by --check,
+    as it can only be imported in the job's folder), 'timeout' or 'exit'."""
+    if name in ("timeout", "exit"):
+        return True
+    if "." in name:
+        return all(part.isidentifier() for part in name.split("."))
+    found = getattr(builtins, name, None)
+    return isinstance(found, type) and issubclass(found, BaseException)
+
+
 def _is_optional_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
@@ -210,7 +227,10 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"retry_delay must be 0 to {MAX_SECONDS:g} seconds",
     ),
     "backoff": (lambda v: _is_number(v) and 1 <= v <= 1000, "backoff must be 1 to 1000"),
-    "retry_on": (lambda v: v is None or _is_str_list(v), "retry_on must be a list of strings"),
+    "retry_on": (
+        lambda v: v is None or (_is_str_list(v) and all(map(is_retry_cause, v))),
+        f"retry_on: each must be {RETRY_CAUSES}; not {{value!r}}",
+    ),
     "on_lost": (lambda v: v in ON_LOST, "on_lost must be one of " + ", ".join(ON_LOST)),
     "name": (_is_optional_str, "name must be a string"),
 }
@@ -269,6 +289,13 @@ def _get(message: dict[str, Any]) -> dict[str, Any]:
     return {"job": check_job_id(message.get("job")), "wait": wait}
 
 
+def _stop(message: dict[str, Any]) -> dict[str, Any]:
+    """`now`: end the grace period at once (as a second SIGTERM does)."""
+    now = message.get("now", False)
+    _check(isinstance(now, bool), "now must be true or false")
+    return {"now": now}
+
+
 def _purge(message: dict[str, Any]) -> dict[str, Any]:
     return {"pool": check_pool(message.get("pool"), allow_all=True)}
 
@@ -294,5 +321,6 @@ _REQUESTS = {
     "purge": _purge,
     "freeze": _freeze,
     "wait": _wait,
+    "stop": _stop,
 }
 MUTATING = {"add", "cancel", "retry", "purge", "freeze"}

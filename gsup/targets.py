@@ -252,6 +252,18 @@ def check_binding(func: Callable[..., Any], target: str, args: tuple, kwargs: di
         raise TargetError(f"{target}{signature} does not accept these arguments: {exc}") from None
 
 
+def check_retry_on(names: list[str]) -> None:
+    """The dotted paths of --retry-on name exception classes that can be imported."""
+    for name in (name for name in names if "." in name):
+        module, _, attr = name.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module), attr)
+        except Exception as exc:
+            raise TargetError(f"--retry-on {name}: cannot import it ({exc})") from None
+        if not (isinstance(found, type) and issubclass(found, BaseException)):
+            raise TargetError(f"--retry-on {name} is not an exception class")
+
+
 def _check_main() -> int:
     """`--check`: import the target and bind its arguments; print one line."""
     import json
@@ -262,6 +274,7 @@ def _check_main() -> int:
     try:
         func, args, kwargs = load_call(spec.target, spec.arguments, spec.pickled, spec.path)
         check_binding(func, spec.target, args, kwargs)
+        check_retry_on(spec.retry_on or [])
     except TargetError as exc:
         print(f"gsup: error: {exc}")
         return 1

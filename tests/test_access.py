@@ -73,5 +73,5 @@ def test_an_unknown_group_stops_the_daemon_with_a_clear_error(env):
     result = run_daemon_expecting_exit(env)
     assert (result.returncode, result.stderr.strip()) == (
         1,
-        "gsup: error: unknown group 'no-such-group-here'",
+        "gsup: error: GSUP_GROUP: unknown group 'no-such-group-here'",
     )

@@ -49,14 +49,14 @@ def test_a_job_that_calls_sys_exit_only_fails(daemon, gsup, workdir):
         (["add", "no_colon"], "target 'no_colon' must look like pkg.module:function"),
         (["add", "jobs:1x"], "'1x' is not a Python name"),
         (["add", "jobs:add", "--kw", "novalue"], "must look like name=value"),
-        (["add", "jobs:add", "--priority", "10"], "10 is not in 0..9"),
-        (["add", "jobs:add", "--queue", "other"], "invalid choice: 'other'"),
-        (["add", "jobs:add", "--on-lost", "maybe"], "invalid choice: 'maybe'"),
+        (["add", "jobs:add", "--priority", "10"], "10 is above 9"),
+        (["add", "jobs:add", "--queue", "other"], "'other' is not one of user, monitoring"),
+        (["add", "jobs:add", "--on-lost", "maybe"], "'maybe' is not one of requeue, fail"),
         (["show", "999"], "no job 999"),
         (["cancel", "999"], "no job 999"),
         (["retry", "999"], "no job 999"),
         (["wait", "999"], "no job 999"),
-        (["jobs", "--state", "weird"], "invalid choice: 'weird'"),
+        (["jobs", "--state", "weird"], "'weird' is not one of queued, running, done"),
     ],
 )
 def test_cli_errors_are_one_line_and_exit_non_zero(daemon, gsup, args, message):
@@ -226,13 +226,17 @@ def test_a_shared_folder_is_not_taken_as_a_state_dir(env, home):
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("pools = 5\n", "[pools] in gsup.toml must be a table"),
-        ("grace = 'soon'\n", "grace must be a number, not 'soon'"),
-        ("[pools.user]\nthreads = 0\n", "threads of pool 'user' must be at least 1"),
-        ("not toml at all", "cannot read"),
-        ("graec = 3\n", "unknown setting graec in gsup.toml; known: grace, group,"),
-        ("[pools.user]\nthread = 3\n", "unknown setting pools.user.thread in gsup.toml"),
-        ("[pools.batch]\nthreads = 3\n", "unknown setting pools.batch in gsup.toml"),
+        ("pools = 5\n", "[pools] in {file} must be a table"),
+        ("grace = 'soon'\n", "grace in {file} must be a number, not 'soon'"),
+        (
+            "[pools.user]\nthreads = 0\n",
+            "pools.user.threads in {file} must be a whole number from 1",
+        ),
+        ("[pools.user]\nthreads = 2.5\n", "pools.user.threads in {file} must be a whole number"),
+        ("not toml at all", "cannot read {file}"),
+        ("graec = 3\n", "unknown setting graec in {file}; known: grace, group,"),
+        ("[pools.user]\nthread = 3\n", "unknown setting pools.user.thread in {file}"),
+        ("[pools.batch]\nthreads = 3\n", "unknown setting pools.batch in {file}"),
     ],
 )
 def test_a_bad_config_is_one_clear_line(env, home, toml, message):
@@ -240,7 +244,23 @@ def test_a_bad_config_is_one_clear_line(env, home, toml, message):
     (home / "gsup.toml").write_text(toml)
     result = run_daemon_expecting_exit(env)
     assert result.returncode == 1
-    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message.format(file=home / "gsup.toml") in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("GSUP_USER_THREADS", "many", "GSUP_USER_THREADS must be a whole number, not 'many'"),
+        ("GSUP_MONITORING_THREADS", "0", "GSUP_MONITORING_THREADS must be a whole number from 1, not '0'"),
+        ("GSUP_GRACE", "-1", "GSUP_GRACE must be a number from 0, not '-1'"),
+    ],
+)
+def test_a_bad_environment_value_names_its_variable(env, variable, value, message):
+    env[variable] = value
+    result = run_daemon_expecting_exit(env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"gsup: error: {message}"
 
 
 def test_absurd_ids_and_a_zero_wait_are_clear(daemon, gsup):

@@ -283,3 +283,8 @@ def queues_snapshot(conn: sqlite3.Connection, pending_limit: int = 10) -> list[P
         ).fetchone()
         snapshots.append(PoolSnapshot(name, threads, bool(frozen), running, pending, count))
     return snapshots
+
+
+def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many jobs are in each state (`gsup status`)."""
+    return dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())

@@ -106,7 +106,9 @@ class Supervisor:
         )
         self.book = JobBook(self.journal, self.executors.values(), self.loop,
                             self.connections.reply)  # fmt: skip
-        self.handlers = Handlers(self.settings, self.journal, self.book, self.connections.reply)
+        self.handlers = Handlers(
+            self.settings, self.journal, self.book, self.connections.reply, self._stop_asked
+        )
         report = recovery.plan(self.journal.reader, self.executors)
         recovery.apply(self.book, report)
         for pool in self.settings.pools:
@@ -134,6 +136,13 @@ class Supervisor:
         self.systemd.stopping(f"stopping: {running} jobs in flight")
         self.book.begin_stop()
         self.loop.call_at(self.loop.now() + self.settings.grace, self._finish_stop)
+
+    def _stop_asked(self, now: bool) -> None:
+        """`gsup stop`: as SIGTERM (`now`: as a second one)."""
+        if not self.book.stopping:
+            self._begin_stop()
+        if now:  # after this turn's requests, as the grace period's end would
+            self.loop.call_at(self.loop.now(), self._finish_stop)
 
     def _finish_stop(self) -> None:
         """The grace period is over, or nothing runs any more: requeue what still runs."""

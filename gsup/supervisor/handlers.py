@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gsup import __version__
 from gsup.config import Settings
 from gsup.journal import queries
 from gsup.journal.writer import Writer
@@ -39,8 +40,11 @@ class Handlers:
         journal: Writer,
         book: JobBook,
         reply: Callable[[Connection, Any, dict[str, Any]], None],
+        begin_stop: Callable[[bool], None],
     ) -> None:
         self.settings = settings
+        self.begin_stop = begin_stop
+        self.started = time.time()
         self.journal = journal
         self.book = book
         self.reply = reply
@@ -53,6 +57,7 @@ class Handlers:
             "purge": self.purge,
             "freeze": self.freeze,
             "wait": self.wait,
+            "stop": self.stop,
         }
 
     def request(self, conn: Connection, message: dict[str, Any]) -> None:
@@ -101,7 +106,22 @@ class Handlers:
     # --- the verbs ---------------------------------------------------------------------
 
     def ping(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
-        return {"pid": os.getpid(), "stopping": self.book.stopping}
+        """Who answers, since when, and what its pools hold (`gsup status`)."""
+        pools = [
+            {"name": name, "threads": self.settings.pool(name).threads, "frozen": lane.frozen,
+             "in_flight": len(lane.flights)}
+            for name, lane in self.book.lanes.items()
+        ]  # fmt: skip
+        return {"pid": os.getpid(), "version": __version__, "started": self.started,
+                "stopping": self.book.stopping, "pools": pools}  # fmt: skip
+
+    def stop(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        """Stop as SIGTERM does; the client sees the daemon go by its connection closing."""
+        if self.journal.failure is None:  # a full disk must not keep it from stopping
+            self.journal.log_command("stop", fields, conn.uid, conn.pid)
+        in_flight = self.book.in_flight()
+        self.begin_stop(fields["now"])
+        return {"in_flight": in_flight, "grace": 0 if fields["now"] else self.settings.grace}
 
     def add(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
         specs = fields["jobs"]

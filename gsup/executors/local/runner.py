@@ -101,7 +101,8 @@ def _failure(exc: BaseException) -> Outcome:
     except Exception:
         text = "".join(traceback.format_tb(inner)) + error
     text = clip(text, MAX_TRACEBACK, keep_end=True)
-    causes = [cls.__name__ for cls in type(exc).__mro__[:-1]]  # for --retry-on
+    classes = type(exc).__mro__[:-1]  # for --retry-on: by name, or by dotted path
+    causes = [c.__name__ for c in classes] + [f"{c.__module__}.{c.__qualname__}" for c in classes]
     return Outcome(Ending.FAILED, error, {"error": error, "traceback": text, "causes": causes})
 
 

@@ -1,0 +1,87 @@
+"""The `gsup` command: one typer app (app.py); each command is defined once, in
+commands/NAME.py. A command line that names a command imports that module only (typer
+then builds and parses one command); anything else (`--help`, completion) loads them all."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gsup.cli import adapt
+from gsup.cli.app import app
+from gsup.client import GsupError
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from gsup import __version__
+
+        print(f"gsup {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version"),
+    ] = False,
+) -> None:
+    """A job supervisor: bounded worker pools, a SQLite journal that never forgets a job.
+
+    Shell completion: gsup --install-completion (bash, zsh, fish, PowerShell).
+    """
+
+
+def load_commands(words: list[str]) -> None:
+    """Register the command `words` name, or every command."""
+    from gsup.cli import commands
+
+    name = words[0] if words else ""
+    if name.isidentifier() and (Path(commands.__path__[0]) / f"{name}.py").is_file():
+        importlib.import_module(f"gsup.cli.commands.{name}")
+        return
+    for module in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"gsup.cli.commands.{module.name}")
+
+
+def main() -> None:
+    from typer.exceptions import TyperException
+
+    adapt.install()
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")
+    load_commands(sys.argv[1:])
+    try:
+        code = app(prog_name="gsup", standalone_mode=False)
+    except TyperException as exc:  # a usage error: one line, not a usage block
+        print(f"gsup: error: {exc.format_message()}{_hint()}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Abort, EOFError):
+        sys.exit(1)
+    except GsupError as exc:
+        print(f"gsup: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        os._exit(1)  # `gsup jobs | head`: the reader went away
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _hint() -> str:
+    """Where to read on, and the usual way out of the usual mistakes."""
+    words = sys.argv[1:]
+    command = words[0] if words and words[0] in typer.main.get_command(app).commands else ""  # type: ignore[attr-defined]
+    if command == "add" and "--" not in words:
+        if "--cmd" in words:
+            return " (a command's own options go after --: gsup add --cmd -- PROG -x)"
+        if any(word[:1] == "-" and word[1:2].isdigit() for word in words):
+            return " (a negative number goes after --: gsup add mymod:f -- -5)"
+    return f" (see: gsup {command + ' ' if command else ''}--help)"

@@ -1,0 +1,200 @@
+"""`gsup add`: build job specs from words, check them or send them, print the ids."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from gsup.cli.app import app
+from gsup.cli.options import Home, Queue
+from gsup.client import Client, GsupError
+from gsup.config import DEFAULT_PRIORITY
+from gsup.protocol import MAX_RETRIES, MAX_SECONDS, RETRY_CAUSES, JobSpec, is_retry_cause
+from gsup.specs import call_specs, cli_import_path, command_spec
+from gsup.targets import TargetError, parse_keyword, parse_value
+
+OnLost = Enum("OnLost", {"requeue": "requeue", "fail": "fail"}, type=str)  # type: ignore[misc]
+
+
+@app.command()
+def add(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="TARGET",
+            help="pkg.module:function, or with --cmd the program",
+            show_default=False,
+        ),
+    ] = None,
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="ARG", help="Arguments: Python literals, else strings", show_default=False
+        ),
+    ] = None,
+    kw: Annotated[
+        list[str] | None,
+        typer.Option("--kw", metavar="NAME=VALUE", help="A keyword argument (repeatable)"),
+    ] = None,
+    as_str: Annotated[bool, typer.Option("--str", help="Pass every argument as a string")] = False,
+    queue: Annotated[Queue, typer.Option("--queue", "-q", help="The pool to run in")] = Queue.user,
+    priority: Annotated[
+        int,
+        typer.Option(
+            "--priority", "-p", min=0, max=9, metavar="0-9", help="0 runs first; FIFO among equals"
+        ),
+    ] = DEFAULT_PRIORITY,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001, max=MAX_SECONDS, metavar="S", help="Seconds before the job is stopped"
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option(metavar="TEXT", help="A name to show")] = None,
+    retries: Annotated[
+        int,
+        typer.Option(
+            min=0, max=MAX_RETRIES, metavar="N", help="Runs again after a failure or timeout"
+        ),
+    ] = 0,
+    retry_delay: Annotated[
+        float,
+        typer.Option(min=0, max=MAX_SECONDS, metavar="S", help="Seconds before the first retry"),
+    ] = 0.0,
+    backoff: Annotated[
+        float,
+        typer.Option(min=1, max=1000, metavar="F", help="Each retry waits this many times longer"),
+    ] = 2.0,
+    retry_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--retry-on",
+            metavar="NAME",
+            help="Retry only on this exception (a built-in name, or a dotted path such as"
+            " mymod.MyError; subclasses too), 'timeout' or 'exit' (a command's non-zero exit);"
+            " repeatable [default: all]",
+        ),
+    ] = None,
+    on_lost: Annotated[
+        OnLost, typer.Option(help="When its pool dies under it: requeue, or fail (runs once)")
+    ] = OnLost.requeue,
+    cmd: Annotated[
+        bool, typer.Option("--cmd", help="Run a command: gsup add --cmd -- PROG ARG...")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Import the target and bind the arguments; add nothing")
+    ] = False,
+    from_file: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="FILE",
+            help="One job per line of FILE ('-': stdin): TARGET [ARG]..., or with --cmd a"
+            " command line; the other options apply to all",
+        ),
+    ] = None,
+    home: Home = None,
+) -> None:
+    """Add a job; prints its id once the journal holds it.
+
+    gsup add mymod:f 123  |  gsup add --cmd -- sleep 30  |  gsup add --from jobs.txt
+    """
+    if (target is None) == (from_file is None):
+        raise GsupError("give a TARGET, or --from FILE with one job per line")
+    if cmd and target is not None and _cmd_after(target):
+        raise GsupError(f"--cmd goes before the command: gsup add --cmd -- {target} ...")
+    for cause in retry_on or []:
+        if not is_retry_cause(cause):
+            raise GsupError(f"--retry-on {cause}: give {RETRY_CAUSES}")
+    options = dict(
+        pool=queue.value, priority=priority, timeout=timeout, name=name, retries=retries,
+        retry_delay=retry_delay, backoff=backoff, retry_on=retry_on, on_lost=on_lost.value,
+    )  # fmt: skip
+    lines = _job_lines(from_file) if from_file is not None else [[target, *(args or [])]]
+    try:
+        if cmd:
+            specs = [command_spec(words, **options) for words in lines]  # type: ignore[arg-type]
+        else:
+            specs = _call_specs(lines, kw or [], as_str, options)
+    except TargetError as exc:
+        raise GsupError(str(exc)) from None
+    if check:
+        for spec in specs:
+            _check(spec)
+        return
+    ids = Client(home).add_many(specs)
+    sys.stdout.write("".join(f"{job}\n" for job in ids))
+
+
+def _cmd_after(target: str) -> bool:
+    """Whether `--cmd` came after the command's first word (`gsup add prog 1 --cmd`)."""
+    words = sys.argv[2:]
+    words = words[: words.index("--")] if "--" in words else words
+    return "--cmd" in words and target in words and words.index(target) < words.index("--cmd")
+
+
+def _call_specs(
+    lines: list[list[str]], keywords: list[str], as_str: bool, options: dict
+) -> list[JobSpec]:
+    pairs = [parse_keyword(item, as_str) for item in keywords]
+    named = dict(pairs)
+    if len(named) < len(pairs):
+        raise TargetError("a keyword argument is given twice")
+    path = cli_import_path(os.getcwd())  # once for all lines
+    specs: list[JobSpec] = []
+    for target, run in itertools.groupby(lines, key=lambda words: words[0]):
+        arguments = (tuple(parse_value(arg, as_str) for arg in words[1:]) for words in run)
+        specs += call_specs(target, arguments, named, path, **options)  # one run at a time
+    return specs
+
+
+def _job_lines(source: str) -> list[list[str]]:
+    """The words of each job line of a file; blank lines and # comments are skipped."""
+    import shlex
+
+    try:
+        text = sys.stdin.read() if source == "-" else open(source).read()  # noqa: SIM115
+    except OSError as exc:
+        raise GsupError(f"cannot read {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise GsupError(f"{source} is not UTF-8 text: {exc.reason}") from None
+    jobs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                plain = not any(mark in line for mark in "'\"\\")
+                jobs.append(line.split() if plain else shlex.split(line))
+            except ValueError as exc:
+                raise GsupError(f"{source}, line {number}: {exc}") from None
+    if not jobs:
+        raise GsupError(f"{source} holds no job")
+    return jobs
+
+
+def _check(spec: JobSpec) -> None:
+    """Import the target in a short-lived child, as a pool would, and bind the arguments."""
+    if spec.kind == "cmd":
+        import shutil
+
+        if shutil.which(spec.argv[0]) is None:
+            raise GsupError(f"command not found: {spec.argv[0]}")
+        print(f"ok: {spec.display}")
+        return
+    child = subprocess.run(
+        [sys.executable, "-m", "gsup.targets"],
+        input=json.dumps(spec.to_wire()),
+        capture_output=True,
+        text=True,
+        cwd=spec.cwd,
+    )
+    line = (child.stdout.strip() or child.stderr.strip() or "the check failed").splitlines()[-1]
+    if child.returncode != 0:
+        raise GsupError(line.removeprefix("gsup: error: "))
+    print(line)

@@ -1,0 +1,42 @@
+"""`gsup daemon`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gsup.cli.app import app
+from gsup.cli.options import Home
+from gsup.client import GsupError
+from gsup.config import resolve_home
+
+
+@app.command()
+def daemon(
+    home: Home = None,
+    user_threads: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Threads of the user pool [default: 5]")
+    ] = None,
+    monitoring_threads: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="N", help="Threads of the monitoring pool [default: 5]"),
+    ] = None,
+    grace: Annotated[
+        float | None,
+        typer.Option(
+            min=0, metavar="S", help="Seconds running jobs get when the daemon stops [default: 10]"
+        ),
+    ] = None,
+) -> None:
+    """Run the supervisor in the foreground (under systemd, or by hand)."""
+    from gsup.config import ConfigError, load_settings
+    from gsup.supervisor.daemon import serve
+
+    try:
+        settings = load_settings(
+            resolve_home(home), {"user": user_threads, "monitoring": monitoring_threads}, grace
+        )
+    except ConfigError as exc:
+        raise GsupError(str(exc)) from None
+    raise typer.Exit(serve(settings))

@@ -1,0 +1,40 @@
+"""`gsup jobs`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from gsup.cli.app import app, print_json
+from gsup.cli.options import Home, Json, OneQueue
+from gsup.client import read_journal
+from gsup.lifecycle import State
+
+StateName = Enum("StateName", {state.value: state.value for state in State}, type=str)  # type: ignore[misc]
+
+
+@app.command()
+def jobs(
+    state: Annotated[
+        StateName | None, typer.Option("--state", "-s", help="Only jobs in this state")
+    ] = None,
+    queue: OneQueue = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, metavar="N", help="How many, newest first")
+    ] = 20,
+    as_json: Json = False,
+    home: Home = None,
+) -> None:
+    """List jobs, newest first."""
+    from gsup.journal import queries
+
+    with read_journal(home) as conn:
+        found = queries.list_jobs(conn, state and state.value, queue and queue.value, limit)
+    if as_json:
+        print_json(found)
+    else:
+        from gsup.render import Style, jobs_table, print_lines
+
+        print_lines(jobs_table(found, Style()))

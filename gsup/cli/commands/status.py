@@ -1,0 +1,57 @@
+"""`gsup status`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import typer
+
+from gsup.cli.app import app, print_json
+from gsup.cli.options import Home, Json
+from gsup.client import Client, DaemonNotRunning, GsupError, read_journal
+from gsup.config import resolve_home
+
+
+@app.command()
+def status(as_json: Json = False, home: Home = None) -> None:
+    """Whether a daemon runs for this state dir: pid, version, uptime, pools, jobs by
+    state. Exits 0 only if one is up."""
+    from gsup.journal import queries
+
+    try:
+        info = Client(home).ping()
+    except DaemonNotRunning as exc:
+        if as_json:
+            print_json({"running": False, "home": str(resolve_home(home))})
+            raise typer.Exit(1) from None
+        raise GsupError(str(exc)) from None
+    with read_journal(home) as conn:
+        info["jobs"] = queries.state_counts(conn)
+    info.update(running=True, home=str(resolve_home(home)))
+    info.pop("ok", None)
+    print_json(info) if as_json else print(_status_text(info))
+
+
+def _status_text(info: dict[str, Any]) -> str:
+    pools = ", ".join(
+        f"{p['name']} {p['threads']} threads ({p['in_flight']} in flight"
+        f"{', frozen' if p['frozen'] else ''})"
+        for p in info["pools"]
+    )
+    jobs = ", ".join(f"{count} {state}" for state, count in sorted(info["jobs"].items()))
+    state = "stopping" if info["stopping"] else "running"
+    return (
+        f"gsup {info['version']}: {state}, pid {info['pid']}, up"
+        f" {_duration(time.time() - info['started'])}\n"
+        f"home:  {info['home']}\npools: {pools}\njobs:  {jobs or 'none'}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{value}{unit}" for value, unit in parts if value]
+    return "".join(shown[:2]) or "0s"

@@ -1,0 +1,33 @@
+"""`gsup stop`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gsup.cli.app import app
+from gsup.cli.options import Home
+from gsup.client import Client, GsupError
+
+
+@app.command()
+def stop(
+    now: Annotated[
+        bool, typer.Option("--now", help="Do not give running jobs the grace period")
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(min=0, metavar="S", help="Give up waiting after this many seconds"),
+    ] = None,
+    home: Home = None,
+) -> None:
+    """Stop the daemon gracefully (as SIGTERM does) and wait until it has ended.
+    Running jobs get the grace period, then are requeued; queued jobs wait."""
+    client = Client(home)
+    reply = client.stop(now)
+    if reply["in_flight"] and reply["grace"]:
+        print(f"stopping: {reply['in_flight']} jobs in flight get {reply['grace']:g}s")
+    if not client.wait_gone(timeout):
+        raise GsupError(f"the daemon has not ended after {timeout:g}s; it is still stopping")
+    print("stopped")

@@ -1,0 +1,183 @@
+"""The one CLI: every command's help, version, status, stop, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+import gsup
+from gsup.cli import commands
+
+COMMANDS = sorted(
+    path.stem for path in Path(commands.__path__[0]).glob("*.py") if path.stem != "__init__"
+)
+
+
+def test_every_command_is_listed_in_the_top_help(gsup):
+    listed = re.findall(r"^  (\w+) ", gsup("--help").stdout.split("Commands:")[1], re.M)
+    assert sorted(listed) == COMMANDS
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_every_command_has_help_without_python_types(gsup, command, flag):
+    text = gsup(command, flag).stdout
+    assert text.startswith(f"Usage: gsup {command} ")
+    assert not re.search(r"<(str|int|float|list|path)|list\[|\{\w+\}|range>", text), text
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_no_command_imports_pydantic(gsup, command):
+    """Typer's own coercion would import pydantic (~80 ms): gsup/cli/adapt.py avoids it."""
+    args = {  # each converts a value, and ends at once (no daemon runs)
+        "add": ["jobs:add", "1", "--priority", "3"],
+        "daemon": ["--user-threads", "0"],
+        "jobs": ["--limit", "3"],
+        "stop": ["--timeout", "1"],
+        "wait": ["1", "--timeout", "1"],
+        **{command: ["1"] for command in ("show", "logs", "cancel", "retry")},
+    }
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "gsup", command, *args.get(command, [])],
+        env=gsup.env,
+        cwd=gsup.cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert "typer" in imported  # the check can see what was imported
+    assert "pydantic" not in imported
+    assert "rich" not in imported
+
+
+def test_version(gsup):
+    assert gsup("--version").stdout == f"gsup {gsup_version()}\n"
+
+
+def gsup_version() -> str:
+    return gsup.__version__
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["show", "abc"], "'abc' is not a job id (ids are whole numbers from 1)"),
+        (["cancel", "1", "x2"], "'x2' is not a job id (ids are whole numbers from 1)"),
+        (["logs", "0"], "'0' is not a job id (ids are whole numbers from 1)"),
+        (["show", "12"], "no job 12"),
+        (["logs", "12"], "no job 12"),
+        (
+            ["jobs", "--limit", "many"],
+            "Invalid value for '--limit' / '-n': 'many' is not a whole"
+            " number (see: gsup jobs --help)",
+        ),
+        (
+            ["jobs", "--state", "finished"],
+            "Invalid value for '--state' / '-s': 'finished' is not one of queued, running,"
+            " done, failed, timeout, cancelled, lost (see: gsup jobs --help)",
+        ),
+        (
+            ["add", "jobs:add", "--priority", "10"],
+            "Invalid value for '--priority' / '-p': 10 is above 9 (see: gsup add --help)",
+        ),
+        (["show", "1", "--bogus"], "No such option: --bogus (see: gsup show --help)"),
+        (["frobnicate"], "No such command 'frobnicate'. (see: gsup --help)"),
+        (
+            ["add", "jobs:add", "-5"],
+            "No such option: -5 (a negative number goes after --: gsup add mymod:f -- -5)",
+        ),
+        (
+            ["add", "jobs:add", "1", "--cmd"],
+            "--cmd goes before the command: gsup add --cmd -- jobs:add ...",
+        ),
+        (
+            ["add", "jobs:add", "--retry-on", "Flaky"],
+            "--retry-on Flaky: give a built-in exception name (ValueError), the dotted path"
+            " of one (mymod.MyError), 'timeout' or 'exit'",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_naming_it(daemon, gsup, args, error):
+    result = gsup(*args, check=False)
+    usage = error.startswith(("Invalid value", "No such"))  # the parser's, else gsup's
+    assert result.returncode == (2 if usage else 1)
+    assert result.stderr == f"gsup: error: {error}\n"
+    assert result.stdout == ""
+
+
+def test_retry_on_a_dotted_path_is_checked_and_honoured(daemon, gsup, workdir):
+    (workdir / "flaky.py").write_text(
+        "class Flaky(Exception):\n    pass\n\n"
+        "def once(path):\n"
+        "    import os\n"
+        "    if not os.path.exists(path):\n"
+        "        open(path, 'w').close()\n"
+        "        raise Flaky('first time')\n"
+        "    return 'second time'\n"
+    )
+    marker = str(workdir / "tried")
+    ok = gsup("add", "--check", "flaky:once", marker, "--retry-on", "flaky.Flaky")
+    assert ok.stdout.startswith("ok: ")
+    bad = gsup("add", "--check", "flaky:once", marker, "--retry-on", "flaky.Nope", check=False)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("gsup: error: --retry-on flaky.Nope: cannot import it")
+    job = gsup.add("flaky:once", marker, "--retries", "1", "--retry-on", "flaky.Flaky")
+    assert gsup.wait(job) == {job: "done"}
+    assert gsup.show(job)["attempts"] == 2
+
+
+def test_status_tells_whether_the_daemon_is_up(make_daemon, gsup, home):
+    down = gsup("status", check=False)
+    assert down.returncode == 1
+    assert down.stderr.startswith(f"gsup: error: no gsup daemon is running for {home}")
+    daemon = make_daemon()
+    job = gsup.add("jobs:add", "1")
+    assert gsup.wait(job) == {job: "done"}
+    up = gsup("status").stdout.splitlines()
+    assert up[0].startswith(f"gsup {gsup_version()}: running, pid {daemon.pid}, up ")
+    assert up[1:] == [
+        f"home:  {home}",
+        "pools: user 5 threads (0 in flight), monitoring 5 threads (0 in flight)",
+        "jobs:  1 done",
+    ]
+    info = json.loads(gsup("status", "--json").stdout)
+    assert (info["running"], info["pid"], info["jobs"]) == (True, daemon.pid, {"done": 1})
+
+
+def test_stop_waits_for_a_graceful_stop(make_daemon, gsup, workdir):
+    daemon = make_daemon("--grace", "30")
+    job = gsup.add("jobs:wait_for_file", str(workdir / "go"))
+    wait_until(lambda: gsup.running(job), what="the job to start")
+    stopping = subprocess.Popen(
+        [sys.executable, "-m", "gsup", "stop"], env=gsup.env, stdout=subprocess.PIPE, text=True
+    )
+    assert daemon.said("stopping: 1 jobs in flight get 30s")
+    (workdir / "go").touch()  # the job ends within the grace period
+    output, _ = stopping.communicate(timeout=60)
+    assert stopping.returncode == 0
+    assert output == "stopping: 1 jobs in flight get 30s\nstopped\n"
+    assert daemon.process.wait(30) == 0
+    assert gsup.show(job)["state"] == "done"
+
+
+def test_stop_now_requeues_what_runs(make_daemon, gsup, workdir):
+    daemon = make_daemon("--grace", "300")
+    job = gsup.add("jobs:sleep", "300")
+    wait_until(lambda: gsup.running(job), what="the job to start")
+    assert gsup("stop", "--now").stdout.endswith("stopped\n")
+    assert daemon.process.wait(30) == 0
+    assert gsup.show(job)["state"] == "queued"
+
+
+def test_completion_script_is_offered(gsup):
+    script = gsup("--show-completion", "bash", check=False)
+    assert script.returncode == 0
+    assert "_GSUP_COMPLETE=complete_bash" in script.stdout
