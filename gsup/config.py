@@ -73,9 +73,12 @@ class Paths:
     def config(self) -> Path:
         return self.home / "gsup.toml"
 
-    def job_output(self, job_id: int, stream: str) -> Path:
-        """Where job `job_id` writes `stream` ("out" or "err")."""
-        return self.logs / f"{job_id}.{stream}"
+    def job_output(self, job_id: int, stream: str, attempt: int | None = None) -> Path:
+        """Where attempt `attempt` (its id) of job `job_id` writes `stream` ("out" or
+        "err"); without an attempt, where gsup 0.2.0.dev0 and older wrote a job's."""
+        if attempt is None:
+            return self.logs / f"{job_id}.{stream}"
+        return self.logs / f"{job_id}.{attempt}.{stream}"
 
 
 @dataclass(frozen=True)

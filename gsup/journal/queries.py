@@ -288,3 +288,12 @@ def queues_snapshot(conn: sqlite3.Connection, pending_limit: int = 10) -> list[P
 def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """How many jobs are in each state (`gsup status`)."""
     return dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+
+
+def job_runs(conn: sqlite3.Connection, job: int) -> tuple[str, list[int]] | None:
+    """A job's state and the ids of its attempts, oldest first (None: no such job)."""
+    row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone()
+    if row is None:
+        return None
+    ids = conn.execute("SELECT id FROM attempts WHERE job = ? ORDER BY id", (job,)).fetchall()
+    return row[0], [attempt for (attempt,) in ids]
