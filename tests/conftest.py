@@ -205,7 +205,8 @@ class Cli:
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "gsup", *args],
+            # -P: like the `gsup` script, it does not import from the folder it runs in
+            [sys.executable, "-P", "-m", "gsup", *args],
             env=self.env,
             cwd=self.cwd,
             capture_output=True,
