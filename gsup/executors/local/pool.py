@@ -238,6 +238,7 @@ class PoolProcess:
             outcome = self._run(worker, job)
             self.report("end", job.id, outcome.ending.value, outcome.why, outcome.fields,
                         outcome.usage)  # fmt: skip
+            self.loaded.note()  # what it imported as it ran, as the files are now
             if self.retiring is not None:
                 self._exit_when_idle()
 
