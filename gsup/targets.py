@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 import base64
 import importlib
-import importlib.machinery
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -116,37 +114,22 @@ def loads_by_value(text: str) -> Any:
 # --- resolving (pool side) -----------------------------------------------------
 
 _import_lock = threading.Lock()
-# Where each module a job imported came from: (the job's path, its file, that file's mtime).
-_origins: dict[str, tuple[tuple[str, ...], str, int]] = {}
+# The callable each target resolved to. A process serves one import path
+# (gsup.imports), and is replaced once a file it imported changes: no entry goes stale.
+_resolved: dict[str, Callable[..., Any]] = {}
 
 
-def resolve(target: str, path: list[str]) -> Callable[..., Any]:
-    """Import `pkg.mod:attr` as Python would with `path` in front of sys.path.
-
-    A pool lives long and serves many folders: a module is imported again when the
-    job's path finds another file for it, or when its file has changed since.
-    The path entries stay on sys.path, so the job's own imports work as they would.
-    """
-    key = (target, tuple(path))
-    known = _resolved.get(key)
-    if known is not None and _mtime(known[1]) == known[2]:
-        return known[0]  # the usual case: one stat
-    found = _import_target(target, path)
-    file = _origins.get(parse_target(target)[0], ((), "", -1))[1]
-    _resolved[key] = (found, file, _mtime(file))
+def resolve(target: str) -> Callable[..., Any]:
+    """Import `pkg.mod:attr` from sys.path, as `from pkg.mod import attr` would."""
+    found = _resolved.get(target)
+    if found is None:
+        found = _resolved[target] = _import_target(target)
     return found
 
 
-# The callable each (target, path) resolved to, with its module's file and mtime then.
-_resolved: dict[tuple[str, tuple[str, ...]], tuple[Callable[..., Any], str, int]] = {}
-
-
-def _import_target(target: str, path: list[str]) -> Callable[..., Any]:
+def _import_target(target: str) -> Callable[..., Any]:
     module_name, attr = parse_target(target)
     with _import_lock:
-        sys.path[:0] = [entry for entry in path if entry not in sys.path]
-        if _stale(module_name, path):
-            _forget(module_name.partition(".")[0])
         try:
             found: Any = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -155,7 +138,6 @@ def _import_target(target: str, path: list[str]) -> Callable[..., Any]:
             raise TargetError(
                 f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
             ) from exc
-        _remember(module_name, found, path)
     for part in attr.split("."):
         try:
             found = getattr(found, part)
@@ -166,48 +148,8 @@ def _import_target(target: str, path: list[str]) -> Callable[..., Any]:
     return found
 
 
-def _stale(module_name: str, path: list[str]) -> bool:
-    loaded = sys.modules.get(module_name)
-    if loaded is None:
-        return False
-    known = _origins.get(module_name)
-    if known is not None and _mtime(known[1]) != known[2]:
-        return True  # its file changed since it was imported
-    if known is not None and known[0] == tuple(path):
-        return False
-    top = module_name.partition(".")[0]
-    spec = importlib.machinery.PathFinder.find_spec(top, path)
-    if spec is None or not spec.origin:
-        return False  # not in the job's folders: an installed module, left alone
-    return spec.origin != getattr(sys.modules.get(top), "__file__", None)
-
-
-def _remember(module_name: str, module: Any, path: list[str]) -> None:
-    file = getattr(module, "__file__", None)
-    if file:
-        _origins[module_name] = (tuple(path), file, _mtime(file))
-
-
-def _forget(top: str) -> None:
-    """Drop a package and its modules, so that the next import reads them anew.
-    Jobs running the old code keep it: their functions hold their own globals."""
-    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-        del sys.modules[name]
-        _origins.pop(name, None)
-    importlib.invalidate_caches()
-
-
-def _mtime(file: str) -> int:
-    if not file:
-        return -1
-    try:
-        return os.stat(file).st_mtime_ns
-    except OSError:
-        return -1
-
-
 def load_call(
-    target: str, arguments: str | None, pickled: str | None, path: list[str]
+    target: str, arguments: str | None, pickled: str | None
 ) -> tuple[Callable[..., Any], tuple, dict[str, Any]]:
     """The callable and arguments of a job, from its spec fields."""
     func = None
@@ -219,7 +161,7 @@ def load_call(
     else:
         args, kwargs = _literal_arguments(arguments or "((), {})")
     if func is None:
-        func = resolve(target, path)
+        func = resolve(target)
     return func, tuple(args), dict(kwargs)
 
 
@@ -265,14 +207,20 @@ def check_retry_on(names: list[str]) -> None:
 
 
 def _check_main() -> int:
-    """`--check`: import the target and bind its arguments; print one line."""
+    """`--check`: import the target and bind its arguments as a pool process would
+    (the same import path, and the modules a pool has imported before any job); print
+    a line for each module shadowed, then one for the verdict."""
     import json
 
+    import gsup.supervisor.daemon  # noqa: F401 (what a pool process has imported)
+    from gsup.imports import use_import_path
     from gsup.protocol import JobSpec
 
     spec = JobSpec.from_wire(json.load(sys.stdin))
+    for warning in use_import_path(spec.path)[1]:
+        print(warning)
     try:
-        func, args, kwargs = load_call(spec.target, spec.arguments, spec.pickled, spec.path)
+        func, args, kwargs = load_call(spec.target, spec.arguments, spec.pickled)
         check_binding(func, spec.target, args, kwargs)
         check_retry_on(spec.retry_on or [])
     except TargetError as exc:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+import gsup as gsup_under_test
+
 READY_TIMEOUT = 30.0
 
 JOBS_MODULE = textwrap.dedent(
@@ -165,9 +167,10 @@ def workdir(home: Path) -> Path:
 
 @pytest.fixture
 def env(home: Path) -> dict[str, str]:
-    environment = dict(os.environ, GSUP_HOME=str(home), COLUMNS="200")
-    environment.pop("PYTHONPATH", None)
-    return environment
+    # The daemons and CLIs the tests start run the gsup under test (the one pytest
+    # imported), whatever else is installed: its folder is their only $PYTHONPATH.
+    source = Path(gsup_under_test.__file__).resolve().parent.parent
+    return dict(os.environ, GSUP_HOME=str(home), COLUMNS="200", PYTHONPATH=str(source))
 
 
 @pytest.fixture
@@ -202,7 +205,8 @@ class Cli:
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "gsup", *args],
+            # -P: like the `gsup` script, it does not import from the folder it runs in
+            [sys.executable, "-P", "-m", "gsup", *args],
             env=self.env,
             cwd=self.cwd,
             capture_output=True,

@@ -252,7 +252,11 @@ def test_a_bad_config_is_one_clear_line(env, home, toml, message):
     ("variable", "value", "message"),
     [
         ("GSUP_USER_THREADS", "many", "GSUP_USER_THREADS must be a whole number, not 'many'"),
-        ("GSUP_MONITORING_THREADS", "0", "GSUP_MONITORING_THREADS must be a whole number from 1, not '0'"),
+        (
+            "GSUP_MONITORING_THREADS",
+            "0",
+            "GSUP_MONITORING_THREADS must be a whole number from 1, not '0'",
+        ),
         ("GSUP_GRACE", "-1", "GSUP_GRACE must be a number from 0, not '-1'"),
     ],
 )

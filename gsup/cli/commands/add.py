@@ -179,7 +179,8 @@ def _job_lines(source: str) -> list[list[str]]:
 
 
 def _check(spec: JobSpec) -> None:
-    """Import the target in a short-lived child, as a pool would, and bind the arguments."""
+    """Import the target in a short-lived child, as a pool would, and bind the arguments
+    (see targets._check_main)."""
     if spec.kind == "cmd":
         import shutil
 
@@ -188,13 +189,17 @@ def _check(spec: JobSpec) -> None:
         print(f"ok: {spec.display}")
         return
     child = subprocess.run(
-        [sys.executable, "-m", "gsup.targets"],
+        [sys.executable, "-P", "-m", "gsup.targets"],  # -P: a gsup.py in the folder is no gsup
         input=json.dumps(spec.to_wire()),
         capture_output=True,
         text=True,
         cwd=spec.cwd,
     )
-    line = (child.stdout.strip() or child.stderr.strip() or "the check failed").splitlines()[-1]
+    lines = (child.stdout.strip() or child.stderr.strip() or "the check failed").splitlines()
+    for warning in lines[:-1]:
+        if warning.startswith("gsup: warning: "):  # else what the target printed
+            print(warning, file=sys.stderr)
+    line = lines[-1]
     if child.returncode != 0:
         raise GsupError(line.removeprefix("gsup: error: "))
     print(line)

@@ -43,7 +43,7 @@ def logs(
     number = job_id(job)
     paths = Paths(resolve_home(home))
     with read_journal(home) as conn:
-        state, attempts = _runs(conn, number)
+        _, attempts = _runs(conn, number)
         if attempt is not None and attempt > len(attempts):
             raise GsupError(f"job {number} has {len(attempts)} attempts, not {attempt}")
         if follow:

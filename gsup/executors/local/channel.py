@@ -11,6 +11,8 @@ pool -> supervisor: ("ready", pid)
                     ("start", job_id, worker_index, at)
                     ("end", job_id, ending, why, outcome, usage)
                     where ending is an Ending's value (gsup.lifecycle)
+                    ("stale", why)              a file its jobs imported changed: it
+                                                gives back what it holds, and exits
 """
 
 from __future__ import annotations

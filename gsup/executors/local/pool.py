@@ -1,12 +1,16 @@
 """A pool process: a fixed number of worker threads fed by a bounded priority queue.
 
-The supervisor forks it once and reuses it; it talks to the supervisor over one
-socket (see channel.py). The main thread reads that socket; each worker thread runs
-one job at a time and sends its own reports, so that a job's start is in the socket
-before any of its code runs (a job that kills the pool at once is still known to
-have started). A stopped job gets an asynchronous JobStopped in its thread (a command
-gets its process group killed); a thread blocked in C never sees that, which is why
-the supervisor recycles the whole process when a stop does not land in time.
+It serves the jobs of one import context (their spec's `path`: see gsup.imports) and
+command jobs. The supervisor forks it and reuses it while the files its jobs imported
+stay as they were: once one has changed, it gives back every job it has not started,
+lets the running ones end and exits, and a fresh process takes its jobs. It talks to
+the supervisor over one socket (see channel.py). The main thread reads that socket;
+each worker thread runs one job at a time and sends its own reports, so that a job's
+start is in the socket before any of its code runs (a job that kills the pool at once
+is still known to have started). A stopped job gets an asynchronous JobStopped in its
+thread (a command gets its process group killed); a thread blocked in C never sees
+that, which is why the supervisor recycles the whole process when a stop does not
+land in time.
 The pool dies with the supervisor: PR_SET_PDEATHSIG, and end-of-file on its socket.
 """
 
@@ -37,6 +41,7 @@ from gsup.executors.local.runner import (
     run_command,
     stop_command,
 )
+from gsup.imports import LoadedFiles, use_import_path
 from gsup.lifecycle import Ending
 
 _PR_SET_PDEATHSIG = 1
@@ -101,8 +106,12 @@ class Reporter:
 
 
 class PoolProcess:
-    def __init__(self, name: str, threads: int, sock: socket.socket, paths: Paths) -> None:
+    def __init__(self, name: str, threads: int, sock: socket.socket, paths: Paths,
+                 context: list[str]) -> None:  # fmt: skip
         self.name = name
+        user_entries, self.notes = use_import_path(context)
+        self.loaded = LoadedFiles(user_entries)
+        self.retiring: str | None = None  # why it takes no more jobs, once a file changed
         self.sock = sock
         self.paths = paths
         self.workers = [Worker(i) for i in range(threads)]
@@ -151,9 +160,13 @@ class PoolProcess:
             _, job_id, job_kind, target, spec, priority, runs_once = message
             job = PoolJob(job_id, job_kind, target, json.loads(spec), runs_once)
             with self.job_ready:
-                self.waiting[job_id] = job
-                heapq.heappush(self.order, (priority, job_id))
-                self.job_ready.notify()
+                retiring = self.retiring
+                if retiring is None:
+                    self.waiting[job_id] = job
+                    heapq.heappush(self.order, (priority, job_id))
+                    self.job_ready.notify()
+            if retiring is not None:
+                self.report("end", job_id, Ending.RECALLED.value, retiring, {}, {})
         elif kind == "go":
             self._confirm(message[1])
         elif kind == "stop":
@@ -215,20 +228,51 @@ class PoolProcess:
 
     def _work(self, worker: Worker) -> None:
         worker.thread_id = threading.get_ident()
-        while True:
-            job = self._take(worker)
+        while (job := self._take(worker)) is not None:
+            changed = self.loaded.changed() if job.kind == "call" else None
+            if changed is not None:
+                self._retire(worker, job, f"given back: {changed} changed since it was imported")
+                continue
             # In the socket before any of the job's code runs (see the module's doc).
             self.report("start", job.id, worker.index, time.time())
             outcome = self._run(worker, job)
             self.report("end", job.id, outcome.ending.value, outcome.why, outcome.fields,
                         outcome.usage)  # fmt: skip
+            self.loaded.note()  # what it imported as it ran, as the files are now
+            if self.retiring is not None:
+                self._exit_when_idle()
 
-    def _take(self, worker: Worker) -> PoolJob:
-        """The best waiting job, now this worker's (one atomic step for `stop`)."""
+    def _retire(self, worker: Worker, job: PoolJob, why: str) -> None:
+        """A file a job imported has changed: the code in this process is not what is on
+        disk. It gives back `job` and every job not started, and ends once idle."""
+        with self.lock:
+            self.retiring = self.retiring or why
+            given_back = [job.id, *self.waiting]
+            self.waiting.clear()
+            self.order.clear()
+            self.job_ready.notify_all()
+        self.report("stale", self.retiring)  # first: the supervisor sends no more
+        for job_id in given_back:
+            self.report("end", job_id, Ending.RECALLED.value, self.retiring, {}, {})
+        with self.lock:
+            worker.job = None
+        self._exit_when_idle()
+
+    def _exit_when_idle(self) -> None:
+        """The last worker to end its job ends the retiring process."""
+        with self.lock:
+            if all(worker.job is None for worker in self.workers):
+                os._exit(0)
+
+    def _take(self, worker: Worker) -> PoolJob | None:
+        """The best waiting job, now this worker's (one atomic step for `stop`); None
+        once the process retires."""
         with self.job_ready:
             while True:
-                while not self.order:
+                while not self.order and self.retiring is None:
                     self.job_ready.wait()
+                if self.retiring is not None:
+                    return None
                 _, job_id = heapq.heappop(self.order)
                 job = self.waiting.pop(job_id, None)
                 if job is not None:
@@ -265,7 +309,7 @@ class PoolProcess:
         try:
             if job.kind == "cmd":
                 return run_command(job, self.paths, lambda p: self._spawned(worker, p))
-            return run_call(job, self.router)
+            return run_call(job, self.router, self.notes, self.loaded.note)
         except JobStopped:
             return Outcome(Ending.STOPPED, "stopped")
         except Exception as exc:  # what the daemon let through must not kill the thread
@@ -279,8 +323,9 @@ class PoolProcess:
                 stop_command(process)
 
 
-def pool_main(name: str, threads: int, sock: socket.socket, home: str, close: list[int]) -> None:
-    """Entry point of the forked pool process."""
+def pool_main(name: str, threads: int, sock: socket.socket, home: str, close: list[int],
+              context: list[str]) -> None:  # fmt: skip
+    """Entry point of the forked pool process, serving jobs whose import path is `context`."""
     _die_with_parent()
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # its own group: a Ctrl-C at the terminal is for the supervisor
@@ -292,4 +337,4 @@ def pool_main(name: str, threads: int, sock: socket.socket, home: str, close: li
             os.close(fd)
     if os.getppid() == 1:
         os._exit(0)  # the supervisor died before PDEATHSIG was set
-    PoolProcess(name, threads, sock, Paths(Path(home))).serve()
+    PoolProcess(name, threads, sock, Paths(Path(home)), context).serve()

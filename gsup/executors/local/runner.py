@@ -106,17 +106,24 @@ def _failure(exc: BaseException) -> Outcome:
     return Outcome(Ending.FAILED, error, {"error": error, "traceback": text, "causes": causes})
 
 
-def run_call(job: PoolJob, router: OutputRouter) -> Outcome:
+def run_call(
+    job: PoolJob, router: OutputRouter, notes: list[str], imported: Callable[[], None]
+) -> Outcome:
+    """Import and call the job's target; what either prints goes to the job's log,
+    after `notes` (warnings about its import path). `imported` is told once the
+    target's modules are in."""
     spec = job.spec
-    try:
-        func, args, kwargs = load_call(
-            job.target, spec.get("arguments"), spec.get("pickled"), spec.get("path", [])
-        )
-    except TargetError as exc:
-        error = f"TargetError: {exc}"
-        return Outcome(Ending.FAILED, str(exc), {"error": error, "causes": ["TargetError"]})
-    cpu = time.thread_time()
     with router.capture(job.id):
+        for note in notes:
+            print(note, file=sys.stderr)
+        try:
+            func, args, kwargs = load_call(job.target, spec.get("arguments"), spec.get("pickled"))
+        except TargetError as exc:
+            error = f"TargetError: {exc}"
+            return Outcome(Ending.FAILED, str(exc), {"error": error, "causes": ["TargetError"]})
+        finally:
+            imported()
+        cpu = time.thread_time()
         try:
             value = func(*args, **kwargs)
         except JobStopped:

@@ -1,0 +1,129 @@
+"""Where a job's code comes from: the import path of its context, and its files' freshness.
+
+A job runs what `python -c "from mod import attr"` would import in the folder and with
+the PYTHONPATH of its `gsup add`: its spec's `path`, then the interpreter's own
+entries. A pool process serves one such path (see executors/local/), and the `--check`
+child sets up the same one, through `use_import_path`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import json
+import os
+import sys
+import threading
+
+_PATH_KEY = '"path": ['
+_contexts: dict[str, tuple[str, ...]] = {}
+
+
+def import_context(spec: str) -> tuple[str, ...]:
+    """The import path of a call job, from its spec's JSON text. The hot path: the text
+    from the `path` key on (no other key holds a list) is looked up, not parsed."""
+    at = spec.rfind(_PATH_KEY)
+    tail = spec[at:] if at >= 0 else spec
+    known = _contexts.get(tail)
+    if known is None:
+        if len(_contexts) > 4096:
+            _contexts.clear()
+        known = _contexts[tail] = tuple(json.loads(spec).get("path") or ())
+    return known
+
+
+def interpreter_path() -> list[str]:
+    """The interpreter's own sys.path entries (stdlib, site-packages and what their .pth
+    files add), without the script's folder (sys.path[0]) and $PYTHONPATH's entries."""
+    entries = sys.path if sys.flags.safe_path else sys.path[1:]
+    if sys.flags.ignore_environment:
+        return list(entries)
+    extra = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    added = {os.path.abspath(entry) for entry in extra if entry}
+    return [entry for entry in entries if os.path.abspath(entry or ".") not in added]
+
+
+def use_import_path(path: list[str]) -> tuple[list[str], list[str]]:
+    """Make sys.path `path` (the job's folder, then its $PYTHONPATH), then the
+    interpreter's own entries. Returns the entries that are the job's own (whose
+    modules are the user's), and a warning for each module imported already that a
+    file in them would otherwise have provided."""
+    own = interpreter_path()
+    sys.path[:] = [*path, *(entry for entry in own if entry not in path)]
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    users = [entry for entry in path if entry not in own]
+    return users, shadowed(users)
+
+
+def shadowed(entries: list[str]) -> list[str]:
+    """A warning for each module imported already (and so used, as `python -c` uses
+    the modules the interpreter imported at its start) that a file in `entries`
+    would have provided had it not been."""
+    names: set[str] = set()
+    for entry in entries:
+        try:
+            names.update(name.partition(".")[0] for name in os.listdir(entry or "."))
+        except OSError:
+            continue
+    warnings = []
+    for name in sorted(names):
+        loaded = sys.modules.get(name)
+        if loaded is None or "." in name:
+            continue
+        spec = importlib.machinery.PathFinder.find_spec(name, entries)
+        origin = spec.origin if spec is not None else None
+        used = getattr(loaded, "__file__", None) or "built in"
+        if origin and not _same_file(origin, used):
+            warnings.append(
+                f"gsup: warning: {origin} is not used: the pool had already imported"
+                f" the module {name} ({used})"
+            )
+    return warnings
+
+
+class LoadedFiles:
+    """The files of the modules that jobs imported from the user's entries, with their
+    modification times when first seen, to tell when one has changed on disk."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self.roots = tuple(os.path.join(os.path.abspath(entry), "") for entry in entries)
+        self.seen = set(sys.modules)  # what the process had before any job: not a job's
+        self.count = len(sys.modules)
+        self.files: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def note(self) -> None:
+        """Take in the modules imported since the last call."""
+        with self.lock:
+            if len(sys.modules) == self.count or not self.roots:
+                return
+            for name in [name for name in list(sys.modules) if name not in self.seen]:
+                self.seen.add(name)
+                file = getattr(sys.modules.get(name), "__file__", None)
+                if isinstance(file, str) and file.startswith(self.roots):
+                    self.files[file] = _mtime(file)
+            self.count = len(sys.modules)
+
+    def changed(self) -> str | None:
+        """A file that has changed (or gone) since it was imported, if any."""
+        self.note()
+        with self.lock:
+            for file, mtime in self.files.items():
+                if _mtime(file) != mtime:
+                    return file
+        return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _mtime(file: str) -> int:
+    try:
+        return os.stat(file).st_mtime_ns
+    except OSError:
+        return -1
