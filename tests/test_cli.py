@@ -177,7 +177,16 @@ def test_stop_now_requeues_what_runs(make_daemon, gsup, workdir):
     assert gsup.show(job)["state"] == "queued"
 
 
-def test_completion_script_is_offered(gsup):
-    script = gsup("--show-completion", "bash", check=False)
-    assert script.returncode == 0
-    assert "_GSUP_COMPLETE=complete_bash" in script.stdout
+def test_shell_completion_completes_commands_and_choices(gsup):
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        env = dict(gsup.env, _GSUP_COMPLETE="complete_bash", COMP_WORDS=line,
+                   COMP_CWORD=str(len(words) - 1))  # fmt: skip
+        done = subprocess.run([sys.executable, "-P", "-m", "gsup"], env=env, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("gsup st") == ["status", "stop"]
+    assert complete("gsup jobs --state f") == ["failed"]
+    assert complete("gsup add --queue m") == ["monitoring"]

@@ -37,6 +37,7 @@ class Attempt:
     """One run of a job, as it is handed to an executor."""
 
     job: int
+    attempt: int  # its id in the journal; names its output files
     kind: str  # "call" or "cmd"
     target: str
     spec: str  # JSON: arguments, import path, folder, environment...

@@ -291,7 +291,9 @@ class JobBook:
         flight = Flight(job.id, executor.name, job.priority, job.timeout, job.policy, attempt)
         lane.flights[job.id] = flight
         executor.submit(
-            Attempt(job.id, job.kind, job.target, job.spec, job.priority, job.policy.runs_once)
+            Attempt(
+                job.id, attempt, job.kind, job.target, job.spec, job.priority, job.policy.runs_once
+            )
         )
         if suspect:
             lane.maybe_queued = True

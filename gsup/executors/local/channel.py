@@ -3,7 +3,7 @@
 Messages are plain tuples of builtins (stdlib pickle, fast); user callables travel
 inside them as the dill text the client made, and only the pool unpickles that.
 
-supervisor -> pool: ("run", job_id, kind, target, spec_json, priority, runs_once)
+supervisor -> pool: ("run", job_id, attempt_id, kind, target, spec_json, priority, runs_once)
                     ("go", job_id)              a runs-once job's start is journaled
                     ("stop", job_id)            stop it, whether it has started or not
                     ("recall", job_id)          give it back if it has not started

@@ -351,7 +351,9 @@ class LocalPool(Executor):
         handle.jobs.add(a.job)
         handle.last_used = self.loop.now()
         self.sent += 1
-        handle.outbox.append(("run", a.job, a.kind, a.target, a.spec, a.priority, a.runs_once))
+        handle.outbox.append(
+            ("run", a.job, a.attempt, a.kind, a.target, a.spec, a.priority, a.runs_once)
+        )
 
     def _hand_ahead_to(self, held: Held) -> PoolProcessHandle | None:
         """Where `held` may go ahead of a free thread: only while every attempt held is of

@@ -2,8 +2,9 @@
 
 `contextlib.redirect_stdout` would swap sys.stdout for every thread at once. Instead
 the pool installs, once, stand-ins for sys.stdout and sys.stderr that write to the
-files of the job running on the calling thread, and to the pool's own streams
-for any other thread. A job's files are created on its first write.
+files of the attempt running on the calling thread, and to the pool's own streams
+for any other thread. An attempt's files are created on its first write, and written
+line by line, so that `gsup logs -f` sees each line as it is printed.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import IO
 
 
 class RoutedStream(io.TextIOBase):
-    def __init__(self, fallback: IO[str], path_of: Callable[[int], Path]) -> None:
+    def __init__(self, fallback: IO[str], path_of: Callable[[int, int], Path]) -> None:
         self._fallback = fallback
         self._path_of = path_of
-        self._jobs: dict[int, int] = {}  # thread id -> job id
+        self._jobs: dict[int, tuple[int, int]] = {}  # thread id -> (job id, attempt id)
         self._files: dict[int, IO[str]] = {}  # thread id -> open file
 
     @property
@@ -36,7 +37,7 @@ class RoutedStream(io.TextIOBase):
         file = self._files.get(thread)
         if file is None:
             # Kept open across writes; `detach` closes it when the job ends.
-            file = open(self._path_of(job), "a", encoding="utf-8")  # noqa: SIM115
+            file = open(self._path_of(*job), "a", encoding="utf-8", buffering=1)  # noqa: SIM115
             self._files[thread] = file
         return file
 
@@ -55,8 +56,8 @@ class RoutedStream(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
-    def attach(self, job: int) -> None:
-        self._jobs[threading.get_ident()] = job
+    def attach(self, job: int, attempt: int) -> None:
+        self._jobs[threading.get_ident()] = (job, attempt)
 
     def detach(self) -> None:
         thread = threading.get_ident()
@@ -69,19 +70,19 @@ class RoutedStream(io.TextIOBase):
 class OutputRouter:
     """Routes the calling thread's sys.stdout/sys.stderr to one job's files."""
 
-    def __init__(self, path_of: Callable[[int, str], Path]) -> None:
-        self.stdout = RoutedStream(sys.stdout, lambda job: path_of(job, "out"))
-        self.stderr = RoutedStream(sys.stderr, lambda job: path_of(job, "err"))
+    def __init__(self, path_of: Callable[[int, str, int], Path]) -> None:
+        self.stdout = RoutedStream(sys.stdout, lambda job, attempt: path_of(job, "out", attempt))
+        self.stderr = RoutedStream(sys.stderr, lambda job, attempt: path_of(job, "err", attempt))
 
     def install(self) -> None:
         sys.stdout = self.stdout
         sys.stderr = self.stderr
 
     @contextmanager
-    def capture(self, job: int) -> Iterator[None]:
+    def capture(self, job: int, attempt: int) -> Iterator[None]:
         self.install()  # again: an earlier job may have replaced sys.stdout
-        self.stdout.attach(job)
-        self.stderr.attach(job)
+        self.stdout.attach(job, attempt)
+        self.stderr.attach(job, attempt)
         try:
             yield
         finally:

@@ -157,8 +157,8 @@ class PoolProcess:
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "run":
-            _, job_id, job_kind, target, spec, priority, runs_once = message
-            job = PoolJob(job_id, job_kind, target, json.loads(spec), runs_once)
+            _, job_id, attempt, job_kind, target, spec, priority, runs_once = message
+            job = PoolJob(job_id, attempt, job_kind, target, json.loads(spec), runs_once)
             with self.job_ready:
                 retiring = self.retiring
                 if retiring is None:

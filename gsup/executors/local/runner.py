@@ -41,6 +41,7 @@ class JobStopped(BaseException):
 @dataclass
 class PoolJob:
     id: int
+    attempt: int  # its id in the journal: its output files are this attempt's
     kind: str
     target: str
     spec: dict[str, Any]
@@ -113,7 +114,7 @@ def run_call(
     after `notes` (warnings about its import path). `imported` is told once the
     target's modules are in."""
     spec = job.spec
-    with router.capture(job.id):
+    with router.capture(job.id, job.attempt):
         for note in notes:
             print(note, file=sys.stderr)
         try:
@@ -146,7 +147,9 @@ def run_command(
     if _find_program(argv[0], cwd, env) is None:
         error = f"command not found: {argv[0]}"
         return Outcome(Ending.FAILED, error, {"error": error})
-    out_path, err_path = paths.job_output(job.id, "out"), paths.job_output(job.id, "err")
+    out_path, err_path = (
+        paths.job_output(job.id, stream, job.attempt) for stream in ("out", "err")
+    )
     watch_r, watch_w = os.pipe()  # the guardian sees end-of-file when this process dies
     usage_r, usage_w = os.pipe()  # the guardian writes what the command used
     try:

@@ -1,0 +1,83 @@
+"""A job's output: seen while it runs, followed to its end, kept per attempt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import wait_until
+
+TALKER = """
+import os, sys, time
+
+def talk(folder):
+    print("first line")                      # no flush: the pool writes line by line
+    print("to stderr", file=sys.stderr)
+    while not os.path.exists(os.path.join(folder, "go")):
+        time.sleep(0.01)
+    print("last line")
+    return "said"
+
+def flaky(folder, command=False):
+    marker = os.path.join(folder, "tried")
+    first = not os.path.exists(marker)
+    open(marker, "a").close()
+    print("run", "one" if first else "two")
+    if first:
+        raise OSError("first run fails")
+    return "ok"
+"""
+
+
+def test_prints_reach_the_log_while_the_job_runs(daemon, gsup, workdir):
+    (workdir / "talker.py").write_text(TALKER)
+    job = gsup.add("talker:talk", str(workdir))
+    wait_until(lambda: gsup("logs", str(job)).stdout == "first line\n", what="the first line")
+    assert gsup("logs", str(job)).stderr == "to stderr\n"
+    assert gsup.show(job)["state"] == "running"
+    (workdir / "go").touch()
+    assert gsup.wait(job) == {job: "done"}
+    assert gsup("logs", str(job)).stdout == "first line\nlast line\n"
+
+
+def test_logs_follow_a_running_job_to_its_end(daemon, gsup, workdir):
+    (workdir / "talker.py").write_text(TALKER)
+    job = gsup.add("talker:talk", str(workdir))
+    follower = subprocess.Popen(
+        [sys.executable, "-P", "-m", "gsup", "logs", "-f", str(job)],
+        env=gsup.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert follower.stdout is not None
+    assert follower.stdout.readline() == "first line\n"  # while the job still runs
+    assert follower.poll() is None
+    (workdir / "go").touch()
+    out, err = follower.communicate(timeout=60)
+    assert (follower.returncode, out, err) == (0, "last line\n", "to stderr\n")
+    assert gsup.show(job)["state"] == "done"
+
+
+def test_each_attempt_keeps_its_own_output(daemon, gsup, workdir):
+    (workdir / "talker.py").write_text(TALKER)
+    job = gsup.add("talker:flaky", str(workdir), "--retries", "1")
+    assert gsup.wait(job) == {job: "done"}
+    assert gsup("logs", str(job), "--attempt", "1").stdout == "run one\n"
+    assert gsup("logs", str(job), "--attempt", "2").stdout == "run two\n"
+    assert gsup("logs", str(job)).stdout == "run two\n"  # the last attempt by default
+    missing = gsup("logs", str(job), "--attempt", "3", check=False)
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        f"gsup: error: job {job} has 2 attempts, not 3\n",
+    )
+
+
+def test_a_commands_attempts_keep_their_own_output(daemon, gsup, workdir):
+    script = "test -e tried && echo second || { touch tried; echo first; exit 1; }"
+    job = gsup.add("--retries", "1", "--cmd", "--", "sh", "-c", script)
+    assert gsup.wait(job) == {job: "done"}
+    assert gsup("logs", str(job), "-a", "1").stdout == "first\n"
+    assert gsup("logs", str(job)).stdout == "second\n"
+    follow_ended = gsup("logs", "-f", str(job))
+    assert follow_ended.stdout == "second\n"
