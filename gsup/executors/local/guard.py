@@ -37,19 +37,24 @@ def _become_subreaper() -> None:
 
 
 def _kill_all(pgid: int) -> None:
-    """Kill the command's process group, then whatever escaped it and came to us."""
+    """Kill the command's process group, then whatever escaped it and came to us.
+    A dying process's children come to us only once it has died, so each kill is
+    waited for before we look again. The command itself (pid `pgid`) is left for
+    `_wait_and_report` to reap."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    for _ in range(100):  # each round may orphan grandchildren to us
-        children = _children()
-        if not children:
+    while True:
+        with contextlib.suppress(ChildProcessError):  # reaped already: nothing to wait for
+            os.waitid(os.P_PID, pgid, os.WEXITED | os.WNOWAIT)
+        others = [pid for pid in _children() if pid != pgid]
+        if not others:
             return
-        for pid in children:
+        for pid in others:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
+        for pid in others:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 def _children() -> list[int]:
