@@ -307,3 +307,32 @@ def _command_name() -> str:
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     words = [word for word in sys.argv[1:2] if word in commands]
     return f"{words[0]} " if words else ""
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than", help="Age of the jobs to delete: 30s, 10m, 12h, 7d", show_default=False
+        ),
+    ],
+    state: Annotated[
+        str | None, typer.Option("--state", "-s", help="Only jobs that ended in this state")
+    ] = None,
+    home: Home = None,
+) -> None:
+    """Delete ended jobs older than an age, with their history, result and logs."""
+    from gsup.retention import PruneError, check_state, parse_duration
+    from gsup.retention import prune as prune_jobs
+
+    try:
+        seconds = parse_duration(older_than)
+        check_state(state)
+    except ValueError as exc:
+        option = "--older-than" if "duration" in str(exc) or "age" in str(exc) else "--state"
+        raise typer.BadParameter(str(exc), param_hint=f"'{option}'") from None
+    try:
+        print(prune_jobs(resolve_home(home), seconds, state).line())
+    except PruneError as exc:
+        raise GsupError(str(exc)) from None

@@ -25,6 +25,9 @@ def default_queue_size(threads: int) -> int:
 
 DEFAULT_PRIORITY = 5
 MAX_MESSAGE = 8 * 1024 * 1024  # bytes in one socket message
+MB = 1_000_000
+DEFAULT_MAX_RESULT_MB = 64.0  # a larger result fails its job
+DAY = 86_400.0
 
 
 class ConfigError(Exception):
@@ -82,6 +85,7 @@ class PoolSettings:
     name: str
     threads: int = DEFAULT_THREADS
     queue_size: int = default_queue_size(DEFAULT_THREADS)  # see default_queue_size
+    max_result: int = int(DEFAULT_MAX_RESULT_MB * MB)  # bytes (UTF-8) of a result, at most
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,11 @@ class Settings:
     max_message: int = MAX_MESSAGE
     group: str | None = None  # its members may use the daemon too
     min_free_mb: float = 50.0  # below this much free disk, new jobs are refused
+    max_result_mb: float = DEFAULT_MAX_RESULT_MB  # a larger result fails its job
+    keep_days: float | None = None  # ended jobs older than this are pruned daily; None: kept
+    # Seconds between the daemon's prunes under keep_days: a day. Only tests change it,
+    # through GSUP_PRUNE_EVERY (not a documented setting).
+    prune_every: float = DAY
 
     def pool(self, name: str) -> PoolSettings:
         return next(p for p in self.pools if p.name == name)
@@ -131,6 +140,18 @@ def load_settings(
     toml = _read_toml(paths.config)
     _known(toml, TOP_KEYS, "")
     _known(_table(toml.get("pools"), "pools"), set(POOL_NAMES), "pools.")
+    max_result_mb = _seconds(
+        os.environ.get("GSUP_MAX_RESULT_MB", toml.get("max_result_mb", DEFAULT_MAX_RESULT_MB)),
+        "max_result_mb",
+    )
+    if max_result_mb <= 0:
+        raise ConfigError("max_result_mb must be more than 0")
+    keep_days = os.environ.get("GSUP_KEEP_DAYS") or toml.get("keep_days")
+    if keep_days is not None:
+        keep_days = _seconds(keep_days, "keep_days")
+        if keep_days <= 0:
+            raise ConfigError("keep_days must be more than 0 (leave it out to keep every job)")
+    prune_every = _seconds(os.environ.get("GSUP_PRUNE_EVERY", DAY), "GSUP_PRUNE_EVERY")
     pools = []
     for name in POOL_NAMES:
         section = _table(_table(toml.get("pools"), "pools").get(name), f"pools.{name}")
@@ -144,7 +165,7 @@ def load_settings(
         queue = _positive_int(
             section.get("queue_size", default_queue_size(count)), f"queue_size of pool {name!r}"
         )
-        pools.append(PoolSettings(name, count, queue))
+        pools.append(PoolSettings(name, count, queue, int(max_result_mb * MB)))
     if grace is None:
         grace = os.environ.get("GSUP_GRACE", toml.get("grace", 10.0))  # type: ignore[assignment]
     grace = _seconds(grace, "grace")
@@ -159,10 +180,14 @@ def load_settings(
         max_message=_positive_int(toml.get("max_message", MAX_MESSAGE), "max_message"),
         group=group,
         min_free_mb=_seconds(toml.get("min_free_mb", 50.0), "min_free_mb"),
+        max_result_mb=max_result_mb,
+        keep_days=keep_days,
+        prune_every=max(prune_every, 0.01),
     )
 
 
-TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools"}
+TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools",
+            "max_result_mb", "keep_days"}  # fmt: skip
 POOL_KEYS = {"threads", "queue_size"}
 
 
@@ -185,7 +210,7 @@ def _table(value: object, what: str) -> dict:
 
 
 def _seconds(value: object, what: str) -> float:
-    """A finite number, 0 or more (seconds, or megabytes for min_free_mb)."""
+    """A finite number, 0 or more (seconds, or megabytes, or days)."""
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -166,7 +166,8 @@ def workdir(home: Path) -> Path:
 @pytest.fixture
 def env(home: Path) -> dict[str, str]:
     environment = dict(os.environ, GSUP_HOME=str(home), COLUMNS="200")
-    environment.pop("PYTHONPATH", None)
+    # The daemons and CLIs the tests start run this checkout, whatever gsup is installed.
+    environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     return environment
 
 

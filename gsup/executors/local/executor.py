@@ -19,7 +19,7 @@ import multiprocess
 
 from gsup.config import Paths, PoolSettings
 from gsup.executors.base import Attempt, AttemptEnd, Executor, Loop, Reports, Timer
-from gsup.executors.local.channel import FrameReader, frame
+from gsup.executors.local.channel import FrameReader, frame, report_limit
 from gsup.executors.local.pool import pool_main
 from gsup.lifecycle import Ending
 
@@ -56,7 +56,7 @@ class LocalPool(Executor):
         self.process: Any = None
         self.sock: socket.socket | None = None
         self.pidfd: int | None = None
-        self.reader = FrameReader()
+        self.reader = FrameReader(report_limit(self.settings.max_result))
         self.outbox: list[tuple[Any, ...]] = []
         self.confirms: list[int] = []  # jobs whose go-ahead waits for the disk
         self.unsent = bytearray()
@@ -158,6 +158,7 @@ class LocalPool(Executor):
                     theirs,
                     str(self.paths.home),
                     [*self.loop.private_fds(), ours.fileno()],
+                    self.settings.max_result,
                 ),
                 name=f"gsup-pool-{self.name}",
             )
@@ -177,7 +178,8 @@ class LocalPool(Executor):
             ours.close()
             raise
         ours.setblocking(False)
-        self.process, self.sock, self.reader, self.pidfd = process, ours, FrameReader(), pidfd
+        self.process, self.sock, self.pidfd = process, ours, pidfd
+        self.reader = FrameReader(report_limit(self.settings.max_result))
         self.started_at, self.recycling, self.broken = self.loop.now(), False, None
         self.loop.watch(ours, self._on_io)
         self.loop.watch(pidfd, lambda mask: self._exited())

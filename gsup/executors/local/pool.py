@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gsup.config import Paths
-from gsup.executors.local.channel import FrameReader, frame
+from gsup.executors.local.channel import FrameReader, frames
 from gsup.executors.local.output import OutputRouter
 from gsup.executors.local.runner import (
     JobStopped,
@@ -94,14 +94,17 @@ class Reporter:
                 batch, self._queued = self._queued, []
                 upto = self._tickets
             try:
-                self.sock.sendall(frame(batch))
+                self.sock.sendall(frames(batch))
             except OSError:
                 self.on_broken()
             self._sent = upto
 
 
 class PoolProcess:
-    def __init__(self, name: str, threads: int, sock: socket.socket, paths: Paths) -> None:
+    def __init__(
+        self, name: str, threads: int, sock: socket.socket, paths: Paths, max_result: int
+    ) -> None:
+        self.max_result = max_result  # bytes of a result: a larger one fails its job
         self.name = name
         self.sock = sock
         self.paths = paths
@@ -265,7 +268,7 @@ class PoolProcess:
         try:
             if job.kind == "cmd":
                 return run_command(job, self.paths, lambda p: self._spawned(worker, p))
-            return run_call(job, self.router)
+            return run_call(job, self.router, self.max_result)
         except JobStopped:
             return Outcome(Ending.STOPPED, "stopped")
         except Exception as exc:  # what the daemon let through must not kill the thread
@@ -279,7 +282,9 @@ class PoolProcess:
                 stop_command(process)
 
 
-def pool_main(name: str, threads: int, sock: socket.socket, home: str, close: list[int]) -> None:
+def pool_main(
+    name: str, threads: int, sock: socket.socket, home: str, close: list[int], max_result: int
+) -> None:
     """Entry point of the forked pool process."""
     _die_with_parent()
     with contextlib.suppress(OSError):
@@ -292,4 +297,4 @@ def pool_main(name: str, threads: int, sock: socket.socket, home: str, close: li
             os.close(fd)
     if os.getppid() == 1:
         os._exit(0)  # the supervisor died before PDEATHSIG was set
-    PoolProcess(name, threads, sock, Paths(Path(home))).serve()
+    PoolProcess(name, threads, sock, Paths(Path(home)), max_result).serve()
