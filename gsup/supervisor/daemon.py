@@ -177,10 +177,10 @@ class Supervisor:
             executor.flush(durable=False)
         if not self._sync():
             return
+        self.pruner.after_sync()  # a prune's reply says the WAL has been truncated
         self.connections.flush()
         for executor in self.executors.values():
             executor.flush(durable=True)
-        self.pruner.after_sync()
 
     def _watchdog(self) -> None:
         """systemd's watchdog, pinged from the loop: a hung loop stops the pings."""
