@@ -41,6 +41,19 @@ def test_a_10_mb_result_comes_back_whole(daemon, gsup, home, big):
     assert "big:text" in gsup("jobs").stdout
 
 
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def test_the_daemon_does_not_keep_a_large_result_in_memory(daemon, home, big):
+    queues = Queues(home)
+    assert queues.add("big:text", args=(100,)).result(60)  # every path has run once
+    before = _rss_kb(daemon.pid)
+    assert len(queues.add("big:text", args=(40_000_000,)).result(120)) == 39_999_998
+    assert _rss_kb(daemon.pid) - before < 15_000  # KiB; it held 40 MB and more meanwhile
+
+
 def test_a_result_over_max_result_mb_fails_its_job(make_daemon, gsup, home, big):
     home.mkdir(parents=True, exist_ok=True)
     (home / "gsup.toml").write_text("max_result_mb = 1\n")
@@ -80,7 +93,7 @@ def _history(home: Path) -> dict[str, list[int]]:
     """Which jobs each table holds something of."""
     tables = (("jobs", "id"), ("events", "job"), ("attempts", "job"), ("results", "job"))
     return {
-        table: [row[0] for row in journal_rows(home, f"SELECT DISTINCT {key} FROM {table}")]
+        table: sorted(row[0] for row in journal_rows(home, f"SELECT DISTINCT {key} FROM {table}"))
         for table, key in tables
     }
 

@@ -85,6 +85,13 @@ def storable(value: Any) -> Any:
     return storable(repr(value))
 
 
+SET_RESULT = (
+    "INSERT INTO results (job, size, result) VALUES (?, ?, ?)"
+    " ON CONFLICT(job) DO UPDATE SET size = excluded.size, result = excluded.result"
+)
+LARGE_RESULT = 1_000_000  # bytes: a result this large is not kept in memory after its turn
+
+
 class Writer:
     """The supervisor's statements; one transaction per loop turn (`commit`).
 
@@ -105,6 +112,7 @@ class Writer:
         # (log length, next job id, next attempt id) when its savepoint was taken.
         self._savepoint: tuple[int, int, int] | None = None
         self.failure: sqlite3.Error | None = None  # a write of this turn failed
+        self._large_result = False  # this turn wrote one: see `_unbind`
         self._next_job_id = self._next_id("jobs")
         self._next_attempt_id = self._next_id("attempts")
 
@@ -196,6 +204,8 @@ class Writer:
         self.sync_due = self.sync_due or self._must_sync
         self._in_transaction = self._must_sync = False
         self._log.clear()
+        if self._large_result:
+            self._unbind()
 
     def _commit_turn(self) -> None:
         if self.failure is not None:
@@ -380,11 +390,20 @@ class Writer:
             return
         text = storable(result if isinstance(result, str) else repr(result))
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
-        self._write(
-            "INSERT INTO results (job, size, result) VALUES (?, ?, ?)"
-            " ON CONFLICT(job) DO UPDATE SET size = excluded.size, result = excluded.result",
-            (job, size, text),
-        )
+        self._large_result = self._large_result or size > LARGE_RESULT
+        self._write(SET_RESULT, (job, size, text))
+
+    def _unbind(self) -> None:
+        """SQLite keeps a statement's last parameters, a copy of a large result, until
+        the statement runs again: run it again on nothing, so that the daemon's memory
+        comes back as it was."""
+        self._large_result = False
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("BEGIN")
+            try:
+                self.conn.execute(SET_RESULT, (0, 0, ""))
+            finally:
+                self.conn.execute("ROLLBACK")
 
     # --- retention (see gsup/retention.py) --------------------------------------------
 
