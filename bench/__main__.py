@@ -113,6 +113,10 @@ def measure_scale(samples: Samples, plan: Plan, ws: gsup_side.Workspace) -> None
         log(f"start to ready: {seconds * 1e3:.0f} ms")
     samples.cli = scale.cli_seconds(home, plan.scale_cli_runs)
     shutil.rmtree(home, ignore_errors=True)  # a million jobs: give the disk back early
+    log(f"a {plan.prune_total:,}-job journal pruned to {plan.prune_keep:,}, and a fresh one")
+    samples.pruned = scale.pruned_vs_fresh(ws, plan.prune_total, plan.prune_keep,
+                                           plan.scale_ready_runs, plan.scale_cli_runs)  # fmt: skip
+    log(f"prune: {samples.pruned.prune_seconds:.1f} s")
     log(f"RSS run to {plan.rss_checkpoints[-1]:,} jobs")
     samples.rss = scale.rss_over_run(ws, plan.rss_checkpoints)
     for reading in samples.rss:

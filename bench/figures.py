@@ -10,7 +10,7 @@ from bench.gsup_side import COMMANDS
 from bench.measure import median
 from bench.plan import GAP_SECONDS, HUEY_FAST_POLLING, WORKERS, Plan
 from bench.report import Row
-from bench.scale import CliTimes, RssReading
+from bench.scale import CliTimes, PrunedVsFresh, RssReading
 from gsup.config import default_queue_size
 
 MS = 1000.0
@@ -24,6 +24,7 @@ class Samples:
     values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     cli: CliTimes | None = None
     rss: list[RssReading] = field(default_factory=list)
+    pruned: PrunedVsFresh | None = None
 
     def add(self, key: str, value: float) -> None:
         self.values[key].append(value)
@@ -160,8 +161,25 @@ def scale_rows(s: Samples, plan: Plan) -> list[Row]:
                 _row(f"  {name}: beyond process start (ms)", whole - floor, 100, 0,
                      "<= 100 ms", _at_most_value(100)),
             ]  # fmt: skip
+    rows += _pruned_rows(s.pruned, plan)
     rows += _rss_rows(s.rss)
     return rows
+
+
+def _pruned_rows(pruned: PrunedVsFresh | None, plan: Plan) -> list[Row]:
+    if pruned is None:
+        return []
+    size = f"{plan.prune_total:,} jobs pruned to {plan.prune_keep:,}"
+    return [
+        _row(f"gsup prune --older-than 7d, daemon down, {size} (s)", pruned.prune_seconds,
+             None, 1, peer_text="-"),
+        _row(f"start to ready, {size} (ms) vs a fresh {plan.prune_keep:,}",
+             _ms(median(pruned.ready[0])), _ms(median(pruned.ready[1])), 0, "<= 1.2x",
+             _at_most_ratio(1.2)),
+        _row(f"gsup jobs --limit 50, {size} (ms) vs a fresh {plan.prune_keep:,}",
+             _ms(median(pruned.jobs[0])), _ms(median(pruned.jobs[1])), 0, "<= 1.2x",
+             _at_most_ratio(1.2)),
+    ]  # fmt: skip
 
 
 def _rss_rows(readings: list[RssReading]) -> list[Row]:
@@ -244,6 +262,11 @@ def notes(plan: Plan) -> list[str]:
         "checkpointed. Start to ready: spawn of `gsup daemon` to its `gsup: ready:` line. "
         'CLI times with the daemon running; "beyond process start" subtracts the '
         "`import typer` process time.",
+        f"pruned: a journal built as above with {plan.prune_total:,} jobs (a tenth of "
+        f"{plan.prune_keep:,} queued), all but the newest {plan.prune_keep:,} made "
+        "30 days old, then `gsup prune --older-than 7d` with the daemon down; its "
+        f"start to ready and `gsup jobs --limit 50` against a journal built with "
+        f"{plan.prune_keep:,} jobs alike.",
         f"RSS: VmRSS of the supervisor process (and, on another row, plus its pool "
         f"processes) after {plan.rss_checkpoints[0]:,} and {plan.rss_checkpoints[1]:,} "
         "no-op jobs have run, added with add_many 10,000 at a time, the next batch added "

@@ -39,6 +39,8 @@ class Plan:
     scale_ready_runs: int
     scale_cli_runs: int
     rss_checkpoints: tuple[int, int]  # processed jobs at which the daemon's RSS is read
+    prune_total: int  # jobs a journal has run before it is pruned...
+    prune_keep: int  # ...to this many, compared with a fresh journal of as many
 
 
 FULL = Plan(
@@ -57,6 +59,8 @@ FULL = Plan(
     scale_ready_runs=5,
     scale_cli_runs=9,
     rss_checkpoints=(100_000, 1_000_000),
+    prune_total=1_000_000,
+    prune_keep=10_000,
 )
 
 SMOKE = Plan(
@@ -75,4 +79,6 @@ SMOKE = Plan(
     scale_ready_runs=2,
     scale_cli_runs=2,
     rss_checkpoints=(2_000, 20_000),
+    prune_total=20_000,
+    prune_keep=2_000,
 )

@@ -64,7 +64,7 @@ def build_journal(ws: Workspace, done: int, queued: int) -> Path:
 
 
 def _clone(conn: sqlite3.Connection, template: int, ids: range) -> None:
-    """Copy job `template`, its attempts and its events under each id of `ids`."""
+    """Copy job `template`, its attempts, events and result under each id of `ids`."""
     job_columns, job_rows = _select(conn, "SELECT * FROM jobs WHERE id = ?", template)
     conn.executemany(_insert("jobs", job_columns), _copies(job_columns, job_rows[0], template, ids))
     for table, key in (("attempts", "id"), ("events", "seq")):
@@ -78,6 +78,10 @@ def _clone(conn: sqlite3.Connection, template: int, ids: range) -> None:
             for copy in _copies(columns, [row[i] for i in keep], template, ids, id_column="job")
         )
         conn.executemany(_insert(table, columns), copies)
+    columns, rows = _select(conn, "SELECT * FROM results WHERE job = ?", template, allow_none=True)
+    for row in rows:
+        conn.executemany(_insert("results", columns),
+                         _copies(columns, row, template, ids, id_column="job"))  # fmt: skip
 
 
 def _select(
@@ -163,6 +167,46 @@ def cli_seconds(home: Path, runs: int) -> CliTimes:
             times.jobs.append(run_seconds(jobs))
             times.queues.append(run_seconds(queues))
     return times
+
+
+# --- a pruned journal against a fresh one -------------------------------------------------
+
+PRUNED_AGE_DAYS = 30  # the jobs to prune are made this old; `gsup prune --older-than 7d`
+
+
+@dataclass
+class PrunedVsFresh:
+    prune_seconds: float  # `gsup prune --older-than 7d`, daemon down, on the big journal
+    ready: tuple[list[float], list[float]]  # start to ready: pruned, fresh
+    jobs: tuple[list[float], list[float]]  # gsup jobs --limit 50: pruned, fresh
+
+
+def pruned_vs_fresh(ws: Workspace, total: int, keep: int, ready_runs: int,
+                    cli_runs: int) -> PrunedVsFresh:  # fmt: skip
+    """A journal that ran `total` jobs, pruned to its newest `keep` (a tenth of them
+    queued), against a fresh journal of the same `keep` jobs."""
+    queued = keep // 10
+    fresh = build_journal(ws, keep - queued, queued)
+    pruned = build_journal(ws, total - queued, queued)
+    conn = sqlite3.connect(pruned / "journal.sqlite", isolation_level=None)
+    try:  # all but the newest `keep` ran a month ago
+        (last_old,) = conn.execute(
+            "SELECT id FROM jobs ORDER BY id DESC LIMIT 1 OFFSET ?", (keep,)
+        ).fetchone()
+        shift = PRUNED_AGE_DAYS * 86400
+        conn.execute("UPDATE jobs SET created = created - ?, ended = ended - ? WHERE id <= ?",
+                     (shift, shift, last_old))  # fmt: skip
+    finally:
+        conn.close()
+    prune = run_seconds([*gsup_cli(), "prune", "--older-than", "7d", "--home", str(pruned)])
+    check_journal(pruned, queued)
+    times = {home: (ready_seconds(home, ready_runs), cli_seconds(home, cli_runs).jobs)
+             for home in (pruned, fresh)}  # fmt: skip
+    return PrunedVsFresh(
+        prune,
+        (times[pruned][0], times[fresh][0]),
+        (times[pruned][1], times[fresh][1]),
+    )
 
 
 # --- memory over a long run -----------------------------------------------------------------

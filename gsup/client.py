@@ -276,8 +276,22 @@ class Client:
         if ended is not None:
             return ended
         if not wait:
-            return self.request("get", job=job)["job"]
-        return self._waiting().request("get", timeout=timeout, job=job, wait=True)["job"]
+            return self._whole(self.request("get", job=job)["job"])
+        reply = self._waiting().request("get", timeout=timeout, job=job, wait=True)
+        return self._whole(reply["job"])
+
+    def _whole(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """A summary from the daemon, with its result: one too large for a reply is
+        left out of it, and read from the journal."""
+        if "result" in summary:
+            return summary
+        ended = self._read_ended(summary["id"])
+        if ended is None:
+            raise GsupError(
+                f"job {summary['id']}: its result ({summary['result_size']:,} bytes) is too"
+                f" large for a reply, and the journal {self.paths.journal} cannot be read here"
+            )
+        return ended
 
     def _read_ended(self, job: int) -> dict[str, Any] | None:
         """The summary of `job` from the journal if it has ended; None if it has not,
@@ -298,13 +312,13 @@ class Client:
                 return None
         try:
             row = queries.job_row(local.journal, job)
+            if row is None or row["state"] not in END_STATES:
+                return None
+            return queries.summary(local.journal, row)
         except sqlite3.Error:
             local.journal.close()
             local.journal, local.journal_failed = None, True
             return None
-        if row is None or row["state"] not in END_STATES:
-            return None
-        return queries.summary(row)
 
     def cancel(self, job: int) -> dict[str, Any]:
         return self.request("cancel", job=job)

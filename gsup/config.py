@@ -26,6 +26,9 @@ def default_queue_size(threads: int) -> int:
 DEFAULT_PRIORITY = 5
 MAX_MESSAGE = 8 * 1024 * 1024  # bytes in one socket message
 MAX_JOB_ID = 2**63 - 1  # SQLite's largest integer
+MB = 1_000_000
+DEFAULT_MAX_RESULT_MB = 64.0  # a larger result fails its job
+DAY = 86_400.0
 
 
 class ConfigError(Exception):
@@ -86,6 +89,7 @@ class PoolSettings:
     name: str
     threads: int = DEFAULT_THREADS
     queue_size: int = default_queue_size(DEFAULT_THREADS)  # see default_queue_size
+    max_result: int = int(DEFAULT_MAX_RESULT_MB * MB)  # bytes (UTF-8) of a result, at most
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,11 @@ class Settings:
     max_message: int = MAX_MESSAGE
     group: str | None = None  # its members may use the daemon too
     min_free_mb: float = 50.0  # below this much free disk, new jobs are refused
+    max_result_mb: float = DEFAULT_MAX_RESULT_MB  # a larger result fails its job
+    keep_days: float | None = None  # ended jobs older than this are pruned daily; None: kept
+    # Seconds between the daemon's prunes under keep_days: a day. Only tests change it,
+    # through GSUP_PRUNE_EVERY (not a documented setting).
+    prune_every: float = DAY
 
     def pool(self, name: str) -> PoolSettings:
         return next(p for p in self.pools if p.name == name)
@@ -137,6 +146,13 @@ def load_settings(
     file = str(paths.config)
     _known(toml, TOP_KEYS, "", file)
     _known(_table(toml.get("pools"), "pools", file), set(POOL_NAMES), "pools.", file)
+    max_result_mb = _positive(*_pick(
+        None, "", "GSUP_MAX_RESULT_MB", toml, "max_result_mb", DEFAULT_MAX_RESULT_MB, file
+    ))  # fmt: skip
+    keep_days, where = _pick(None, "", "GSUP_KEEP_DAYS", toml, "keep_days", None, file)
+    if keep_days is not None:  # left out: every job is kept
+        keep_days = _positive(keep_days, where)
+    prune_every = _positive(*_pick(None, "", "GSUP_PRUNE_EVERY", {}, "prune_every", DAY, file))
     pools = []
     for name in POOL_NAMES:
         section = _table(_table(toml.get("pools"), "pools", file).get(name), f"pools.{name}", file)
@@ -148,7 +164,7 @@ def load_settings(
         queue = _positive_int(*_pick(
             None, "", "", section, f"pools.{name}.queue_size", default_queue_size(count), file
         ))  # fmt: skip
-        pools.append(PoolSettings(name, count, queue))
+        pools.append(PoolSettings(name, count, queue, int(max_result_mb * MB)))
     group, where = _pick(None, "", "GSUP_GROUP", toml, "group", None, file)
     if group is not None:
         _check_group(group, where)
@@ -160,7 +176,18 @@ def load_settings(
         max_message=_positive_int(*_pick(None, "", "", toml, "max_message", MAX_MESSAGE, file)),
         group=group,
         min_free_mb=_seconds(*_pick(None, "", "", toml, "min_free_mb", 50.0, file)),
+        max_result_mb=max_result_mb,
+        keep_days=keep_days,
+        prune_every=prune_every,
     )
+
+
+def _positive(value: object, what: str) -> float:
+    """A number above 0."""
+    number = _seconds(value, what)
+    if number <= 0:
+        raise ConfigError(f"{what} must be more than 0, not {value!r}")
+    return number
 
 
 def _check_group(group: object, where: str) -> None:
@@ -189,7 +216,8 @@ def _pick(
     return default, key
 
 
-TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools"}
+TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools",
+            "max_result_mb", "keep_days"}  # fmt: skip
 POOL_KEYS = {"threads", "queue_size"}
 
 
@@ -212,7 +240,7 @@ def _table(value: object, what: str, file: str) -> dict:
 
 
 def _seconds(value: object, what: str) -> float:
-    """A finite number, 0 or more (seconds, or megabytes for min_free_mb)."""
+    """A finite number, 0 or more (seconds, or megabytes, or days)."""
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_JOB_ID, MAX_MESSAGE, POOL_NAMES
+from gsup.lifecycle import END_STATES
 
 KINDS = ("call", "cmd")
 ON_LOST = ("requeue", "fail")
@@ -312,6 +313,19 @@ def _wait(message: dict[str, Any]) -> dict[str, Any]:
     return {"jobs": [check_job_id(job) for job in jobs]}
 
 
+def _prune(message: dict[str, Any]) -> dict[str, Any]:
+    """Delete the jobs in an end state (`state`: that one only) that ended more than
+    `older_than` seconds ago, and all that is kept of them."""
+    older_than, state = message.get("older_than"), message.get("state")
+    _check(
+        _is_number(older_than) and older_than > 0,
+        f"older_than must be a positive number of seconds, not {older_than!r}",
+    )
+    _check(state is None or state in END_STATES,
+           "state must be one of " + ", ".join(sorted(END_STATES)))  # fmt: skip
+    return {"older_than": float(older_than), "state": state}
+
+
 _REQUESTS = {
     "ping": _ping,
     "add": _add,
@@ -322,5 +336,6 @@ _REQUESTS = {
     "freeze": _freeze,
     "wait": _wait,
     "stop": _stop,
+    "prune": _prune,
 }
-MUTATING = {"add", "cancel", "retry", "purge", "freeze"}
+MUTATING = {"add", "cancel", "retry", "purge", "freeze", "prune"}

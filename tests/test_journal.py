@@ -60,8 +60,15 @@ def test_a_0_1_0_journal_is_upgraded_and_keeps_its_jobs(make_daemon, gsup, home)
     ) in daemon.output
     assert _dump(_copy_of(path)) == before  # the copy is the journal as it was
     assert journal_rows(home, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    # Jobs and results are kept; each earlier run became an attempt.
+    # Jobs and results are kept (results in a table of their own, with their sizes);
+    # each earlier run became an attempt.
     assert json.loads(gsup.show(1)["result"]) == 42
+    assert journal_rows(home, "SELECT job, size FROM results WHERE job < 5 ORDER BY job") == [
+        (1, 2), (2, 12), (4, 51),
+    ]  # fmt: skip
+    assert gsup.show(2)["result"] == "[1, 2, 1, 2]"
+    assert "result" not in journal_rows(home, "SELECT group_concat(name) FROM pragma_table_info"
+                                        "('jobs')")[0][0].split(",")  # fmt: skip
     failed = gsup.show(3)
     assert failed["state"] == "failed" and "ValueError: bad value" in failed["traceback"]
     assert [a["outcome"] for a in failed["attempts_list"]] == ["failed", "failed"]

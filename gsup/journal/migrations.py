@@ -21,6 +21,7 @@ from playhouse.migrate import SqliteMigrator, migrate
 
 from gsup.journal.queries import journal_version
 from gsup.journal.schema import MODELS, SCHEMA_VERSION, database
+from gsup.retention import WAL_LIMIT
 
 
 class JournalError(Exception):
@@ -32,6 +33,7 @@ PRAGMAS = {
     "synchronous": "full",  # an acknowledged job survives a power cut
     "busy_timeout": 5000,
     "foreign_keys": 0,
+    "journal_size_limit": WAL_LIMIT,  # the WAL policy: see gsup/retention.py
 }
 
 
@@ -185,5 +187,23 @@ def _v1_to_v2(migrator: SqliteMigrator) -> None:
     migrate(migrator.drop_column("jobs", "worker"), migrator.drop_column("jobs", "started"))
 
 
-STEPS: list[Callable[[SqliteMigrator], None]] = [_v1_to_v2]
+def _v2_to_v3(migrator: SqliteMigrator) -> None:
+    """Results leave the job rows for a table of their own (whole, with their size),
+    so that listing jobs never reads them; marks keep the highest ids ever given, so
+    that pruning the newest jobs does not give their ids again."""
+    database.execute_sql(
+        'CREATE TABLE "results" ("job" INTEGER NOT NULL PRIMARY KEY, "size" INTEGER NOT NULL,'
+        ' "result" TEXT NOT NULL)'
+    )
+    database.execute_sql(
+        "INSERT INTO results (job, size, result)"
+        " SELECT id, length(CAST(result AS BLOB)), result FROM jobs WHERE result IS NOT NULL"
+    )
+    migrate(migrator.drop_column("jobs", "result"))
+    database.execute_sql(
+        'CREATE TABLE "marks" ("name" TEXT NOT NULL PRIMARY KEY, "value" INTEGER NOT NULL)'
+    )
+
+
+STEPS: list[Callable[[SqliteMigrator], None]] = [_v1_to_v2, _v2_to_v3]
 assert len(STEPS) == SCHEMA_VERSION - 1, "a migration step per version"

@@ -28,7 +28,7 @@ RUNNING_INDEX = "INDEXED BY jobs_running"
 
 # PRAGMA user_version of a journal that schema.py's models describe. 0.1.0 wrote
 # version 1 (it left user_version at 0: a file with a `jobs` table and version 0).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Unreadable(Exception):
@@ -157,16 +157,39 @@ def states_of(conn: sqlite3.Connection, jobs: list[int]) -> dict[int, str]:
 
 
 def job_row(conn: sqlite3.Connection, job: int) -> dict[str, Any] | None:
-    found = _dicts(conn.execute("SELECT * FROM jobs WHERE id = ?", (job,)))
+    """A job's fields, and `result_size` (bytes; None: no result), not its result."""
+    found = _dicts(
+        conn.execute(
+            "SELECT j.*, r.size AS result_size FROM jobs j LEFT JOIN results r ON r.job = j.id"
+            " WHERE j.id = ?",
+            (job,),
+        )
+    )
     return found[0] if found else None
 
 
-SUMMARY_FIELDS = ("id", "name", "pool", "state", "reason", "result", "result_type", "error")
+def job_result(conn: sqlite3.Connection, job: int) -> str | None:
+    """A job's result, whole (the only read of a result's text)."""
+    row = conn.execute("SELECT result FROM results WHERE job = ?", (job,)).fetchone()
+    return None if row is None else row[0]
 
 
-def summary(row: dict[str, Any]) -> dict[str, Any]:
-    """What `get` answers about a job (the API's handles)."""
-    return {key: row[key] for key in SUMMARY_FIELDS}
+SUMMARY_FIELDS = ("id", "name", "pool", "state", "reason", "result_type", "result_size", "error")
+# A result up to this size travels in a reply; a larger one is read from the journal
+# by the client (`result` is then left out): a reply must stay within a message.
+INLINE_RESULT = 1_000_000
+
+
+def summary(conn: sqlite3.Connection, row: dict[str, Any], inline: int | None = None) -> dict:
+    """What `get` answers about a job (the API's handles): with its result if that is
+    at most `inline` bytes (None: whatever its size)."""
+    found = {key: row[key] for key in SUMMARY_FIELDS}
+    size = row["result_size"]
+    if size is None:
+        found["result"] = None
+    elif inline is None or size <= inline:
+        found["result"] = job_result(conn, row["id"])
+    return found
 
 
 def pool_frozen(conn: sqlite3.Connection, pool: str) -> bool:
@@ -237,6 +260,7 @@ def job_details(conn: sqlite3.Connection, job: int) -> dict[str, Any] | None:
     details = job_row(conn, job)
     if details is None:
         return None
+    details["result"] = job_result(conn, job) if details["result_size"] is not None else None
     details["spec"] = json.loads(details["spec"])
     details["attempts_list"] = _dicts(
         conn.execute("SELECT * FROM attempts WHERE job = ? ORDER BY id", (job,))

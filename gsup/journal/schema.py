@@ -23,7 +23,7 @@ class BaseModel(pw.Model):
 
 
 class Job(BaseModel):
-    id = pw.AutoField()
+    id = pw.AutoField()  # never given twice: see Mark
     name = pw.TextField(null=True)
     pool = pw.TextField()  # the executor that runs it (a pool, later a backend)
     kind = pw.TextField()  # "call" or "cmd"
@@ -45,8 +45,7 @@ class Job(BaseModel):
     ended = pw.FloatField(null=True)  # when it reached its end state
     not_before = pw.FloatField(null=True)  # a delayed retry is not dispatched before then
     reason = pw.TextField(null=True)  # why it ended
-    result = pw.TextField(null=True)
-    result_type = pw.TextField(null=True)  # "json", or "repr" when not JSON-able
+    result_type = pw.TextField(null=True)  # "json", or "repr" when not JSON-able (text: results)
     error = pw.TextField(null=True)  # "ExceptionType: message"
     traceback = pw.TextField(null=True)
 
@@ -93,6 +92,18 @@ class Attempt(BaseModel):
 Attempt.add_index(Attempt.index(Attempt.job, name="attempts_job"))
 
 
+class Result(BaseModel):
+    """A job's return value, whole, however large: apart from its row, so that listing
+    jobs never reads it. Its size comes first, so that reading it skips the text."""
+
+    job = pw.IntegerField(primary_key=True)
+    size = pw.IntegerField()  # bytes, UTF-8
+    result = pw.TextField()
+
+    class Meta:
+        table_name = "results"
+
+
 class Event(BaseModel):
     seq = pw.AutoField()
     job = pw.IntegerField(index=True)
@@ -119,6 +130,18 @@ class Command(BaseModel):
         table_name = "commands"
 
 
+class Mark(BaseModel):
+    """Numbers that must outlive the rows they come from: "last_job_id" and
+    "last_attempt_id", the highest ids ever given, written when a prune deletes the
+    newest rows (the writer goes on from the larger of a mark and the table's max)."""
+
+    name = pw.TextField(primary_key=True)
+    value = pw.IntegerField()
+
+    class Meta:
+        table_name = "marks"
+
+
 class Pool(BaseModel):
     name = pw.TextField(primary_key=True)
     threads = pw.IntegerField()
@@ -129,4 +152,4 @@ class Pool(BaseModel):
         table_name = "pools"
 
 
-MODELS = (Job, Attempt, Event, Command, Pool)
+MODELS = (Job, Attempt, Result, Event, Command, Pool, Mark)

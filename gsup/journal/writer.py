@@ -30,6 +30,7 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
+from gsup import retention
 from gsup.journal import queries
 from gsup.lifecycle import State, check_transition
 from gsup.protocol import JobSpec
@@ -74,12 +75,21 @@ def storable(value: Any) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
+        if value.isascii():  # the common case, and a large result is not copied
+            return value
         return value.encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**63 else str(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     return storable(repr(value))
+
+
+SET_RESULT = (
+    "INSERT INTO results (job, size, result) VALUES (?, ?, ?)"
+    " ON CONFLICT(job) DO UPDATE SET size = excluded.size, result = excluded.result"
+)
+LARGE_RESULT = 1_000_000  # bytes: a result this large is not kept in memory after its turn
 
 
 class Writer:
@@ -102,11 +112,19 @@ class Writer:
         # (log length, next job id, next attempt id) when its savepoint was taken.
         self._savepoint: tuple[int, int, int] | None = None
         self.failure: sqlite3.Error | None = None  # a write of this turn failed
+        self._large_result = False  # this turn wrote one: see `_unbind`
         self._next_job_id = self._next_id("jobs")
         self._next_attempt_id = self._next_id("attempts")
 
     def _next_id(self, table: str) -> int:
-        return (self.conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0) + 1
+        """After the highest id the table holds, or ever held (see schema.Mark)."""
+        mark = f"last_{table[:-1]}_id"
+        (highest,) = self.conn.execute(
+            f"SELECT max(coalesce((SELECT max(id) FROM {table}), 0),"
+            " coalesce((SELECT value FROM marks WHERE name = ?), 0))",
+            (mark,),
+        ).fetchone()
+        return highest + 1
 
     @property
     def reader(self) -> sqlite3.Connection:
@@ -186,6 +204,8 @@ class Writer:
         self.sync_due = self.sync_due or self._must_sync
         self._in_transaction = self._must_sync = False
         self._log.clear()
+        if self._large_result:
+            self._unbind()
 
     def _commit_turn(self) -> None:
         if self.failure is not None:
@@ -338,7 +358,7 @@ class Writer:
             outcome = outcome or {}
             sql = (
                 "UPDATE jobs SET state = ?, attempts = attempts + ?, lost_count = lost_count + ?,"
-                " ended = ?, reason = ?, result = ?, result_type = ?, error = ?, traceback = ?"
+                " ended = ?, reason = ?, result_type = ?, error = ?, traceback = ?"
                 " WHERE id = ? AND state = ?"
             )
             params = (
@@ -347,8 +367,7 @@ class Writer:
                 lost,
                 now,
                 storable(why),
-                *(storable(outcome.get(key)) for key in ("result", "result_type", "error")),
-                storable(outcome.get("traceback")),
+                *(storable(outcome.get(key)) for key in ("result_type", "error", "traceback")),
                 job,
                 str(before),
             )
@@ -356,11 +375,62 @@ class Writer:
         cursor = self._write(sql, params, lazy=lazy)
         if cursor is not None and cursor.rowcount != 1:
             raise JournalConflict(f"job {job} is not {before}")
+        if after not in (State.RUNNING, State.QUEUED):
+            self._set_result(job, outcome.get("result") if outcome else None)
         self._write(
             "INSERT INTO events (job, before, after, at, why) VALUES (?, ?, ?, ?, ?)",
             (job, None if before is None else str(before), after.value, now, storable(why)),
             lazy=lazy,
         )
+
+    def _set_result(self, job: int, result: Any) -> None:
+        """A run's result replaces the job's last one (a retried job ends anew)."""
+        if result is None:
+            self._write("DELETE FROM results WHERE job = ?", (job,))
+            return
+        text = storable(result if isinstance(result, str) else repr(result))
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        self._large_result = self._large_result or size > LARGE_RESULT
+        self._write(SET_RESULT, (job, size, text))
+
+    def _unbind(self) -> None:
+        """SQLite keeps a statement's last parameters, a copy of a large result, until
+        the statement runs again: run it again on nothing, so that the daemon's memory
+        comes back as it was."""
+        self._large_result = False
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("BEGIN")
+            try:
+                self.conn.execute(SET_RESULT, (0, 0, ""))
+            finally:
+                self.conn.execute("ROLLBACK")
+
+    # --- retention (see gsup/retention.py) --------------------------------------------
+
+    def mark_ids(self) -> None:
+        """Note the highest ids given so far: a prune may delete their rows."""
+        self._write(
+            retention.MARK,
+            [("last_job_id", self._next_job_id - 1),
+             ("last_attempt_id", self._next_attempt_id - 1)],
+            many=True,
+        )  # fmt: skip
+
+    def delete_jobs(self, jobs: Sequence[int]) -> None:
+        """Delete ended jobs, and their events, attempts and results."""
+        if jobs:
+            for sql in retention.DELETES:
+                self._write(sql, [(job,) for job in jobs], many=True)
+
+    def checkpoint(self, wait_ms: int) -> bool | None:
+        """Checkpoint the WAL and truncate it (see retention.checkpoint): whether that
+        was done; None if it cannot be tried now (a turn is open, or not synced)."""
+        if self._in_transaction or self.sync_due or self.failure is not None:
+            return None
+        try:
+            return retention.checkpoint(self.conn, wait_ms)
+        except sqlite3.Error:
+            return False
 
     # --- attempts --------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from gsup.supervisor.handlers import Handlers
 from gsup.supervisor.jobs import JobBook
 from gsup.supervisor.lifetime import DaemonError
 from gsup.supervisor.loop import Loop, report_bug, say
+from gsup.supervisor.pruning import Pruner
 from gsup.systemd import Notifier
 
 STALL_RETRY = 1.0  # seconds between attempts to write a turn that failed to commit
@@ -72,6 +73,7 @@ class Supervisor:
         say(f"ready: home {self.paths.home}, pools {sizes}, pid {os.getpid()}")
         self.systemd.ready(f"ready: pools {sizes}")
         self._watchdog()
+        self.pruner.start_daily()
         try:
             while not self.done:
                 self._turn()
@@ -106,9 +108,9 @@ class Supervisor:
         )
         self.book = JobBook(self.journal, self.executors.values(), self.loop,
                             self.connections.reply)  # fmt: skip
-        self.handlers = Handlers(
-            self.settings, self.journal, self.book, self.connections.reply, self._stop_asked
-        )
+        self.pruner = Pruner(self.settings, self.journal, self.loop, self.connections.reply)
+        self.handlers = Handlers(self.settings, self.journal, self.book, self.connections.reply,
+                                 self.pruner, self._stop_asked)  # fmt: skip
         report = recovery.plan(self.journal.reader, self.executors)
         recovery.apply(self.book, report)
         for pool in self.settings.pools:
@@ -135,6 +137,7 @@ class Supervisor:
         say(f"stopping: {running} jobs in flight get {self.settings.grace:g}s")
         self.systemd.stopping(f"stopping: {running} jobs in flight")
         self.book.begin_stop()
+        self.pruner.stop()
         self.loop.call_at(self.loop.now() + self.settings.grace, self._finish_stop)
 
     def _stop_asked(self, now: bool) -> None:
@@ -181,6 +184,7 @@ class Supervisor:
             executor.flush(durable=False)
         if not self._sync():
             return
+        self.pruner.after_sync()  # a prune's reply says the WAL has been truncated
         self.connections.flush()
         for executor in self.executors.values():
             executor.flush(durable=True)

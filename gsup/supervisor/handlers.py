@@ -25,6 +25,7 @@ from gsup.protocol import MUTATING, JobSpec, ProtocolError, check_request
 from gsup.supervisor.connections import Connection
 from gsup.supervisor.jobs import JobBook
 from gsup.supervisor.loop import report_bug
+from gsup.supervisor.pruning import Pruner
 
 Reply = dict[str, Any] | None
 
@@ -40,8 +41,10 @@ class Handlers:
         journal: Writer,
         book: JobBook,
         reply: Callable[[Connection, Any, dict[str, Any]], None],
+        pruner: Pruner,
         begin_stop: Callable[[bool], None],
     ) -> None:
+        self.pruner = pruner
         self.settings = settings
         self.begin_stop = begin_stop
         self.started = time.time()
@@ -58,6 +61,7 @@ class Handlers:
             "freeze": self.freeze,
             "wait": self.wait,
             "stop": self.stop,
+            "prune": self.prune,
         }
 
     def request(self, conn: Connection, message: dict[str, Any]) -> None:
@@ -149,7 +153,7 @@ class Handlers:
         if fields["wait"] and row["state"] not in END_STATES:
             self.book.wait(conn, request_id, {job}, then_get=job)
             return None
-        return {"job": queries.summary(row)}
+        return {"job": queries.summary(self.journal.reader, row, queries.INLINE_RESULT)}
 
     def cancel(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
         job = fields["job"]
@@ -209,6 +213,12 @@ class Handlers:
         if not pending:
             return {"states": states}
         self.book.wait(conn, request_id, pending, states=states)
+        return None
+
+    def prune(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        """Answered once done: a batch per turn (see pruning.py)."""
+        self.journal.log_command("prune", fields, conn.uid, conn.pid)
+        self.pruner.prune(fields["older_than"], fields["state"], conn, request_id)
         return None
 
 

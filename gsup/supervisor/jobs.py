@@ -506,4 +506,4 @@ class JobBook:
             return {"ok": True, "states": waiter.states}
         row = queries.job_row(self.journal.reader, waiter.then_get)
         assert row is not None
-        return {"ok": True, "job": queries.summary(row)}
+        return {"ok": True, "job": queries.summary(self.journal.reader, row, queries.INLINE_RESULT)}

@@ -22,7 +22,15 @@ import struct
 from typing import Any
 
 _HEADER = struct.Struct("!I")
-MAX_FRAME = 64 * 1024 * 1024  # far above any report (results are 4 MiB at most)
+MAX_FRAME = 64 * 1024 * 1024  # supervisor -> pool; pool -> supervisor: see report_limit
+ALONE = 1024 * 1024  # a report larger than this goes in a frame of its own
+_REPORT_EXTRA = 16 * 1024 * 1024  # a report's error, traceback, outputs' tails, pickling
+
+
+def report_limit(max_result: int) -> int:
+    """The largest frame a pool may send: one report, its result at most `max_result`
+    bytes (a frame larger than that means the channel is corrupted)."""
+    return max(MAX_FRAME, max_result + _REPORT_EXTRA)
 
 
 def frame(messages: list[tuple[Any, ...]]) -> bytes:
@@ -30,10 +38,21 @@ def frame(messages: list[tuple[Any, ...]]) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-class FrameReader:
-    """Turns received bytes into messages, however the stream was cut."""
+def frames(messages: list[tuple[Any, ...]]) -> bytes:
+    """`messages` framed: in one frame, unless they are large (then one frame each, so
+    that a frame never holds more than one large result)."""
+    framed = frame(messages)
+    if len(framed) <= ALONE or len(messages) == 1:
+        return framed
+    return b"".join(frame([message]) for message in messages)
 
-    def __init__(self) -> None:
+
+class FrameReader:
+    """Turns received bytes into messages, however the stream was cut. Linear in the
+    bytes received, however large a frame: appended once, unpickled in place."""
+
+    def __init__(self, limit: int = MAX_FRAME) -> None:
+        self.limit = limit
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[tuple[Any, ...]]:
@@ -41,11 +60,15 @@ class FrameReader:
         messages: list[tuple[Any, ...]] = []
         while len(self._buffer) >= _HEADER.size:
             (size,) = _HEADER.unpack_from(self._buffer)
-            if size > MAX_FRAME:
+            if size > self.limit:
                 raise ValueError(f"a frame of {size} bytes")
             end = _HEADER.size + size
             if len(self._buffer) < end:
                 break
-            messages.extend(pickle.loads(self._buffer[_HEADER.size : end]))
-            del self._buffer[:end]
+            with memoryview(self._buffer) as view, view[_HEADER.size : end] as payload:
+                messages.extend(pickle.loads(payload))
+            if len(self._buffer) == end:
+                self._buffer = bytearray()  # a large frame's room goes back at once
+            else:
+                del self._buffer[:end]
         return messages

@@ -32,7 +32,7 @@ import multiprocess
 
 from gsup.config import Paths, PoolSettings
 from gsup.executors.base import Attempt, AttemptEnd, Executor, Loop, Reports, Timer
-from gsup.executors.local.channel import FrameReader, frame
+from gsup.executors.local.channel import FrameReader, frame, report_limit
 from gsup.executors.local.pool import pool_main
 from gsup.imports import import_context
 from gsup.lifecycle import Ending
@@ -70,7 +70,7 @@ class PoolProcessHandle:
         self.process: Any = None
         self.sock: socket.socket | None = None
         self.pidfd: int | None = None
-        self.reader = FrameReader()
+        self.reader = FrameReader(report_limit(self.settings.max_result))
         self.outbox: list[tuple[Any, ...]] = []
         self.unsent = bytearray()
         self.jobs: set[int] = set()  # sent to it and not ended
@@ -116,6 +116,7 @@ class PoolProcessHandle:
                     str(pool.paths.home),
                     [*self.loop.private_fds(), ours.fileno()],
                     list(self.context),
+                    self.settings.max_result,
                 ),
                 name=f"gsup-pool-{pool.name}",
             )
@@ -135,7 +136,8 @@ class PoolProcessHandle:
             ours.close()
             raise
         ours.setblocking(False)
-        self.process, self.sock, self.reader, self.pidfd = process, ours, FrameReader(), pidfd
+        self.process, self.sock, self.pidfd = process, ours, pidfd
+        self.reader = FrameReader(report_limit(self.settings.max_result))
         self.started_at, self.recycling, self.broken = self.loop.now(), False, None
         self.last_used = self.started_at
         self.loop.watch(ours, self._on_io)

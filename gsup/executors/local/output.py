@@ -101,4 +101,6 @@ def tail(path: Path, limit: int = 64 * 1024) -> str:
     except FileNotFoundError:
         return ""
     text = data.decode("utf-8", "replace")
-    return text if size <= limit else "…" + text
+    if size <= limit:
+        return text
+    return f"[… first {size - limit:,} bytes cut; `gsup logs` has them all]\n{text}"

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gsup.config import Paths
-from gsup.executors.local.channel import FrameReader, frame
+from gsup.executors.local.channel import FrameReader, frames
 from gsup.executors.local.output import OutputRouter
 from gsup.executors.local.runner import (
     JobStopped,
@@ -99,7 +99,7 @@ class Reporter:
                 batch, self._queued = self._queued, []
                 upto = self._tickets
             try:
-                self.sock.sendall(frame(batch))
+                self.sock.sendall(frames(batch))
             except OSError:
                 self.on_broken()
             self._sent = upto
@@ -107,7 +107,8 @@ class Reporter:
 
 class PoolProcess:
     def __init__(self, name: str, threads: int, sock: socket.socket, paths: Paths,
-                 context: list[str]) -> None:  # fmt: skip
+                 context: list[str], max_result: int) -> None:  # fmt: skip
+        self.max_result = max_result  # bytes of a result: a larger one fails its job
         self.name = name
         user_entries, self.notes = use_import_path(context)
         self.loaded = LoadedFiles(user_entries)
@@ -309,7 +310,7 @@ class PoolProcess:
         try:
             if job.kind == "cmd":
                 return run_command(job, self.paths, lambda p: self._spawned(worker, p))
-            return run_call(job, self.router, self.notes, self.loaded.note)
+            return run_call(job, self.router, self.notes, self.loaded.note, self.max_result)
         except JobStopped:
             return Outcome(Ending.STOPPED, "stopped")
         except Exception as exc:  # what the daemon let through must not kill the thread
@@ -324,7 +325,7 @@ class PoolProcess:
 
 
 def pool_main(name: str, threads: int, sock: socket.socket, home: str, close: list[int],
-              context: list[str]) -> None:  # fmt: skip
+              context: list[str], max_result: int) -> None:  # fmt: skip
     """Entry point of the forked pool process, serving jobs whose import path is `context`."""
     _die_with_parent()
     with contextlib.suppress(OSError):
@@ -337,4 +338,4 @@ def pool_main(name: str, threads: int, sock: socket.socket, home: str, close: li
             os.close(fd)
     if os.getppid() == 1:
         os._exit(0)  # the supervisor died before PDEATHSIG was set
-    PoolProcess(name, threads, sock, Paths(Path(home)), context).serve()
+    PoolProcess(name, threads, sock, Paths(Path(home)), context, max_result).serve()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gsup.config import Paths
+from gsup.config import MB, Paths, PoolSettings
 from gsup.executors.local.output import OutputRouter, tail
 from gsup.lifecycle import Ending
 from gsup.targets import TargetError, load_call
@@ -24,11 +24,9 @@ from gsup.targets import TargetError, load_call
 # The guardian's source, read once: a reinstall of gsup under a running daemon cannot
 # take it away from the pools.
 GUARD = Path(__file__).with_name("guard.py").read_text()
-# Bytes (UTF-8) of a result kept: a reply that carries it, escaped once more, stays
-# within a message (MAX_MESSAGE).
-MAX_RESULT = 3 * 1024 * 1024
-MAX_ERROR = 16 * 1024  # characters of an exception's message kept
-MAX_TRACEBACK = 64 * 1024  # characters of a traceback kept, from its end
+MAX_RESULT = PoolSettings.max_result  # bytes (UTF-8) of a result: a larger one fails the job
+MAX_ERROR = 16 * 1024  # characters of an exception's message kept (a cut says so)
+MAX_TRACEBACK = 64 * 1024  # characters of a traceback kept, from its end (a cut says so)
 
 
 class JobStopped(BaseException):
@@ -57,31 +55,39 @@ class Outcome:
 
 
 def encode_result(value: Any) -> dict[str, Any]:
-    """A return value for the journal: JSON if it can be, else its repr."""
+    """A return value for the journal, whole: JSON if it can be, else its repr."""
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-        if _utf8_size(text) <= MAX_RESULT:
-            return {"result": text, "result_type": "json"}
+        return {"result": json.dumps(value, allow_nan=False, ensure_ascii=False),
+                "result_type": "json"}  # fmt: skip
     except (TypeError, ValueError, OverflowError, RecursionError):
         pass
     try:
         text = repr(value)
     except Exception as exc:  # a user __repr__ that raises
         text = f"<{type(value).__name__} whose repr raised {type(exc).__name__}>"
-    if _utf8_size(text) > MAX_RESULT:
-        text = text.encode("utf-8", "replace")[: MAX_RESULT - 3].decode("utf-8", "ignore") + "…"
     return {"result": text, "result_type": "repr"}
 
 
 def _utf8_size(text: str) -> int:
-    return len(text.encode("utf-8", "replace"))
+    return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+
+
+def _returned(value: Any, usage: dict[str, Any], max_result: int) -> Outcome:
+    """A job's return value, stored whole; above `max_result` bytes, the job fails."""
+    fields = encode_result(value)
+    size = _utf8_size(fields["result"])
+    if size > max_result:
+        why = f"result too large ({size / MB:.1f} MB, limit {max_result / MB:g} MB)"
+        return Outcome(Ending.FAILED, why, {"error": why, "causes": ["ResultTooLarge"]}, usage)
+    return Outcome(Ending.DONE, "returned", fields, usage)
 
 
 def clip(text: str, limit: int, keep_end: bool = False) -> str:
-    """`text`, cut to `limit` characters (its end kept, for a traceback)."""
+    """`text`, cut to `limit` characters (its end kept, for a traceback), saying so."""
     if len(text) <= limit:
         return text
-    return "…" + text[-(limit - 1) :] if keep_end else text[: limit - 1] + "…"
+    note = f"[… {len(text) - limit:,} characters cut]"
+    return f"{note}\n{text[-limit:]}" if keep_end else f"{text[:limit]} {note}"
 
 
 def describe(exc: BaseException) -> str:
@@ -108,11 +114,15 @@ def _failure(exc: BaseException) -> Outcome:
 
 
 def run_call(
-    job: PoolJob, router: OutputRouter, notes: list[str], imported: Callable[[], None]
+    job: PoolJob,
+    router: OutputRouter,
+    notes: list[str],
+    imported: Callable[[], None],
+    max_result: int = MAX_RESULT,
 ) -> Outcome:
     """Import and call the job's target; what either prints goes to the job's log,
     after `notes` (warnings about its import path). `imported` is told once the
-    target's modules are in."""
+    target's modules are in. A result over `max_result` bytes fails the job."""
     spec = job.spec
     with router.capture(job.id, job.attempt):
         for note in notes:
@@ -134,7 +144,7 @@ def run_call(
             outcome.usage["cpu_seconds"] = time.thread_time() - cpu
             return outcome
     usage = {"cpu_seconds": time.thread_time() - cpu}
-    return Outcome(Ending.DONE, "returned", encode_result(value), usage)
+    return _returned(value, usage, max_result)
 
 
 def run_command(
