@@ -71,7 +71,9 @@ def test_a_bad_max_result_mb_is_refused(env, home):
     (home / "gsup.toml").write_text("max_result_mb = 0\n")
     result = run_daemon_expecting_exit(env)
     assert result.returncode == 1
-    assert result.stderr.strip() == "gsup: error: max_result_mb must be more than 0"
+    assert result.stderr.strip() == (
+        f"gsup: error: max_result_mb in {home / 'gsup.toml'} must be more than 0, not 0"
+    )
 
 
 # --- prune ----------------------------------------------------------------------------------
@@ -99,7 +101,9 @@ def _history(home: Path) -> dict[str, list[int]]:
 
 
 def _logs(home: Path) -> list[str]:
-    return sorted(path.name for path in (home / "logs").iterdir())
+    """JOB.STREAM of each output file (JOB.ATTEMPT.STREAM: one job, one attempt each)."""
+    names = (path.name.split(".") for path in (home / "logs").iterdir())
+    return sorted(f"{parts[0]}.{parts[-1]}" for parts in names)
 
 
 def _setup(make_daemon, gsup, home: Path) -> dict[str, int]:

@@ -70,7 +70,7 @@ class PoolProcessHandle:
         self.process: Any = None
         self.sock: socket.socket | None = None
         self.pidfd: int | None = None
-        self.reader = FrameReader(report_limit(self.settings.max_result))
+        self.reader = FrameReader(report_limit(pool.settings.max_result))
         self.outbox: list[tuple[Any, ...]] = []
         self.unsent = bytearray()
         self.jobs: set[int] = set()  # sent to it and not ended
@@ -116,7 +116,7 @@ class PoolProcessHandle:
                     str(pool.paths.home),
                     [*self.loop.private_fds(), ours.fileno()],
                     list(self.context),
-                    self.settings.max_result,
+                    pool.settings.max_result,
                 ),
                 name=f"gsup-pool-{pool.name}",
             )
@@ -137,7 +137,7 @@ class PoolProcessHandle:
             raise
         ours.setblocking(False)
         self.process, self.sock, self.pidfd = process, ours, pidfd
-        self.reader = FrameReader(report_limit(self.settings.max_result))
+        self.reader = FrameReader(report_limit(self.pool.settings.max_result))
         self.started_at, self.recycling, self.broken = self.loop.now(), False, None
         self.last_used = self.started_at
         self.loop.watch(ours, self._on_io)
