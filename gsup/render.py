@@ -150,8 +150,9 @@ def queues_view(pools: list[PoolSnapshot], daemon_up: bool, style: Style) -> lis
             part + " " * (width - _width(part)) for part, width in zip(parts, widths, strict=True)
         ]
         lines.append("    ".join(padded).rstrip())
+    lines.append("")
     for pool in pools:
-        lines += ["", *_pending_lines(pool, style)]
+        lines += _pending_lines(pool, style)
     return lines
 
 
