@@ -202,8 +202,9 @@ def idle_cpu(ws: Workspace, seconds: float) -> float:
         return idle_cpu_percent(daemon.pid, seconds)
 
 
-# Every command, as a user runs it (from the folder of noop.py), with the daemon up and
-# job 1 done; each must succeed. "typer" is the floor: `python -c "import typer"`.
+# Every command, as a user runs it (from the folder of noop.py), with the daemon up, job 1
+# done and the monitoring pool frozen ({queued}: a job queued there, one per run); each
+# must succeed. "typer" is the floor: `python -c "import typer"`.
 COMMANDS = {
     "add": ["add", "{target}"],
     "jobs": ["jobs"],
@@ -212,9 +213,9 @@ COMMANDS = {
     "show": ["show", "1"],
     "logs": ["logs", "1"],
     "wait": ["wait", "1"],
-    "cancel": ["cancel", "1"],
-    "freeze": ["freeze", "--queue", "monitoring"],
-    "unfreeze": ["unfreeze", "--queue", "monitoring"],
+    "cancel": ["cancel", "{queued}"],
+    "freeze": ["freeze", "--queue", "user"],
+    "unfreeze": ["unfreeze", "--queue", "user"],
     "add --help": ["add", "--help"],
     "--version": ["--version"],
 }
@@ -224,21 +225,32 @@ def command_processes_vs_typer(ws: Workspace, runs: int) -> dict[str, list[float
     """Wall seconds of whole `gsup` processes, one list per command and one of
     `python -c "import typer"`, run in turn so that they share the machine's moods."""
     home = new_home(ws.root)
-    argvs = {
-        name: [*gsup_cli(), *(word.format(target=ws.target) for word in words), "--home", str(home)]
-        for name, words in COMMANDS.items()
-    }
-    argvs["--version"] = [*gsup_cli(), "--version"]
-    argvs["typer"] = [sys.executable, "-c", "import typer"]
-    times: dict[str, list[float]] = {name: [] for name in argvs}
+    words = {**COMMANDS, "typer": []}
+    times: dict[str, list[float]] = {name: [] for name in words}
     with running_daemon(home) as daemon:
-        daemon.queues().add(ws.noop).result(WAIT_TIMEOUT)  # job 1, done
-        for argv in argvs.values():
-            run_seconds(argv, cwd=ws.code)  # warm the page cache (and write .pyc files)
-        for _ in range(runs):
-            for name, argv in argvs.items():
-                times[name].append(run_seconds(argv, cwd=ws.code))
+        queues = daemon.queues()
+        queues.add(ws.noop).result(WAIT_TIMEOUT)  # job 1, done
+        queues.freeze("monitoring")
+        for run in range(runs + 1):  # the first, unmeasured, warms caches and writes .pyc
+            queued = queues.add(ws.noop, queue="monitoring").id
+            for name, argv in _command_lines(words, home, ws.target, queued).items():
+                seconds = run_seconds(argv, cwd=ws.code)
+                if run:
+                    times[name].append(seconds)
     return times
+
+
+def _command_lines(
+    commands: dict[str, list[str]], home: Path, target: str, queued: int
+) -> dict[str, list[str]]:
+    lines = {
+        name: [*gsup_cli(), *(w.format(target=target, queued=queued) for w in words),
+               "--home", str(home)]
+        for name, words in commands.items()
+    }  # fmt: skip
+    lines["--version"] = [*gsup_cli(), "--version"]
+    lines["typer"] = [sys.executable, "-c", "import typer"]
+    return lines
 
 
 # --- an earlier release, in an interpreter of its own ----------------------------------

@@ -1,4 +1,10 @@
-"""The Python API: `from gsup import queues; queues.add(f, args=(123,))`."""
+"""The Python API: `from gsup import queues; queues.add(f, args=(123,))`.
+
+Every error it raises is a `gsup.GsupError` (the text is one line): `JobFailed` when a
+job ended without a result, `WaitTimeout` (also a TimeoutError) when a wait gives up,
+`DaemonNotRunning`, `TargetError` for a bad target or argument, `BadOptions` (also a
+TypeError) for an unknown job option.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from gsup.client import Client, GsupError, Pending
+from gsup.client import Client, Pending, read_journal
 from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, Paths, resolve_home
+from gsup.errors import BadOptions, GsupError, WaitTimeout
 from gsup.protocol import JobSpec, ProtocolError
 from gsup.specs import call_specs, python_path
 
@@ -29,7 +36,7 @@ JOB_OPTIONS = {
 def _job_options(options: dict[str, Any]) -> dict[str, Any]:
     unknown = set(options) - JOB_OPTIONS
     if unknown:
-        raise TypeError(f"unknown job options: {', '.join(sorted(unknown))}")
+        raise BadOptions(f"unknown job options: {', '.join(sorted(unknown))}")
     options = dict(options)
     options["pool"] = options.pop("queue", DEFAULT_POOL)
     return options
@@ -47,9 +54,13 @@ class JobFailed(GsupError):
 
 
 class JobHandle:
-    """A job added through the API. Its `id` is known once the journal holds the job:
-    `queues.add` returns as soon as the request is sent, so that adds in a row share
-    the daemon's commits; reading `id` (or `state`, or `result`) waits for it."""
+    """A job added through the API (or found with `queues.job(ID)`).
+
+    Its `id` is known once the journal holds the job: `queues.add` returns as soon as
+    the request is sent, so that adds in a row share the daemon's commits; reading
+    `id` (or `state`, `result()`, ...) waits for it, and raises the refusal if the
+    daemon refused the job.
+    """
 
     # A job added less than this long ago has rarely ended: `result` asks the daemon
     # at once rather than read the journal first.
@@ -68,24 +79,71 @@ class JobHandle:
 
     @property
     def state(self) -> str:
+        """queued, running, done, failed, timeout, cancelled or lost."""
         return self._client.get(self.id)["state"]
 
     def result(self, timeout: float | None = None) -> Any:
-        """Wait for the job to end; its return value, or JobFailed.
-
-        A value that was not JSON-able comes back as its repr; TimeoutError if the
-        job has not ended within `timeout` seconds.
-        """
+        """Wait for the job to end; its return value, or JobFailed (failed, timed out,
+        cancelled, lost). A value that was not JSON-able comes back as its repr.
+        WaitTimeout if the job has not ended within `timeout` seconds."""
         fresh = time.monotonic() - self._added_at < self.FRESH
-        job = self._client.get(self.id, wait=True, timeout=timeout, read_first=not fresh)
+        job = self._ended(timeout, read_first=not fresh)
         if job["state"] != "done":
             raise JobFailed(job)
         if job["result_type"] == "json":
             return json.loads(job["result"])
         return job["result"]
 
+    def wait(self, timeout: float | None = None) -> str:
+        """Wait for the job to end; its end state (done, failed, timeout, cancelled,
+        lost). WaitTimeout if it has not ended within `timeout` seconds."""
+        return self._ended(timeout)["state"]
+
+    def cancel(self) -> str:
+        """Cancel the job if it is queued, stop it if it runs; its state now
+        ("running" while it is being stopped)."""
+        return self._client.cancel(self.id)["state"]
+
+    def logs(self, attempt: int | None = None) -> str:
+        """What the job printed (stdout, then stderr), in its last attempt or its
+        `attempt`th (numbered from 1, as `gsup show` does). Read from the state dir's
+        logs: this process must be allowed to read them."""
+        from gsup.journal import queries
+
+        with read_journal(self._client.paths.home) as conn:
+            found = queries.job_runs(conn, self.id)
+        if found is None:
+            raise GsupError(f"no job {self.id}")
+        attempts = found[1]
+        if attempt is not None and not 0 < attempt <= len(attempts):
+            raise GsupError(f"job {self.id} has {len(attempts)} attempts, not {attempt}")
+        chosen = attempts[attempt - 1] if attempt else (attempts[-1] if attempts else None)
+        paths = self._client.paths
+        return "".join(_read_text(paths.printed(self.id, s, chosen)) for s in ("out", "err"))
+
+    def _ended(self, timeout: float | None, read_first: bool = True) -> dict[str, Any]:
+        try:
+            return self._client.get(self.id, wait=True, timeout=timeout, read_first=read_first)
+        except WaitTimeout:
+            raise WaitTimeout(f"job {self.id} has not ended within {timeout:g}s") from None
+
     def __repr__(self) -> str:
-        return f"<gsup job {self.id}>"
+        """Never raises, never waits: a prompt may show a handle whose add is refused."""
+        added = self._added
+        if not isinstance(added, Pending):
+            return f"<gsup job {added}>"
+        if added.message is None:
+            return "<gsup job (id not known yet)>"
+        if not added.message.get("ok"):
+            return f"<gsup job refused: {added.message.get('error')}>"
+        return f"<gsup job {added.message['ids'][0]}>"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 class Queues:
@@ -158,11 +216,17 @@ class Queues:
         specs = call_specs(func, tuples, kwargs, python_path(), **options)
         return [JobHandle(self.client, job) for job in self.client.add_many(specs)]
 
+    def job(self, job_id: int) -> JobHandle:
+        """A handle for a job that exists (added by anyone); GsupError if there is none."""
+        self.client.get(job_id)  # the daemon says "no job N"
+        return JobHandle(self.client, job_id)
+
     def freeze(self, queue: str | None = None) -> None:
         """Start nothing new in `queue` (all pools by default); jobs keep queuing."""
         self.client.freeze(queue, True)
 
     def unfreeze(self, queue: str | None = None) -> None:
+        """Let a frozen pool (all pools by default) start jobs again."""
         self.client.freeze(queue, False)
 
     def __repr__(self) -> str:

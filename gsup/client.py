@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gsup.config import MAX_MESSAGE, Paths, resolve_home
+from gsup.errors import DaemonNotRunning, GsupError, WaitTimeout
 from gsup.protocol import JobSpec, LineReader, ProtocolError, encode, shared_fields
 
 if TYPE_CHECKING:
@@ -34,16 +35,7 @@ def _batches(items: Iterable[Any], size: int = ADD_BATCH) -> Iterator[list[Any]]
         yield batch
 
 
-class GsupError(Exception):
-    """An error to show the user as one line."""
-
-
-class DaemonNotRunning(GsupError):
-    def __init__(self, paths: Paths) -> None:
-        super().__init__(
-            f"no gsup daemon is running for {paths.home} (start one with: gsup daemon"
-            f"{'' if paths.home == resolve_home() else f' --home {paths.home}'})"
-        )
+__all__ = ["Client", "DaemonNotRunning", "GsupError", "WaitTimeout", "read_journal"]
 
 
 class Pending:
@@ -55,7 +47,7 @@ class Pending:
         self.message: dict[str, Any] | None = None
 
     def reply(self, timeout: float | None = None) -> dict[str, Any]:
-        """The reply; GsupError if the daemon refused, TimeoutError after `timeout` s."""
+        """The reply; GsupError if the daemon refused, WaitTimeout after `timeout` s."""
         message = self.client._await(self, timeout)
         if not message.get("ok"):
             raise GsupError(message.get("error", "the daemon refused the request"))
@@ -103,7 +95,7 @@ class Client:
                 sock.connect(str(self.paths.socket))
             except (FileNotFoundError, ConnectionRefusedError):
                 sock.close()
-                raise DaemonNotRunning(self.paths) from None
+                raise DaemonNotRunning(self.paths.home, resolve_home()) from None
             except OSError as exc:
                 sock.close()
                 raise GsupError(f"cannot reach the daemon at {self.paths.socket}: {exc}") from None
@@ -163,7 +155,7 @@ class Client:
             data = self._sock.recv(1 << 16)
         except TimeoutError:
             self.close()  # a late reply would be read as the answer to another request
-            raise
+            raise WaitTimeout(f"no answer from the daemon within {timeout:g}s") from None
         except OSError as exc:
             self.close()
             raise GsupError(f"lost the connection to the daemon: {exc}") from None

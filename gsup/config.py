@@ -83,6 +83,12 @@ class Paths:
             return self.logs / f"{job_id}.{stream}"
         return self.logs / f"{job_id}.{attempt}.{stream}"
 
+    def printed(self, job_id: int, stream: str, attempt: int | None) -> Path:
+        """Where to read what an attempt printed: its file, or for a job run before
+        attempts had files of their own, the job's."""
+        path = self.job_output(job_id, stream, attempt)
+        return path if attempt is None or path.exists() else self.job_output(job_id, stream)
+
 
 @dataclass(frozen=True)
 class PoolSettings:

@@ -95,6 +95,8 @@ class LoadedFiles:
 
     def note(self) -> None:
         """Take in the modules imported since the last call."""
+        if len(sys.modules) == self.count or not self.roots:
+            return  # the usual case, without the lock: modules are only ever added
         with self.lock:
             if len(sys.modules) == self.count or not self.roots:
                 return
@@ -108,10 +110,9 @@ class LoadedFiles:
     def changed(self) -> str | None:
         """A file that has changed (or gone) since it was imported, if any."""
         self.note()
-        with self.lock:
-            for file, mtime in self.files.items():
-                if _mtime(file) != mtime:
-                    return file
+        for file, mtime in list(self.files.items()):  # a copy: note() may add to it
+            if _mtime(file) != mtime:
+                return file
         return None
 
 

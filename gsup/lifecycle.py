@@ -54,7 +54,7 @@ class TransitionError(Exception):
 def check_transition(before: State | str | None, after: State) -> None:
     if before is None and after == State.QUEUED:
         return  # a new job
-    if after not in TRANSITIONS.get(State(before), frozenset()):
+    if before is None or after not in TRANSITIONS.get(State(before), frozenset()):
         raise TransitionError(f"a job cannot go from {before} to {after}")
 
 

@@ -16,8 +16,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from gsup.errors import GsupError
 
-class TargetError(Exception):
+
+class TargetError(GsupError):
     """A target or argument that cannot be used; the message says why."""
 
 
@@ -102,7 +104,10 @@ def reference_of(func: Callable[..., Any]) -> str | None:
 def dumps_by_value(obj: Any) -> str:
     import dill  # brought by multiprocess; only the Python API pays its import
 
-    return base64.b64encode(dill.dumps(obj, recurse=True)).decode()
+    try:
+        return base64.b64encode(dill.dumps(obj, recurse=True)).decode()
+    except Exception as exc:  # a lock, a socket, a generator among the arguments...
+        raise TargetError(f"cannot send the call by value: {type(exc).__name__}: {exc}") from exc
 
 
 def loads_by_value(text: str) -> Any:

@@ -193,6 +193,14 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     return make_daemon()
 
 
+class States(dict):
+    """End states by job id. Not a truth value: `assert gsup.wait(job)` would pass
+    whatever the job ended in."""
+
+    def __bool__(self) -> bool:
+        raise TypeError("compare the end states: assert gsup.wait(job) == {job: 'done'}")
+
+
 class Cli:
     """Runs `python -m gsup ...` (the `gsup` entry point) in the work folder."""
 
@@ -224,14 +232,20 @@ class Cli:
     def add(self, *args: str) -> int:
         return int(self("add", *args).stdout.strip())
 
-    def wait(self, *jobs: int) -> dict[int, str]:
+    def wait(self, *jobs: int) -> States:
+        """`gsup wait`: the jobs' end states, to compare (`== {job: "done"}`)."""
         result = self("wait", *map(str, jobs), check=False)
-        states = {}
+        states = States()
         for line in result.stdout.splitlines():
             job, _, state = line.partition(": ")
             states[int(job)] = state
-        assert states, result.stderr
+        assert len(states) == len(jobs), result.stderr
         return states
+
+    def run(self, *args: str) -> str:
+        """Add a job and wait for it: its end state."""
+        job = self.add(*args)
+        return self.wait(job)[job]
 
     def show(self, job: int) -> dict:
         import json

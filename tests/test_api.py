@@ -7,12 +7,18 @@ import sys
 import textwrap
 
 import pytest
+from conftest import wait_until
 
-from gsup import GsupError, JobFailed, Queues
+from gsup import GsupError, JobFailed, Queues, WaitTimeout
 
 
 def double(x):
     return 2 * x
+
+
+def talk(label):
+    print(label, "to stdout")
+    print(label, "to stderr", file=sys.stderr)
 
 
 def wait_for_file(path, timeout=60):
@@ -76,13 +82,63 @@ def test_a_failure_raises_with_the_reason(queues):
     assert job.state == "failed"
 
 
-def test_result_times_out(queues):
+def test_result_and_wait_time_out_with_a_gsup_error(queues):
     import time
 
     job = queues.add(time.sleep, args=(30,))
-    with pytest.raises(TimeoutError):
+    with pytest.raises(WaitTimeout, match=rf"^job {job.id} has not ended within 0\.2s$"):
         job.result(timeout=0.2)
+    with pytest.raises(TimeoutError):  # WaitTimeout is one too
+        job.wait(timeout=0.2)
     assert job.state == "running"
+
+
+def test_a_handle_cancels_waits_and_reads_its_logs(queues, workdir):
+    job = queues.add(talk, args=("hi",))
+    assert job.wait(30) == "done"
+    assert job.logs() == "hi to stdout\nhi to stderr\n"
+    assert job.logs(attempt=1) == job.logs()
+    with pytest.raises(GsupError, match=rf"^job {job.id} has 1 attempts, not 2$"):
+        job.logs(attempt=2)
+    stuck = queues.add(wait_for_file, args=(str(workdir / "never"),))
+    wait_until(lambda: stuck.state == "running", what="the job to start")
+    assert stuck.cancel() == "running"  # being stopped
+    assert stuck.wait(30) == "cancelled"
+
+
+def test_queues_job_finds_an_existing_job(queues, gsup):
+    added = gsup.add("jobs:add", "20", "--kw", "y=1")
+    handle = queues.job(added)
+    assert (handle.id, handle.result(30), repr(handle)) == (added, 21, f"<gsup job {added}>")
+    with pytest.raises(GsupError, match=r"^no job 999999$"):
+        queues.job(999999)
+
+
+def test_every_error_of_the_api_is_a_gsup_error(queues, home):
+    import gsup
+
+    with pytest.raises(gsup.TargetError, match=r"must look like pkg\.module:function"):
+        queues.add("no_colon")
+    with pytest.raises(gsup.BadOptions, match="unknown job options: colour"):
+        queues.add_many(double, [1], colour="red")
+    with pytest.raises(gsup.TargetError, match="cannot send the call by value"):
+        queues.add(lambda items: None, args=((i for i in range(3)),))
+    with pytest.raises(gsup.DaemonNotRunning, match="no gsup daemon is running for"):
+        Queues(home.parent / "elsewhere").add(double, args=(1,))
+    errors = (gsup.TargetError, gsup.BadOptions, gsup.DaemonNotRunning, gsup.WaitTimeout,
+              gsup.JobFailed)  # fmt: skip
+    assert all(issubclass(error, gsup.GsupError) for error in errors)
+
+
+def test_the_repr_of_a_handle_never_raises(make_daemon, home):
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "gsup.toml").write_text("min_free_mb = 1e12\n")  # every add is refused
+    make_daemon()
+    job = Queues(home).add(double, args=(1,))
+    repr(job)  # whether or not the refusal has come yet: no wait, no exception
+    with pytest.raises(GsupError, match="is nearly full"):
+        print(job.id)
+    assert repr(job).startswith(f"<gsup job refused: the disk of {home} is nearly full (")
 
 
 def test_priority_timeout_and_queue_are_passed(queues, gsup):

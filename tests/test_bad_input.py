@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from conftest import journal_rows, run_daemon_expecting_exit, wait_until
@@ -27,7 +28,7 @@ def test_a_target_that_cannot_be_used_fails_the_job(daemon, gsup, workdir, targe
     job = gsup.add(target)
     assert gsup.wait(job) == {job: "failed"}
     assert reason in gsup.show(job)["reason"]
-    assert gsup.wait(gsup.add("jobs:add", "1"))  # the pool still works
+    assert gsup.run("jobs:add", "1") == "done"  # the pool still works
 
 
 def test_wrong_arguments_fail_the_job(daemon, gsup):
@@ -146,20 +147,20 @@ def test_malformed_requests_get_an_error_reply(daemon, gsup, payload, error):
     assert replies[0]["ok"] is False
     assert error in replies[0]["error"]
     assert gsup("jobs", "--json").stdout.strip() == "[]"
-    assert gsup.wait(gsup.add("jobs:add", "1"))  # still serving
+    assert gsup.run("jobs:add", "1") == "done"  # still serving
 
 
 def test_a_deeply_nested_message_is_refused(daemon, gsup):
     nested = b'{"verb": "ping", "id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
     (reply,) = _raw_exchange(daemon.home, nested)
     assert reply == {"id": None, "ok": False, "error": "message is nested too deeply"}
-    assert gsup.wait(gsup.add("jobs:add", "1"))
+    assert gsup.run("jobs:add", "1") == "done"
 
 
 def test_an_oversized_message_is_refused_and_the_daemon_stays_up(daemon, gsup):
     replies = _raw_exchange(daemon.home, b"x" * (9 * 1024 * 1024))
     assert replies == [{"id": None, "ok": False, "error": "message larger than 8388608 bytes"}]
-    assert gsup.wait(gsup.add("jobs:add", "1"))
+    assert gsup.run("jobs:add", "1") == "done"
     assert journal_rows(daemon.home, "SELECT count(*) FROM commands") == [(1,)]
 
 
@@ -207,8 +208,10 @@ def test_long_timeouts_and_delays_are_fine_and_impossible_ones_refused(daemon, g
         "--",
         "false",
     )
-    assert gsup.wait(gsup.add("jobs:add", "1"))  # the daemon's timers cope
-    assert gsup.show(long)["state"] in ("queued", "failed", "running")
+    assert gsup.run("jobs:add", "1") == "done"  # the daemon's timers cope
+    retry = wait_until(lambda: (shown := gsup.show(long))["attempts"] == 1 and shown["not_before"])
+    assert gsup.show(long)["state"] == "queued"  # its retry is due in a day, the longest
+    assert 86_000 < retry - time.time() <= 86_400
     for flag in (["--timeout", "inf"], ["--timeout", "1e300"], ["--retry-delay", "nan"]):
         result = gsup("add", *flag, "jobs:add", "1", check=False)
         assert result.returncode != 0 and result.stderr.startswith("gsup: error:")
@@ -296,7 +299,7 @@ def test_running_out_of_file_descriptors_pauses_new_connections(env, gsup, home)
         wait_until(lambda: any("cannot take a connection" in line for line in lines))
         for sock in held:
             sock.close()
-        assert gsup.wait(gsup.add("jobs:add", "1"))  # it takes connections again
+        assert gsup.run("jobs:add", "1") == "done"  # it takes connections again
         assert daemon.poll() is None
     finally:
         daemon.kill()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
-UNITS = Path(__file__).parent.parent / "contrib" / "systemd"
 
 
 def test_ready_watchdog_and_stopping_are_notified(make_daemon, env, home):
@@ -30,24 +30,55 @@ def test_ready_watchdog_and_stopping_are_notified(make_daemon, env, home):
         assert daemon.process.wait(30) == 0
 
 
-@pytest.mark.parametrize(
-    ("unit", "scope"), [("gsup.service", "--system"), ("gsup-user.service", "--user")]
-)
-def test_unit_files_verify_cleanly(unit, scope, tmp_path):
+@pytest.mark.parametrize("scope", ["--system", "--user"])
+def test_generated_units_verify_cleanly(gsup, scope, tmp_path):
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is needed: .ci/run installs it"
+    args = ["--user"] if scope == "--user" else []
+    if scope == "--system":
+        del gsup.env["GSUP_HOME"]  # the system unit's default state dir: /var/lib/gsup
+    text = gsup("service", "install", "--print", *args).stdout
+    unit = tmp_path / "gsup.service"
+    unit.write_text(text)
     env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(tmp_path)}
     tmp_path.chmod(0o700)
     result = subprocess.run(
-        [analyze, scope, "verify", str(UNITS / unit)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
+        [analyze, scope, "verify", str(unit)], capture_output=True, text=True, env=env, timeout=60
     )
     # verify exits 0 on unknown keys: what it prints is the verdict.
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
-    text = (UNITS / unit).read_text()
+    home = gsup.home if scope == "--user" else Path("/var/lib/gsup")
+    script = Path(sys.executable).parent / "gsup"
+    command = str(script) if script.exists() else f"{sys.executable} -m gsup"
+    assert f"\nExecStart={command} daemon --home {home}\n" in text
     for key in ("Type=notify", "Restart=on-failure", "WatchdogSec=", "KillMode=mixed",
-                "NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectSystem=strict"):  # fmt: skip
-        assert key in text
+                "NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectSystem=strict",
+                f"ReadWritePaths=-{home}"):  # fmt: skip
+        assert f"\n{key}" in text
+
+
+def test_service_install_writes_a_user_unit_once(gsup, tmp_path):
+    gsup.env["XDG_CONFIG_HOME"] = str(tmp_path)
+    unit = tmp_path / "systemd" / "user" / "gsup.service"
+    wrote = gsup("service", "install", "--user")
+    assert wrote.stdout == (
+        f"wrote {unit}; enable and start it with:\n"
+        "  systemctl --user daemon-reload && systemctl --user enable --now gsup.service\n"
+    )
+    assert unit.read_text() == gsup("service", "install", "--user", "--print").stdout
+    again = gsup("service", "install", "--user", check=False)
+    assert (again.returncode, again.stderr) == (
+        1,
+        f"gsup: error: {unit} exists; --force replaces it\n",
+    )
+    assert gsup("service", "install", "--user", "--force").returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="needs a user other than root (root may write)")
+def test_a_system_unit_needs_root(gsup):
+    refused = gsup("service", "install", check=False)
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "gsup: error: writing /etc/systemd/system/gsup.service needs root (or --print to"
+        " see the unit)\n",
+    )

@@ -51,7 +51,7 @@ def logs(
             return
     chosen = attempts[attempt - 1] if attempt else (attempts[-1] if attempts else None)
     for stream, sink in (("out", sys.stdout), ("err", sys.stderr)):
-        _copy(_output(paths, number, chosen, stream), 0, sink)
+        _copy(paths.printed(number, stream, chosen), 0, sink)
 
 
 def _runs(conn: sqlite3.Connection, job: int) -> tuple[str, list[int]]:
@@ -61,13 +61,6 @@ def _runs(conn: sqlite3.Connection, job: int) -> tuple[str, list[int]]:
     if found is None:
         raise GsupError(f"no job {job}")
     return found
-
-
-def _output(paths: Paths, job: int, attempt: int | None, stream: str) -> Path:
-    """An attempt's file; a job journaled before attempts had files of their own
-    (gsup 0.2.0.dev0 and older) has one per job."""
-    path = paths.job_output(job, stream, attempt)
-    return path if attempt is None or path.exists() else paths.job_output(job, stream)
 
 
 def _copy(path: Path, offset: int, sink: IO[str]) -> int:
@@ -110,7 +103,7 @@ def _follow(conn: sqlite3.Connection, paths: Paths, job: int, only: int | None) 
 def _drain(paths: Paths, job: int, attempt: int, offsets: dict[str, int]) -> bool:
     moved = False
     for stream, sink in (("out", sys.stdout), ("err", sys.stderr)):
-        offset = _copy(_output(paths, job, attempt, stream), offsets[stream], sink)
+        offset = _copy(paths.printed(job, stream, attempt), offsets[stream], sink)
         moved |= offset != offsets[stream]
         offsets[stream] = offset
     return moved

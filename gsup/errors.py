@@ -1,0 +1,31 @@
+"""The errors gsup raises to its users: every one is a GsupError, whose text is one line.
+
+Import-light: the CLI, the client and the target parser all raise these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class GsupError(Exception):
+    """An error to show the user as one line."""
+
+
+class DaemonNotRunning(GsupError):
+    """No daemon listens on the state dir's socket."""
+
+    def __init__(self, home: Path, default_home: Path) -> None:
+        self.home = home
+        super().__init__(
+            f"no gsup daemon is running for {home} (start one with: gsup daemon"
+            f"{'' if home == default_home else f' --home {home}'})"
+        )
+
+
+class WaitTimeout(GsupError, TimeoutError):
+    """A wait that gave up: the job (or the daemon) had not finished in time."""
+
+
+class BadOptions(GsupError, TypeError):
+    """Job options that gsup does not know."""
