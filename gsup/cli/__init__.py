@@ -15,7 +15,7 @@ import typer
 
 from gsup.cli import adapt
 from gsup.cli.app import app
-from gsup.client import GsupError
+from gsup.errors import GsupError
 
 
 def _version(shown: bool) -> None:

@@ -7,8 +7,9 @@ from typing import Any
 
 import typer
 
-from gsup.client import GsupError, read_journal
+from gsup.client import read_journal
 from gsup.config import MAX_JOB_ID
+from gsup.errors import GsupError
 
 app = typer.Typer(
     name="gsup",

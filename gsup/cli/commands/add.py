@@ -14,8 +14,9 @@ import typer
 
 from gsup.cli.app import app
 from gsup.cli.options import Home, Queue
-from gsup.client import Client, GsupError
+from gsup.client import Client
 from gsup.config import DEFAULT_PRIORITY
+from gsup.errors import GsupError
 from gsup.protocol import MAX_RETRIES, MAX_SECONDS, RETRY_CAUSES, JobSpec, is_retry_cause
 from gsup.specs import call_specs, cli_import_path, command_spec
 from gsup.targets import TargetError, parse_keyword, parse_value

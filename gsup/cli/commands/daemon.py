@@ -8,8 +8,8 @@ import typer
 
 from gsup.cli.app import app
 from gsup.cli.options import Home
-from gsup.client import GsupError
 from gsup.config import resolve_home
+from gsup.errors import GsupError
 
 
 @app.command()

@@ -9,7 +9,8 @@ import typer
 
 from gsup.cli.app import app
 from gsup.cli.options import Home, OneQueue, pool_name
-from gsup.client import Client, GsupError
+from gsup.client import Client
+from gsup.errors import GsupError
 
 
 @app.command()

@@ -9,8 +9,9 @@ import typer
 
 from gsup.cli.app import app, print_json
 from gsup.cli.options import Home, Json
-from gsup.client import Client, DaemonNotRunning, GsupError, read_journal
+from gsup.client import Client, read_journal
 from gsup.config import resolve_home
+from gsup.errors import DaemonNotRunning, GsupError
 
 
 @app.command()

@@ -8,7 +8,8 @@ import typer
 
 from gsup.cli.app import app
 from gsup.cli.options import Home
-from gsup.client import Client, GsupError
+from gsup.client import Client
+from gsup.errors import GsupError
 
 
 @app.command()

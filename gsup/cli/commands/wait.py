@@ -8,7 +8,8 @@ import typer
 
 from gsup.cli.app import app, job_id
 from gsup.cli.options import Home, JobIds
-from gsup.client import Client, GsupError
+from gsup.client import Client
+from gsup.errors import GsupError
 
 
 @app.command()
