@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gsup.client import Client, Pending, read_journal
-from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, Paths, resolve_home
+from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_JOB_ID, Paths, resolve_home
 from gsup.errors import BadOptions, GsupError, WaitTimeout
 from gsup.protocol import JobSpec, ProtocolError
 from gsup.specs import call_specs, python_path
@@ -122,6 +122,7 @@ class JobHandle:
         return "".join(_read_text(paths.printed(self.id, s, chosen)) for s in ("out", "err"))
 
     def _ended(self, timeout: float | None, read_first: bool = True) -> dict[str, Any]:
+        _check_timeout(timeout)
         try:
             return self._client.get(self.id, wait=True, timeout=timeout, read_first=read_first)
         except WaitTimeout:
@@ -137,6 +138,12 @@ class JobHandle:
         if not added.message.get("ok"):
             return f"<gsup job refused: {added.message.get('error')}>"
         return f"<gsup job {added.message['ids'][0]}>"
+
+
+def _check_timeout(timeout: Any) -> None:
+    number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if timeout is not None and not (number and 0 <= timeout < float("inf")):
+        raise BadOptions(f"timeout must be None or a number of seconds from 0, not {timeout!r}")
 
 
 def _read_text(path: Path) -> str:
@@ -194,6 +201,8 @@ class Queues:
             retry_on=retry_on,
             on_lost=on_lost,
         )
+        if not isinstance(args, tuple | list) or not isinstance(kwargs, dict | None):
+            raise BadOptions("args must be a tuple or list, and kwargs a dict")
         (spec,) = call_specs(func, [tuple(args)], kwargs, python_path(), **_job_options(options))
         wire = spec.to_wire()
         try:  # bad input fails here, not when the id is read
@@ -212,12 +221,18 @@ class Queues:
         """One job per item of `arguments`: a tuple of positional arguments, or one
         argument; `options` as for `add`. Sent in requests of up to 10,000 jobs."""
         options = _job_options(options)
-        tuples = (item if isinstance(item, tuple) else (item,) for item in arguments)
+        try:
+            items = iter(arguments)
+        except TypeError:
+            raise BadOptions(f"arguments must be an iterable, not {arguments!r}") from None
+        tuples = (item if isinstance(item, tuple) else (item,) for item in items)
         specs = call_specs(func, tuples, kwargs, python_path(), **options)
         return [JobHandle(self.client, job) for job in self.client.add_many(specs)]
 
     def job(self, job_id: int) -> JobHandle:
         """A handle for a job that exists (added by anyone); GsupError if there is none."""
+        if not (isinstance(job_id, int) and 0 < job_id <= MAX_JOB_ID):
+            raise GsupError(f"{job_id!r} is not a job id (ids are whole numbers from 1)")
         self.client.get(job_id)  # the daemon says "no job N"
         return JobHandle(self.client, job_id)
 

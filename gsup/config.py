@@ -14,6 +14,7 @@ from pathlib import Path
 POOL_NAMES = ("user", "monitoring")
 DEFAULT_POOL = "user"
 DEFAULT_THREADS = 5  # as Ganga's queues
+MAX_THREADS = 1024  # of a pool (and jobs a pool holds ahead of them: see queue_size)
 
 
 def default_queue_size(threads: int) -> int:
@@ -119,13 +120,13 @@ class Settings:
         return next(p for p in self.pools if p.name == name)
 
 
-def _positive_int(value: object, what: str) -> int:
+def _positive_int(value: object, what: str, most: int = MAX_THREADS) -> int:
     try:
         number = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise ConfigError(f"{what} must be a whole number, not {value!r}") from None
-    if number < 1 or isinstance(value, float | bool):
-        raise ConfigError(f"{what} must be a whole number from 1, not {value!r}")
+    if not 1 <= number <= most or isinstance(value, float | bool):
+        raise ConfigError(f"{what} must be a whole number from 1 to {most:,}, not {value!r}")
     return number
 
 
@@ -169,7 +170,7 @@ def load_settings(
         ))  # fmt: skip
         queue = _positive_int(*_pick(
             None, "", "", section, f"pools.{name}.queue_size", default_queue_size(count), file
-        ))  # fmt: skip
+        ), most=100 * MAX_THREADS)  # fmt: skip
         pools.append(PoolSettings(name, count, queue, int(max_result_mb * MB)))
     group, where = _pick(None, "", "GSUP_GROUP", toml, "group", None, file)
     if group is not None:
@@ -179,7 +180,9 @@ def load_settings(
         pools=tuple(pools),
         grace=_seconds(*_pick(grace, "--grace", "GSUP_GRACE", toml, "grace", 10.0, file)),
         stop_grace=_seconds(*_pick(None, "", "", toml, "stop_grace", 2.0, file)),
-        max_message=_positive_int(*_pick(None, "", "", toml, "max_message", MAX_MESSAGE, file)),
+        max_message=_positive_int(
+            *_pick(None, "", "", toml, "max_message", MAX_MESSAGE, file), most=1 << 30
+        ),
         group=group,
         min_free_mb=_seconds(*_pick(None, "", "", toml, "min_free_mb", 50.0, file)),
         max_result_mb=max_result_mb,
@@ -189,11 +192,7 @@ def load_settings(
 
 
 def _positive(value: object, what: str) -> float:
-    """A number above 0."""
-    number = _seconds(value, what)
-    if number <= 0:
-        raise ConfigError(f"{what} must be more than 0, not {value!r}")
-    return number
+    return _seconds(value, what, above_zero=True)
 
 
 def _check_group(group: object, where: str) -> None:
@@ -245,12 +244,13 @@ def _table(value: object, what: str, file: str) -> dict:
     return value
 
 
-def _seconds(value: object, what: str) -> float:
-    """A finite number, 0 or more (seconds, or megabytes, or days)."""
+def _seconds(value: object, what: str, above_zero: bool = False) -> float:
+    """A finite number, 0 or more (above 0 if `above_zero`): seconds, megabytes, days."""
+    lowest = "above 0" if above_zero else "from 0"
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a number, not {value!r}") from None
-    if not 0 <= number < float("inf"):
-        raise ConfigError(f"{what} must be a number from 0, not {value!r}")
+        number = -1.0
+    if isinstance(value, bool) or not 0 <= number < float("inf") or (above_zero and not number):
+        raise ConfigError(f"{what} must be a number {lowest}, not {value!r}")
     return number

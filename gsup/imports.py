@@ -93,8 +93,10 @@ class LoadedFiles:
         self.files: dict[str, int] = {}
         self.lock = threading.Lock()
 
-    def note(self) -> None:
-        """Take in the modules imported since the last call."""
+    def note(self, since: float | None = None) -> None:
+        """Take in the modules imported since the last call. A file modified after
+        `since` (when the job that imported it started) may have changed after it was
+        imported: it counts as changed."""
         if len(sys.modules) == self.count or not self.roots:
             return  # the usual case, without the lock: modules are only ever added
         with self.lock:
@@ -104,7 +106,9 @@ class LoadedFiles:
                 self.seen.add(name)
                 file = getattr(sys.modules.get(name), "__file__", None)
                 if isinstance(file, str) and file.startswith(self.roots):
-                    self.files[file] = _mtime(file)
+                    mtime = _mtime(file)
+                    fresh = since is None or mtime < (since - CLOCK_SLACK) * 1e9
+                    self.files[file] = mtime if fresh else CHANGED
             self.count = len(sys.modules)
 
     def changed(self) -> str | None:
@@ -114,6 +118,10 @@ class LoadedFiles:
             if _mtime(file) != mtime:
                 return file
         return None
+
+
+CHANGED = -2  # an mtime no file has: the file counts as changed
+CLOCK_SLACK = 0.02  # s: file times come from a coarser clock than time.time()
 
 
 def _same_file(a: str, b: str) -> bool:

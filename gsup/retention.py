@@ -35,6 +35,7 @@ from gsup.lifecycle import END_STATES
 BATCH = 2_000  # jobs looked at, and deleted at most, per batch (per turn of the daemon)
 WAL_LIMIT = 16 * 1024 * 1024  # bytes of WAL kept after a checkpoint (journal_size_limit)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_AGE = 36_500 * 86_400.0  # a century: older cutoffs are before any job, and before time_t
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 
 
@@ -50,6 +51,8 @@ def parse_duration(text: str) -> float:
     seconds = float(match[1]) * UNITS[match[2]]
     if seconds <= 0:
         raise ValueError(f"{text!r}: the age must be more than 0")
+    if seconds > MAX_AGE:
+        raise ValueError(f"{text!r}: the age must be at most 36500d")
     return seconds
 
 

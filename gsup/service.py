@@ -26,6 +26,7 @@ class Unit:
     path: Path  # where it is installed
     text: str
     scope: str  # "--user" or "" (the system manager)
+    user: str | None = None  # who a system unit runs as
 
     def enable_hint(self) -> str:
         systemctl = f"systemctl{' ' + self.scope if self.scope else ''}"
@@ -66,7 +67,7 @@ def system_unit(home: Path | None = None, user: str = SYSTEM_USER) -> Unit:
         wanted_by="multi-user.target",
         after="After=network.target",
     )
-    return Unit(Path("/etc/systemd/system") / UNIT_NAME, text, "")
+    return Unit(Path("/etc/systemd/system") / UNIT_NAME, text, "", user)
 
 
 def _unit(description: str, home: Path, service: list[str], wanted_by: str, after: str = "") -> str:
@@ -101,8 +102,22 @@ def _unit(description: str, home: Path, service: list[str], wanted_by: str, afte
     return "\n".join(lines) + "\n"
 
 
+def _check_user(user: str) -> None:
+    import pwd
+
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise GsupError(
+            f"no user {user!r} here: create it first (useradd --system --home-dir"
+            f" {SYSTEM_HOME} --shell /usr/sbin/nologin {user}) or choose one with --run-as"
+        ) from None
+
+
 def install(unit: Unit, force: bool) -> None:
     """Write the unit file; an existing one only with `force`."""
+    if unit.user is not None:
+        _check_user(unit.user)
     if unit.path.exists() and not force:
         raise GsupError(f"{unit.path} exists; --force replaces it")
     if not unit.scope and os.geteuid() != 0:

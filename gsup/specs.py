@@ -13,6 +13,7 @@ from typing import Any
 
 from gsup.protocol import JobSpec
 from gsup.targets import (
+    TargetError,
     describe_call,
     dumps_by_value,
     literal_text,
@@ -53,6 +54,8 @@ def call_specs(
     made one at a time, so that a batch can be sent while the next is made."""
     kwargs = dict(kwargs or {})
     by_value = None
+    if not (isinstance(target, str) or callable(target)):
+        raise TargetError(f"{target!r} is neither callable nor a 'pkg.module:function' string")
     if isinstance(target, str):
         parse_target(target)
         name = target
@@ -85,6 +88,12 @@ def call_specs(
 def command_spec(argv: list[str], **options: Any) -> JobSpec:
     """A job that runs `argv` as a child process in its own session."""
     import shlex
+
+    for word in argv:
+        try:
+            word.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TargetError(f"a command's words must be UTF-8 text; {word!r} is not") from None
 
     return JobSpec(
         kind="cmd",

@@ -106,6 +106,14 @@ def test_a_handle_cancels_waits_and_reads_its_logs(queues, workdir):
     assert stuck.wait(30) == "cancelled"
 
 
+def surrogates():
+    return "\udcff bad \ud800"
+
+
+def test_a_result_with_lone_surrogates_comes_back_exactly(queues):
+    assert queues.add(surrogates).result(30) == "\udcff bad \ud800"
+
+
 def test_queues_job_finds_an_existing_job(queues, gsup):
     added = gsup.add("jobs:add", "20", "--kw", "y=1")
     handle = queues.job(added)
@@ -125,6 +133,14 @@ def test_every_error_of_the_api_is_a_gsup_error(queues, home):
         queues.add(lambda items: None, args=((i for i in range(3)),))
     with pytest.raises(gsup.DaemonNotRunning, match="no gsup daemon is running for"):
         Queues(home.parent / "elsewhere").add(double, args=(1,))
+    with pytest.raises(gsup.TargetError, match="42 is neither callable nor"):
+        queues.add(42)
+    with pytest.raises(gsup.BadOptions, match="arguments must be an iterable, not 5"):
+        queues.add_many(double, 5)
+    with pytest.raises(gsup.GsupError, match="is not a job id"):
+        queues.job(10**30)
+    with pytest.raises(gsup.BadOptions, match="timeout must be None or a number"):
+        queues.job(queues.add(double, args=(1,)).id).wait(timeout=float("nan"))
     errors = (gsup.TargetError, gsup.BadOptions, gsup.DaemonNotRunning, gsup.WaitTimeout,
               gsup.JobFailed)  # fmt: skip
     assert all(issubclass(error, gsup.GsupError) for error in errors)

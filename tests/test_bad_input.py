@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import stat
 import subprocess
@@ -230,12 +231,13 @@ def test_a_shared_folder_is_not_taken_as_a_state_dir(env, home):
     ("toml", "message"),
     [
         ("pools = 5\n", "[pools] in {file} must be a table"),
-        ("grace = 'soon'\n", "grace in {file} must be a number, not 'soon'"),
+        ("grace = 'soon'\n", "grace in {file} must be a number from 0, not 'soon'"),
         (
             "[pools.user]\nthreads = 0\n",
             "pools.user.threads in {file} must be a whole number from 1",
         ),
         ("[pools.user]\nthreads = 2.5\n", "pools.user.threads in {file} must be a whole number"),
+        ("max_result_mb = true\n", "max_result_mb in {file} must be a number above 0, not True"),
         ("not toml at all", "cannot read {file}"),
         ("graec = 3\n", "unknown setting graec in {file}; known: grace, group,"),
         ("[pools.user]\nthread = 3\n", "unknown setting pools.user.thread in {file}"),
@@ -258,9 +260,16 @@ def test_a_bad_config_is_one_clear_line(env, home, toml, message):
         (
             "GSUP_MONITORING_THREADS",
             "0",
-            "GSUP_MONITORING_THREADS must be a whole number from 1, not '0'",
+            "GSUP_MONITORING_THREADS must be a whole number from 1 to 1,024, not '0'",
         ),
         ("GSUP_GRACE", "-1", "GSUP_GRACE must be a number from 0, not '-1'"),
+        (
+            "GSUP_USER_THREADS",
+            "100000",
+            "GSUP_USER_THREADS must be a whole number from 1 to 1,024, not '100000'",
+        ),
+        ("GSUP_KEEP_DAYS", "-1", "GSUP_KEEP_DAYS must be a number above 0, not '-1'"),
+        ("GSUP_MAX_RESULT_MB", "0", "GSUP_MAX_RESULT_MB must be a number above 0, not '0'"),
     ],
 )
 def test_a_bad_environment_value_names_its_variable(env, variable, value, message):
@@ -304,3 +313,11 @@ def test_running_out_of_file_descriptors_pauses_new_connections(env, gsup, home)
     finally:
         daemon.kill()
         daemon.wait(30)
+
+
+def test_a_command_word_that_is_not_utf8_is_refused(daemon, gsup):
+    result = gsup("add", "--cmd", "--", "echo", os.fsdecode(b"\xff"), check=False)
+    assert (result.returncode, result.stderr) == (
+        1,
+        "gsup: error: a command's words must be UTF-8 text; '\\udcff' is not\n",
+    )

@@ -166,3 +166,18 @@ def test_jobs_of_many_folders_share_the_threads_and_each_runs_once(make_daemon, 
         most = max(most, running)
     assert most == 2
     assert all(gsup.show(job)["attempts"] == 1 for job in jobs)
+
+
+def test_a_module_imported_as_the_job_ran_then_edited_is_read_anew(daemon, gsup, workdir):
+    """The edit comes right after the end is seen: it must count as a change."""
+    folder = _folder(workdir.parent, "lazy", {
+        "pkg/__init__.py": "",
+        "pkg/sub.py": "V = 11\n",
+        "pkg/top.py": "def f():\n    from pkg import sub\n    return sub.V\n",
+    })  # fmt: skip
+    seen = []
+    for value in (11, 12, 13):
+        (folder / "pkg" / "sub.py").write_text(f"V = {value}\n")
+        job, state = _run(gsup, folder, "pkg.top:f")
+        seen.append((state, _result(gsup, job)))
+    assert seen == [("done", 11), ("done", 12), ("done", 13)]

@@ -81,3 +81,16 @@ def test_a_commands_attempts_keep_their_own_output(daemon, gsup, workdir):
     assert gsup("logs", str(job)).stdout == "second\n"
     follow_ended = gsup("logs", "-f", str(job))
     assert follow_ended.stdout == "second\n"
+
+
+def test_a_job_may_write_bytes_to_its_stdout(daemon, gsup, workdir):
+    (workdir / "binary.py").write_text(
+        "import sys\ndef f():\n    print('text first')\n"
+        "    sys.stdout.buffer.write(b'\\xff\\x00bytes\\n')\n"
+    )
+    job = gsup.add("binary:f")
+    assert gsup.wait(job) == {job: "done"}
+    logged = subprocess.run(
+        [sys.executable, "-P", "-m", "gsup", "logs", str(job)], env=gsup.env, capture_output=True
+    )
+    assert logged.stdout == b"text first\n\xff\x00bytes\n"

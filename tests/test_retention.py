@@ -72,7 +72,7 @@ def test_a_bad_max_result_mb_is_refused(env, home):
     result = run_daemon_expecting_exit(env)
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"gsup: error: max_result_mb in {home / 'gsup.toml'} must be more than 0, not 0"
+        f"gsup: error: max_result_mb in {home / 'gsup.toml'} must be a number above 0, not 0"
     )
 
 
@@ -175,6 +175,7 @@ def test_the_newest_ids_pruned_are_not_given_again(make_daemon, gsup, home):
         ("7w", "'7w' is not a duration: a number and s, m, h or d (30s, 12h, 7d)"),
         ("-1d", "'-1d' is not a duration: a number and s, m, h or d (30s, 12h, 7d)"),
         ("0s", "'0s': the age must be more than 0"),
+        ("99999999999999999d", "'99999999999999999d': the age must be at most 36500d"),
     ],
 )
 def test_a_bad_age_is_one_line_and_exit_2(gsup, value, why):

@@ -82,3 +82,9 @@ def test_a_system_unit_needs_root(gsup):
         "gsup: error: writing /etc/systemd/system/gsup.service needs root (or --print to"
         " see the unit)\n",
     )
+
+
+def test_a_system_unit_for_a_user_that_does_not_exist_is_refused(gsup):
+    refused = gsup("service", "install", "--run-as", "no-such-user-here", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("gsup: error: no user 'no-such-user-here' here: create it")

@@ -50,6 +50,14 @@ class RoutedStream(io.TextIOBase):
     def fileno(self) -> int:
         return self._target().fileno()
 
+    @property
+    def buffer(self) -> IO[bytes]:  # type: ignore[override]
+        """The binary stream under the job's (or the pool's) text stream, for
+        `sys.stdout.buffer.write(...)`; what was written as text goes first."""
+        target = self._target()
+        target.flush()
+        return target.buffer  # type: ignore[attr-defined]
+
     def isatty(self) -> bool:
         return False
 

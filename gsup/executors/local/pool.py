@@ -235,11 +235,14 @@ class PoolProcess:
                 self._retire(worker, job, f"given back: {changed} changed since it was imported")
                 continue
             # In the socket before any of the job's code runs (see the module's doc).
-            self.report("start", job.id, worker.index, time.time())
+            started = time.time()
+            self.report("start", job.id, worker.index, started)
             outcome = self._run(worker, job)
+            # What it imported as it ran, before its end is told: a client may edit a
+            # file as soon as it sees the end, and that edit must count as a change.
+            self.loaded.note(since=started)
             self.report("end", job.id, outcome.ending.value, outcome.why, outcome.fields,
                         outcome.usage)  # fmt: skip
-            self.loaded.note()  # what it imported as it ran, as the files are now
             if self.retiring is not None:
                 self._exit_when_idle()
 

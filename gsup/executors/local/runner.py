@@ -57,8 +57,10 @@ class Outcome:
 def encode_result(value: Any) -> dict[str, Any]:
     """A return value for the journal, whole: JSON if it can be, else its repr."""
     try:
-        return {"result": json.dumps(value, allow_nan=False, ensure_ascii=False),
-                "result_type": "json"}  # fmt: skip
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        if not _is_utf8(text):  # a lone surrogate: JSON's \u escapes keep it exactly
+            text = json.dumps(value, allow_nan=False)
+        return {"result": text, "result_type": "json"}
     except (TypeError, ValueError, OverflowError, RecursionError):
         pass
     try:
@@ -66,6 +68,16 @@ def encode_result(value: Any) -> dict[str, Any]:
     except Exception as exc:  # a user __repr__ that raises
         text = f"<{type(value).__name__} whose repr raised {type(exc).__name__}>"
     return {"result": text, "result_type": "repr"}
+
+
+def _is_utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _utf8_size(text: str) -> int:
@@ -77,7 +89,10 @@ def _returned(value: Any, usage: dict[str, Any], max_result: int) -> Outcome:
     fields = encode_result(value)
     size = _utf8_size(fields["result"])
     if size > max_result:
-        why = f"result too large ({size / MB:.1f} MB, limit {max_result / MB:g} MB)"
+        shown = f"{size / MB:.1f} MB"
+        if shown == f"{max_result / MB:.1f} MB":  # just over: the bytes say it
+            shown = f"{size:,} bytes"
+        why = f"result too large ({shown}, limit {max_result / MB:g} MB)"
         return Outcome(Ending.FAILED, why, {"error": why, "causes": ["ResultTooLarge"]}, usage)
     return Outcome(Ending.DONE, "returned", fields, usage)
 
