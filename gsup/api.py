@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from gsup.client import Client, Pending, read_journal
+from gsup.client import Client, Pending
 from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_JOB_ID, Paths, resolve_home
 from gsup.errors import BadOptions, GsupError, WaitTimeout
 from gsup.protocol import JobSpec, ProtocolError
@@ -110,7 +110,7 @@ class JobHandle:
         logs: this process must be allowed to read them."""
         from gsup.journal import queries
 
-        with read_journal(self._client.paths.home) as conn:
+        with queries.read_journal(self._client.paths.home) as conn:
             found = queries.job_runs(conn, self.id)
         if found is None:
             raise GsupError(f"no job {self.id}")
@@ -208,7 +208,7 @@ class Queues:
         try:  # bad input fails here, not when the id is read
             JobSpec.from_wire(wire)
         except ProtocolError as exc:
-            raise GsupError(str(exc)) from None
+            raise BadOptions(str(exc)) from None
         return JobHandle(self.client, self.client.send("add", jobs=[wire]))
 
     def add_many(

@@ -10,7 +10,6 @@ import socket
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from gsup.errors import DaemonNotRunning, GsupError, WaitTimeout
 from gsup.protocol import JobSpec, LineReader, ProtocolError, encode, shared_fields
 
 if TYPE_CHECKING:
-    import sqlite3
+    pass
 
 ADD_BATCH = 10_000  # jobs per add request
 
@@ -35,7 +34,7 @@ def _batches(items: Iterable[Any], size: int = ADD_BATCH) -> Iterator[list[Any]]
         yield batch
 
 
-__all__ = ["Client", "DaemonNotRunning", "GsupError", "WaitTimeout", "read_journal"]
+__all__ = ["Client", "DaemonNotRunning", "GsupError", "WaitTimeout"]
 
 
 class Pending:
@@ -340,23 +339,3 @@ class Client:
         if waiter is None:
             waiter = self._waiters.client = Client(self.paths.home)
         return waiter
-
-
-@contextmanager
-def read_journal(home: str | Path | None) -> Iterator[sqlite3.Connection]:
-    """The journal of a state dir, read-only; GsupError (one line) if it cannot be read."""
-    import sqlite3
-
-    from gsup.journal.queries import Unreadable, connect
-
-    paths = Paths(resolve_home(home))
-    try:
-        conn = connect(paths.journal)
-    except Unreadable as exc:
-        raise GsupError(str(exc)) from None
-    try:
-        yield conn
-    except sqlite3.Error as exc:
-        raise GsupError(f"cannot read the journal: {exc}") from None
-    finally:
-        conn.close()

@@ -248,8 +248,9 @@ def attempts_table(attempts: list[dict[str, Any]], style: Style) -> list[str]:
 
 def queues_for(paths: Any) -> str:
     """The `gsup queues` view of a state dir, read from its journal, as plain text."""
-    from gsup.client import daemon_is_up, read_journal
+    from gsup.client import daemon_is_up
     from gsup.journal import queries
+    from gsup.journal.queries import read_journal
 
     up = daemon_is_up(paths)
     with read_journal(paths.home) as conn:

@@ -26,6 +26,7 @@ class Unit:
     path: Path  # where it is installed
     text: str
     scope: str  # "--user" or "" (the system manager)
+    home: Path  # the state dir
     user: str | None = None  # who a system unit runs as
 
     def enable_hint(self) -> str:
@@ -52,7 +53,7 @@ def user_unit(home: Path | None = None) -> Unit:
         service=[],
         wanted_by="default.target",
     )
-    return Unit(config / "systemd" / "user" / UNIT_NAME, text, "--user")
+    return Unit(config / "systemd" / "user" / UNIT_NAME, text, "--user", home)
 
 
 def system_unit(home: Path | None = None, user: str = SYSTEM_USER) -> Unit:
@@ -67,11 +68,12 @@ def system_unit(home: Path | None = None, user: str = SYSTEM_USER) -> Unit:
         wanted_by="multi-user.target",
         after="After=network.target",
     )
-    return Unit(Path("/etc/systemd/system") / UNIT_NAME, text, "", user)
+    return Unit(Path("/etc/systemd/system") / UNIT_NAME, text, "", home, user)
 
 
 def _unit(description: str, home: Path, service: list[str], wanted_by: str, after: str = "") -> str:
     command = shlex.join([*gsup_command(), "daemon", "--home", str(home)])
+    command = command.replace("%", "%%").replace("$", "$$")  # systemd's specifiers
     lines = [
         "# Written by `gsup service install`; write it again after moving gsup.",
         "[Unit]",
@@ -123,6 +125,8 @@ def install(unit: Unit, force: bool) -> None:
     if not unit.scope and os.geteuid() != 0:
         raise GsupError(f"writing {unit.path} needs root (or --print to see the unit)")
     try:
+        if unit.scope:  # under ProtectSystem=strict the daemon could not make it
+            unit.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         unit.path.parent.mkdir(parents=True, exist_ok=True)
         unit.path.write_text(unit.text)
     except OSError as exc:

@@ -106,7 +106,7 @@ class Daemon:
         self.lines = []
         self._ready.clear()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gsup", "daemon", *self.args, *extra],
+            [sys.executable, "-P", "-m", "gsup", "daemon", *self.args, *extra],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -270,7 +270,7 @@ def gsup(env: dict[str, str], workdir: Path) -> Cli:
 def run_daemon_expecting_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run `gsup daemon` where it must refuse to start; its exit and output."""
     return subprocess.run(
-        [sys.executable, "-m", "gsup", "daemon"],
+        [sys.executable, "-P", "-m", "gsup", "daemon"],
         env=env,
         capture_output=True,
         text=True,

@@ -291,7 +291,7 @@ def test_absurd_ids_and_a_zero_wait_are_clear(daemon, gsup):
 
 def test_running_out_of_file_descriptors_pauses_new_connections(env, gsup, home):
     daemon = subprocess.Popen(  # a hard limit of 64 open files
-        ["prlimit", "--nofile=64:64", sys.executable, "-m", "gsup", "daemon"],
+        ["prlimit", "--nofile=64:64", sys.executable, "-P", "-m", "gsup", "daemon"],
         env=env,
         stdout=subprocess.PIPE,
         text=True,

@@ -44,7 +44,7 @@ def test_no_command_imports_pydantic(gsup, command):
         **{command: ["1"] for command in ("show", "logs", "cancel", "retry")},
     }
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "gsup", command, *args.get(command, [])],
+        [sys.executable, "-P", "-X", "importtime", "-m", "gsup", command, *args.get(command, [])],
         env=gsup.env,
         cwd=gsup.cwd,
         capture_output=True,
@@ -157,7 +157,10 @@ def test_stop_waits_for_a_graceful_stop(make_daemon, gsup, workdir):
     job = gsup.add("jobs:wait_for_file", str(workdir / "go"))
     wait_until(lambda: gsup.running(job), what="the job to start")
     stopping = subprocess.Popen(
-        [sys.executable, "-m", "gsup", "stop"], env=gsup.env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-P", "-m", "gsup", "stop"],
+        env=gsup.env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert daemon.said("stopping: 1 jobs in flight get 30s")
     (workdir / "go").touch()  # the job ends within the grace period
@@ -190,3 +193,14 @@ def test_shell_completion_completes_commands_and_choices(gsup):
     assert complete("gsup st") == ["status", "stop"]
     assert complete("gsup jobs --state f") == ["failed"]
     assert complete("gsup add --queue m") == ["monitoring"]
+
+
+def test_cancel_goes_on_past_a_job_it_cannot_cancel(daemon, gsup):
+    gsup("freeze")
+    job = gsup.add("jobs:add", "1")
+    result = gsup("cancel", "99998", str(job), check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        f"{job}: cancelled\n",
+        "gsup: error: no job 99998\n",
+    )

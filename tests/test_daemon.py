@@ -118,12 +118,13 @@ def test_killed_supervisor_takes_its_pools_along_and_recovers_on_restart(make_da
     assert "lost with the daemon; on_lost=fail" in gsup.show(lost)["reason"]
     assert gsup.show(requeued)["state"] == "running"  # dispatched again
     assert gsup.show(queued)["state"] == "queued"
-    assert journal_rows(restarted.home, "SELECT verb FROM commands WHERE verb = 'recover'")
+    recovered = "SELECT verb FROM commands WHERE verb = 'recover'"
+    assert journal_rows(restarted.home, recovered) == [("recover",)]
 
 
 def test_the_console_script_is_installed():
-    gsup = shutil.which("gsup", path=os.path.dirname(sys.executable)) or shutil.which("gsup")
-    assert gsup is not None
+    gsup = shutil.which("gsup", path=os.path.dirname(sys.executable))  # not another install
+    assert gsup == os.path.join(os.path.dirname(sys.executable), "gsup")
     result = subprocess.run([gsup, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "queues" in result.stdout
@@ -150,7 +151,7 @@ def test_every_command_has_help(gsup):
 
 def test_a_daemon_whose_output_is_gone_still_stops_cleanly(env):
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "gsup", "daemon"], env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-P", "-m", "gsup", "daemon"], env=env, stdout=subprocess.PIPE, text=True
     )
     for line in daemon.stdout:
         if "gsup: ready:" in line:

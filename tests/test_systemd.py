@@ -66,6 +66,7 @@ def test_service_install_writes_a_user_unit_once(gsup, tmp_path):
         "  systemctl --user daemon-reload && systemctl --user enable --now gsup.service\n"
     )
     assert unit.read_text() == gsup("service", "install", "--user", "--print").stdout
+    assert gsup.home.is_dir()  # made: ProtectSystem=strict would keep the daemon from it
     again = gsup("service", "install", "--user", check=False)
     assert (again.returncode, again.stderr) == (
         1,

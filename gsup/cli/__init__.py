@@ -44,6 +44,8 @@ def load_commands(words: list[str]) -> None:
     from gsup.cli import commands
 
     name = words[0] if words else ""
+    if name == "--version":
+        return  # the app's own option: no command needed
     if name.isidentifier() and (Path(commands.__path__[0]) / f"{name}.py").is_file():
         importlib.import_module(f"gsup.cli.commands.{name}")
         return

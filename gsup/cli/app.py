@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from gsup.client import read_journal
 from gsup.config import MAX_JOB_ID
-from gsup.errors import GsupError
+from gsup.errors import DaemonNotRunning, GsupError
+
+if TYPE_CHECKING:
+    from gsup.client import Client
 
 app = typer.Typer(
     name="gsup",
@@ -28,6 +32,26 @@ def job_id(text: str) -> int:
     return int(text)
 
 
+def each_job(jobs: list[str], act: Callable[[Client, int], str], home: Path | None) -> None:
+    """`act` on each job in turn, printing `ID: what became of it`; a job it cannot be
+    done to gets one line on stderr and the others are still done (then exit 1)."""
+    from gsup.client import Client
+
+    ids = [job_id(job) for job in jobs]
+    client = Client(home)
+    failed = False
+    for job in ids:
+        try:
+            print(f"{job}: {act(client, job)}", flush=True)
+        except DaemonNotRunning:
+            raise
+        except GsupError as exc:
+            print(f"gsup: error: {exc}", file=sys.stderr, flush=True)
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
 def print_json(data: Any) -> None:
     import json
 
@@ -37,7 +61,7 @@ def print_json(data: Any) -> None:
 def job_details(job: int, home: Path | None) -> dict[str, Any]:
     from gsup.journal import queries
 
-    with read_journal(home) as conn:
+    with queries.read_journal(home) as conn:
         found = queries.job_details(conn, job)
     if found is None:
         raise GsupError(f"no job {job}")

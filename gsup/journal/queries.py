@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gsup.config import POOL_NAMES
+from gsup.config import POOL_NAMES, Paths, resolve_home
+from gsup.errors import GsupError
 from gsup.lifecycle import Policy, State
 
 QUEUED = f"state = '{State.QUEUED}'"  # as the partial index jobs_queued_order says it
@@ -57,6 +59,23 @@ def connect(path: Path) -> sqlite3.Connection:
             )
         )
     return conn
+
+
+@contextmanager
+def read_journal(home: str | Path | None) -> Iterator[sqlite3.Connection]:
+    """The journal of a state dir, read-only, for the CLI and the API; GsupError (one
+    line) if it cannot be read."""
+    paths = Paths(resolve_home(home))
+    try:
+        conn = connect(paths.journal)
+    except Unreadable as exc:
+        raise GsupError(str(exc)) from None
+    try:
+        yield conn
+    except sqlite3.Error as exc:
+        raise GsupError(f"cannot read the journal: {exc}") from None
+    finally:
+        conn.close()
 
 
 def journal_version(conn: sqlite3.Connection) -> int:

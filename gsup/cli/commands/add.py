@@ -14,12 +14,9 @@ import typer
 
 from gsup.cli.app import app
 from gsup.cli.options import Home, Queue
-from gsup.client import Client
 from gsup.config import DEFAULT_PRIORITY
 from gsup.errors import GsupError
 from gsup.protocol import MAX_RETRIES, MAX_SECONDS, RETRY_CAUSES, JobSpec, is_retry_cause
-from gsup.specs import call_specs, cli_import_path, command_spec
-from gsup.targets import TargetError, parse_keyword, parse_value
 
 OnLost = Enum("OnLost", {"requeue": "requeue", "fail": "fail"}, type=str)  # type: ignore[misc]
 
@@ -108,6 +105,8 @@ def add(
     gsup add mymod:f 123  |  gsup add --cmd -- sleep 30  |  gsup add --from jobs.txt
     """
     if (target is None) == (from_file is None):
+        if cmd:
+            raise GsupError("give the command: gsup add --cmd -- PROG ARG..., or --from FILE")
         raise GsupError("give a TARGET, or --from FILE with one job per line")
     if cmd and target is not None and _cmd_after(target):
         raise GsupError(f"--cmd goes before the command: gsup add --cmd -- {target} ...")
@@ -118,6 +117,10 @@ def add(
         pool=queue.value, priority=priority, timeout=timeout, name=name, retries=retries,
         retry_delay=retry_delay, backoff=backoff, retry_on=retry_on, on_lost=on_lost.value,
     )  # fmt: skip
+    from gsup.client import Client
+    from gsup.specs import command_spec
+    from gsup.targets import TargetError
+
     lines = _job_lines(from_file) if from_file is not None else [[target, *(args or [])]]
     try:
         if cmd:
@@ -144,6 +147,9 @@ def _cmd_after(target: str) -> bool:
 def _call_specs(
     lines: list[list[str]], keywords: list[str], as_str: bool, options: dict
 ) -> list[JobSpec]:
+    from gsup.specs import call_specs, cli_import_path
+    from gsup.targets import TargetError, parse_keyword, parse_value
+
     pairs = [parse_keyword(item, as_str) for item in keywords]
     named = dict(pairs)
     if len(named) < len(pairs):

@@ -12,9 +12,9 @@ import typer
 
 from gsup.cli.app import app, job_id
 from gsup.cli.options import Home, JobId
-from gsup.client import read_journal
 from gsup.config import Paths, resolve_home
 from gsup.errors import GsupError
+from gsup.journal.queries import read_journal
 
 FOLLOW_POLL = 0.1  # seconds between looks at a followed job's files and state
 STREAMS = ("out", "err")

@@ -11,9 +11,10 @@ def queues(as_json: Json = False, home: Home = None) -> None:
     """Show each pool's workers (Name / Command / Timeout) and pending queue."""
     from dataclasses import asdict
 
-    from gsup.client import daemon_is_up, read_journal
+    from gsup.client import daemon_is_up
     from gsup.config import Paths, resolve_home
     from gsup.journal import queries
+    from gsup.journal.queries import read_journal
 
     paths = Paths(resolve_home(home))
     up = daemon_is_up(paths)

@@ -8,9 +8,9 @@ import typer
 
 from gsup.cli.app import app
 from gsup.cli.options import Home
-from gsup.client import read_journal
 from gsup.config import Paths, resolve_home
 from gsup.errors import GsupError
+from gsup.journal.queries import read_journal
 
 
 @app.command()

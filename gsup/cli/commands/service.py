@@ -12,7 +12,6 @@ from gsup.cli.options import Home
 
 service = typer.Typer(
     help="systemd units for this gsup.",
-    no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(service, name="service")

@@ -9,9 +9,10 @@ import typer
 
 from gsup.cli.app import app, print_json
 from gsup.cli.options import Home, Json
-from gsup.client import Client, read_journal
+from gsup.client import Client
 from gsup.config import resolve_home
 from gsup.errors import DaemonNotRunning, GsupError
+from gsup.journal.queries import read_journal
 
 
 @app.command()
