@@ -56,6 +56,11 @@ def use_import_path(path: list[str]) -> tuple[list[str], list[str]]:
     return users, shadowed(users)
 
 
+# gsup itself is left out: a job that uses gsup's API gets the daemon's own, as it must,
+# and a gsup checkout beside a job's code is gsup's development, not the job's.
+OWN_PACKAGE = __name__.partition(".")[0]
+
+
 def shadowed(entries: list[str]) -> list[str]:
     """A warning for each module imported already (and so used, as `python -c` uses
     the modules the interpreter imported at its start) that a file in `entries`
@@ -67,7 +72,7 @@ def shadowed(entries: list[str]) -> list[str]:
         except OSError:
             continue
     warnings = []
-    for name in sorted(names):
+    for name in sorted(names - {OWN_PACKAGE}):
         loaded = sys.modules.get(name)
         if loaded is None or "." in name:
             continue

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from conftest import Cli
 
+import gsup as gsup_package
+
 
 def _folder(root: Path, name: str, files: dict[str, str]) -> Path:
     folder = root / name
@@ -181,3 +183,15 @@ def test_a_module_imported_as_the_job_ran_then_edited_is_read_anew(daemon, gsup,
         job, state = _run(gsup, folder, "pkg.top:f")
         seen.append((state, _result(gsup, job)))
     assert seen == [("done", 11), ("done", 12), ("done", 13)]
+
+
+def test_a_gsup_checkout_beside_the_code_is_not_warned_about(daemon, gsup, workdir):
+    """Jobs get the daemon's gsup: a folder holding a gsup package (gsup's own
+    development) changes nothing, and costs no warning in every job's log."""
+    folder = _folder(workdir.parent, "dev", {
+        "gsup/__init__.py": "raise ImportError('not this one')\n",
+        "usesgsup.py": "import gsup\ndef f():\n    return gsup.__version__\n",
+    })  # fmt: skip
+    job, state = _run(gsup, folder, "usesgsup:f")
+    assert (state, _result(gsup, job)) == ("done", gsup_package.__version__)
+    assert gsup("logs", str(job)).stderr == ""
