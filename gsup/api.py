@@ -111,13 +111,7 @@ class JobHandle:
         from gsup.journal import queries
 
         with queries.read_journal(self._client.paths.home) as conn:
-            found = queries.job_runs(conn, self.id)
-        if found is None:
-            raise GsupError(f"no job {self.id}")
-        attempts = found[1]
-        if attempt is not None and not 0 < attempt <= len(attempts):
-            raise GsupError(f"job {self.id} has {len(attempts)} attempts, not {attempt}")
-        chosen = attempts[attempt - 1] if attempt else (attempts[-1] if attempts else None)
+            chosen = queries.chosen_attempt(conn, self.id, attempt)
         paths = self._client.paths
         return "".join(_read_text(paths.printed(self.id, s, chosen)) for s in ("out", "err"))
 

@@ -333,6 +333,18 @@ def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
 
 
+def chosen_attempt(conn: sqlite3.Connection, job: int, number: int | None) -> int | None:
+    """The id of attempt `number` (from 1, as `gsup show` numbers them) of `job`, or of
+    its last (None if it has none); GsupError if there is no such job or attempt."""
+    found = job_runs(conn, job)
+    if found is None:
+        raise GsupError(f"no job {job}")
+    attempts = found[1]
+    if number is not None and not 0 < number <= len(attempts):
+        raise GsupError(f"job {job} has {len(attempts)} attempts, not {number}")
+    return attempts[number - 1] if number else (attempts[-1] if attempts else None)
+
+
 def job_runs(conn: sqlite3.Connection, job: int) -> tuple[str, list[int]] | None:
     """A job's state and the ids of its attempts, oldest first (None: no such job)."""
     row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone()

@@ -14,7 +14,7 @@ from gsup.cli.app import app, job_id
 from gsup.cli.options import Home, JobId
 from gsup.config import Paths, resolve_home
 from gsup.errors import GsupError
-from gsup.journal.queries import read_journal
+from gsup.journal.queries import chosen_attempt, read_journal
 
 FOLLOW_POLL = 0.1  # seconds between looks at a followed job's files and state
 STREAMS = ("out", "err")
@@ -44,13 +44,10 @@ def logs(
     number = job_id(job)
     paths = Paths(resolve_home(home))
     with read_journal(home) as conn:
-        _, attempts = _runs(conn, number)
-        if attempt is not None and attempt > len(attempts):
-            raise GsupError(f"job {number} has {len(attempts)} attempts, not {attempt}")
+        chosen = chosen_attempt(conn, number, attempt)
         if follow:
             _follow(conn, paths, number, attempt)
             return
-    chosen = attempts[attempt - 1] if attempt else (attempts[-1] if attempts else None)
     for stream, sink in (("out", sys.stdout), ("err", sys.stderr)):
         _copy(paths.printed(number, stream, chosen), 0, sink)
 
