@@ -11,7 +11,7 @@ from bench.measure import median
 from bench.plan import GAP_SECONDS, HUEY_FAST_POLLING, WORKERS, Plan
 from bench.report import Row
 from bench.scale import CliTimes, PrunedVsFresh, RssReading
-from gsup.config import default_queue_size
+from gsup.settings import default_queue_size
 
 MS = 1000.0
 MIB = 1024.0  # VmRSS is in KiB

@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from gsup.config import ConfigError
+from gsup.settings import ConfigError
 
 _CREDENTIALS = struct.Struct("3i")  # pid, uid, gid
 

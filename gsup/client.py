@@ -290,7 +290,7 @@ class Client:
         import sqlite3
 
         from gsup.journal import queries
-        from gsup.lifecycle import END_STATES
+        from gsup.states import END_STATES
 
         local = self._waiters
         if getattr(local, "journal", None) is None:

@@ -1,39 +1,22 @@
-"""Where gsup keeps its state, and the daemon's settings.
+"""Where gsup keeps its state, and the limits that clients and the daemon share.
 
-Kept import-light: the CLI's `add` path imports this module.
-Settings come, highest first, from command-line flags, environment variables
-(`GSUP_HOME`, `GSUP_USER_THREADS`, ...) and `gsup.toml` in the state dir.
+Kept import-light: every CLI command imports this module; the daemon's settings, which
+only the daemon reads, are in `gsup.settings`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 POOL_NAMES = ("user", "monitoring")
 DEFAULT_POOL = "user"
-DEFAULT_THREADS = 5  # as Ganga's queues
-MAX_THREADS = 1024  # of a pool (and jobs a pool holds ahead of them: see queue_size)
-
-
-def default_queue_size(threads: int) -> int:
-    """Jobs a pool holds ahead of its threads: enough that a thread that finishes finds
-    its next job at once, while the supervisor's next turn is still to come. It costs
-    no priority: a better job takes the place of a held one (see the dispatcher)."""
-    return max(16, 4 * threads)
-
-
 DEFAULT_PRIORITY = 5
 MAX_MESSAGE = 8 * 1024 * 1024  # bytes in one socket message
 MAX_JOB_ID = 2**63 - 1  # SQLite's largest integer
 MB = 1_000_000
-DEFAULT_MAX_RESULT_MB = 64.0  # a larger result fails its job
 DAY = 86_400.0
-
-
-class ConfigError(Exception):
-    """A setting that cannot be used; the message says which and why."""
 
 
 def resolve_home(home: str | Path | None = None) -> Path:
@@ -89,168 +72,3 @@ class Paths:
         attempts had files of their own, the job's."""
         path = self.job_output(job_id, stream, attempt)
         return path if attempt is None or path.exists() else self.job_output(job_id, stream)
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    name: str
-    threads: int = DEFAULT_THREADS
-    queue_size: int = default_queue_size(DEFAULT_THREADS)  # see default_queue_size
-    max_result: int = int(DEFAULT_MAX_RESULT_MB * MB)  # bytes (UTF-8) of a result, at most
-
-
-@dataclass(frozen=True)
-class Settings:
-    paths: Paths
-    pools: tuple[PoolSettings, ...] = field(
-        default_factory=lambda: tuple(PoolSettings(name) for name in POOL_NAMES)
-    )
-    grace: float = 10.0  # seconds running jobs get when the daemon stops
-    stop_grace: float = 2.0  # seconds a stopped thread gets before its pool is recycled
-    max_message: int = MAX_MESSAGE
-    group: str | None = None  # its members may use the daemon too
-    min_free_mb: float = 50.0  # below this much free disk, new jobs are refused
-    max_result_mb: float = DEFAULT_MAX_RESULT_MB  # a larger result fails its job
-    keep_days: float | None = None  # ended jobs older than this are pruned daily; None: kept
-    # Seconds between the daemon's prunes under keep_days: a day. Only tests change it,
-    # through GSUP_PRUNE_EVERY (not a documented setting).
-    prune_every: float = DAY
-
-    def pool(self, name: str) -> PoolSettings:
-        return next(p for p in self.pools if p.name == name)
-
-
-def _positive_int(value: object, what: str, most: int = MAX_THREADS) -> int:
-    try:
-        number = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a whole number, not {value!r}") from None
-    if not 1 <= number <= most or isinstance(value, float | bool):
-        raise ConfigError(f"{what} must be a whole number from 1 to {most:,}, not {value!r}")
-    return number
-
-
-def _read_toml(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    import tomllib
-
-    try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-
-
-def load_settings(
-    home: Path,
-    threads: dict[str, int | None] | None = None,
-    grace: float | None = None,
-) -> Settings:
-    """Settings for the daemon of state dir `home`; `threads` and `grace` are flag values.
-    An error names where the bad value came from: the flag, the variable or the file."""
-    paths = Paths(home)
-    toml = _read_toml(paths.config)
-    file = str(paths.config)
-    _known(toml, TOP_KEYS, "", file)
-    _known(_table(toml.get("pools"), "pools", file), set(POOL_NAMES), "pools.", file)
-    max_result_mb = _positive(*_pick(
-        None, "", "GSUP_MAX_RESULT_MB", toml, "max_result_mb", DEFAULT_MAX_RESULT_MB, file
-    ))  # fmt: skip
-    keep_days, where = _pick(None, "", "GSUP_KEEP_DAYS", toml, "keep_days", None, file)
-    if keep_days is not None:  # left out: every job is kept
-        keep_days = _positive(keep_days, where)
-    prune_every = _positive(*_pick(None, "", "GSUP_PRUNE_EVERY", {}, "prune_every", DAY, file))
-    pools = []
-    for name in POOL_NAMES:
-        section = _table(_table(toml.get("pools"), "pools", file).get(name), f"pools.{name}", file)
-        _known(section, POOL_KEYS, f"pools.{name}.", file)
-        count = _positive_int(*_pick(
-            (threads or {}).get(name), f"--{name}-threads", f"GSUP_{name.upper()}_THREADS",
-            section, f"pools.{name}.threads", DEFAULT_THREADS, file,
-        ))  # fmt: skip
-        queue = _positive_int(*_pick(
-            None, "", "", section, f"pools.{name}.queue_size", default_queue_size(count), file
-        ), most=100 * MAX_THREADS)  # fmt: skip
-        pools.append(PoolSettings(name, count, queue, int(max_result_mb * MB)))
-    group, where = _pick(None, "", "GSUP_GROUP", toml, "group", None, file)
-    if group is not None:
-        _check_group(group, where)
-    return Settings(
-        paths=paths,
-        pools=tuple(pools),
-        grace=_seconds(*_pick(grace, "--grace", "GSUP_GRACE", toml, "grace", 10.0, file)),
-        stop_grace=_seconds(*_pick(None, "", "", toml, "stop_grace", 2.0, file)),
-        max_message=_positive_int(
-            *_pick(None, "", "", toml, "max_message", MAX_MESSAGE, file), most=1 << 30
-        ),
-        group=group,
-        min_free_mb=_seconds(*_pick(None, "", "", toml, "min_free_mb", 50.0, file)),
-        max_result_mb=max_result_mb,
-        keep_days=keep_days,
-        prune_every=prune_every,
-    )
-
-
-def _positive(value: object, what: str) -> float:
-    return _seconds(value, what, above_zero=True)
-
-
-def _check_group(group: object, where: str) -> None:
-    import grp
-
-    if not isinstance(group, str):
-        raise ConfigError(f"{where} must be a group name, not {group!r}")
-    try:
-        grp.getgrnam(group)
-    except KeyError:
-        raise ConfigError(f"{where}: unknown group {group!r}") from None
-
-
-def _pick(
-    flag: object, flag_name: str, variable: str, table: dict, key: str, default: object, file: str
-) -> tuple[object, str]:
-    """A setting's value, highest first from the flag, the environment variable and the
-    file (`key` is its dotted name there), and the name of where it came from."""
-    if flag is not None:
-        return flag, flag_name
-    if variable and os.environ.get(variable):
-        return os.environ[variable], variable
-    last = key.rpartition(".")[2]
-    if last in table:
-        return table[last], f"{key} in {file}"
-    return default, key
-
-
-TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools",
-            "max_result_mb", "keep_days"}  # fmt: skip
-POOL_KEYS = {"threads", "queue_size"}
-
-
-def _known(table: dict, keys: set[str], prefix: str, file: str) -> None:
-    """A misspelt setting is an error, not a default silently kept."""
-    unknown = sorted(set(table) - keys)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting {prefix}{unknown[0]} in {file}; known: "
-            + ", ".join(prefix + key for key in sorted(keys))
-        )
-
-
-def _table(value: object, what: str, file: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{what}] in {file} must be a table")
-    return value
-
-
-def _seconds(value: object, what: str, above_zero: bool = False) -> float:
-    """A finite number, 0 or more (above 0 if `above_zero`): seconds, megabytes, days."""
-    lowest = "above 0" if above_zero else "from 0"
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = -1.0
-    if isinstance(value, bool) or not 0 <= number < float("inf") or (above_zero and not number):
-        raise ConfigError(f"{what} must be a number {lowest}, not {value!r}")
-    return number

@@ -11,7 +11,7 @@ A job is `queued` until an executor reports that it has started it (a pool threa
 it up, a batch system accepted it): jobs handed to an executor ahead of a free worker
 are still `queued`, and may be asked back. Each start opens an attempt; each end of a
 run closes it with an `Ending`, which `settle` maps onto the job's next state.
-Imports nothing heavy: the CLI and the journal's readers use it.
+The states themselves, which every reader of the journal shares, are in `gsup.states`.
 """
 
 from __future__ import annotations
@@ -19,19 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-
-class State(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    TIMEOUT = "timeout"
-    CANCELLED = "cancelled"
-    LOST = "lost"
-
-
-END_STATES = frozenset({State.DONE, State.FAILED, State.TIMEOUT, State.CANCELLED, State.LOST})
-RETRYABLE = frozenset({State.FAILED, State.TIMEOUT, State.LOST, State.CANCELLED})
+from gsup.states import END_STATES, RETRYABLE, State
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.QUEUED: frozenset({State.RUNNING, State.CANCELLED}),

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_JOB_ID, MAX_MESSAGE, POOL_NAMES
-from gsup.lifecycle import END_STATES
 
 KINDS = ("call", "cmd")
 ON_LOST = ("requeue", "fail")
@@ -316,6 +315,8 @@ def _wait(message: dict[str, Any]) -> dict[str, Any]:
 def _prune(message: dict[str, Any]) -> dict[str, Any]:
     """Delete the jobs in an end state (`state`: that one only) that ended more than
     `older_than` seconds ago, and all that is kept of them."""
+    from gsup.states import END_STATES  # here: off the import path of `gsup add`
+
     older_than, state = message.get("older_than"), message.get("state")
     _check(
         _is_number(older_than) and older_than > 0,

@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gsup.journal.queries import Unfinished, unfinished
-from gsup.lifecycle import State, lost_reason, should_retry
+from gsup.journal.pending import Unfinished, unfinished
+from gsup.lifecycle import lost_reason, should_retry
+from gsup.states import State
 
 if TYPE_CHECKING:
     from gsup.executors.base import Executor

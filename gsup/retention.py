@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gsup.config import Paths
-from gsup.lifecycle import END_STATES
+from gsup.states import END_STATES
 
 BATCH = 2_000  # jobs looked at, and deleted at most, per batch (per turn of the daemon)
 WAL_LIMIT = 16 * 1024 * 1024  # bytes of WAL kept after a checkpoint (journal_size_limit)

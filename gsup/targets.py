@@ -9,7 +9,6 @@ target and binds the arguments, and prints one line.
 from __future__ import annotations
 
 import ast
-import base64
 import importlib
 import sys
 import threading
@@ -102,6 +101,8 @@ def reference_of(func: Callable[..., Any]) -> str | None:
 
 
 def dumps_by_value(obj: Any) -> str:
+    import base64
+
     import dill  # brought by multiprocess; only the Python API pays its import
 
     try:
@@ -111,6 +112,8 @@ def dumps_by_value(obj: Any) -> str:
 
 
 def loads_by_value(text: str) -> Any:
+    import base64
+
     import dill
 
     return dill.loads(base64.b64decode(text))

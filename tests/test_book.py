@@ -13,8 +13,9 @@ from gsup.executors.fake import FakeExecutor
 from gsup.journal import queries
 from gsup.journal.migrations import open_journal
 from gsup.journal.writer import JournalStalled, Writer
-from gsup.lifecycle import Ending, State, StateChange, Stop
+from gsup.lifecycle import Ending, StateChange, Stop
 from gsup.specs import call_spec
+from gsup.states import State
 from gsup.supervisor.jobs import JobBook
 from gsup.supervisor.loop import Timers
 

@@ -6,8 +6,9 @@ import errno
 import socket
 from pathlib import Path
 
-from gsup.config import Paths, PoolSettings
+from gsup.config import Paths
 from gsup.executors.local.executor import QUICK_DEATH, LocalPool
+from gsup.settings import PoolSettings
 from gsup.supervisor.loop import Loop
 
 

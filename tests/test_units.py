@@ -6,13 +6,12 @@ from __future__ import annotations
 import pytest
 
 from gsup import recovery
-from gsup.journal.queries import Unfinished
+from gsup.journal.pending import Unfinished
 from gsup.lifecycle import (
     MAX_RETRY_DELAY,
     Ending,
     Policy,
     Settled,
-    State,
     Stop,
     TransitionError,
     check_transition,
@@ -21,6 +20,7 @@ from gsup.lifecycle import (
     should_retry,
 )
 from gsup.protocol import JobSpec, LineReader, ProtocolError, check_request, is_retry_cause
+from gsup.states import State
 from gsup.targets import TargetError, literal_text, parse_keyword, parse_target, parse_value
 
 # --- the life-cycle --------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import pkgutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -49,6 +48,8 @@ def load_commands(words: list[str]) -> None:
     if name.isidentifier() and (Path(commands.__path__[0]) / f"{name}.py").is_file():
         importlib.import_module(f"gsup.cli.commands.{name}")
         return
+    import pkgutil  # for --help and completion only
+
     for module in pkgutil.iter_modules(commands.__path__):
         importlib.import_module(f"gsup.cli.commands.{module.name}")
 

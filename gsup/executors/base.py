@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from gsup.journal.queries import Unfinished
+from gsup.journal.pending import Unfinished
 from gsup.lifecycle import Ending
 
 

@@ -1,17 +1,19 @@
-"""Every read of the journal, as plain SQL over a sqlite3 connection.
+"""The reads of the journal, as plain SQL over a sqlite3 connection.
 
 One definition of each query, shared by the supervisor (through its writing
 connection, inside its turn's transaction) and by the CLI (a read-only connection:
 `gsup jobs`, `queues`, `show` work with the daemon down and start fast, without
-peewee). State names come from the life-cycle; a partial index is only used when a
-query repeats its condition as written, so they are put into the SQL text.
+peewee or the life-cycle's rules). The dispatcher's and recovery's reads, which carry
+a job's retry policy, are in `pending`. State names come from `gsup.states`; a partial
+index is only used when a query repeats its condition as written, so they are put
+into the SQL text.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 from gsup.config import POOL_NAMES, Paths, resolve_home
 from gsup.errors import GsupError
-from gsup.lifecycle import Policy, State
+from gsup.states import State
 
 QUEUED = f"state = '{State.QUEUED}'"  # as the partial index jobs_queued_order says it
 RUNNING = f"state = '{State.RUNNING}'"  # as jobs_running says it
@@ -96,65 +98,7 @@ def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-# --- a job's retry policy ----------------------------------------------------------
-
-POLICY_COLUMNS = "retries, on_lost, attempts, lost_count, retry_delay, backoff, retry_on"
-
-
-def policy_of(row: Sequence[Any]) -> Policy:
-    """A job's retry policy from its POLICY_COLUMNS, in that order."""
-    retries, on_lost, attempts, lost_count, retry_delay, backoff, retry_on = row
-    return Policy(
-        retries, on_lost, attempts, lost_count, retry_delay, backoff,
-        None if retry_on is None else tuple(json.loads(retry_on)),
-    )  # fmt: skip
-
-
-# --- what the dispatcher reads -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QueuedJob:
-    """What the dispatcher needs of a queued job."""
-
-    id: int
-    kind: str
-    target: str
-    spec: str
-    priority: int
-    timeout: float | None
-    policy: Policy
-
-
-_QUEUED_JOB = f"SELECT id, kind, target, spec, priority, timeout, {POLICY_COLUMNS} FROM jobs"
-
-
-def next_queued(
-    conn: sqlite3.Connection,
-    pool: str,
-    limit: int,
-    now: float,
-    after: tuple[int, int] | None = None,
-) -> list[QueuedJob]:
-    """The next jobs of `pool` to run, by priority then FIFO, delayed retries once due:
-    those that come `after` a (priority, id) if one is given."""
-    where = f"{QUEUED} AND pool = ? AND (not_before IS NULL OR not_before <= ?)"
-    params: list[Any] = [pool, now]
-    if after is not None:
-        where += " AND (priority, id) > (?, ?)"
-        params += after
-    rows = conn.execute(
-        f"{_QUEUED_JOB} WHERE {where} ORDER BY priority, id LIMIT ?", (*params, limit)
-    ).fetchall()
-    return [QueuedJob(*row[:6], policy_of(row[6:])) for row in rows]
-
-
-def next_retry_time(conn: sqlite3.Connection, pool: str, now: float) -> float | None:
-    """When the earliest delayed retry of a pool falls due."""
-    return conn.execute(
-        f"SELECT min(not_before) FROM jobs WHERE {QUEUED} AND pool = ? AND not_before > ?",
-        (pool, now),
-    ).fetchone()[0]
+# --- what the supervisor's handlers read ------------------------------------------
 
 
 def queued_jobs(conn: sqlite3.Connection, pool: str | None) -> list[tuple[int, str]]:
@@ -214,47 +158,6 @@ def summary(conn: sqlite3.Connection, row: dict[str, Any], inline: int | None = 
 def pool_frozen(conn: sqlite3.Connection, pool: str) -> bool:
     row = conn.execute("SELECT frozen FROM pools WHERE name = ?", (pool,)).fetchone()
     return bool(row and row[0])
-
-
-# --- what recovery reads ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Unfinished:
-    """A job the journal says is running, with its open attempt."""
-
-    job: int
-    pool: str
-    priority: int
-    timeout: float | None
-    policy: Policy
-    attempt: int | None
-    executor: str | None
-    backend: str | None
-    external_id: str | None
-    started: float | None
-
-
-def unfinished(conn: sqlite3.Connection) -> tuple[int, list[Unfinished], list[Unfinished]]:
-    """What a daemon left behind: how many jobs are queued; the running ones; and the
-    queued ones that were handed to an executor (their start may not have reached
-    the journal)."""
-    (queued,) = conn.execute(f"SELECT count(*) FROM jobs {QUEUED_INDEX} WHERE {QUEUED}").fetchone()
-    policy = ", ".join(f"j.{column}" for column in POLICY_COLUMNS.split(", "))
-    columns = (
-        "SELECT j.id, j.pool, j.priority, j.timeout, a.id, a.executor, a.backend,"
-        f" a.external_id, a.started, {policy}"
-    )
-    running = conn.execute(
-        f"{columns} FROM jobs j {RUNNING_INDEX} LEFT JOIN attempts a ON a.id = j.attempt"
-        f" AND a.ended IS NULL WHERE j.{RUNNING} ORDER BY j.id"
-    ).fetchall()
-    handed = conn.execute(
-        f"{columns} FROM jobs j {QUEUED_INDEX} JOIN attempts a ON a.job = j.id"
-        f" WHERE j.{QUEUED} AND a.ended IS NULL AND a.started IS NULL ORDER BY j.id"
-    ).fetchall()
-    return queued, *([Unfinished(*r[:4], policy_of(r[9:]), *r[4:9]) for r in rows]
-                     for rows in (running, handed))  # fmt: skip
 
 
 # --- what the CLI shows -------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import peewee as pw
 
 from gsup.journal.queries import SCHEMA_VERSION  # the version these models describe
-from gsup.lifecycle import State
+from gsup.states import State
 
 __all__ = ["MODELS", "SCHEMA_VERSION", "database"]
 

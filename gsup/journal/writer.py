@@ -32,8 +32,9 @@ from typing import Any
 
 from gsup import retention
 from gsup.journal import queries
-from gsup.lifecycle import State, check_transition
+from gsup.lifecycle import check_transition
 from gsup.protocol import JobSpec
+from gsup.states import State
 
 
 class JournalStalled(Exception):

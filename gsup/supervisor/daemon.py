@@ -23,11 +23,11 @@ from typing import Any
 
 from gsup import recovery
 from gsup.access import Access
-from gsup.config import ConfigError, Settings
 from gsup.executors.base import Executor
 from gsup.executors.local.executor import LocalPool
 from gsup.journal.migrations import JournalError, open_journal
 from gsup.journal.writer import JournalStalled, JournalSyncFailed, Writer
+from gsup.settings import ConfigError, Settings
 from gsup.supervisor import lifetime
 from gsup.supervisor.connections import Connection, Connections
 from gsup.supervisor.handlers import Handlers

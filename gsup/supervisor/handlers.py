@@ -17,11 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 from gsup import __version__
-from gsup.config import Settings
 from gsup.journal import queries
 from gsup.journal.writer import Writer
-from gsup.lifecycle import END_STATES, RETRYABLE, State, Stop
+from gsup.lifecycle import Stop
 from gsup.protocol import MUTATING, JobSpec, ProtocolError, check_request
+from gsup.settings import Settings
+from gsup.states import END_STATES, RETRYABLE, State
 from gsup.supervisor.connections import Connection
 from gsup.supervisor.jobs import JobBook
 from gsup.supervisor.loop import report_bug

@@ -19,14 +19,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from gsup.executors.base import Attempt, AttemptEnd, Executor
-from gsup.journal import queries
-from gsup.journal.queries import QueuedJob, Unfinished
+from gsup.journal import pending, queries
+from gsup.journal.pending import QueuedJob, Unfinished
 from gsup.journal.writer import JournalConflict, Writer
 from gsup.lifecycle import (
     Ending,
     Policy,
     Settled,
-    State,
     StateChange,
     Stop,
     lost_reason,
@@ -34,6 +33,7 @@ from gsup.lifecycle import (
     should_retry,
 )
 from gsup.protocol import JobSpec
+from gsup.states import State
 from gsup.supervisor.loop import report_bug, say
 
 
@@ -237,7 +237,7 @@ class JobBook:
         """The next queued jobs no executor holds; whether there may be more."""
         if limit <= 0:
             return [], True
-        jobs = queries.next_queued(
+        jobs = pending.next_queued(
             self.journal.reader, lane.executor.name, limit, self.wall(), after=after
         )
         return [job for job in jobs if job.id not in lane.flights], len(jobs) == limit
@@ -246,7 +246,7 @@ class JobBook:
         """Nothing more is ready: look again when a job is queued or a delayed retry
         falls due."""
         lane.maybe_queued = False
-        due = queries.next_retry_time(self.journal.reader, lane.executor.name, self.wall())
+        due = pending.next_retry_time(self.journal.reader, lane.executor.name, self.wall())
         if due is not None:
             self._wake_at(lane, due)
 
@@ -265,7 +265,7 @@ class JobBook:
         """A delayed retry falls due: it may come before what the executor holds."""
         lane.wake, lane.wake_at = None, math.inf
         lane.maybe_queued = lane.maybe_better = True
-        later = queries.next_retry_time(self.journal.reader, lane.executor.name, self.wall())
+        later = pending.next_retry_time(self.journal.reader, lane.executor.name, self.wall())
         if later is not None:
             self._wake_at(lane, later)
 

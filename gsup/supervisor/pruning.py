@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from gsup import retention
-from gsup.config import DAY, Settings
+from gsup.config import DAY
 from gsup.journal.writer import Writer
 from gsup.retention import Scan
+from gsup.settings import Settings
 from gsup.supervisor.loop import Loop, say
 
 FIRST_DAILY = 60.0  # seconds after the start before the first daily prune

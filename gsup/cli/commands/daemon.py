@@ -30,7 +30,7 @@ def daemon(
     ] = None,
 ) -> None:
     """Run the supervisor in the foreground (under systemd, or by hand)."""
-    from gsup.config import ConfigError, load_settings
+    from gsup.settings import ConfigError, load_settings
     from gsup.supervisor.daemon import serve
 
     try:

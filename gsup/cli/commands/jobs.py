@@ -10,7 +10,7 @@ import typer
 from gsup.cli.app import app, print_json
 from gsup.cli.options import Home, Json, OneQueue
 from gsup.journal.queries import read_journal
-from gsup.lifecycle import State
+from gsup.states import State
 
 StateName = Enum("StateName", {state.value: state.value for state in State}, type=str)  # type: ignore[misc]
 

@@ -78,7 +78,7 @@ def _copy(path: Path, offset: int, sink: IO[str]) -> int:
 def _follow(conn: sqlite3.Connection, paths: Paths, job: int, only: int | None) -> None:
     """Print each attempt's output as it grows (a retry's next attempt after), until
     the job has ended (or attempt `only` has) and its files have been read to the end."""
-    from gsup.lifecycle import END_STATES
+    from gsup.states import END_STATES
 
     shown: int | None = None
     offsets = dict.fromkeys(STREAMS, 0)

@@ -21,7 +21,7 @@ def recover(
     """Show what the next daemon start will decide for jobs left unfinished."""
     from gsup import recovery
     from gsup.client import daemon_is_up
-    from gsup.config import ConfigError, load_settings
+    from gsup.settings import ConfigError, load_settings
     from gsup.supervisor.daemon import local_executors
 
     paths = Paths(resolve_home(home))

@@ -30,12 +30,13 @@ from typing import Any
 
 import multiprocess
 
-from gsup.config import Paths, PoolSettings
+from gsup.config import Paths
 from gsup.executors.base import Attempt, AttemptEnd, Executor, Loop, Reports, Timer
 from gsup.executors.local.channel import FrameReader, frame, report_limit
 from gsup.executors.local.pool import pool_main
 from gsup.imports import import_context
 from gsup.lifecycle import Ending
+from gsup.settings import PoolSettings
 
 QUICK_DEATH = 1.0  # a pool that dies this soon after its start is restarted this much later
 Context = tuple[str, ...]  # an import path

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gsup.config import MB, Paths, PoolSettings
+from gsup.config import MB, Paths
 from gsup.executors.local.output import OutputRouter, tail
 from gsup.lifecycle import Ending
+from gsup.settings import PoolSettings
 from gsup.targets import TargetError, load_call
 
 # The guardian's source, read once: a reinstall of gsup under a running daemon cannot
