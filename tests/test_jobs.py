@@ -65,6 +65,24 @@ def test_result_that_is_not_json_is_stored_as_repr(daemon, gsup):
     assert (shown["result"], shown["result_type"]) == ("{1, 2}", "repr")
 
 
+def test_none_is_no_result_and_a_retry_clears_the_last_runs(daemon, gsup, home, workdir):
+    (workdir / "quiet.py").write_text("def nothing():\n    pass\n")
+    job = gsup.add("jobs:echo")  # returns ((), {}): a result
+    nothing = gsup.add("quiet:nothing")
+    assert gsup.wait(job, nothing) == {job: "done", nothing: "done"}
+    shown = gsup.show(nothing)
+    assert (shown["result"], shown["result_type"]) == (None, None)
+    assert journal_rows(home, "SELECT job FROM results ORDER BY job") == [(job,)]
+    failed = gsup.add("--cmd", "--", "sh", "-c", "echo out; exit 3")
+    assert gsup.wait(failed) == {failed: "failed"}
+    assert json.loads(gsup.show(failed)["result"])["exit_code"] == 3
+    gsup("freeze", "--queue", "user")
+    gsup("retry", str(failed))
+    shown = gsup.show(failed)
+    assert (shown["state"], shown["result"], shown["result_type"]) == ("queued", None, None)
+    assert journal_rows(home, "SELECT count(*) FROM results WHERE job = ?", (failed,)) == [(0,)]
+
+
 def test_exception_is_stored_with_traceback(daemon, gsup):
     job = gsup.add("jobs:boom")
     assert gsup.wait(job) == {job: "failed"}

@@ -34,7 +34,7 @@ from gsup import retention
 from gsup.journal import queries
 from gsup.lifecycle import check_transition
 from gsup.protocol import JobSpec
-from gsup.states import State
+from gsup.states import END_STATES, State
 
 
 class JournalStalled(Exception):
@@ -352,9 +352,11 @@ class Writer:
         elif after == State.QUEUED:
             sql = (
                 "UPDATE jobs SET state = ?, attempts = attempts + ?, lost_count = lost_count + ?,"
-                " ended = NULL, not_before = ? WHERE id = ? AND state = ?"
+                " ended = NULL, not_before = ?, result_type = NULL WHERE id = ? AND state = ?"
             )
             params = (after.value, charge, lost, not_before, job, str(before))
+            if before in END_STATES:  # a retry: the last run's result goes with it
+                self._write("DELETE FROM results WHERE job = ?", (job,))
         else:
             outcome = outcome or {}
             sql = (
@@ -376,8 +378,8 @@ class Writer:
         cursor = self._write(sql, params, lazy=lazy)
         if cursor is not None and cursor.rowcount != 1:
             raise JournalConflict(f"job {job} is not {before}")
-        if after not in (State.RUNNING, State.QUEUED):
-            self._set_result(job, outcome.get("result") if outcome else None)
+        if outcome and outcome.get("result") is not None:  # only an end has one
+            self._set_result(job, outcome["result"])
         self._write(
             "INSERT INTO events (job, before, after, at, why) VALUES (?, ?, ?, ?, ?)",
             (job, None if before is None else str(before), after.value, now, storable(why)),
@@ -385,10 +387,7 @@ class Writer:
         )
 
     def _set_result(self, job: int, result: Any) -> None:
-        """A run's result replaces the job's last one (a retried job ends anew)."""
-        if result is None:
-            self._write("DELETE FROM results WHERE job = ?", (job,))
-            return
+        """A run's result: the job has none at this point (a retry deleted its last)."""
         text = storable(result if isinstance(result, str) else repr(result))
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
         self._large_result = self._large_result or size > LARGE_RESULT

@@ -56,7 +56,10 @@ class Outcome:
 
 
 def encode_result(value: Any) -> dict[str, Any]:
-    """A return value for the journal, whole: JSON if it can be, else its repr."""
+    """A return value for the journal, whole: JSON if it can be, else its repr. None is
+    no result: nothing is stored (most jobs return nothing; a write per job is saved)."""
+    if value is None:
+        return {}
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
         if not _is_utf8(text):  # a lone surrogate: JSON's \u escapes keep it exactly
@@ -88,7 +91,7 @@ def _utf8_size(text: str) -> int:
 def _returned(value: Any, usage: dict[str, Any], max_result: int) -> Outcome:
     """A job's return value, stored whole; above `max_result` bytes, the job fails."""
     fields = encode_result(value)
-    size = _utf8_size(fields["result"])
+    size = _utf8_size(fields.get("result", ""))
     if size > max_result:
         shown = f"{size / MB:.1f} MB"
         if shown == f"{max_result / MB:.1f} MB":  # just over: the bytes say it
