@@ -109,6 +109,8 @@ def comparative_rows(s: Samples, plan: Plan) -> list[Row]:
     return [
         _row(f"drain {n:,} jobs, one wait (jobs/s) vs huey", m("drain.gsup"), m("drain.huey"),
              0, ">= 3x huey", _at_least(3), before=m("drain.before")),
+        _row(f"drain {n:,} jobs, {plan.pending_waits:,} other waits pending (jobs/s) vs none",
+             m("drain_waits.gsup"), m("drain.gsup"), 0, ">= 0.8x", _at_least(0.8)),
         _row(f"drain {n:,} jobs, result() of each in turn (jobs/s) vs huey",
              m("drain_results.gsup"), m("drain_results.huey"), 0, ">= 3x huey", _at_least(3),
              before=m("drain_results.before")),
@@ -217,7 +219,8 @@ def notes(plan: Plan) -> list[str]:
         f"({WORKERS} threads per pool, {default_queue_size(WORKERS)} jobs handed ahead of "
         "them); the journal at WAL, "
         "its turns synced before any reply. The job is `noop:noop` (`def noop(): return "
-        "None`), added by reference from a module on sys.path.",
+        "None`; gsup stores no result for None), added by reference from a module on "
+        "sys.path.",
         "The earlier gsup (the column headed with its version) is installed, not editable, "
         "in another environment (`git worktree add /tmp/old TAG && python -m venv /tmp/v "
         "&& /tmp/v/bin/pip install /tmp/old`); `--before /tmp/v/bin/python` runs the same "
@@ -227,7 +230,9 @@ def notes(plan: Plan) -> list[str]:
         f"results stored, so they can be waited for); consumer `-w {WORKERS} -k thread -q "
         f"{polling}` (its fastest polling: an idle worker looks every 1 ms).",
         f"drain: {plan.drain_jobs:,} jobs queued with the user pool frozen; clock from "
-        "`queues.unfreeze()` to the reply of one `wait` on all of them, or, on the next row, "
+        "`queues.unfreeze()` to the reply of one `wait` on all of them (the second row: "
+        f"while another client has {plan.pending_waits:,} `wait` requests pending, each on a "
+        "job held in the frozen monitoring pool), or, on the third, "
         "until `result()` of every handle has returned, read one after another. huey has "
         "no freeze: the same number of messages, made by huey's serializer, are inserted in "
         "one transaction while its consumer runs; clock from that commit until its result "

@@ -103,18 +103,36 @@ def _queued_frozen(queues: Any, ws: Workspace, jobs: int) -> list[Any]:
     return handles
 
 
-def drain_rate(ws: Workspace, jobs: int) -> float:
+def drain_rate(ws: Workspace, jobs: int, pending_waits: int = 0) -> float:
     """Jobs/s from unfreezing a user pool with `jobs` queued to the last one's end,
-    awaited with one `wait` on all of them."""
+    awaited with one `wait` on all of them; `pending_waits` other waits, each on a job
+    that does not end meanwhile, are pending all along (from another client)."""
     with running_daemon(new_home(ws.root)) as daemon:
         queues = daemon.queues()
         ids = [handle.id for handle in _queued_frozen(queues, ws, jobs)]
+        waiter = _wait_on_a_held_job(daemon, queues, ws, pending_waits)
         start = time.perf_counter()
         queues.unfreeze("user")
         states = queues.client.wait(ids, WAIT_TIMEOUT)  # answered when the last one ends
         elapsed = time.perf_counter() - start
+        waiter.close()  # its waits are left unanswered, on purpose
         check_done(states, jobs)
         return jobs / elapsed
+
+
+def _wait_on_a_held_job(daemon: GsupDaemon, queues: Any, ws: Workspace, waits: int) -> Any:
+    """A client with `waits` wait requests pending (none if 0), on a job held in the
+    frozen monitoring pool."""
+    from gsup.client import Client
+
+    waiter = Client(daemon.home)
+    if waits:
+        queues.freeze("monitoring")
+        held = queues.add(ws.noop, queue="monitoring").id
+        for _ in range(waits):
+            waiter.send("wait", jobs=[held])
+        waiter.request("ping")  # answered once every wait before it is registered
+    return waiter
 
 
 def drain_by_results_rate(ws: Workspace, jobs: int) -> float:

@@ -27,6 +27,7 @@ class Plan:
     smoke: bool
     reps: int  # interleaved repetitions of each figure: gsup, gsup before, huey, ...
     drain_jobs: int
+    pending_waits: int  # other clients' waits, pending during a drain (its second figure)
     enqueue_calls: int
     batch_jobs: int
     latency_trips: int  # back to back
@@ -47,6 +48,7 @@ FULL = Plan(
     smoke=False,
     reps=3,
     drain_jobs=10_000,
+    pending_waits=40_000,
     enqueue_calls=2_000,
     batch_jobs=100_000,
     latency_trips=1_000,
@@ -67,6 +69,7 @@ SMOKE = Plan(
     smoke=True,
     reps=2,
     drain_jobs=500,
+    pending_waits=500,
     enqueue_calls=100,
     batch_jobs=2_000,
     latency_trips=50,

@@ -49,15 +49,20 @@ class Bench:
         self.fake = FakeExecutor("user", slots=slots, shared_fate=shared_fate)
         self.clocks = Clocks()
         self.answers: list[dict[str, Any]] = []
+        self.answered: list[tuple[Any, Any]] = []  # (connection, request id) of each answer
         self.book = JobBook(
             self.journal,
             [self.fake],
             self.clocks,
-            lambda conn, request_id, reply: self.answers.append(reply),
+            self._answer,
             wall=lambda: self.clocks.wall,
         )
         self.journal.register_pool("user", 1, slots)
         self.fake.start(None, self.book)
+
+    def _answer(self, conn: Any, request_id: Any, reply: dict[str, Any]) -> None:
+        self.answers.append(reply)
+        self.answered.append((conn, request_id))
 
     def add(self, *arguments: Any, **options: Any) -> int:
         spec = call_spec("jobs:add", arguments or (1,), path=["/nowhere"], **options)
@@ -386,3 +391,25 @@ def test_a_failed_request_alone_in_its_turn_does_not_wedge_the_journal(bench):
     job = bench.add()
     bench.journal.commit()
     assert bench.journal.failure is None and bench.row(job)["state"] == "queued"
+
+
+def test_waiters_hear_of_their_own_jobs_once_all_have_ended(bench):
+    a, b, c = bench.add(), bench.add(), bench.add()
+    bench.book.wait("one", 1, {a, b})
+    bench.book.wait("two", 2, {b})
+    bench.book.wait("two", 3, {a, c})
+    bench.book.wait("gone", 4, {b})
+    bench.book.forget("gone")
+    bench.turn()
+    for job in (b, a):
+        bench.fake.begin(job)
+        bench.fake.finish(job)
+    assert bench.answered == [("two", 2), ("one", 1)]
+    assert bench.answers == [
+        {"ok": True, "states": {b: "done"}},
+        {"ok": True, "states": {a: "done", b: "done"}},
+    ]
+    bench.book.halt("stopping")  # c never ended: its waiter hears that the daemon stopped
+    assert bench.answered[2:] == [("two", 3)]
+    assert bench.answers[2:] == [{"ok": False, "error": "daemon stopped"}]
+    assert len(bench.book.waiters) == 0

@@ -35,6 +35,7 @@ from gsup.lifecycle import (
 from gsup.protocol import JobSpec
 from gsup.states import State
 from gsup.supervisor.loop import report_bug, say
+from gsup.supervisor.waiters import Waiter, Waiters
 
 
 class Clock(Protocol):
@@ -100,15 +101,6 @@ class Lane:
         return sum(not f.started and not f.waiting for f in self.flights.values())
 
 
-@dataclass
-class Waiter:
-    conn: Any
-    request_id: Any
-    pending: set[int]
-    states: dict[int, str]
-    then_get: int | None = None  # a `get` that waited: answer with this job's summary
-
-
 class JobBook:
     def __init__(
         self,
@@ -123,7 +115,7 @@ class JobBook:
         self.clock = clock
         self.wall = wall
         self.answer = answer
-        self.waiters: list[Waiter] = []
+        self.waiters = Waiters()
         self.hooks: list[Callable[[StateChange], None]] = []
         self.stopping = False
 
@@ -476,30 +468,24 @@ class JobBook:
         not run twice)."""
         for lane in self.lanes.values():
             lane.executor.halt(why)
-        for waiter in self.waiters:
+        for waiter in self.waiters.take_all():
             self.answer(waiter.conn, waiter.request_id, {"ok": False, "error": "daemon stopped"})
-        self.waiters.clear()
 
     # --- waiters ----------------------------------------------------------------------------
 
     def wait(self, conn: Any, request_id: Any, jobs: set[int], then_get: int | None = None,
              states: dict[int, str] | None = None) -> None:  # fmt: skip
         """Answer `request_id` on `conn` once every job of `jobs` has ended."""
-        self.waiters.append(Waiter(conn, request_id, set(jobs), states or {}, then_get))
+        self.waiters.add(Waiter(conn, request_id, set(jobs), states or {}, then_get))
 
     def forget(self, conn: Any) -> None:
         """A client went away: nobody waits on its behalf any more."""
-        self.waiters = [w for w in self.waiters if w.conn is not conn]
+        self.waiters.forget(conn)
 
     def _ended(self, job: int, state: State) -> None:
         """A job reached its final state: answer whoever waits for it."""
-        for waiter in list(self.waiters):
-            if job in waiter.pending:
-                waiter.pending.discard(job)
-                waiter.states[job] = state.value
-                if not waiter.pending:
-                    self.waiters.remove(waiter)
-                    self.answer(waiter.conn, waiter.request_id, self._waited(waiter))
+        for waiter in self.waiters.job_ended(job, state.value):
+            self.answer(waiter.conn, waiter.request_id, self._waited(waiter))
 
     def _waited(self, waiter: Waiter) -> dict[str, Any]:
         if waiter.then_get is None:
