@@ -28,9 +28,10 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     **{state: frozenset({State.QUEUED}) for state in RETRYABLE},
 }
 
-# A job that was in flight during this many pool deaths is not requeued again: it is
-# likely what kills the pool (a poison job). After its first, it runs alone, so that
-# the deaths it is charged with can only be its own (see the dispatcher).
+# A job that was in flight during this many deaths of its pool (or of the daemon, see
+# recovery) is not requeued again: it is likely what kills them (a poison job). After
+# its first, it runs alone, so that the deaths it is charged with can only be its own
+# (see the dispatcher).
 POISON_AFTER_LOST = 3
 MAX_RETRY_DELAY = 24 * 3600.0
 
@@ -127,7 +128,7 @@ class Policy:
     retries: int = 0
     on_lost: str = "requeue"
     attempts: int = 0
-    lost_count: int = 0  # pool deaths it was in flight for
+    lost_count: int = 0  # deaths of its pool or the daemon it was in flight for
     retry_delay: float = 0.0  # seconds before the first retry
     backoff: float = 2.0  # each further retry waits this many times longer
     retry_on: tuple[str, ...] | None = None  # None: any exception, timeout or exit code
@@ -163,5 +164,7 @@ def should_retry(state: State, policy: Policy, causes: tuple[str, ...] = ()) -> 
 def lost_reason(policy: Policy, why: str) -> str:
     """The end reason of a lost job that is not requeued."""
     if policy.on_lost == "requeue" and policy.lost_count >= POISON_AFTER_LOST:
-        return f"poison: in flight during {policy.lost_count} pool deaths ({why})"
+        return (
+            f"poison: in flight during {policy.lost_count} deaths of its pool or the daemon ({why})"
+        )
     return f"{why}; on_lost=fail"

@@ -196,7 +196,8 @@ def test_poison_after_three_deaths(bench):
         bench.fake.finish(job, Ending.LOST, "pool died (killed by SIGKILL)")
     row = bench.row(job)
     assert row["state"] == "lost"
-    assert row["reason"] == "poison: in flight during 3 pool deaths (pool died (killed by SIGKILL))"
+    poison = "poison: in flight during 3 deaths of its pool or the daemon"
+    assert row["reason"] == f"{poison} (pool died (killed by SIGKILL))"
 
 
 def test_a_job_that_must_not_run_twice_runs_only_once_its_start_is_journaled(bench):

@@ -57,7 +57,7 @@ def test_recover_dry_run_shows_what_the_next_start_decides(make_daemon, gsup):
     out = gsup("recover", "--dry-run").stdout.splitlines()
     assert out == [
         f"recovery: 0 queued kept, 1 running requeued ({first}), 1 running ended lost ({second})",
-        f"  job {first} (user): requeue: lost with the daemon",
+        f"  job {first} (user): requeue: lost with the daemon (in flight during 1 of 3 deaths)",
         f"  job {second} (user): ends lost: lost with the daemon; on_lost=fail",
     ]
     assert gsup.show(first)["state"] == "running"  # a dry run changes nothing
@@ -122,8 +122,8 @@ def test_jobs_a_pool_held_when_the_daemon_died_may_have_started_and_say_so(
     daemon.kill()
     restarted = make_daemon()
     assert (
-        f"job {held} (user): stays queued: handed to its executor when the daemon died;"
-        " it may have started"
+        f"job {held} (user): requeue: handed to its executor when the daemon died;"
+        " it may have started (in flight during 1 of 3 deaths)"
     ) in restarted.output
     flag.touch()
     assert gsup.wait(busy, held) == {busy: "done", held: "done"}
@@ -168,7 +168,9 @@ def test_a_job_that_scribbles_on_its_pools_channel_is_quarantined(daemon, gsup, 
     (workdir / "hostile.py").write_text(HOSTILE_MODULE)
     job = gsup.add("hostile:scribble")
     assert gsup.wait(job) == {job: "lost"}
-    assert gsup.show(job)["reason"].startswith("poison: in flight during 3 pool deaths")
+    assert gsup.show(job)["reason"].startswith(
+        "poison: in flight during 3 deaths of its pool or the daemon"
+    )
     assert daemon.said("its channel was corrupted")
     after = gsup.add("jobs:add", "1")
     assert gsup.wait(after) == {after: "done"}
@@ -187,3 +189,40 @@ def test_a_pool_that_dies_while_a_process_it_forked_lives_is_settled_at_once(dae
     assert gsup.wait(job) == {job: "lost"}  # not after the 30 s the child sleeps
     after = gsup.add("jobs:add", "1")
     assert gsup.wait(after) == {after: "done"}
+
+
+KILLS_THE_DAEMON = """
+import os, signal, sqlite3, time
+
+def kill_daemon():
+    journal = f"file:{os.environ['GSUP_HOME']}/journal.sqlite?mode=ro"
+    with sqlite3.connect(journal, uri=True) as conn:  # once its start is journaled
+        running = "SELECT count(*) FROM jobs WHERE state = 'running'"
+        while conn.execute(running).fetchone() != (1,):
+            time.sleep(0.01)
+    pid = os.getpid()  # up to the topmost process of `gsup daemon`: the supervisor
+    while True:
+        parent = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        if b"gsup\\0daemon" not in open(f"/proc/{parent}/cmdline", "rb").read():
+            break
+        pid = parent
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+def test_a_job_that_keeps_killing_the_daemon_is_quarantined(make_daemon, gsup, workdir):
+    (workdir / "deadly.py").write_text(KILLS_THE_DAEMON)
+    daemon = make_daemon()
+    job = gsup.add("deadly:kill_daemon")
+    for death in (1, 2):
+        assert daemon.process.wait(60) == -9
+        daemon = make_daemon()
+        deaths = f"in flight during {death} of 3 deaths"
+        assert f"job {job} (user): requeue: lost with the daemon ({deaths})" in daemon.output
+    assert daemon.process.wait(60) == -9
+    daemon = make_daemon()
+    reason = "poison: in flight during 3 deaths of its pool or the daemon (lost with the daemon)"
+    assert f"job {job} (user): ends lost: {reason}" in daemon.output
+    shown = gsup.show(job)
+    assert (shown["state"], shown["reason"], shown["lost_count"]) == ("lost", reason, 3)
+    assert gsup.run("jobs:add", "1") == "done"  # and the daemon lives on

@@ -93,7 +93,7 @@ def test_a_job_that_keeps_killing_its_pool_is_quarantined(daemon, gsup, workdir)
     flag.touch()  # the neighbour, older, runs alone first
     assert gsup.wait(job, neighbour) == {job: "lost", neighbour: "done"}
     shown = gsup.show(job)
-    assert shown["reason"].startswith("poison: in flight during 3 pool deaths")
+    assert shown["reason"].startswith("poison: in flight during 3 deaths of its pool or the daemon")
     assert [e["after"] for e in shown["events"]].count("running") == 3
     innocent = gsup.show(neighbour)  # lost once beside it, then ran alone
     assert (innocent["lost_count"], innocent["attempts"]) == (1, 2)

@@ -122,7 +122,7 @@ def test_retry_delays_grow_by_the_backoff_and_stop_at_a_day():
 
 def test_lost_reasons_say_poison_or_on_lost():
     assert lost_reason(Policy(lost_count=3), "pool died") == (
-        "poison: in flight during 3 pool deaths (pool died)"
+        "poison: in flight during 3 deaths of its pool or the daemon (pool died)"
     )
     assert lost_reason(Policy(on_lost="fail"), "pool died") == "pool died; on_lost=fail"
 
@@ -287,18 +287,19 @@ def test_recovery_plans_each_unfinished_job(monkeypatch):
         _left(2, Policy(on_lost="fail")),  # must not run twice: ends lost
         _left(3, Policy(lost_count=3)),  # poison
     ]
-    handed = [_left(4, Policy(), attempt=9)]
+    handed = [_left(4, Policy(), attempt=9), _left(5, Policy(on_lost="fail"), attempt=10)]
     monkeypatch.setattr(recovery, "unfinished", lambda conn: (5, running, handed))
     report = recovery.plan(None, {"user": _Executor(follows=False)})
-    assert [(d.job.job, d.action) for d in report.decisions] == [
-        (4, recovery.STAYS_QUEUED),
-        (1, recovery.REQUEUE),
-        (2, recovery.ENDS_LOST),
-        (3, recovery.ENDS_LOST),
+    assert [(d.job.job, d.action, d.handed) for d in report.decisions] == [
+        (4, recovery.REQUEUE, True),  # it may have started
+        (5, recovery.STAYS_QUEUED, False),  # it cannot have: its start is journaled first
+        (1, recovery.REQUEUE, False),
+        (2, recovery.ENDS_LOST, False),
+        (3, recovery.ENDS_LOST, False),
     ]
     assert report.summary() == (
-        "recovery: 5 queued kept, 1 running requeued (1), 2 running ended lost (2, 3),"
-        " 1 queued may have started (4)"
+        "recovery: 5 queued kept, 2 running requeued (4, 1), 2 running ended lost (2, 3),"
+        " 1 queued handed over, not started (5)"
     )
 
 
