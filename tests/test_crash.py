@@ -226,3 +226,11 @@ def test_a_job_that_keeps_killing_the_daemon_is_quarantined(make_daemon, gsup, w
     shown = gsup.show(job)
     assert (shown["state"], shown["reason"], shown["lost_count"]) == ("lost", reason, 3)
     assert gsup.run("jobs:add", "1") == "done"  # and the daemon lives on
+
+
+def test_commands_run_after_a_job_closed_its_pools_stdin(daemon, gsup, workdir):
+    (workdir / "closer.py").write_text("import os\ndef close_stdin():\n    os.close(0)\n")
+    assert gsup.run("closer:close_stdin") == "done"
+    command = gsup.add("--cmd", "--", "echo", "ran")  # into the same pool process
+    assert gsup.wait(command) == {command: "done"}
+    assert gsup("logs", str(command)).stdout == "ran\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -166,6 +167,19 @@ def run_call(
     return _returned(value, usage, max_result)
 
 
+def _pipe() -> tuple[int, int]:
+    """A pipe whose ends are not 0, 1 or 2, even where a job closed those: the child's
+    stdin, stdout and stderr would overwrite an end passed to it there."""
+    ends = []
+    for fd in os.pipe():
+        if fd <= 2:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+            fd = high
+        ends.append(fd)
+    return ends[0], ends[1]
+
+
 def run_command(
     job: PoolJob, paths: Paths, on_spawn: Callable[[subprocess.Popen], None]
 ) -> Outcome:
@@ -179,8 +193,8 @@ def run_command(
     out_path, err_path = (
         paths.job_output(job.id, stream, job.attempt) for stream in ("out", "err")
     )
-    watch_r, watch_w = os.pipe()  # the guardian sees end-of-file when this process dies
-    usage_r, usage_w = os.pipe()  # the guardian writes what the command used
+    watch_r, watch_w = _pipe()  # the guardian sees end-of-file when this process dies
+    usage_r, usage_w = _pipe()  # the guardian writes what the command used
     try:
         with open(out_path, "ab") as out, open(err_path, "ab") as err:
             process = subprocess.Popen(
