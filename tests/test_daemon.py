@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import alive, journal_rows, run_daemon_expecting_exit, wait_until
 
@@ -161,3 +163,32 @@ def test_a_daemon_whose_output_is_gone_still_stops_cleanly(env):
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
     wait_until(lambda: not any(alive(pid) for pid in pools), what="the pools to end")
+
+
+def _vm_size_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmSize:")[1].split()[0]) * 1024
+
+
+def test_a_pool_that_cannot_start_its_threads_is_the_daemons_trouble_not_the_jobs(
+    make_daemon, gsup
+):
+    daemon = make_daemon("--user-threads", "1024")  # started before the limit: it can
+    pools = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(daemon.pid)], capture_output=True, text=True
+    ).stdout.split()
+    # 1,024 thread stacks do not fit in 200 MB more than the supervisor's address space
+    limit = _vm_size_bytes(daemon.pid) + 200_000_000
+    resource.prlimit(daemon.pid, resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+    for pid in pools:
+        os.kill(int(pid), signal.SIGKILL)
+    assert daemon.said("pool user cannot start: 1024 threads, but thread")
+    job = gsup.add("jobs:add", "1")
+    status = gsup("status").stdout
+    assert "user 1024 threads (0 in flight, cannot start: 1024 threads, but thread" in status
+    assert gsup.show(job)["state"] == "queued"
+    resource.prlimit(daemon.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY,) * 2)
+    assert gsup.wait(job) == {job: "done"}  # at the next try to start it
+    assert daemon.said("pool user started")
+    assert gsup.show(job)["attempts"] == 1
+    assert "Traceback" not in daemon.output

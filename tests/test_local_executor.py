@@ -23,6 +23,6 @@ def test_a_pool_that_cannot_be_started_is_tried_again_later(tmp_path: Path, monk
     assert pool.capacity() == 0 and not pool.alive
     deadline = loop.timers.next_deadline()
     assert deadline is not None and deadline - loop.now() <= QUICK_DEATH
-    assert "cannot start pool user (Too many open files); trying again in 1s" in (
-        capsys.readouterr().out
-    )
+    said = "pool user cannot start: fork failed: Too many open files; its jobs stay queued"
+    assert said in capsys.readouterr().out
+    assert pool.trouble == "cannot start: fork failed: Too many open files"

@@ -118,6 +118,11 @@ class Executor(abc.ABC):
         supervisor may go beyond it by one for each attempt it asks back at the same
         time (a better priority taking a held attempt's place)."""
 
+    @property
+    def trouble(self) -> str | None:
+        """Why it cannot run attempts now, for `gsup status`; None when it can."""
+        return None
+
     @abc.abstractmethod
     def submit(self, attempt: Attempt) -> None:
         """Take an attempt; among those it holds, it starts the best priority first,

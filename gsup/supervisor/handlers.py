@@ -114,7 +114,7 @@ class Handlers:
         """Who answers, since when, and what its pools hold (`gsup status`)."""
         pools = [
             {"name": name, "threads": self.settings.pool(name).threads, "frozen": lane.frozen,
-             "in_flight": len(lane.flights)}
+             "in_flight": len(lane.flights), "trouble": lane.executor.trouble}
             for name, lane in self.book.lanes.items()
         ]  # fmt: skip
         return {"pid": os.getpid(), "version": __version__, "started": self.started,

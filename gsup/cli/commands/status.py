@@ -38,7 +38,7 @@ def status(as_json: Json = False, home: Home = None) -> None:
 def _status_text(info: dict[str, Any]) -> str:
     pools = ", ".join(
         f"{p['name']} {p['threads']} threads ({p['in_flight']} in flight"
-        f"{', frozen' if p['frozen'] else ''})"
+        f"{', frozen' if p['frozen'] else ''}{', ' + p['trouble'] if p.get('trouble') else ''})"
         for p in info["pools"]
     )
     jobs = ", ".join(f"{count} {state}" for state, count in sorted(info["jobs"].items()))

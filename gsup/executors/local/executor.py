@@ -39,6 +39,7 @@ from gsup.lifecycle import Ending
 from gsup.settings import PoolSettings
 
 QUICK_DEATH = 1.0  # a pool that dies this soon after its start is restarted this much later
+START_RETRY = 10.0  # seconds between starts of a pool that reported it cannot start
 Context = tuple[str, ...]  # an import path
 
 
@@ -95,14 +96,8 @@ class PoolProcessHandle:
         try:
             self._fork()
         except OSError as exc:  # out of file descriptors or processes: try again soon
-            self.pool.fork_failing = True
-            self.loop.say(
-                f"cannot start pool {self.pool.name} ({exc.strerror or exc}); trying again in"
-                f" {QUICK_DEATH:g}s"
-            )
+            self.pool.cannot_start_because(f"fork failed: {exc.strerror or exc}")
             self.restart = self.loop.call_at(self.loop.now() + QUICK_DEATH, self.spawn)
-        else:
-            self.pool.fork_failing = False
 
     def _fork(self) -> None:
         ours, theirs = socket.socketpair()
@@ -246,7 +241,7 @@ class LocalPool(Executor):
         self.confirms: list[int] = []  # jobs whose go-ahead waits for the disk
         self.given_back: list[int] = []  # asked back while waiting here: their ends are due
         self.given_back_timer: Timer | None = None
-        self.fork_failing = False
+        self.cannot_start: str | None = None  # why its processes fail to start, till one does
         self.halted = False
         self.halt_reason = ""
 
@@ -261,8 +256,8 @@ class LocalPool(Executor):
         self._new_process(())  # for commands, and to fail early: importing nothing
 
     def capacity(self) -> int:
-        if self.halted or self.fork_failing:
-            return 0
+        if self.halted or self.cannot_start is not None:
+            return 0  # what is queued waits in the journal, not in a pool that cannot run it
         return max(0, self.settings.threads + self.settings.queue_size - len(self.held))
 
     def submit(self, attempt: Attempt) -> None:
@@ -426,6 +421,25 @@ class LocalPool(Executor):
                 self._end(job, Ending(ending), why, outcome, usage)
         elif kind == "stale":  # it gives back what it holds, and goes
             self._retire(handle)
+        elif kind == "ready":
+            if self.cannot_start is not None:
+                self.loop.say(f"pool {self.name} started")
+            self.cannot_start = None
+        elif kind == "unstartable":
+            self.cannot_start_because(message[1])
+
+    @property
+    def trouble(self) -> str | None:
+        return None if self.cannot_start is None else f"cannot start: {self.cannot_start}"
+
+    def cannot_start_because(self, why: str) -> None:
+        """Its processes fail to start: said once (not at every try), and no job is
+        handed to it until one starts."""
+        if why != self.cannot_start:
+            self.loop.say(
+                f"pool {self.name} cannot start: {why}; its jobs stay queued till it does"
+            )
+        self.cannot_start = why
 
     def _give_back(self, held: Held) -> None:
         """End an attempt that waits here `recalled`, from a timer: not inside the
@@ -479,7 +493,7 @@ class LocalPool(Executor):
     def process_ended(self, handle: PoolProcessHandle, death: str) -> None:
         """Settle the jobs of a process that ended; restart it unless it was retiring."""
         self.retiring.discard(handle)
-        expected = handle.recycling or handle.retiring or self.halted
+        expected = handle.recycling or handle.retiring or self.halted or self.cannot_start
         if not expected:
             self.loop.say(f"pool {self.name} died ({death}); restarting it")
         for job in sorted(handle.jobs):
@@ -487,9 +501,8 @@ class LocalPool(Executor):
         if handle.retiring or self.halted:
             return
         quick = self.loop.now() - handle.started_at < QUICK_DEATH and not handle.recycling
-        handle.restart = self.loop.call_at(
-            self.loop.now() + (QUICK_DEATH if quick else 0.0), handle.spawn
-        )
+        delay = START_RETRY if self.cannot_start else QUICK_DEATH if quick else 0.0
+        handle.restart = self.loop.call_at(self.loop.now() + delay, handle.spawn)
 
     def _fate(self, held: Held, handle: PoolProcessHandle, death: str) -> tuple[Ending, str]:
         """What became of a job its process held when the process ended."""

@@ -138,16 +138,27 @@ class PoolProcess:
         os.register_at_fork(after_in_child=self._in_forked_child)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         self.router.install()
-        for worker in self.workers:
-            threading.Thread(
-                target=self._work, args=(worker,), name=f"Worker_{worker.index}", daemon=True
-            ).start()
+        self._start_workers()
         self.report("ready", os.getpid())
         reader = FrameReader()
         while data := self._receive():
             for message in reader.feed(data):
                 self._handle(message)
         self.exit()
+
+    def _start_workers(self) -> None:
+        """Every thread, or a report of why not and an exit: a pool short of its threads
+        is the daemon's trouble (its settings, the machine's limits), never a job's."""
+        for worker in self.workers:
+            thread = threading.Thread(
+                target=self._work, args=(worker,), name=f"Worker_{worker.index}", daemon=True
+            )
+            try:
+                thread.start()
+            except RuntimeError as exc:  # a limit on processes or memory
+                why = f"{len(self.workers)} threads, but thread {worker.index + 1} failed: {exc}"
+                self.report("unstartable", why)
+                self.exit()
 
     def _receive(self) -> bytes:
         try:
