@@ -139,6 +139,14 @@ class JobSpec:
         defaults = _SPEC_DEFAULTS
         return {name: value for name, value in vars(self).items() if value != defaults[name]}
 
+    def text_size(self) -> int:
+        """Characters of its texts (what its journal row holds beyond fixed columns):
+        a command's environment can be hundreds of kilobytes."""
+        texts = [self.target, self.display, self.arguments, self.pickled, self.cwd, self.name]
+        size = sum(len(text) for text in texts if text)
+        size += sum(len(item) for item in (*self.argv, *self.path))
+        return size + sum(len(key) + len(value) for key, value in (self.env or {}).items())
+
     @classmethod
     def from_wire(cls, data: Any, defaults: dict[str, Any] | None = None) -> JobSpec:
         """Validate a job sent by a client; raises ProtocolError naming the bad field.

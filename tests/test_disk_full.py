@@ -8,12 +8,13 @@ import signal
 import sqlite3
 import subprocess
 import threading
+from dataclasses import replace
 
 import pytest
 from conftest import Daemon, wait_until
 
 from gsup.client import Client, GsupError
-from gsup.specs import call_spec
+from gsup.specs import call_spec, command_spec
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="mounting a tmpfs needs root")
 
@@ -125,3 +126,18 @@ def test_a_request_that_would_use_up_the_reserve_is_refused_whole(small_home, en
         daemon.stop(signal.SIGTERM)
     with sqlite3.connect(small_home / "journal.sqlite") as db:
         assert db.execute("SELECT count(*) FROM jobs").fetchone() == (10,)
+
+
+def test_commands_environments_count_whole_against_the_reserve(small_home, env):
+    daemon = _start_daemon(small_home, env, min_free_mb=6)
+    try:
+        with Client(small_home) as client:
+            big = {f"VARIABLE_{i}": "v" * 1_000 for i in range(150)}  # 150 KB each
+            specs = [replace(command_spec(["true"]), env=big) for _ in range(50)]
+            with pytest.raises(GsupError, match="is nearly full"):
+                client.add(specs)
+            assert client.ping()["pid"] == daemon.pid
+    finally:
+        daemon.stop(signal.SIGTERM)
+    with sqlite3.connect(small_home / "journal.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)

@@ -224,7 +224,6 @@ class Handlers:
 
 
 def _journal_mb(specs: list[JobSpec]) -> float:
-    """A generous guess of what adding `specs` takes on disk: rows, indexes, WAL."""
-    payload = sum(len(s.arguments or "") + len(s.pickled or "") + len(s.display) for s in specs)
-    commands = sum(1 for s in specs if s.env)  # a command's environment is ~2-4 KB
-    return (len(specs) * 2_000 + commands * 8_000 + payload * 3) / 1e6
+    """A generous guess of what adding `specs` takes on disk: rows, indexes, WAL (each
+    text written to the WAL, then to the table, and UTF-8 may take 4 bytes a character)."""
+    return sum(2_000 + 4 * spec.text_size() for spec in specs) / 1e6
