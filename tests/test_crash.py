@@ -234,3 +234,13 @@ def test_commands_run_after_a_job_closed_its_pools_stdin(daemon, gsup, workdir):
     command = gsup.add("--cmd", "--", "echo", "ran")  # into the same pool process
     assert gsup.wait(command) == {command: "done"}
     assert gsup("logs", str(command)).stdout == "ran\n"
+
+
+def test_a_command_that_kills_its_guardian_dies_with_it(daemon, gsup):
+    marker = "sleep 3008"
+    job = gsup.add("--retries", "1", "--cmd", "--", "sh", "-c", f"kill -9 $PPID; {marker}")
+    assert gsup.wait(job) == {job: "failed"}
+    shown = gsup.show(job)
+    assert shown["attempts"] == 2
+    assert shown["reason"] == "its guardian was killed by SIGKILL; the command was killed with it"
+    wait_until(lambda: not _processes_matching(marker), what="both runs' commands to be gone")

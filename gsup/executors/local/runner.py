@@ -217,6 +217,9 @@ def run_command(
         os.close(usage_w)
     try:
         on_spawn(process)
+        ended = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+        if ended.si_code != os.CLD_EXITED:  # killed, maybe by its command: see _kill_session
+            _kill_session(process.pid)
         code = process.wait()
         usage = _usage(usage_r, code)
     finally:
@@ -227,7 +230,27 @@ def run_command(
     if code == 0:
         return Outcome(Ending.DONE, "exit code 0", fields, usage)
     why = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
+    if code < 0 and "cpu_seconds" not in usage:  # the guardian reports before it goes
+        why = f"its guardian was {why}; the command was killed with it"
     return Outcome(Ending.FAILED, why, {**fields, "error": why, "causes": ["exit"]}, usage)
+
+
+def _kill_session(guardian: int) -> None:
+    """SIGKILL every process of the guardian's session (its pid: it started one): if the
+    guardian was killed, by its command or the OOM killer, the command would otherwise
+    run on, unrecorded, out of reach of a cancel or a stop. Called while the guardian is
+    a zombie, unreaped: its pid, the session's id, cannot have been reused."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                session = int(stat.read().rsplit(")", 1)[1].split()[3])  # state ppid pgrp sid
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if session == guardian:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
 
 
 def _usage(usage_r: int, code: int) -> dict[str, Any]:
