@@ -22,6 +22,8 @@ def default_queue_size(threads: int) -> int:
 
 
 DEFAULT_MAX_RESULT_MB = 64.0  # a larger result fails its job
+DEFAULT_MAX_LOG_MB = 1024.0  # of each of a job's log files; what is beyond is dropped
+DEFAULT_MIN_FREE_MB = 50.0  # of disk kept for the journal: no new job, no more log output
 
 
 class ConfigError(Exception):
@@ -34,6 +36,8 @@ class PoolSettings:
     threads: int = DEFAULT_THREADS
     queue_size: int = default_queue_size(DEFAULT_THREADS)  # see default_queue_size
     max_result: int = int(DEFAULT_MAX_RESULT_MB * MB)  # bytes (UTF-8) of a result, at most
+    max_log: int = int(DEFAULT_MAX_LOG_MB * MB)  # bytes of each of a job's log files
+    min_free: int = int(DEFAULT_MIN_FREE_MB * MB)  # bytes of disk no log output may take
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,9 @@ class Settings:
     stop_grace: float = 2.0  # seconds a stopped thread gets before its pool is recycled
     max_message: int = MAX_MESSAGE
     group: str | None = None  # its members may use the daemon too
-    min_free_mb: float = 50.0  # below this much free disk, new jobs are refused
+    min_free_mb: float = DEFAULT_MIN_FREE_MB  # below it, new jobs and job output are refused
     max_result_mb: float = DEFAULT_MAX_RESULT_MB  # a larger result fails its job
+    max_log_mb: float = DEFAULT_MAX_LOG_MB  # of each of a job's log files
     keep_days: float | None = None  # ended jobs older than this are pruned daily; None: kept
     # Seconds between the daemon's prunes under keep_days: a day. Only tests change it,
     # through GSUP_PRUNE_EVERY (not a documented setting).
@@ -93,6 +98,10 @@ def load_settings(
     max_result_mb = _positive(*_pick(
         None, "", "GSUP_MAX_RESULT_MB", toml, "max_result_mb", DEFAULT_MAX_RESULT_MB, file
     ))  # fmt: skip
+    max_log_mb = _positive(*_pick(
+        None, "", "GSUP_MAX_LOG_MB", toml, "max_log_mb", DEFAULT_MAX_LOG_MB, file
+    ))  # fmt: skip
+    min_free_mb = _seconds(*_pick(None, "", "", toml, "min_free_mb", DEFAULT_MIN_FREE_MB, file))
     keep_days, where = _pick(None, "", "GSUP_KEEP_DAYS", toml, "keep_days", None, file)
     if keep_days is not None:  # left out: every job is kept
         keep_days = _positive(keep_days, where)
@@ -108,7 +117,8 @@ def load_settings(
         queue = _positive_int(*_pick(
             None, "", "", section, f"pools.{name}.queue_size", default_queue_size(count), file
         ), most=100 * MAX_THREADS)  # fmt: skip
-        pools.append(PoolSettings(name, count, queue, int(max_result_mb * MB)))
+        pools.append(PoolSettings(name, count, queue, int(max_result_mb * MB),
+                                  int(max_log_mb * MB), int(min_free_mb * MB)))  # fmt: skip
     group, where = _pick(None, "", "GSUP_GROUP", toml, "group", None, file)
     if group is not None:
         _check_group(group, where)
@@ -121,8 +131,9 @@ def load_settings(
             *_pick(None, "", "", toml, "max_message", MAX_MESSAGE, file), most=1 << 30
         ),
         group=group,
-        min_free_mb=_seconds(*_pick(None, "", "", toml, "min_free_mb", 50.0, file)),
+        min_free_mb=min_free_mb,
         max_result_mb=max_result_mb,
+        max_log_mb=max_log_mb,
         keep_days=keep_days,
         prune_every=prune_every,
     )
@@ -159,7 +170,7 @@ def _pick(
 
 
 TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools",
-            "max_result_mb", "keep_days"}  # fmt: skip
+            "max_result_mb", "max_log_mb", "keep_days"}  # fmt: skip
 POOL_KEYS = {"threads", "queue_size"}
 
 

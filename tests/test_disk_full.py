@@ -141,3 +141,26 @@ def test_commands_environments_count_whole_against_the_reserve(small_home, env):
         daemon.stop(signal.SIGTERM)
     with sqlite3.connect(small_home / "journal.sqlite") as db:
         assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+
+
+def test_job_output_stops_at_the_reserve_and_the_daemon_answers(small_home, env, workdir):
+    (workdir / "loud.py").write_text(
+        "def shout():\n    for _ in range(400_000):\n        print('x' * 99)\n"
+    )  # 40 MB, on a 16 MB disk
+    daemon = _start_daemon(small_home, env, min_free_mb=6)
+    try:
+        with Client(small_home) as client:
+            call = client.add([call_spec("loud:shout", (), path=[str(workdir)])])[0]
+            command = client.add([command_spec(["sh", "-c", "yes | head -c 40000000"])])[0]
+            assert client.wait([call, command], timeout=120) == {call: "done", command: "done"}
+            stats = os.statvfs(small_home)
+            assert stats.f_bavail * stats.f_frsize > 4_000_000  # the journal's room is kept
+            assert client.ping()["pid"] == daemon.pid
+            with pytest.raises(GsupError, match="is nearly full"):  # an answer, at once
+                client.add([call_spec("jobs:add", (1,), path=[str(workdir)])])
+    finally:
+        daemon.stop(signal.SIGTERM)
+    for job in (call, command):
+        (log,) = (small_home / "logs").glob(f"{job}.*.out")
+        said = log.read_text().rsplit("\n", 2)[-2]
+        assert said.startswith("[gsup: the rest of this output is dropped: the disk is nearly full")

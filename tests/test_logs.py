@@ -94,3 +94,26 @@ def test_a_job_may_write_bytes_to_its_stdout(daemon, gsup, workdir):
         [sys.executable, "-P", "-m", "gsup", "logs", str(job)], env=gsup.env, capture_output=True
     )
     assert logged.stdout == b"text first\n\xff\x00bytes\n"
+
+
+LOUD = """
+def shout(megabytes):
+    line = "x" * 99
+    for _ in range(megabytes * 10_000):
+        print(line)
+"""
+CUT_LINE = "\n[gsup: the rest of this output is dropped: this log reached max_log_mb (1 MB)]\n"
+
+
+def test_a_jobs_log_is_cut_at_max_log_mb_saying_so(make_daemon, env, gsup, home, workdir):
+    (workdir / "loud.py").write_text(LOUD)
+    env["GSUP_MAX_LOG_MB"] = "1"
+    make_daemon()
+    call = gsup.add("loud:shout", "3")
+    command = gsup.add("--cmd", "--", "sh", "-c", "yes 0123456789 | head -c 3000000")
+    assert gsup.wait(call, command) == {call: "done", command: "done"}
+    for job in (call, command):
+        (attempt,) = gsup.show(job)["attempts_list"]
+        text = (home / "logs" / f"{job}.{attempt['id']}.out").read_text()
+        assert len(text) == 1_000_000 + len(CUT_LINE)
+        assert text.endswith(CUT_LINE)

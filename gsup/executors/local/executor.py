@@ -106,13 +106,11 @@ class PoolProcessHandle:
             process = multiprocess.get_context("fork").Process(
                 target=pool_main,
                 args=(
-                    pool.name,
-                    pool.settings.threads,
+                    pool.settings,
                     theirs,
                     str(pool.paths.home),
                     [*self.loop.private_fds(), ours.fileno()],
                     list(self.context),
-                    pool.settings.max_result,
                 ),
                 name=f"gsup-pool-{pool.name}",
             )

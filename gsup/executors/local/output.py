@@ -4,7 +4,8 @@
 the pool installs, once, stand-ins for sys.stdout and sys.stderr that write to the
 files of the attempt running on the calling thread, and to the pool's own streams
 for any other thread. An attempt's files are created on its first write, and written
-line by line, so that `gsup logs -f` sees each line as it is printed.
+line by line, so that `gsup logs -f` sees each line as it is printed, within a
+`LogBudget` (what a job writes through `.buffer` or the file descriptor is not counted).
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from gsup.executors.local.guard import LogBudget
+
 
 class RoutedStream(io.TextIOBase):
-    def __init__(self, fallback: IO[str], path_of: Callable[[int, int], Path]) -> None:
+    def __init__(
+        self, fallback: IO[str], path_of: Callable[[int, int], Path], max_log: int, min_free: int
+    ) -> None:
         self._fallback = fallback
         self._path_of = path_of
+        self._limits = max_log, min_free  # see LogBudget
         self._jobs: dict[int, tuple[int, int]] = {}  # thread id -> (job id, attempt id)
         self._files: dict[int, IO[str]] = {}  # thread id -> open file
+        self._budgets: dict[int, LogBudget] = {}  # thread id -> what its file may take
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -42,7 +49,19 @@ class RoutedStream(io.TextIOBase):
         return file
 
     def write(self, text: str) -> int:
-        return self._target().write(text)
+        file = self._target()
+        budget = self._budgets.get(threading.get_ident())
+        if budget is None:  # not a job's: the pool's own stream
+            return file.write(text)
+        data: str | bytes = text if text.isascii() else text.encode("utf-8")
+        kept = budget.allow(len(data), file.fileno())
+        if kept == len(data):
+            return file.write(text)
+        head = data[:kept]
+        if isinstance(head, bytes):
+            head = head.decode("utf-8", "ignore")  # a character cut in two is left out
+        file.write(head + budget.dropped_line().decode())
+        return len(text)  # what is dropped is not the job's error
 
     def flush(self) -> None:
         self._target().flush()
@@ -66,10 +85,12 @@ class RoutedStream(io.TextIOBase):
 
     def attach(self, job: int, attempt: int) -> None:
         self._jobs[threading.get_ident()] = (job, attempt)
+        self._budgets[threading.get_ident()] = LogBudget(*self._limits)
 
     def detach(self) -> None:
         thread = threading.get_ident()
         self._jobs.pop(thread, None)
+        self._budgets.pop(thread, None)
         file = self._files.pop(thread, None)
         if file is not None:
             file.close()
@@ -78,9 +99,17 @@ class RoutedStream(io.TextIOBase):
 class OutputRouter:
     """Routes the calling thread's sys.stdout/sys.stderr to one job's files."""
 
-    def __init__(self, path_of: Callable[[int, str, int], Path]) -> None:
-        self.stdout = RoutedStream(sys.stdout, lambda job, attempt: path_of(job, "out", attempt))
-        self.stderr = RoutedStream(sys.stderr, lambda job, attempt: path_of(job, "err", attempt))
+    def __init__(
+        self, path_of: Callable[[int, str, int], Path], max_log: int, min_free: int
+    ) -> None:
+        """Each of a job's files takes `max_log` bytes at most, and nothing while the
+        disk has less than `min_free` bytes free (see LogBudget)."""
+        self.stdout = RoutedStream(
+            sys.stdout, lambda job, attempt: path_of(job, "out", attempt), max_log, min_free
+        )
+        self.stderr = RoutedStream(
+            sys.stderr, lambda job, attempt: path_of(job, "err", attempt), max_log, min_free
+        )
 
     def install(self) -> None:
         sys.stdout = self.stdout

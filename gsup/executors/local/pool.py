@@ -43,6 +43,7 @@ from gsup.executors.local.runner import (
 )
 from gsup.imports import LoadedFiles, use_import_path
 from gsup.lifecycle import Ending
+from gsup.settings import PoolSettings
 
 _PR_SET_PDEATHSIG = 1
 
@@ -106,17 +107,16 @@ class Reporter:
 
 
 class PoolProcess:
-    def __init__(self, name: str, threads: int, sock: socket.socket, paths: Paths,
-                 context: list[str], max_result: int) -> None:  # fmt: skip
-        self.max_result = max_result  # bytes of a result: a larger one fails its job
-        self.name = name
+    def __init__(self, settings: PoolSettings, sock: socket.socket, paths: Paths,
+                 context: list[str]) -> None:  # fmt: skip
+        self.settings = settings
         user_entries, self.notes = use_import_path(context)
         self.loaded = LoadedFiles(user_entries)
         self.retiring: str | None = None  # why it takes no more jobs, once a file changed
         self.sock = sock
         self.paths = paths
-        self.workers = [Worker(i) for i in range(threads)]
-        self.router = OutputRouter(paths.job_output)
+        self.workers = [Worker(i) for i in range(settings.threads)]
+        self.router = OutputRouter(paths.job_output, settings.max_log, settings.min_free)
         self.reporter = Reporter(sock, self.exit)
         # One lock orders "a worker takes a job up" against "the supervisor stops or
         # recalls it"; it guards `waiting`, `order` and each worker's fields.
@@ -323,8 +323,12 @@ class PoolProcess:
             worker.live = job.kind == "call"
         try:
             if job.kind == "cmd":
-                return run_command(job, self.paths, lambda p: self._spawned(worker, p))
-            return run_call(job, self.router, self.notes, self.loaded.note, self.max_result)
+                return run_command(
+                    job, self.paths, self.settings, lambda p: self._spawned(worker, p)
+                )
+            return run_call(
+                job, self.router, self.notes, self.loaded.note, self.settings.max_result
+            )
         except JobStopped:
             return Outcome(Ending.STOPPED, "stopped")
         except Exception as exc:  # what the daemon let through must not kill the thread
@@ -338,8 +342,8 @@ class PoolProcess:
                 stop_command(process)
 
 
-def pool_main(name: str, threads: int, sock: socket.socket, home: str, close: list[int],
-              context: list[str], max_result: int) -> None:  # fmt: skip
+def pool_main(settings: PoolSettings, sock: socket.socket, home: str, close: list[int],
+              context: list[str]) -> None:  # fmt: skip
     """Entry point of the forked pool process, serving jobs whose import path is `context`."""
     _die_with_parent()
     with contextlib.suppress(OSError):
@@ -352,4 +356,4 @@ def pool_main(name: str, threads: int, sock: socket.socket, home: str, close: li
             os.close(fd)
     if os.getppid() == 1:
         os._exit(0)  # the supervisor died before PDEATHSIG was set
-    PoolProcess(name, threads, sock, Paths(Path(home)), context, max_result).serve()
+    PoolProcess(settings, sock, Paths(Path(home)), context).serve()

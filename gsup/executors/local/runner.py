@@ -181,10 +181,14 @@ def _pipe() -> tuple[int, int]:
 
 
 def run_command(
-    job: PoolJob, paths: Paths, on_spawn: Callable[[subprocess.Popen], None]
+    job: PoolJob,
+    paths: Paths,
+    settings: PoolSettings,
+    on_spawn: Callable[[subprocess.Popen], None],
 ) -> Outcome:
     """Run `argv` under its guardian (guard.py), which kills its whole process group
-    when the job is stopped, when the command ends, and when this pool dies."""
+    when the job is stopped, when the command ends, and when this pool dies, and which
+    copies its output into the job's logs, within the pool's log limits."""
     spec = job.spec
     argv, cwd, env = spec["argv"], spec.get("cwd") or None, spec.get("env")
     if _find_program(argv[0], cwd, env) is None:
@@ -197,8 +201,9 @@ def run_command(
     usage_r, usage_w = _pipe()  # the guardian writes what the command used
     try:
         with open(out_path, "ab") as out, open(err_path, "ab") as err:
+            guard_args = (watch_r, usage_w, settings.max_log, settings.min_free)
             process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", GUARD, str(watch_r), str(usage_w), *argv],
+                [sys.executable, "-I", "-S", "-c", GUARD, *map(str, guard_args), *argv],
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
