@@ -214,11 +214,15 @@ class Writer:
         self.conn.execute("COMMIT")
 
     def _write_turn_again(self) -> None:
+        self._replay()
+        self.conn.execute("COMMIT")
+
+    def _replay(self) -> None:
+        """Open the turn's transaction again and write into it what the turn wrote."""
         self.conn.execute("BEGIN IMMEDIATE")
         self._in_transaction = True
         for sql, params, many in self._log:
             (self.conn.executemany if many else self.conn.execute)(sql, params)
-        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self._abandon()  # a turn cut short by a crash is not committed
@@ -253,9 +257,17 @@ class Writer:
         try:
             self.conn.execute("ROLLBACK TO request")
             self.conn.execute("RELEASE request")
+            return
+        except sqlite3.Error:
+            pass
+        # SQLite rolled back the whole transaction (disk full, I/O error), not just the
+        # request: write the turn's earlier writes (the log) again at once, so that the
+        # rest of the turn reads what it wrote; if that fails, the turn stalls.
+        self._abandon()
+        try:
+            self._replay()
         except sqlite3.Error as exc:
-            # SQLite rolled back the whole transaction, not just the request: the
-            # turn's earlier writes (still in the log) must be written again.
+            self._abandon()
             self.failure = exc
 
     # --- commands and pools ----------------------------------------------------------

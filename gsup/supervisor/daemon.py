@@ -238,6 +238,8 @@ class Supervisor:
                 continue
             say("the journal is writable again")
             self.systemd.status("running")
+            self.book.look_again()
+            self.loop.call_at(self.loop.now(), lambda: None)  # and a turn dispatches now
             return
 
 
