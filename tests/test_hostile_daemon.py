@@ -7,7 +7,9 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,35 @@ def test_a_request_sqlite_fails_whole_undoes_only_its_own_writes(small_home, env
             assert client.wait([job], timeout=20) == {job: "done"}
     finally:
         daemon.stop(signal.SIGTERM)
+
+
+def _lock_journal(home: Path) -> sqlite3.Connection:
+    """Another process's connection holding the journal's write lock."""
+    blocker = sqlite3.connect(home / "journal.sqlite", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    return blocker
+
+
+def test_a_journal_another_process_keeps_locked_stalls_the_turn_until_released(daemon, gsup):
+    blocker = _lock_journal(daemon.home)
+    ids: list[int] = []
+    adding = threading.Thread(target=lambda: ids.append(gsup.add("jobs:add", "1", "2")))
+    adding.start()
+    daemon.said("cannot write the journal (database is locked); retrying every 1s")
+    blocker.execute("ROLLBACK")
+    adding.join(60)
+    daemon.said("the journal is writable again")
+    assert gsup.wait(*ids) == {ids[0]: "done"}
+
+
+def test_a_journal_another_process_keeps_locked_at_start_is_waited_for(make_daemon, gsup):
+    make_daemon().stop()  # a journal to lock
+    blocker = _lock_journal(gsup.home)
+    daemon = make_daemon(start=False)
+    starting = threading.Thread(target=daemon.start)
+    starting.start()
+    daemon.said("cannot write the journal (database is locked); retrying every 1s")
+    blocker.execute("ROLLBACK")
+    starting.join(60)
+    daemon.said("gsup: ready:")
+    assert gsup.run("jobs:add", "1") == "done"

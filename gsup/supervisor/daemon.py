@@ -19,6 +19,7 @@ import os
 import signal
 import sqlite3
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from gsup import recovery
@@ -64,9 +65,9 @@ class Supervisor:
     def run(self) -> int:
         lifetime.prepare_home(self.paths, self.access)
         self.loop.keep_private(lifetime.take_lock(self.paths))
+        self.loop.catch_signals(STOP_SIGNALS)  # one that comes while it starts: in the first turn
         self._open()
         self.connections.listen(lifetime.listen(self.paths, self.access))
-        self.loop.catch_signals(STOP_SIGNALS)
         for executor in self.executors.values():
             executor.start(self.loop, self.book)
         sizes = ", ".join(f"{p.name} {p.threads} threads" for p in self.settings.pools)
@@ -116,13 +117,25 @@ class Supervisor:
         for pool in self.settings.pools:
             frozen = self.journal.register_pool(pool.name, pool.threads, pool.queue_size)
             self.book.lanes[pool.name].frozen = frozen
-        self.journal.commit()
+        try:
+            self.journal.commit()
+        except JournalStalled as exc:
+            if not self._wait_for_journal(exc, self.journal.retry):
+                raise DaemonError("stopped before the journal could be written") from None
         self.journal.sync()
         for line in report.lines():
             say(line)
 
     def _request(self, conn: Connection, message: dict[str, Any]) -> None:
-        self.handlers.request(conn, message)
+        """Handle a request; if the turn's transaction cannot be opened for it (another
+        process holds the journal's write lock), wait until it can, then handle it."""
+        while not self.done:
+            try:
+                self.handlers.request(conn, message)
+                return
+            except JournalStalled as exc:
+                if not self._stall(exc, self.journal.take_lock):
+                    return
 
     def _dropped(self, conn: Connection) -> None:
         self.book.forget(conn)
@@ -202,7 +215,7 @@ class Supervisor:
         try:
             self.journal.commit()
         except JournalStalled as exc:
-            self._stall(exc)
+            self._stall(exc, self.journal.retry)
         return not self.done
 
     def _sync(self) -> bool:
@@ -217,30 +230,36 @@ class Supervisor:
             self.done, self.exit_code = True, 1
         return not self.done
 
-    def _stall(self, exc: JournalStalled) -> None:
-        """Retry the failed turn every second, doing nothing else meanwhile. A signal
-        ends the daemon: what the turn decided was never acted on, and the journal's
-        last committed state is what the next start recovers."""
+    def _stall(self, exc: JournalStalled, retry: Callable[[], None]) -> bool:
+        """Wait until `retry` writes the journal, doing nothing else meanwhile; whether
+        it did. A stop signal ends the daemon: what the turn decided was never acted
+        on, and the journal's last committed state is what the next start recovers."""
+        if self._wait_for_journal(exc, retry):
+            self.book.look_again()  # the stalled turn's reads missed its own writes
+            self.loop.call_at(self.loop.now(), lambda: None)  # and a turn dispatches now
+            return True
+        say("stopping with the journal not writable; the last turn is dropped")
+        for executor in self.executors.values():
+            executor.halt("the daemon stopped with the journal not writable")
+        self.done, self.exit_code = True, 1
+        return False
+
+    def _wait_for_journal(self, exc: JournalStalled, retry: Callable[[], None]) -> bool:
+        """Call `retry` every second until it no longer raises JournalStalled (a full
+        disk, another process holding the write lock); False if a stop signal came."""
         say(f"cannot write the journal ({exc}); retrying every {STALL_RETRY:g}s")
         self.systemd.status(f"stalled: cannot write the journal ({exc})")
-        while True:
-            if self.loop.sleep_unless_signalled(STALL_RETRY):
-                say("stopping with the journal not writable; the last turn is dropped")
-                for executor in self.executors.values():
-                    executor.halt("the daemon stopped with the journal not writable")
-                self.done, self.exit_code = True, 1
-                return
+        while not self.loop.sleep_unless_signalled(STALL_RETRY):
             if self.systemd.watchdog_interval is not None:
                 self.systemd.watchdog()
             try:
-                self.journal.retry()
+                retry()
             except JournalStalled:
                 continue
             say("the journal is writable again")
             self.systemd.status("running")
-            self.book.look_again()
-            self.loop.call_at(self.loop.now(), lambda: None)  # and a turn dispatches now
-            return
+            return True
+        return False
 
 
 def serve(settings: Settings) -> int:
