@@ -3,6 +3,7 @@ writing, a journal another process keeps locked, signals it was not asked to sto
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import Daemon
+from conftest import Daemon, wait_until
 
 from gsup.client import Client
 
@@ -109,3 +110,40 @@ def test_a_journal_another_process_keeps_locked_at_start_is_waited_for(make_daem
     starting.join(60)
     daemon.said("gsup: ready:")
     assert gsup.run("jobs:add", "1") == "done"
+
+
+STATE_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
+
+
+def test_hup_usr1_usr2_and_quit_say_the_state_and_stop_nothing(daemon, gsup, workdir):
+    go = workdir / "go"
+    job = gsup.add("jobs:wait_for_file", str(go))
+    wait_until(lambda: gsup.running(job), what="the job to start")
+    for number in STATE_SIGNALS:
+        os.kill(daemon.pid, number)
+        name = signal.Signals(number).name
+        if number == signal.SIGHUP:
+            name += " ignored (settings are read at start only)"
+        daemon.said(f"{name}: running, pid {daemon.pid}, up ")
+    assert "user 5 threads (1 running, 0 handed over)" in daemon.output
+    go.touch()
+    assert gsup.wait(job) == {job: "done"}
+    assert daemon.stop() == 0 and "gsup: stopped" in daemon.output
+
+
+def test_a_hangup_of_the_daemons_process_group_leaves_its_jobs_running(
+    make_daemon, gsup, workdir, monkeypatch
+):
+    """As a closed terminal does: SIGHUP to the group the daemon leads."""
+    with monkeypatch.context() as patch:  # the daemon leads a session and group of its own
+        patch.setattr(subprocess, "Popen", functools.partial(subprocess.Popen,
+                                                             start_new_session=True))  # fmt: skip
+        daemon = make_daemon()
+    go = workdir / "go"
+    call = gsup.add("jobs:wait_for_file", str(go))
+    command = gsup.add("--cmd", "--", "sh", "-c", "until [ -e go ]; do sleep 0.02; done")
+    wait_until(lambda: gsup.running(call) and gsup.running(command), what="the jobs to start")
+    os.killpg(daemon.pid, signal.SIGHUP)
+    daemon.said("SIGHUP ignored")
+    go.touch()
+    assert gsup.wait(call, command) == {call: "done", command: "done"}

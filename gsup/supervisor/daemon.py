@@ -40,6 +40,8 @@ from gsup.systemd import Notifier
 
 STALL_RETRY = 1.0  # seconds between attempts to write a turn that failed to commit
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Said, never fatal: a closed terminal (SIGHUP), a stray kill, Ctrl-\ (SIGQUIT).
+STATE_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 
 
 def local_executors(settings: Settings) -> dict[str, Executor]:
@@ -59,13 +61,15 @@ class Supervisor:
         self.systemd = Notifier()
         self.done = False
         self.exit_code = 0
+        self.started = self.loop.now()
 
     # --- start and stop -------------------------------------------------------------
 
     def run(self) -> int:
         lifetime.prepare_home(self.paths, self.access)
         self.loop.keep_private(lifetime.take_lock(self.paths))
-        self.loop.catch_signals(STOP_SIGNALS)  # one that comes while it starts: in the first turn
+        # One that comes while it starts is taken in the first turn.
+        self.loop.catch_signals(STOP_SIGNALS + STATE_SIGNALS)
         self._open()
         self.connections.listen(lifetime.listen(self.paths, self.access))
         for executor in self.executors.values():
@@ -179,8 +183,7 @@ class Supervisor:
 
     def _turn(self) -> None:
         self.loop.wait()
-        if self.loop.take_signals():
-            self._begin_stop()
+        self._take_signals()
         self.loop.fire_timers()
         if self.book.stopping and not self.done and not self.book.in_flight():
             self._finish_stop()
@@ -188,6 +191,33 @@ class Supervisor:
             return
         self.book.dispatch()
         self._settle_turn()
+
+    def _take_signals(self) -> None:
+        """A stop signal stops the daemon (the first, gracefully); the others say its
+        state. SIGHUP reloads nothing: the settings are read at start only."""
+        signals = self.loop.take_signals()
+        for number in dict.fromkeys(n for n in signals if n not in STOP_SIGNALS):
+            name = signal.Signals(number).name
+            if number == signal.SIGHUP:
+                name += " ignored (settings are read at start only)"
+            say(f"{name}: {self._state_line()}")
+        if any(number in STOP_SIGNALS for number in signals):
+            self._begin_stop()
+
+    def _state_line(self) -> str:
+        """One line of what the daemon holds, for the operator."""
+        pools = ", ".join(
+            f"{name} {self.settings.pool(name).threads} threads"
+            f" ({sum(f.started for f in lane.flights.values())} running,"
+            f" {sum(not f.started for f in lane.flights.values())} handed over"
+            f"{', frozen' if lane.frozen else ''})"
+            for name, lane in self.book.lanes.items()
+        )
+        state = "stopping" if self.book.stopping else "running"
+        if self.journal.failure is not None:
+            state += f", journal not writable ({self.journal.failure})"
+        uptime = self.loop.now() - self.started
+        return f"{state}, pid {os.getpid()}, up {uptime:.0f}s; pools {pools}"
 
     def _settle_turn(self) -> None:
         """Commit the turn, hand over its jobs, sync it, then answer (see the checklist)."""
@@ -249,7 +279,7 @@ class Supervisor:
         disk, another process holding the write lock); False if a stop signal came."""
         say(f"cannot write the journal ({exc}); retrying every {STALL_RETRY:g}s")
         self.systemd.status(f"stalled: cannot write the journal ({exc})")
-        while not self.loop.sleep_unless_signalled(STALL_RETRY):
+        while not self.loop.sleep_unless_signalled(STALL_RETRY, STOP_SIGNALS):
             if self.systemd.watchdog_interval is not None:
                 self.systemd.watchdog()
             try:
