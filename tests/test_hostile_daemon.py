@@ -147,3 +147,23 @@ def test_a_hangup_of_the_daemons_process_group_leaves_its_jobs_running(
     daemon.said("SIGHUP ignored")
     go.touch()
     assert gsup.wait(call, command) == {call: "done", command: "done"}
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as file:
+        return [int(child) for child in file.read().split()]
+
+
+def test_a_signal_sent_to_a_pool_kills_it_as_a_crash_and_its_job_runs_again(daemon, gsup,
+                                                                             workdir):  # fmt: skip
+    """Pools do not keep the supervisor's handlers: they die of these signals, on record."""
+    go = workdir / "go"
+    job = gsup.add("jobs:wait_for_file", str(go))
+    wait_until(lambda: gsup.running(job), what="the job to start")
+    for pool in _children(daemon.pid):
+        os.kill(pool, signal.SIGUSR1)
+    wait_until(lambda: len(gsup.show(job)["attempts_list"]) == 2, what="a second attempt")
+    go.touch()
+    assert gsup.wait(job) == {job: "done"}
+    first = gsup.show(job)["attempts_list"][0]
+    assert (first["outcome"], "SIGUSR1" in first["reason"]) == ("lost", True)
