@@ -148,8 +148,8 @@ class Writer:
         self._must_sync = self._must_sync or not lazy
         if self.failure is not None:
             return None
-        self._begin()
         try:
+            self._begin()  # busy: another process holds the journal's write lock
             if self._in_transaction and not self.conn.in_transaction:
                 # SQLite rolled the whole turn back (disk full, I/O error): executing
                 # now would autocommit; the turn must be replayed instead.
@@ -213,12 +213,24 @@ class Writer:
             raise self.failure
         self.conn.execute("COMMIT")
 
+    def take_lock(self) -> None:
+        """Open the turn's transaction, if it is not yet; raises JournalStalled when
+        the journal's write lock stays taken by another process (busy_timeout)."""
+        try:
+            self._begin()
+        except sqlite3.Error as exc:
+            raise JournalStalled(str(exc)) from exc
+
     def _write_turn_again(self) -> None:
+        self._replay()
+        self.conn.execute("COMMIT")
+
+    def _replay(self) -> None:
+        """Open the turn's transaction again and write into it what the turn wrote."""
         self.conn.execute("BEGIN IMMEDIATE")
         self._in_transaction = True
         for sql, params, many in self._log:
             (self.conn.executemany if many else self.conn.execute)(sql, params)
-        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self._abandon()  # a turn cut short by a crash is not committed
@@ -233,8 +245,10 @@ class Writer:
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
-        """A request's writes: kept if the block ends normally, undone if it raises."""
-        self._begin()
+        """A request's writes: kept if the block ends normally, undone if it raises.
+        Raises JournalStalled if the turn's transaction cannot be opened (another
+        process holds the journal's write lock): nothing was written, see `take_lock`."""
+        self.take_lock()
         self.conn.execute("SAVEPOINT request")
         self._savepoint = (len(self._log), self._next_job_id, self._next_attempt_id)
         try:
@@ -253,9 +267,17 @@ class Writer:
         try:
             self.conn.execute("ROLLBACK TO request")
             self.conn.execute("RELEASE request")
+            return
+        except sqlite3.Error:
+            pass
+        # SQLite rolled back the whole transaction (disk full, I/O error), not just the
+        # request: write the turn's earlier writes (the log) again at once, so that the
+        # rest of the turn reads what it wrote; if that fails, the turn stalls.
+        self._abandon()
+        try:
+            self._replay()
         except sqlite3.Error as exc:
-            # SQLite rolled back the whole transaction, not just the request: the
-            # turn's earlier writes (still in the log) must be written again.
+            self._abandon()
             self.failure = exc
 
     # --- commands and pools ----------------------------------------------------------

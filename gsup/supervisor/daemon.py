@@ -19,6 +19,7 @@ import os
 import signal
 import sqlite3
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from gsup import recovery
@@ -39,6 +40,8 @@ from gsup.systemd import Notifier
 
 STALL_RETRY = 1.0  # seconds between attempts to write a turn that failed to commit
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Said, never fatal: a closed terminal (SIGHUP), a stray kill, Ctrl-\ (SIGQUIT).
+STATE_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 
 
 def local_executors(settings: Settings) -> dict[str, Executor]:
@@ -58,15 +61,17 @@ class Supervisor:
         self.systemd = Notifier()
         self.done = False
         self.exit_code = 0
+        self.started = self.loop.now()
 
     # --- start and stop -------------------------------------------------------------
 
     def run(self) -> int:
         lifetime.prepare_home(self.paths, self.access)
         self.loop.keep_private(lifetime.take_lock(self.paths))
+        # One that comes while it starts is taken in the first turn.
+        self.loop.catch_signals(STOP_SIGNALS + STATE_SIGNALS)
         self._open()
         self.connections.listen(lifetime.listen(self.paths, self.access))
-        self.loop.catch_signals(STOP_SIGNALS)
         for executor in self.executors.values():
             executor.start(self.loop, self.book)
         sizes = ", ".join(f"{p.name} {p.threads} threads" for p in self.settings.pools)
@@ -116,13 +121,25 @@ class Supervisor:
         for pool in self.settings.pools:
             frozen = self.journal.register_pool(pool.name, pool.threads, pool.queue_size)
             self.book.lanes[pool.name].frozen = frozen
-        self.journal.commit()
+        try:
+            self.journal.commit()
+        except JournalStalled as exc:
+            if not self._wait_for_journal(exc, self.journal.retry):
+                raise DaemonError("stopped before the journal could be written") from None
         self.journal.sync()
         for line in report.lines():
             say(line)
 
     def _request(self, conn: Connection, message: dict[str, Any]) -> None:
-        self.handlers.request(conn, message)
+        """Handle a request; if the turn's transaction cannot be opened for it (another
+        process holds the journal's write lock), wait until it can, then handle it."""
+        while not self.done:
+            try:
+                self.handlers.request(conn, message)
+                return
+            except JournalStalled as exc:
+                if not self._stall(exc, self.journal.take_lock):
+                    return
 
     def _dropped(self, conn: Connection) -> None:
         self.book.forget(conn)
@@ -166,8 +183,7 @@ class Supervisor:
 
     def _turn(self) -> None:
         self.loop.wait()
-        if self.loop.take_signals():
-            self._begin_stop()
+        self._take_signals()
         self.loop.fire_timers()
         if self.book.stopping and not self.done and not self.book.in_flight():
             self._finish_stop()
@@ -175,6 +191,33 @@ class Supervisor:
             return
         self.book.dispatch()
         self._settle_turn()
+
+    def _take_signals(self) -> None:
+        """A stop signal stops the daemon (the first, gracefully); the others say its
+        state. SIGHUP reloads nothing: the settings are read at start only."""
+        signals = self.loop.take_signals()
+        for number in dict.fromkeys(n for n in signals if n not in STOP_SIGNALS):
+            name = signal.Signals(number).name
+            if number == signal.SIGHUP:
+                name += " ignored (settings are read at start only)"
+            say(f"{name}: {self._state_line()}")
+        if any(number in STOP_SIGNALS for number in signals):
+            self._begin_stop()
+
+    def _state_line(self) -> str:
+        """One line of what the daemon holds, for the operator."""
+        pools = ", ".join(
+            f"{name} {self.settings.pool(name).threads} threads"
+            f" ({sum(f.started for f in lane.flights.values())} running,"
+            f" {sum(not f.started for f in lane.flights.values())} handed over"
+            f"{', frozen' if lane.frozen else ''})"
+            for name, lane in self.book.lanes.items()
+        )
+        state = "stopping" if self.book.stopping else "running"
+        if self.journal.failure is not None:
+            state += f", journal not writable ({self.journal.failure})"
+        uptime = self.loop.now() - self.started
+        return f"{state}, pid {os.getpid()}, up {uptime:.0f}s; pools {pools}"
 
     def _settle_turn(self) -> None:
         """Commit the turn, hand over its jobs, sync it, then answer (see the checklist)."""
@@ -202,7 +245,7 @@ class Supervisor:
         try:
             self.journal.commit()
         except JournalStalled as exc:
-            self._stall(exc)
+            self._stall(exc, self.journal.retry)
         return not self.done
 
     def _sync(self) -> bool:
@@ -217,28 +260,36 @@ class Supervisor:
             self.done, self.exit_code = True, 1
         return not self.done
 
-    def _stall(self, exc: JournalStalled) -> None:
-        """Retry the failed turn every second, doing nothing else meanwhile. A signal
-        ends the daemon: what the turn decided was never acted on, and the journal's
-        last committed state is what the next start recovers."""
+    def _stall(self, exc: JournalStalled, retry: Callable[[], None]) -> bool:
+        """Wait until `retry` writes the journal, doing nothing else meanwhile; whether
+        it did. A stop signal ends the daemon: what the turn decided was never acted
+        on, and the journal's last committed state is what the next start recovers."""
+        if self._wait_for_journal(exc, retry):
+            self.book.look_again()  # the stalled turn's reads missed its own writes
+            self.loop.call_at(self.loop.now(), lambda: None)  # and a turn dispatches now
+            return True
+        say("stopping with the journal not writable; the last turn is dropped")
+        for executor in self.executors.values():
+            executor.halt("the daemon stopped with the journal not writable")
+        self.done, self.exit_code = True, 1
+        return False
+
+    def _wait_for_journal(self, exc: JournalStalled, retry: Callable[[], None]) -> bool:
+        """Call `retry` every second until it no longer raises JournalStalled (a full
+        disk, another process holding the write lock); False if a stop signal came."""
         say(f"cannot write the journal ({exc}); retrying every {STALL_RETRY:g}s")
         self.systemd.status(f"stalled: cannot write the journal ({exc})")
-        while True:
-            if self.loop.sleep_unless_signalled(STALL_RETRY):
-                say("stopping with the journal not writable; the last turn is dropped")
-                for executor in self.executors.values():
-                    executor.halt("the daemon stopped with the journal not writable")
-                self.done, self.exit_code = True, 1
-                return
+        while not self.loop.sleep_unless_signalled(STALL_RETRY, STOP_SIGNALS):
             if self.systemd.watchdog_interval is not None:
                 self.systemd.watchdog()
             try:
-                self.journal.retry()
+                retry()
             except JournalStalled:
                 continue
             say("the journal is writable again")
             self.systemd.status("running")
-            return
+            return True
+        return False
 
 
 def serve(settings: Settings) -> int:

@@ -181,6 +181,12 @@ class JobBook:
             elif free > 0 and lane.maybe_queued:
                 self._fill(lane, free)
 
+    def look_again(self) -> None:
+        """A stalled turn was written again: what its reads missed (the turn's own
+        writes) may be queued jobs, so the next dispatch looks in every lane."""
+        for lane in self.lanes.values():
+            lane.maybe_queued = True
+
     @staticmethod
     def _suspect_aboard(lane: Lane) -> bool:
         return any(f.policy.lost_count for f in lane.flights.values())

@@ -154,13 +154,19 @@ class Loop:
         taken, self.signals = self.signals, []
         return taken
 
-    def sleep_unless_signalled(self, seconds: float) -> bool:
-        """Wait `seconds`, or less if a signal comes; whether one came."""
+    def sleep_unless_signalled(self, seconds: float, numbers: tuple[int, ...]) -> bool:
+        """Wait `seconds`, or less if one of these signals comes; whether one came
+        (others are kept for `take_signals`)."""
+        deadline = self.now() + seconds
         with selectors.DefaultSelector() as signals_only:
             signals_only.register(self._wakeup_r, selectors.EVENT_READ)
-            signals_only.select(seconds)
-        self._drain_wakeups()
-        return bool(self.signals)
+            while not any(number in numbers for number in self.signals):
+                left = deadline - self.now()
+                if left <= 0:
+                    break
+                signals_only.select(left)
+                self._drain_wakeups()
+        return any(number in numbers for number in self.signals)
 
     # --- a turn's first steps ------------------------------------------------------------
 

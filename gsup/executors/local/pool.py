@@ -349,7 +349,8 @@ def pool_main(settings: PoolSettings, sock: socket.socket, home: str, close: lis
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # its own group: a Ctrl-C at the terminal is for the supervisor
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
+        signal.signal(number, signal.SIG_DFL)  # not the supervisor's: a pool dies of them
     signal.set_wakeup_fd(-1)  # the supervisor's, inherited
     for fd in close:  # the supervisor's listener, lock, clients and other pools' sockets
         with contextlib.suppress(OSError):
