@@ -100,6 +100,10 @@ def test_a_turn_that_cannot_be_written_waits_for_room_then_goes_on(small_home, e
             unfreeze.start()
             wait_until(lambda: "cannot write the journal" in daemon.output, what="the stall")
             assert replies == []  # not acknowledged while it is not on disk
+            with Client(small_home) as other, pytest.raises(GsupError) as refused:
+                job3 = call_spec("jobs:add", (3,), path=[str(workdir)]).to_wire()
+                other.request("add", timeout=10, jobs=[job3])  # answered at once
+            assert str(refused.value).startswith("the daemon cannot write its journal (")
             filler.unlink()
             unfreeze.join(30)
             assert replies == [{"user": False, "monitoring": False}]

@@ -49,6 +49,7 @@ class Connections:
         self.open: dict[int, Connection] = {}
         self.replies: list[tuple[Connection, dict[str, Any]]] = []
         self.listener: socket.socket | None = None
+        self.refusing: str | None = None  # while set, each request gets it as its error
 
     def listen(self, listener: socket.socket) -> None:
         self.listener = listener
@@ -102,7 +103,23 @@ class Connections:
             self.refuse(conn, str(exc))
             return
         for message in messages:
-            self.on_request(conn, message)
+            if self.refusing is None:
+                self.on_request(conn, message)
+            else:  # nothing can be journaled: say so now, not after the stall
+                conn.unsent += encode({"id": message.get("id"), "ok": False,
+                                       "error": self.refusing})  # fmt: skip
+                self._send(conn)
+
+    def watched(self) -> list[tuple[Any, int, Callable[[int], None]]]:
+        """(file object, events, callback) of the listener and every client: what a
+        stalled daemon still serves, with `refusing` set."""
+        watched: list[tuple[Any, int, Callable[[int], None]]] = []
+        if self.listener is not None:
+            watched.append((self.listener, selectors.EVENT_READ, self._accept))
+        for conn in self.open.values():
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.unsent else 0)
+            watched.append((conn.sock, events, lambda mask, c=conn: self._on_io(c, mask)))
+        return watched
 
     def refuse(self, conn: Connection, error: str) -> None:
         self.reply(conn, None, {"ok": False, "error": error})

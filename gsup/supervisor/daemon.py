@@ -279,17 +279,26 @@ class Supervisor:
         disk, another process holding the write lock); False if a stop signal came."""
         say(f"cannot write the journal ({exc}); retrying every {STALL_RETRY:g}s")
         self.systemd.status(f"stalled: cannot write the journal ({exc})")
-        while not self.loop.sleep_unless_signalled(STALL_RETRY, STOP_SIGNALS):
-            if self.systemd.watchdog_interval is not None:
-                self.systemd.watchdog()
-            try:
-                retry()
-            except JournalStalled:
-                continue
-            say("the journal is writable again")
-            self.systemd.status("running")
-            return True
-        return False
+        self.connections.refusing = (
+            f"the daemon cannot write its journal ({exc}); nothing is accepted until it"
+            " can: try again later"
+        )
+        try:
+            while not self.loop.sleep_unless_signalled(
+                STALL_RETRY, STOP_SIGNALS, self.connections.watched
+            ):
+                if self.systemd.watchdog_interval is not None:
+                    self.systemd.watchdog()
+                try:
+                    retry()
+                except JournalStalled:
+                    continue
+                say("the journal is writable again")
+                self.systemd.status("running")
+                return True
+            return False
+        finally:
+            self.connections.refusing = None
 
 
 def serve(settings: Settings) -> int:

@@ -154,18 +154,28 @@ class Loop:
         taken, self.signals = self.signals, []
         return taken
 
-    def sleep_unless_signalled(self, seconds: float, numbers: tuple[int, ...]) -> bool:
+    def sleep_unless_signalled(
+        self,
+        seconds: float,
+        numbers: tuple[int, ...],
+        serving: Callable[[], list[tuple[Any, int, Callable[[int], None]]]] = list,
+    ) -> bool:
         """Wait `seconds`, or less if one of these signals comes; whether one came
-        (others are kept for `take_signals`)."""
+        (others are kept for `take_signals`). Meanwhile, serve only what `serving`
+        gives: (file object, events, callback), asked anew after each wake-up."""
         deadline = self.now() + seconds
-        with selectors.DefaultSelector() as signals_only:
-            signals_only.register(self._wakeup_r, selectors.EVENT_READ)
-            while not any(number in numbers for number in self.signals):
-                left = deadline - self.now()
-                if left <= 0:
-                    break
-                signals_only.select(left)
-                self._drain_wakeups()
+        while not any(number in numbers for number in self.signals):
+            left = deadline - self.now()
+            if left <= 0:
+                break
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._wakeup_r, selectors.EVENT_READ)
+                for fileobj, events, callback in serving():
+                    selector.register(fileobj, events, callback)
+                for key, mask in selector.select(left):
+                    if key.data is not None:
+                        key.data(mask)
+            self._drain_wakeups()
         return any(number in numbers for number in self.signals)
 
     # --- a turn's first steps ------------------------------------------------------------
