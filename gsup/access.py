@@ -10,14 +10,10 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import socket
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from gsup.settings import ConfigError
-
-_CREDENTIALS = struct.Struct("3i")  # pid, uid, gid
 
 
 @dataclass(frozen=True)
@@ -69,9 +65,3 @@ class Access:
         except KeyError:
             return False
         return self.gid in os.getgrouplist(name, gid)
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a unix socket."""
-    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
-    return _CREDENTIALS.unpack(data)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from gsup.config import MAX_MESSAGE, Paths, resolve_home
 from gsup.errors import DaemonNotRunning, GsupError, WaitTimeout
+from gsup.peers import untrusted_daemon
 from gsup.protocol import JobSpec, LineReader, ProtocolError, encode, shared_fields
 
 if TYPE_CHECKING:
@@ -98,6 +99,10 @@ class Client:
             except OSError as exc:
                 sock.close()
                 raise GsupError(f"cannot reach the daemon at {self.paths.socket}: {exc}") from None
+            distrust = untrusted_daemon(sock, self.paths.socket)
+            if distrust is not None:
+                sock.close()
+                raise GsupError(distrust)
             self._sock = sock
         return self._sock
 

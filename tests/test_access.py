@@ -75,3 +75,46 @@ def test_an_unknown_group_stops_the_daemon_with_a_clear_error(env):
         1,
         "gsup: error: GSUP_GROUP: unknown group 'no-such-group-here'",
     )
+
+
+FAKE_DAEMON = (  # another user's listener: notes what it is sent, answers with a fake id
+    "import os, socket, sys\n"
+    "home = sys.argv[1]\n"
+    "os.makedirs(home, mode=0o700)\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "s.bind(os.path.join(home, 'gsup.sock'))\n"
+    "s.listen()\n"
+    "print('listening', flush=True)\n"
+    "while True:\n"
+    "    conn, _ = s.accept()\n"
+    "    data = conn.recv(1 << 20)\n"
+    "    if data:\n"
+    "        open(os.path.join(home, 'received'), 'ab').write(data)\n"
+    '    conn.sendall(b\'{"id": 1, "ok": true, "ids": [666]}\\n\')\n'
+)
+
+
+def test_a_daemon_another_user_set_up_in_a_shared_folder_is_sent_nothing(home, env, gsup):
+    shared = home.parent / "shared"  # as /tmp: anyone may make a folder in it
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o1777)
+    home.parent.chmod(0o755)
+    trap = shared / "gsup"
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    fake = subprocess.Popen(
+        [python, "-c", FAKE_DAEMON, str(trap)], user=NOBODY, group=NOBODY, extra_groups=[],
+        cwd="/", stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert fake.stdout.readline() == "listening\n"
+        env["GSUP_HOME"] = str(trap)
+        env["SECRET_TOKEN"] = "hunter2"
+        result = gsup("add", "--cmd", "--", "true", check=False)
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == (
+            f"gsup: error: the daemon at {trap}/gsup.sock runs as uid {NOBODY}, not as you, and"
+            f" {shared} could have been made by someone else: refusing to send it anything\n"
+        )
+        assert not (trap / "received").exists()
+    finally:
+        fake.kill()

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gsup.access import Access, peer_credentials
+from gsup.access import Access
+from gsup.peers import peer_credentials
 from gsup.protocol import LineReader, ProtocolError, encode
 from gsup.supervisor.loop import Loop, say
 
