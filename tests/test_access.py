@@ -118,3 +118,18 @@ def test_a_daemon_another_user_set_up_in_a_shared_folder_is_sent_nothing(home, e
         assert not (trap / "received").exists()
     finally:
         fake.kill()
+
+
+def test_a_state_dir_reached_through_another_users_link_is_refused(home, env):
+    victims = home.parent / "mine"
+    victims.mkdir(mode=0o700)
+    link = home.parent / "theirs"
+    link.symlink_to(victims)
+    os.lchown(link, NOBODY, NOBODY)
+    env["GSUP_HOME"] = str(link)
+    result = run_daemon_expecting_exit(env)
+    assert (result.returncode, result.stderr) == (1, (
+        f"gsup: error: state dir {link} is reached through {link}, a link of uid {NOBODY},"
+        " who could move it; use the folder it points to, or a folder of your own\n"
+    ))  # fmt: skip
+    assert stat.S_IMODE(victims.stat().st_mode) == 0o700 and not any(victims.iterdir())

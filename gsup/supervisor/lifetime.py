@@ -19,6 +19,20 @@ class DaemonError(Exception):
     """The daemon cannot start; the message says why."""
 
 
+def trusted_home(home: Path) -> Path:
+    """The state dir with its links resolved, once: a link on the way to it that
+    another user owns could be moved later, and the daemon's files (logs, the journal)
+    would go where that user chooses."""
+    for step in [home, *home.parents]:
+        if step.is_symlink() and step.lstat().st_uid not in (os.getuid(), 0):
+            owner = step.lstat().st_uid
+            raise DaemonError(
+                f"state dir {home} is reached through {step}, a link of uid {owner}, who"
+                " could move it; use the folder it points to, or a folder of your own"
+            )
+    return home.resolve()
+
+
 def prepare_home(paths: Paths, access: Access) -> None:
     home = paths.home
     if home.exists() and _shared(home):

@@ -32,11 +32,14 @@ def daemon(
     """Run the supervisor in the foreground (under systemd, or by hand)."""
     from gsup.settings import ConfigError, load_settings
     from gsup.supervisor.daemon import serve
+    from gsup.supervisor.lifetime import DaemonError, trusted_home
 
     try:
         settings = load_settings(
-            resolve_home(home), {"user": user_threads, "monitoring": monitoring_threads}, grace
+            trusted_home(resolve_home(home)),
+            {"user": user_threads, "monitoring": monitoring_threads},
+            grace,
         )
-    except ConfigError as exc:
+    except (ConfigError, DaemonError) as exc:
         raise GsupError(str(exc)) from None
     raise typer.Exit(serve(settings))
