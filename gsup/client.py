@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gsup.config import MAX_MESSAGE, Paths, resolve_home
-from gsup.errors import DaemonNotRunning, GsupError, WaitTimeout
+from gsup.errors import DaemonNotRunning, GsupError, PartlyAdded, WaitTimeout
 from gsup.peers import untrusted_daemon
 from gsup.protocol import JobSpec, LineReader, ProtocolError, encode, shared_fields
 
@@ -112,7 +112,11 @@ class Client:
             self._sock.close()
             self._sock = None
         for pending in self._pending.values():  # their replies can no longer come
-            pending.message = {"ok": False, "error": "lost the connection to the daemon"}
+            pending.message = {
+                "ok": False,
+                "error": "lost the connection to the daemon",
+                "lost": True,
+            }  # it may or may not have been done
         self._pending.clear()
 
     def __enter__(self) -> Client:
@@ -236,31 +240,41 @@ class Client:
 
     def add_many(self, jobs: Iterable[JobSpec]) -> list[int]:
         """Add jobs in requests of ADD_BATCH, each sent while the daemon commits the
-        one before; the ids in order. GsupError says how many were added if one fails."""
-        pending = [
-            request
-            for batch in _batches(jobs)
-            for request in self._send_batch([job.to_wire() for job in batch])
-        ]
+        one before; the ids in order. PartlyAdded if some were not: which were."""
+        sent: list[tuple[Pending, int]] = []  # each request, and how many jobs it holds
+        total, why = 0, None
+        for batch in _batches(jobs):
+            total += len(batch)
+            if why is None:
+                try:
+                    sent += self._send_batch([job.to_wire() for job in batch])
+                except GsupError as exc:  # the connection is gone: nothing more is sent
+                    why = str(exc)
         ids: list[int] = []
-        errors = []
-        for request in pending:
+        unsure = 0
+        for request, count in sent:
             try:
-                ids += request.reply()["ids"]
-            except GsupError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise GsupError(f"{errors[0]} ({len(ids)} jobs were added)")
+                reply = self._await(request, None)
+            except GsupError as exc:  # the connection is gone: this reply will not come
+                reply = {"ok": False, "error": str(exc), "lost": True}
+            if reply.get("ok"):
+                ids += reply["ids"]
+                continue
+            why = why or reply.get("error", "the daemon refused the request")
+            unsure += count if reply.get("lost") else 0
+        if len(ids) < total:
+            raise PartlyAdded(str(why), ids, total, unsure)
         return ids
 
-    def _send_batch(self, wires: list[dict[str, Any]]) -> list[Pending]:
-        """One add request, or several if the batch is larger than a message may be."""
+    def _send_batch(self, wires: list[dict[str, Any]]) -> list[tuple[Pending, int]]:
+        """One add request, or several if the batch is larger than a message may be;
+        each with its number of jobs."""
         shared = shared_fields(wires)
         jobs = [{k: v for k, v in wire.items() if k not in shared} for wire in wires]
         if len(wires) > 1 and len(encode({"defaults": shared, "jobs": jobs})) > MAX_MESSAGE:
             half = len(wires) // 2
             return self._send_batch(wires[:half]) + self._send_batch(wires[half:])
-        return [self.send("add", defaults=shared, jobs=jobs)]
+        return [(self.send("add", defaults=shared, jobs=jobs), len(jobs))]
 
     def get(
         self, job: int, wait: bool = False, timeout: float | None = None, read_first: bool = True

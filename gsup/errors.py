@@ -29,3 +29,14 @@ class WaitTimeout(GsupError, TimeoutError):
 
 class BadOptions(GsupError, TypeError):
     """Job options that gsup does not know."""
+
+
+class PartlyAdded(GsupError):
+    """A batch of which some jobs were added and some not (a refused request, a lost
+    connection): `ids` are those the daemon confirmed, in order; `unsure` jobs were
+    sent but no answer came (the daemon may have added them)."""
+
+    def __init__(self, why: str, ids: list[int], total: int, unsure: int) -> None:
+        self.ids, self.total, self.unsure = ids, total, unsure
+        maybe = f", {unsure:,} may have been (no answer came)" if unsure else ""
+        super().__init__(f"{why}; {len(ids):,} of {total:,} jobs were added{maybe}")

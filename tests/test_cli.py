@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -203,4 +205,35 @@ def test_cancel_goes_on_past_a_job_it_cannot_cancel(daemon, gsup):
         1,
         f"{job}: cancelled\n",
         "gsup: error: no job 99998\n",
+    )
+
+
+def _answer_one_add_then_vanish(listener: socket.socket, requests: int) -> None:
+    """A daemon that reads `requests` add requests, confirms the first, and dies."""
+    conn, _ = listener.accept()
+    with conn, conn.makefile("rb") as lines:
+        first = json.loads(lines.readline())
+        for _ in range(requests - 1):
+            lines.readline()
+        ids = list(range(1, len(first["jobs"]) + 1))
+        conn.sendall(json.dumps({"id": first["id"], "ok": True, "ids": ids}).encode() + b"\n")
+
+
+def test_a_batch_cut_short_says_which_jobs_were_added(gsup, home, workdir):
+    home.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(home / "gsup.sock"))
+    listener.listen()
+    daemon = threading.Thread(target=_answer_one_add_then_vanish, args=(listener, 3))
+    daemon.start()
+    lines = "jobs:add 1\n" * 25_000  # in three requests: 10,000, 10,000 and 5,000 jobs
+    (workdir / "lines").write_text(lines)
+    result = gsup("add", "--from", "lines", check=False)
+    daemon.join(10)
+    listener.close()
+    assert result.returncode == 1
+    assert result.stdout.split() == [str(job) for job in range(1, 10_001)]
+    assert result.stderr == (
+        "gsup: error: the daemon closed the connection; 10,000 of 25,000 jobs were added,"
+        " 15,000 may have been (no answer came)\n"
     )

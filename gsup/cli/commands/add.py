@@ -15,7 +15,7 @@ import typer
 from gsup.cli.app import app
 from gsup.cli.options import Home, Queue
 from gsup.config import DEFAULT_PRIORITY
-from gsup.errors import GsupError
+from gsup.errors import GsupError, PartlyAdded
 from gsup.protocol import MAX_RETRIES, MAX_SECONDS, RETRY_CAUSES, JobSpec, is_retry_cause
 
 OnLost = Enum("OnLost", {"requeue": "requeue", "fail": "fail"}, type=str)  # type: ignore[misc]
@@ -133,7 +133,11 @@ def add(
         for spec in specs:
             _check(spec)
         return
-    ids = Client(home).add_many(specs)
+    try:
+        ids = Client(home).add_many(specs)
+    except PartlyAdded as exc:  # the ids of those added first, then why not the rest
+        sys.stdout.write("".join(f"{job}\n" for job in exc.ids))
+        raise
     sys.stdout.write("".join(f"{job}\n" for job in ids))
 
 
