@@ -18,6 +18,12 @@ from gsup.protocol import LineReader, ProtocolError, encode
 from gsup.supervisor.loop import Loop, say
 
 ACCEPT_PAUSE = 1.0  # seconds without new connections when file descriptors run out
+# Replies a client has not read yet. A client past its bound is dropped when it is
+# sent one more; past the total, the client holding most is dropped. One client's
+# bound holds the replies of an add_many of ~3 million jobs, which reads none of them
+# until it has sent them all.
+MAX_CLIENT_BACKLOG = 32 << 20
+MAX_TOTAL_BACKLOG = 128 << 20
 
 
 @dataclass
@@ -26,10 +32,21 @@ class Connection:
     reader: LineReader
     uid: int
     pid: int
+    held: list[bytes] = field(default_factory=list)  # this turn's replies, encoded
+    held_bytes: int = 0
     unsent: bytearray = field(default_factory=bytearray)
     # Refused (bad peer, broken message): after the error reply, its input is read
     # and dropped until it hangs up, so the reply is not lost to a reset.
     refused: bool = False
+    # Doomed (it does not read its replies): dropped at the next safe point, as a
+    # drop in the middle of a handler or of the book's rounds could upset them.
+    doomed: bool = False
+    closed: bool = False
+
+    @property
+    def backlog(self) -> int:
+        """Bytes of replies it has not read: this turn's and those the socket refused."""
+        return self.held_bytes + len(self.unsent)
 
 
 class Connections:
@@ -47,7 +64,9 @@ class Connections:
         self.on_request = on_request
         self.on_drop = on_drop
         self.open: dict[int, Connection] = {}
-        self.replies: list[tuple[Connection, dict[str, Any]]] = []
+        self.replying: list[Connection] = []  # those holding replies of this turn
+        self.doomed: list[Connection] = []
+        self.backlog = 0  # of all connections
         self.listener: socket.socket | None = None
 
     def listen(self, listener: socket.socket) -> None:
@@ -91,7 +110,7 @@ class Connections:
             data = conn.sock.recv(1 << 16)
         except OSError:
             data = b""
-        if not data:
+        if not data or conn.doomed:
             self.drop(conn)
             return
         if conn.refused:
@@ -102,6 +121,8 @@ class Connections:
             self.refuse(conn, str(exc))
             return
         for message in messages:
+            if conn.doomed:
+                break
             self.on_request(conn, message)
 
     def refuse(self, conn: Connection, error: str) -> None:
@@ -109,13 +130,45 @@ class Connections:
         conn.refused = True
 
     def reply(self, conn: Connection, request_id: Any, message: dict[str, Any]) -> None:
-        """Queue a reply; it leaves with `flush`, once the turn is committed."""
-        self.replies.append((conn, {"id": request_id, **message}))
+        """Queue a reply; it leaves with `flush`, once the turn is committed. A client
+        that has not read its backlog gets no more: it is dropped."""
+        if conn.doomed or conn.closed:
+            return
+        if conn.backlog >= MAX_CLIENT_BACKLOG:
+            self._doom(conn)
+            return
+        data = encode({"id": request_id, **message})
+        if not conn.held:
+            self.replying.append(conn)
+        conn.held.append(data)
+        conn.held_bytes += len(data)
+        self.backlog += len(data)
+        while self.backlog > MAX_TOTAL_BACKLOG:
+            self._doom(max(self.open.values(), key=lambda c: c.backlog))
+
+    def _doom(self, conn: Connection) -> None:
+        """Drop a client that does not read at the next safe point; free its replies now."""
+        say(
+            f"dropping a client (pid {conn.pid}) that did not read its replies"
+            f" ({conn.backlog / (1 << 20):.1f} MB unread)"
+        )
+        self._forget_backlog(conn)
+        conn.doomed = True
+        self.doomed.append(conn)
+
+    def _forget_backlog(self, conn: Connection) -> None:
+        self.backlog -= conn.backlog
+        conn.held, conn.held_bytes, conn.unsent = [], 0, bytearray()
 
     def flush(self) -> None:
-        for conn, message in self.replies:
-            conn.unsent += encode(message)
-        self.replies.clear()
+        for conn in self.replying:
+            for data in conn.held:
+                conn.unsent += data
+            conn.held, conn.held_bytes = [], 0
+        self.replying.clear()
+        for conn in self.doomed:
+            self.drop(conn)
+        self.doomed.clear()
         for conn in list(self.open.values()):
             if conn.unsent:
                 self._send(conn)
@@ -129,14 +182,18 @@ class Connections:
             self.drop(conn)
             return
         del conn.unsent[:sent]
+        self.backlog -= sent
         if not conn.unsent and conn.refused:
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_WR)
         self.loop.want_write(conn.sock, bool(conn.unsent))
 
     def drop(self, conn: Connection) -> None:
-        if self.open.pop(conn.sock.fileno(), None) is None:
+        if conn.closed:
             return
+        del self.open[conn.sock.fileno()]
+        self._forget_backlog(conn)
+        conn.closed = True
         self.loop.unwatch(conn.sock)
         conn.sock.close()
         self.on_drop(conn)

@@ -1,0 +1,100 @@
+"""Clients that do not read, send lines that never end, or hold connections: the
+daemon's memory and descriptors stay bounded, and other clients are served."""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+from pathlib import Path
+
+from conftest import wait_until
+
+from gsup.supervisor import connections
+
+BIG_RESULT = 900_000  # characters: just under the size a reply carries inline
+MB = 1 << 20
+
+
+def _status_kb(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
+
+
+def _connect(home: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)  # a hung daemon fails the test rather than hanging it
+    sock.connect(str(home / "gsup.sock"))
+    return sock
+
+
+def _request(sock: socket.socket, verb: str, **fields: object) -> dict:
+    """One request and its reply, on a raw connection."""
+    sock.sendall(json.dumps({"verb": verb, "id": 1, **fields}).encode() + b"\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    return json.loads(data)
+
+
+def _big_result_job(gsup, workdir: Path) -> int:
+    (workdir / "big.py").write_text("def text(n):\n    return 'x' * n\n")
+    job = gsup.add("big:text", str(BIG_RESULT))
+    assert gsup.wait(job) == {job: "done"}
+    return job
+
+
+def _get_requests(job: int, count: int) -> bytes:
+    return b"".join(
+        json.dumps({"verb": "get", "id": i, "job": job}).encode() + b"\n" for i in range(count)
+    )
+
+
+def _read_to_end(sock: socket.socket) -> int:
+    """Bytes the daemon sent before it closed the connection."""
+    total = 0
+    try:
+        while chunk := sock.recv(1 << 20):
+            total += len(chunk)
+    except ConnectionResetError:
+        pass
+    return total
+
+
+def test_a_client_that_does_not_read_is_dropped_past_its_backlog(daemon, gsup, home, workdir):
+    job = _big_result_job(gsup, workdir)
+    asked = connections.MAX_CLIENT_BACKLOG // BIG_RESULT * 3  # three times what it may hold
+    greedy = _connect(home)
+    greedy.sendall(_get_requests(job, asked))
+    assert daemon.said("did not read its replies")
+    with _connect(home) as other:  # others are answered meanwhile
+        assert len(_request(other, "get", job=job)["job"]["result"]) == BIG_RESULT + 2
+    received = _read_to_end(greedy)  # the connection ends, short of all it asked for
+    assert received < connections.MAX_CLIENT_BACKLOG + 2 * BIG_RESULT + MB
+    assert daemon.process.poll() is None
+
+
+def test_many_clients_that_do_not_read_cannot_exhaust_memory(daemon, gsup, home, workdir):
+    job = _big_result_job(gsup, workdir)
+    clients, each = 100, 10  # 900 MB of replies asked for, none read
+    gib = 1 << 30
+    resource.prlimit(daemon.pid, resource.RLIMIT_AS, (gib, gib))
+    baseline = _status_kb(daemon.pid, "VmRSS")
+    greedy = [_connect(home) for _ in range(clients)]
+    for sock in greedy:
+        sock.sendall(_get_requests(job, each))
+    kept = connections.MAX_TOTAL_BACKLOG // (each * BIG_RESULT) + 1
+    wait_until(
+        lambda: daemon.output.count("did not read its replies") >= clients - kept,
+        what="the daemon to drop the clients over its total backlog",
+    )
+    with _connect(home) as other:
+        assert len(_request(other, "get", job=job)["job"]["result"]) == BIG_RESULT + 2
+    grown_mb = (_status_kb(daemon.pid, "VmHWM") - baseline) / 1024
+    assert grown_mb < clients * each * BIG_RESULT / MB / 3, f"grew {grown_mb:.0f} MB"
+    assert daemon.process.poll() is None
+    for sock in greedy:
+        sock.close()
