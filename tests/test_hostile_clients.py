@@ -3,6 +3,7 @@ daemon's memory and descriptors stay bounded, and other clients are served."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import socket
@@ -98,3 +99,37 @@ def test_many_clients_that_do_not_read_cannot_exhaust_memory(daemon, gsup, home,
     assert daemon.process.poll() is None
     for sock in greedy:
         sock.close()
+
+
+def test_unfinished_lines_are_bounded_over_all_clients(daemon, home):
+    clients, each = 40, 8 * MB - 1  # 320 MB of lines that never end, each within a message
+    baseline = _status_kb(daemon.pid, "VmRSS")
+    partial = []
+    for _ in range(clients):
+        sock = _connect(home)
+        with contextlib.suppress(BrokenPipeError):  # refused on the way: it reads the reply
+            sock.sendall(b'{"verb": "ping", "pad": "' + b"x" * (each - 25))
+        partial.append(sock)
+    with _connect(home) as other:
+        assert _request(other, "ping")["ok"]
+    grown_mb = (_status_kb(daemon.pid, "VmHWM") - baseline) / 1024
+    assert grown_mb < clients * each / MB / 2, f"grew {grown_mb:.0f} MB"
+    refused = 0
+    for sock in partial:
+        sock.settimeout(0)
+        with contextlib.suppress(BlockingIOError, ConnectionResetError):
+            refused += b"unfinished" in sock.recv(1 << 16)
+        sock.close()
+    assert refused >= clients - connections.MAX_TOTAL_INPUT // each
+    assert daemon.process.poll() is None
+
+
+def test_a_line_that_stalls_is_refused(daemon, home):
+    with _connect(home) as stalled:
+        stalled.sendall(b'{"verb": "ping", "id": 1')
+        reply = json.loads(stalled.recv(1 << 16))
+    assert reply == {
+        "id": None,
+        "ok": False,
+        "error": f"message unfinished: nothing more came for {connections.INPUT_STALL:g}s",
+    }

@@ -15,7 +15,7 @@ from typing import Any
 
 from gsup.access import Access, peer_credentials
 from gsup.protocol import LineReader, ProtocolError, encode
-from gsup.supervisor.loop import Loop, say
+from gsup.supervisor.loop import Loop, Timer, say
 
 ACCEPT_PAUSE = 1.0  # seconds without new connections when file descriptors run out
 # Replies a client has not read yet. A client past its bound is dropped when it is
@@ -24,6 +24,11 @@ ACCEPT_PAUSE = 1.0  # seconds without new connections when file descriptors run 
 # until it has sent them all.
 MAX_CLIENT_BACKLOG = 32 << 20
 MAX_TOTAL_BACKLOG = 128 << 20
+# Unfinished request lines, over all clients (at least one whole message): past it,
+# the client holding most is refused. A line that stops coming for INPUT_STALL
+# seconds is refused too: a client sends a request whole, in one go.
+MAX_TOTAL_INPUT = 64 << 20
+INPUT_STALL = 10.0
 
 
 @dataclass
@@ -42,6 +47,8 @@ class Connection:
     # drop in the middle of a handler or of the book's rounds could upset them.
     doomed: bool = False
     closed: bool = False
+    last_input: float = 0.0  # monotonic time of the last bytes it sent
+    stall_timer: Timer | None = None  # armed while it holds an unfinished line
 
     @property
     def backlog(self) -> int:
@@ -67,6 +74,8 @@ class Connections:
         self.replying: list[Connection] = []  # those holding replies of this turn
         self.doomed: list[Connection] = []
         self.backlog = 0  # of all connections
+        self.input = 0  # bytes of unfinished lines, of all connections
+        self.max_input = max(MAX_TOTAL_INPUT, max_message)
         self.listener: socket.socket | None = None
 
     def listen(self, listener: socket.socket) -> None:
@@ -116,7 +125,7 @@ class Connections:
         if conn.refused:
             return
         try:
-            messages = conn.reader.feed(data)
+            messages = self._feed(conn, data)
         except ProtocolError as exc:
             self.refuse(conn, str(exc))
             return
@@ -124,6 +133,49 @@ class Connections:
             if conn.doomed:
                 break
             self.on_request(conn, message)
+        if self.input > self.max_input:
+            self._refuse_input(
+                max(self.open.values(), key=lambda c: c.reader.pending),
+                f"unfinished messages of all clients exceed {self.max_input >> 20} MB;"
+                " this one's is dropped",
+            )
+
+    def _feed(self, conn: Connection, data: bytes) -> list[dict[str, Any]]:
+        """The messages `data` completes; what it leaves unfinished is counted, and
+        must go on coming."""
+        before = conn.reader.pending
+        try:
+            return conn.reader.feed(data)
+        finally:
+            self.input += conn.reader.pending - before
+            conn.last_input = self.loop.now()
+            if conn.reader.pending and conn.stall_timer is None:
+                self._check_stall_at(conn, conn.last_input + INPUT_STALL)
+
+    def _check_stall_at(self, conn: Connection, when: float) -> None:
+        conn.stall_timer = self.loop.call_at(when, lambda: self._check_stall(conn))
+
+    def _check_stall(self, conn: Connection) -> None:
+        """An unfinished line must keep coming; a deadline moved by each read."""
+        conn.stall_timer = None
+        if conn.closed or conn.refused or not conn.reader.pending:
+            return
+        due = conn.last_input + INPUT_STALL
+        if due > self.loop.now():
+            self._check_stall_at(conn, due)
+        else:
+            self._refuse_input(conn, f"message unfinished: nothing more came for {INPUT_STALL:g}s")
+
+    def _refuse_input(self, conn: Connection, error: str) -> None:
+        self._forget_input(conn)
+        self.refuse(conn, error)
+
+    def _forget_input(self, conn: Connection) -> None:
+        self.input -= conn.reader.pending
+        conn.reader.clear()
+        if conn.stall_timer is not None:
+            conn.stall_timer.cancel()
+            conn.stall_timer = None
 
     def refuse(self, conn: Connection, error: str) -> None:
         self.reply(conn, None, {"ok": False, "error": error})
@@ -193,6 +245,7 @@ class Connections:
             return
         del self.open[conn.sock.fileno()]
         self._forget_backlog(conn)
+        self._forget_input(conn)
         conn.closed = True
         self.loop.unwatch(conn.sock)
         conn.sock.close()
