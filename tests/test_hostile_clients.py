@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
+import select
 import socket
 from pathlib import Path
 
+import pytest
 from conftest import wait_until
 
+from gsup.client import Client
+from gsup.errors import GsupError
 from gsup.supervisor import connections
 
 BIG_RESULT = 900_000  # characters: just under the size a reply carries inline
@@ -31,7 +36,8 @@ def _connect(home: Path) -> socket.socket:
 
 def _request(sock: socket.socket, verb: str, **fields: object) -> dict:
     """One request and its reply, on a raw connection."""
-    sock.sendall(json.dumps({"verb": verb, "id": 1, **fields}).encode() + b"\n")
+    with contextlib.suppress(BrokenPipeError):  # refused on arrival: the reply is there
+        sock.sendall(json.dumps({"verb": verb, "id": 1, **fields}).encode() + b"\n")
     data = b""
     while not data.endswith(b"\n"):
         chunk = sock.recv(1 << 16)
@@ -133,3 +139,53 @@ def test_a_line_that_stalls_is_refused(daemon, home):
         "ok": False,
         "error": f"message unfinished: nothing more came for {connections.INPUT_STALL:g}s",
     }
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return {int(child) for child in children.read().split()}
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_clients_cannot_take_the_descriptors_a_pool_restart_needs(daemon, gsup, home):
+    pools = wait_until(lambda: len(_children(daemon.pid)) == 2 and _children(daemon.pid))
+    limit = _open_fds(daemon.pid) + 100
+    resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    idle, refusal = [], None
+    while refusal is None and len(idle) < limit:
+        sock = _connect(home)
+        reply = _request(sock, "ping")
+        if reply["ok"]:
+            idle.append(sock)
+        else:
+            refusal = reply["error"]
+            sock.close()
+    assert refusal == f"too many clients: {len(idle)} connected, limit {len(idle)}"
+    result = gsup("add", "jobs:add", "1", check=False)
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"gsup: error: {refusal} (0 jobs were added)\n",
+    )
+
+    with Client(home) as late:  # turned away before it sent anything
+        select.select([late._connect()], [], [], 30)
+        with pytest.raises(GsupError, match=f"^{refusal}$"):
+            late.ping()
+
+    victim = min(pools)
+    os.kill(victim, 9)
+    wait_until(lambda: len(_children(daemon.pid) - pools) == 1, what="the pool's restart")
+    assert "cannot start pool" not in daemon.output
+    # Room for the CLI's connections and the new pool process (four descriptors)
+    # that the job's import context takes, which lowers the limit by as many.
+    fds, leaving = _open_fds(daemon.pid), 8
+    for sock in idle[:leaving]:
+        sock.close()
+    wait_until(lambda: _open_fds(daemon.pid) == fds - leaving, what="the daemon to close them")
+    assert gsup.run("jobs:add", "1") == "done"
+    assert daemon.process.poll() is None
+    for sock in idle[leaving:]:
+        sock.close()

@@ -7,6 +7,8 @@ A reply is queued during the turn and sent only once the turn is in the journal
 from __future__ import annotations
 
 import contextlib
+import os
+import resource
 import selectors
 import socket
 from collections.abc import Callable
@@ -29,6 +31,10 @@ MAX_TOTAL_BACKLOG = 128 << 20
 # seconds is refused too: a client sends a request whole, in one go.
 MAX_TOTAL_INPUT = 64 << 20
 INPUT_STALL = 10.0
+# Descriptors kept for the daemon's own needs (pool restarts, the journal, output
+# files), out of reach of clients: at most a quarter of the open-files limit.
+FD_RESERVE = 64
+MAX_CLIENTS = 10_000  # connections at once; idle ones cost memory too
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Connections:
         self.input = 0  # bytes of unfinished lines, of all connections
         self.max_input = max(MAX_TOTAL_INPUT, max_message)
         self.listener: socket.socket | None = None
+        self.turning_away = False  # said so; said again after a client is taken
 
     def listen(self, listener: socket.socket) -> None:
         self.listener = listener
@@ -98,6 +105,12 @@ class Connections:
                 self.loop.unwatch(self.listener)
                 self.loop.call_at(self.loop.now() + ACCEPT_PAUSE, self._resume_accepting)
                 return
+            limit = self._client_limit()
+            if len(self.open) >= limit:
+                connected = len(self.open)
+                self._turn_away(sock, f"too many clients: {connected} connected, limit {limit}")
+                continue
+            self.turning_away = False
             pid, uid, gid = peer_credentials(sock)
             sock.setblocking(False)
             conn = Connection(sock, LineReader(self.max_message), uid, pid)
@@ -105,6 +118,30 @@ class Connections:
             self.loop.watch(sock, lambda mask, c=conn: self._on_io(c, mask))
             if not self.access.allows(uid, gid):
                 self.refuse(conn, "permission denied")
+
+    def _client_limit(self) -> int:
+        """How many clients may be connected: MAX_CLIENTS, or fewer if the open-files
+        limit (which may be changed from outside) would leave the daemon short."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return MAX_CLIENTS
+        own = _open_fds() - len(self.open) - 1  # the daemon's own, not the one just taken
+        return max(0, min(MAX_CLIENTS, soft - own - min(FD_RESERVE, soft // 4)))
+
+    def _turn_away(self, sock: socket.socket, error: str) -> None:
+        """One line, then close at once: a refused client keeps no descriptor. What it
+        sent is read first: closing on unread input would reset the connection, and
+        the client would lose the line."""
+        if not self.turning_away:
+            say(f"refusing new clients: {error}")
+            self.turning_away = True
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            _drain(sock)
+            sock.send(encode({"id": None, "ok": False, "error": error}))
+            sock.shutdown(socket.SHUT_WR)
+            _drain(sock)
+        sock.close()
 
     def _resume_accepting(self) -> None:
         if self.listener is not None:
@@ -250,3 +287,15 @@ class Connections:
         self.loop.unwatch(conn.sock)
         conn.sock.close()
         self.on_drop(conn)
+
+
+def _open_fds() -> int:
+    """Descriptors the daemon has open (listing them takes one more)."""
+    return len(os.listdir("/proc/self/fd")) - 1
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read and drop what a non-blocking socket holds."""
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while sock.recv(1 << 16):
+            pass
