@@ -139,13 +139,23 @@ class Client:
             try:
                 sock.sendall(encode({"verb": verb, "id": pending.request_id, **fields}))
             except OSError as exc:
+                refusal = self._refusal()
                 self.close()
-                raise GsupError(f"lost the connection to the daemon: {exc}") from None
+                raise GsupError(refusal or f"lost the connection to the daemon: {exc}") from None
             self._pending[pending.request_id] = pending
             if not self._exit_check:
                 self._exit_check = True
                 atexit.register(self._report_unread)
             return pending
+
+    def _refusal(self) -> str | None:
+        """Why the daemon refused the connection, if it said so before closing it
+        (too many clients: it may do so before the request arrives). The replies that
+        came before it are delivered."""
+        probe = self._pending[0] = Pending(self, 0)  # request ids start at 1
+        self._salvage()
+        self._pending.pop(0, None)
+        return None if probe.message is None else probe.message.get("error")
 
     def _await(self, pending: Pending, timeout: float | None) -> dict[str, Any]:
         """Read replies, in order, until `pending`'s has come."""

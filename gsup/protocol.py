@@ -37,21 +37,34 @@ class LineReader:
     def __init__(self, limit: int = MAX_MESSAGE) -> None:
         self.limit = limit
         self._buffer = bytearray()
+        self._scanned = 0  # bytes at the buffer's start known to hold no newline
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a line not finished yet."""
+        return len(self._buffer)
+
+    def clear(self) -> None:
+        self._buffer, self._scanned = bytearray(), 0
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         self._buffer += data
         messages = []
-        while (end := self._buffer.find(b"\n")) >= 0:
-            line = bytes(self._buffer[:end])
+        # A long line arriving in pieces is scanned once (rescanned after a bad line).
+        start, self._scanned = self._scanned, 0
+        while (end := self._buffer.find(b"\n", start)) >= 0:
+            line = self._buffer[:end]
             del self._buffer[: end + 1]
+            start = 0
             messages.append(decode(line, self.limit))
+        self._scanned = len(self._buffer)
         if len(self._buffer) > self.limit:
-            self._buffer.clear()
+            self.clear()
             raise ProtocolError(f"message larger than {self.limit} bytes")
         return messages
 
 
-def decode(line: bytes, limit: int = MAX_MESSAGE) -> dict[str, Any]:
+def decode(line: bytes | bytearray, limit: int = MAX_MESSAGE) -> dict[str, Any]:
     if len(line) > limit:
         raise ProtocolError(f"message larger than {limit} bytes")
     try:

@@ -289,7 +289,7 @@ def test_absurd_ids_and_a_zero_wait_are_clear(daemon, gsup):
     assert result.stderr.strip() == "gsup: error: timed out after 0s"
 
 
-def test_running_out_of_file_descriptors_pauses_new_connections(env, gsup, home):
+def test_a_low_open_files_limit_turns_new_clients_away(env, gsup, home):
     daemon = subprocess.Popen(  # a hard limit of 64 open files
         ["prlimit", "--nofile=64:64", sys.executable, "-P", "-m", "gsup", "daemon"],
         env=env,
@@ -305,7 +305,7 @@ def test_running_out_of_file_descriptors_pauses_new_connections(env, gsup, home)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(str(home / "gsup.sock"))
             held.append(sock)
-        wait_until(lambda: any("cannot take a connection" in line for line in lines))
+        wait_until(lambda: any("refusing new clients: too many" in line for line in lines))
         for sock in held:
             sock.close()
         assert gsup.run("jobs:add", "1") == "done"  # it takes connections again
