@@ -252,14 +252,17 @@ class Client:
         """Add jobs in requests of ADD_BATCH, each sent while the daemon commits the
         one before; the ids in order. PartlyAdded if some were not: which were."""
         sent: list[tuple[Pending, int]] = []  # each request, and how many jobs it holds
-        total, why = 0, None
+        total, failure = 0, None
         for batch in _batches(jobs):
             total += len(batch)
-            if why is None:
+            if failure is None:
                 try:
                     sent += self._send_batch([job.to_wire() for job in batch])
                 except GsupError as exc:  # the connection is gone: nothing more is sent
-                    why = str(exc)
+                    failure = exc
+        if failure is not None and not sent:
+            raise failure  # no daemon, or one that took nothing: no job was added
+        why = None if failure is None else str(failure)
         ids: list[int] = []
         unsure = 0
         for request, count in sent:
@@ -272,6 +275,8 @@ class Client:
                 continue
             why = why or reply.get("error", "the daemon refused the request")
             unsure += count if reply.get("lost") else 0
+        if not ids and not unsure:
+            raise GsupError(str(why))  # none was added: the reason is all there is to say
         if len(ids) < total:
             raise PartlyAdded(str(why), ids, total, unsure)
         return ids
