@@ -129,7 +129,9 @@ def test_a_file_that_is_no_journal_is_one_line(env, home):
     (home / "journal.sqlite").write_bytes(b"not a database at all" * 100)
     result = run_daemon_expecting_exit(env)
     assert result.returncode == 1
-    assert result.stderr.strip().startswith(f"gsup: error: cannot open the journal {home}")
+    assert result.stderr.startswith(
+        f"gsup: error: the journal {home / 'journal.sqlite'} is damaged (file is not a database)"
+    )
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -39,6 +39,18 @@ class Unreadable(Exception):
     """The journal cannot be read here; the message says why."""
 
 
+DAMAGE = ("file is not a database", "database disk image is malformed")
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether SQLite found the journal's file damaged (SQLITE_NOTADB, SQLITE_CORRUPT)."""
+    return any(text in str(exc) for text in DAMAGE)
+
+
+def _hint(exc: BaseException) -> str:
+    return " (see: gsup journal check)" if is_damage(exc) else ""
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A read-only connection to a journal of this version; it never creates or
     changes the journal."""
@@ -48,7 +60,7 @@ def connect(path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         version = journal_version(conn)
     except sqlite3.Error as exc:
-        raise Unreadable(f"cannot read the journal {path}: {exc}") from None
+        raise Unreadable(f"cannot read the journal {path}: {exc}{_hint(exc)}") from None
     if version != SCHEMA_VERSION:
         conn.close()
         raise Unreadable(
@@ -75,7 +87,7 @@ def read_journal(home: str | Path | None) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except sqlite3.Error as exc:
-        raise GsupError(f"cannot read the journal: {exc}") from None
+        raise GsupError(f"cannot read the journal: {exc}{_hint(exc)}") from None
     finally:
         conn.close()
 

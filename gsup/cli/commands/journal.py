@@ -1,0 +1,57 @@
+"""`gsup journal check` and `gsup journal salvage`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gsup.cli.app import app
+from gsup.cli.options import Home
+from gsup.config import Paths, resolve_home
+from gsup.errors import GsupError
+
+journal = typer.Typer(
+    help="Check the journal; salvage a damaged one.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(journal, name="journal")
+
+
+@journal.command()
+def check(
+    full: Annotated[
+        bool, typer.Option("--full", help="Also check every index against its table (slower)")
+    ] = False,
+    home: Home = None,
+) -> None:
+    """Check the journal with SQLite's own checks, read-only (the daemon may be up).
+    Exits 0 only if it is healthy."""
+    from gsup.journal.health import PROBLEMS_SHOWN, damage_line, problems
+
+    path = Paths(resolve_home(home)).journal
+    if not path.exists():
+        raise GsupError(f"no journal at {path} (has `gsup daemon` run here?)")
+    found = problems(path, full)
+    if not found:
+        print(f"{path}: ok")
+        return
+    for line in found[:PROBLEMS_SHOWN]:
+        print(line)
+    if len(found) > PROBLEMS_SHOWN:
+        print(f"… and {len(found) - PROBLEMS_SHOWN} more")
+    raise GsupError(damage_line(path, found, checked=True))
+
+
+@journal.command()
+def salvage(home: Home = None) -> None:
+    """With the daemon down: copy what is readable of a damaged journal into a new one
+    that takes its place, and say how many jobs were kept and lost. The damaged
+    journal is kept aside (journal.sqlite.damaged)."""
+    from gsup.journal.health import SalvageError
+    from gsup.journal.health import salvage as salvage_journal
+
+    try:
+        print(salvage_journal(Paths(resolve_home(home))).line())
+    except SalvageError as exc:
+        raise GsupError(str(exc)) from None

@@ -1,0 +1,148 @@
+"""A damaged journal: the daemon refuses to start with one line that gives the ways out;
+`gsup journal check` finds the damage (the daemon up or down); `gsup journal salvage`
+copies what is readable into a new journal that a daemon starts on; the read-only
+commands say one line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import journal_rows, run_daemon_expecting_exit
+
+BULK = 3000  # queued command jobs, in the frozen monitoring pool: a journal of ~1,500 pages
+PAGE = 4096
+HEADER_DAMAGE = b"\xa5" * 100
+PAGE_DAMAGE = b"\xa5" * (8 * PAGE)
+
+
+def _journal_with_jobs(make_daemon, gsup, home: Path) -> None:
+    """Two done jobs (ids 1 and 2), then BULK queued ones; the daemon stopped and the
+    WAL checkpointed into the journal file, as a long-lived journal is."""
+    make_daemon()
+    assert gsup.run("jobs:add", "2", "3") == "done"
+    assert gsup.run("jobs:add", "4", "5") == "done"
+    gsup("freeze", "--queue", "monitoring")
+    lines = "".join(f"echo {n}\n" for n in range(BULK))
+    gsup("add", "--cmd", "--queue", "monitoring", "--from", "-", input=lines)
+    gsup("stop")
+    with sqlite3.connect(home / "journal.sqlite") as db:
+        assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+
+
+def _damage_header(home: Path) -> None:
+    with open(home / "journal.sqlite", "r+b") as file:
+        file.write(HEADER_DAMAGE)
+
+
+def _damage_middle(home: Path) -> None:
+    path = home / "journal.sqlite"
+    with open(path, "r+b") as file:
+        file.seek(path.stat().st_size // 2 // PAGE * PAGE)
+        file.write(PAGE_DAMAGE)
+
+
+def _refusal(home: Path, cause: str) -> str:
+    return (
+        f"gsup: error: the journal {home / 'journal.sqlite'} is damaged ({cause}); see `gsup"
+        " journal check`, or run `gsup journal salvage` to copy what is readable into a new"
+        " journal"
+    )
+
+
+DAMAGES = {
+    "header": (_damage_header, "file is not a database"),
+    "middle": (_damage_middle, "database disk image is malformed"),
+}
+
+
+@pytest.mark.parametrize("where", DAMAGES)
+def test_a_damaged_journal_is_refused_at_start_with_one_line(make_daemon, gsup, home, env, where):
+    _journal_with_jobs(make_daemon, gsup, home)
+    damage, cause = DAMAGES[where]
+    damage(home)
+    result = run_daemon_expecting_exit(env)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == _refusal(home, cause) + "\n"
+
+
+def test_journal_check_finds_the_damage_and_exits_0_only_when_healthy(make_daemon, gsup, home):
+    _journal_with_jobs(make_daemon, gsup, home)
+    daemon = make_daemon()
+    healthy = gsup("journal", "check")  # read-only, beside a running daemon
+    assert (healthy.returncode, healthy.stdout) == (0, f"{home / 'journal.sqlite'}: ok\n")
+    daemon.stop()
+    _damage_middle(home)
+    damaged = gsup("journal", "check", check=False)
+    assert damaged.returncode == 1
+    assert damaged.stdout == "database disk image is malformed\n"
+    assert damaged.stderr == (
+        f"gsup: error: the journal {home / 'journal.sqlite'} is damaged (database disk image is"
+        " malformed); run `gsup journal salvage` to copy what is readable into a new journal\n"
+    )
+
+
+def test_salvage_refuses_while_a_daemon_runs(daemon, gsup, home):
+    result = gsup("journal", "salvage", check=False)
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"gsup: error: a daemon is already running for {home} (pid {daemon.pid});"
+        " stop it first (gsup stop)\n",
+    )
+
+
+@pytest.mark.parametrize("where", DAMAGES)
+def test_salvage_keeps_what_is_readable_and_a_daemon_starts_on_it(make_daemon, gsup, home, where):
+    _journal_with_jobs(make_daemon, gsup, home)
+    DAMAGES[where][0](home)
+    damaged = (home / "journal.sqlite").read_bytes()
+    result = gsup("journal", "salvage")
+    [(kept,)] = journal_rows(home, "SELECT count(*) FROM jobs")
+    total = BULK + 2
+    assert kept == total if where == "header" else 0 < kept < total
+    aside = home / "journal.sqlite.damaged"
+    assert result.stdout == (
+        f"salvaged the journal: {kept} jobs kept, {total - kept} lost;"
+        f" the damaged journal is at {aside}\n"
+    )
+    assert aside.read_bytes() == damaged
+    assert gsup("journal", "check").returncode == 0
+    make_daemon()
+    listed = json.loads(gsup("jobs", "--limit", str(total), "--json").stdout)
+    assert len(listed) == kept
+    assert json.loads(gsup.show(1)["result"]) == 5
+    new = gsup.add("jobs:add", "20", "22")
+    assert new == total + 1  # the ids of lost jobs are not given again
+    assert gsup.wait(new) == {new: "done"}
+    assert json.loads(gsup.show(new)["result"]) == 42
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["show", "1"], ["queues"]])
+def test_read_only_commands_on_a_damaged_header_say_one_line(make_daemon, gsup, home, command):
+    _journal_with_jobs(make_daemon, gsup, home)
+    _damage_header(home)
+    result = gsup(*command, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        "",
+        f"gsup: error: cannot read the journal {home / 'journal.sqlite'}: file is not a"
+        " database (see: gsup journal check)\n",
+    )
+
+
+@pytest.mark.parametrize("command", [["status"], ["jobs", "--limit", "10000"]])
+def test_read_only_commands_on_damaged_pages_say_one_line(make_daemon, gsup, home, command):
+    _journal_with_jobs(make_daemon, gsup, home)
+    make_daemon()  # it started healthy; its journal is damaged under it
+    _damage_middle(home)
+    os.sync()
+    result = gsup(*command, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        "",
+        "gsup: error: cannot read the journal: database disk image is malformed"
+        " (see: gsup journal check)\n",
+    )
