@@ -244,8 +244,20 @@ _SPEC_DEFAULTS = {name: getattr(JobSpec(), name) for name in JobSpec.__dataclass
 MAX_JOBS_PER_ADD = 100_000
 
 
+def request_id(message: dict[str, Any]) -> int | None:
+    """The id a reply echoes: the request's if it is valid, else None (an id that is
+    not an integer, such as NaN, would make the reply invalid JSON)."""
+    found = message.get("id")
+    return found if _is_int(found) and abs(found) <= MAX_JOB_ID else None
+
+
 def check_request(message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Return (verb, checked fields) of a request, or raise ProtocolError."""
+    sent = message.get("id")
+    _check(
+        sent is None or request_id(message) is not None,
+        "a request id must be an integer of 64 bits",
+    )
     verb = message.get("verb")
     checker = _REQUESTS.get(verb) if isinstance(verb, str) else None
     _check(checker is not None, f"unknown request {verb!r}")
