@@ -241,7 +241,7 @@ _SPEC_DEFAULTS = {name: getattr(JobSpec(), name) for name in JobSpec.__dataclass
 
 # --- requests -------------------------------------------------------------------
 
-MAX_JOBS_PER_ADD = 100_000
+MAX_JOBS_PER_REQUEST = 100_000  # an add's jobs, a wait's ids: a reply stays small
 
 
 def request_id(message: dict[str, Any]) -> int | None:
@@ -273,10 +273,14 @@ def _add(message: dict[str, Any]) -> dict[str, Any]:
     (and checked) once."""
     jobs = message.get("jobs")
     _check(isinstance(jobs, list) and jobs, "add needs a non-empty list of jobs")
-    _check(len(jobs) <= MAX_JOBS_PER_ADD, f"at most {MAX_JOBS_PER_ADD} jobs per request")
+    _check_count(jobs)
     defaults = message.get("defaults") or {}
     _check_fields(defaults)
     return {"jobs": [JobSpec.from_wire(job, defaults) for job in jobs]}
+
+
+def _check_count(jobs: list[Any]) -> None:
+    _check(len(jobs) <= MAX_JOBS_PER_REQUEST, f"at most {MAX_JOBS_PER_REQUEST} jobs per request")
 
 
 def shared_fields(jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -321,18 +325,20 @@ def _freeze(message: dict[str, Any]) -> dict[str, Any]:
 def _wait(message: dict[str, Any]) -> dict[str, Any]:
     jobs = message.get("jobs")
     _check(isinstance(jobs, list) and jobs, "wait needs a non-empty list of job ids")
+    _check_count(jobs)
     return {"jobs": [check_job_id(job) for job in jobs]}
 
 
 def _prune(message: dict[str, Any]) -> dict[str, Any]:
     """Delete the jobs in an end state (`state`: that one only) that ended more than
     `older_than` seconds ago, and all that is kept of them."""
-    from gsup.states import END_STATES  # here: off the import path of `gsup add`
+    from gsup.retention import MAX_AGE  # here: off the import path of `gsup add`
+    from gsup.states import END_STATES
 
     older_than, state = message.get("older_than"), message.get("state")
     _check(
-        _is_number(older_than) and older_than > 0,
-        f"older_than must be a positive number of seconds, not {older_than!r}",
+        _is_number(older_than) and 0 < older_than <= MAX_AGE,
+        f"older_than must be a positive number of seconds up to {MAX_AGE:g}, not {older_than!r}",
     )
     _check(state is None or state in END_STATES,
            "state must be one of " + ", ".join(sorted(END_STATES)))  # fmt: skip

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from gsup import BadOptions, Queues
+
 
 def _strict_json(line: bytes) -> dict[str, Any]:
     """A reply as JSON allows it: NaN and Infinity are not JSON."""
@@ -72,3 +74,53 @@ def test_a_non_finite_number_in_any_field_is_refused(daemon, gsup, request_line,
     assert refused["error"].startswith(error)
     assert (answered["id"], answered["ok"]) == (2, True)
     assert gsup("jobs", "--json").stdout.strip() == "[]"
+
+
+# --- finding 23: numbers beyond what the daemon and the client can use ---------------
+
+
+@pytest.mark.parametrize(
+    ("request_line", "error"),
+    [
+        (b'{"verb": "prune", "id": 1, "older_than": 1e308}', "older_than must be a positive"),
+        (
+            b'{"verb": "wait", "id": 1, "jobs": [' + b"1," * 100_000 + b"1]}",
+            "at most 100000 jobs per request",
+        ),
+        (b'{"verb": "add", "id": 1, "jobs": [' + CMD + b'"retries": 1180591620717411303424}]}',
+         "retries must be 0 to 1,000,000"),
+        (b'{"verb": "get", "id": 1, "job": 1180591620717411303424}', "job id must be"),
+    ],
+    ids=["older_than", "wait", "retries", "job id"],
+)  # fmt: skip
+def test_a_number_beyond_its_bounds_is_refused_and_the_daemon_lives(daemon, gsup, request_line,
+                                                                    error):  # fmt: skip
+    refused, answered = _exchange(daemon.home, request_line, b'{"verb": "ping", "id": 2}')
+    assert (refused["id"], refused["ok"]) == (1, False)
+    assert refused["error"].startswith(error)
+    assert (answered["id"], answered["ok"]) == (2, True)
+    assert gsup.run("--cmd", "--", "true") == "done"
+
+
+def test_huge_numbers_given_to_the_api_are_one_line_errors_or_waits_without_end(daemon, home):
+    queues = Queues(home)
+    with pytest.raises(BadOptions) as refused:
+        queues.add("os:getpid", retries=2**70)
+    assert str(refused.value) == f"retries must be 0 to 1,000,000, not {2**70}"
+    job = queues.add("os:getpid", args=())
+    assert isinstance(job.result(timeout=1e308), int)
+    assert job.wait(timeout=2**1100) == "done"
+
+
+def test_huge_numbers_on_the_command_line_are_one_line_errors_or_waits_without_end(daemon, gsup):
+    listed = gsup("jobs", "--limit", "99999999999999999999", check=False)
+    assert (listed.returncode, listed.stdout) == (2, "")
+    assert listed.stderr == (
+        "gsup: error: Invalid value for '--limit' / '-n': 99999999999999999999 is above 1e+09"
+        " (see: gsup jobs --help)\n"
+    )
+    job = gsup.add("--cmd", "--", "true")
+    assert gsup("wait", str(job), "--timeout", "1e308").stdout == f"{job}: done\n"
+    stopped = gsup("stop", "--timeout", "1e308")
+    assert stopped.stdout.splitlines()[-1] == "stopped"
+    assert daemon.process.wait(30) == 0
