@@ -124,3 +124,32 @@ def test_huge_numbers_on_the_command_line_are_one_line_errors_or_waits_without_e
     stopped = gsup("stop", "--timeout", "1e308")
     assert stopped.stdout.splitlines()[-1] == "stopped"
     assert daemon.process.wait(30) == 0
+
+
+# --- finding 22: job texts on a terminal ---------------------------------------------
+
+HOSTILE = "oops [/bold] \x1b[2J\x1b]0;title\x07 \u202egnp.exe \x9b1m"
+SHOWN = "oops [/bold] \\x1b[2J\\x1b]0;title\\x07 \\u202egnp.exe \\x9b1m"
+
+
+def test_job_texts_are_printed_as_text_with_control_characters_visible(daemon, gsup, workdir):
+    (workdir / "hostile.py").write_text(f"def fail():\n    raise ValueError({HOSTILE!r})\n")
+    failed = gsup.add("--name", HOSTILE, "hostile:fail")
+    assert gsup.wait(failed) == {failed: "failed"}
+    gsup("freeze")
+    queued = gsup.add("--cmd", "--", "echo", HOSTILE)
+
+    listed = gsup("jobs").stdout.splitlines()
+    assert f" echo '{SHOWN}' " in listed[1]
+    assert listed[2].endswith(f"ValueError: {SHOWN}")
+    shown = gsup("show", str(failed)).stdout.splitlines()
+    assert f"name      {SHOWN}" in shown
+    assert f"error     ValueError: {SHOWN}" in shown
+    assert shown[-1] == f"ValueError: {SHOWN}"  # the traceback's last line
+    assert f"  #{queued} [p5] echo '{SHOWN}'" in gsup("queues").stdout.splitlines()
+    for command in (["jobs"], ["show", str(failed)], ["show", str(queued)], ["queues"]):
+        assert "\x1b" not in gsup(*command).stdout  # piped: not even colours
+
+    assert gsup.show(failed)["error"] == f"ValueError: {HOSTILE}"  # --json stays exact
+    assert gsup.show(failed)["name"] == HOSTILE
+    assert json.loads(gsup("jobs", "--json").stdout)[0]["display"] == f"echo '{HOSTILE}'"
