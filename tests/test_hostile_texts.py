@@ -8,8 +8,9 @@ import socket
 from typing import Any
 
 import pytest
+from conftest import journal_rows
 
-from gsup import BadOptions, Queues
+from gsup import BadOptions, JobFailed, Queues
 
 
 def _strict_json(line: bytes) -> dict[str, Any]:
@@ -153,3 +154,52 @@ def test_job_texts_are_printed_as_text_with_control_characters_visible(daemon, g
     assert gsup.show(failed)["error"] == f"ValueError: {HOSTILE}"  # --json stays exact
     assert gsup.show(failed)["name"] == HOSTILE
     assert json.loads(gsup("jobs", "--json").stdout)[0]["display"] == f"echo '{HOSTILE}'"
+
+
+# --- finding 20: huge error texts ------------------------------------------------------
+
+MAX_ERROR_STORED = 16 * 1024  # characters, with the note that says what was cut
+MAX_TRACEBACK_STORED = 64 * 1024
+
+
+def _add_raw(home, job: dict[str, Any]) -> int:
+    (reply,) = _exchange(home, json.dumps({"verb": "add", "id": 1, "jobs": [job]}).encode())
+    assert reply["ok"], reply["error"][:200]
+    return reply["ids"][0]
+
+
+def _stored_text_lengths(home, job: int) -> list[int]:
+    """The longest reason, error, traceback and event text the journal holds of `job`."""
+    return journal_rows(
+        home,
+        "SELECT max(length(reason)), max(length(error)), max(length(traceback)),"
+        " (SELECT max(length(why)) FROM events WHERE job = jobs.id),"
+        " (SELECT max(length(reason)) FROM attempts WHERE job = jobs.id) FROM jobs WHERE id = ?",
+        (job,),
+    )[0]
+
+
+def test_huge_error_texts_are_stored_cut_and_raise_job_failed(daemon, home, workdir):
+    (workdir / "loud.py").write_text("def fail(n):\n    raise ValueError('x' * n)\n")
+    call = {"cwd": str(workdir), "path": [str(workdir)]}
+    huge_message = _add_raw(
+        home, {**call, "target": "loud:fail", "arguments": "((20_000_000,), {})"}
+    )
+    huge_target = _add_raw(
+        home, {**call, "target": "x" * 7_000_000 + ":f", "arguments": "((), {})"}
+    )
+    huge_program = _add_raw(home, {"kind": "cmd", "argv": ["y" * 7_000_000], "cwd": "/"})
+    queues = Queues(home)
+    for job, start in [
+        (huge_message, f"job {huge_message} ended failed: ValueError: xxx"),
+        (huge_target, f"job {huge_target} ended failed: TargetError: cannot import module 'xxx"),
+        (huge_program, f"job {huge_program} ended failed: command not found: yyy"),
+    ]:
+        with pytest.raises(JobFailed) as failed:
+            queues.job(job).result(timeout=60)
+        message = str(failed.value)
+        assert message.startswith(start)
+        assert message.endswith(" characters cut]")  # a cut says so
+        reason, error, traceback, why, attempt_reason = _stored_text_lengths(home, job)
+        assert max(reason, error, why, attempt_reason) <= MAX_ERROR_STORED
+        assert (traceback or 0) <= MAX_TRACEBACK_STORED
