@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import json
 import math
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,7 @@ def _is_int(value: Any) -> bool:
 
 MAX_SECONDS = 365 * 24 * 3600.0  # timeouts and retry delays: a year at most
 MAX_RETRIES = 1_000_000
+MAX_NAME = 1_000  # characters: a name travels in every reply about its job
 
 
 def _is_number(value: Any) -> bool:
@@ -86,6 +88,17 @@ def _is_number(value: Any) -> bool:
         return False
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxlong = _SHOWN.maxother = 60
+
+
+def shown(value: Any) -> str:
+    """A client's value as an error quotes it: short whatever its size, so that a
+    refusal cannot outgrow a message (a string of backslashes doubles when repr'd,
+    and again in JSON)."""
+    return _SHOWN.repr(value)
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ProtocolError(message)
@@ -94,7 +107,7 @@ def _check(condition: bool, message: str) -> None:
 def check_job_id(value: Any) -> int:
     _check(
         _is_int(value) and 0 < value <= MAX_JOB_ID,
-        f"job id must be a positive integer, not {value!r}",
+        f"job id must be a positive integer, not {shown(value)}",
     )
     return value
 
@@ -102,7 +115,9 @@ def check_job_id(value: Any) -> int:
 def check_pool(value: Any, allow_all: bool = False) -> str | None:
     if value is None and allow_all:
         return None
-    _check(value in POOL_NAMES, f"unknown queue {value!r}; choose from {', '.join(POOL_NAMES)}")
+    _check(
+        value in POOL_NAMES, f"unknown queue {shown(value)}; choose from {', '.join(POOL_NAMES)}"
+    )
     return value
 
 
@@ -165,7 +180,7 @@ def _check_fields(data: Any) -> None:
     for name, value in data.items():  # fields left out keep their valid defaults
         valid, message = _SPEC_RULES[name]
         if not valid(value):
-            raise ProtocolError(message.format(value=value))
+            raise ProtocolError(message.format(value=shown(value)))
 
 
 def _is_str_list(value: Any) -> bool:
@@ -211,16 +226,16 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "pool": (
         lambda v: v in POOL_NAMES,
-        "unknown queue {value!r}; choose from " + ", ".join(POOL_NAMES),
+        "unknown queue {value}; choose from " + ", ".join(POOL_NAMES),
     ),
-    "priority": (lambda v: _is_int(v) and 0 <= v <= 9, "priority must be 0-9, not {value!r}"),
+    "priority": (lambda v: _is_int(v) and 0 <= v <= 9, "priority must be 0-9, not {value}"),
     "timeout": (
         lambda v: v is None or (_is_number(v) and 0 < v <= MAX_SECONDS),
-        f"timeout must be a positive number of seconds up to {MAX_SECONDS:g}, not {{value!r}}",
+        f"timeout must be a positive number of seconds up to {MAX_SECONDS:g}, not {{value}}",
     ),
     "retries": (
         lambda v: _is_int(v) and 0 <= v <= MAX_RETRIES,
-        f"retries must be 0 to {MAX_RETRIES:,}, not {{value!r}}",
+        f"retries must be 0 to {MAX_RETRIES:,}, not {{value}}",
     ),
     "retry_delay": (
         lambda v: _is_number(v) and 0 <= v <= MAX_SECONDS,
@@ -229,10 +244,13 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "backoff": (lambda v: _is_number(v) and 1 <= v <= 1000, "backoff must be 1 to 1000"),
     "retry_on": (
         lambda v: v is None or (_is_str_list(v) and all(map(is_retry_cause, v))),
-        f"retry_on: each must be {RETRY_CAUSES}; not {{value!r}}",
+        f"retry_on: each must be {RETRY_CAUSES}; not {{value}}",
     ),
     "on_lost": (lambda v: v in ON_LOST, "on_lost must be one of " + ", ".join(ON_LOST)),
-    "name": (_is_optional_str, "name must be a string"),
+    "name": (
+        lambda v: v is None or (isinstance(v, str) and len(v) <= MAX_NAME),
+        f"name must be a string of at most {MAX_NAME:,} characters",
+    ),
 }
 
 
@@ -260,7 +278,7 @@ def check_request(message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     )
     verb = message.get("verb")
     checker = _REQUESTS.get(verb) if isinstance(verb, str) else None
-    _check(checker is not None, f"unknown request {verb!r}")
+    _check(checker is not None, f"unknown request {shown(verb)}")
     return verb, checker(message)  # type: ignore[misc]
 
 
@@ -338,7 +356,8 @@ def _prune(message: dict[str, Any]) -> dict[str, Any]:
     older_than, state = message.get("older_than"), message.get("state")
     _check(
         _is_number(older_than) and 0 < older_than <= MAX_AGE,
-        f"older_than must be a positive number of seconds up to {MAX_AGE:g}, not {older_than!r}",
+        f"older_than must be a positive number of seconds up to {MAX_AGE:g},"
+        f" not {shown(older_than)}",
     )
     _check(state is None or state in END_STATES,
            "state must be one of " + ", ".join(sorted(END_STATES)))  # fmt: skip

@@ -203,3 +203,40 @@ def test_huge_error_texts_are_stored_cut_and_raise_job_failed(daemon, home, work
         reason, error, traceback, why, attempt_reason = _stored_text_lengths(home, job)
         assert max(reason, error, why, attempt_reason) <= MAX_ERROR_STORED
         assert (traceback or 0) <= MAX_TRACEBACK_STORED
+
+
+# --- finding 21: replies within a message ----------------------------------------------
+
+
+def test_a_result_that_doubles_when_escaped_comes_back_whole(daemon, home, workdir, monkeypatch):
+    (workdir / "escapes.py").write_text(
+        "class Raw:\n    def __repr__(self):\n        return '\\x01' * 999_000\n\n"
+        "def backslashes(n):\n    return '\\\\' * n\n\ndef raw():\n    return Raw()\n"
+    )
+    monkeypatch.syspath_prepend(str(workdir))
+    queues = Queues(home)
+    assert queues.add("escapes:backslashes", args=(2_000_000,)).result(60) == "\\" * 2_000_000
+    assert queues.add("escapes:backslashes", args=(400_000,)).result(60) == "\\" * 400_000
+    assert queues.add("escapes:raw").result(60) == "\x01" * 999_000  # 6 MB as JSON
+
+
+def test_a_refusal_quotes_a_huge_value_short(daemon):
+    huge = json.dumps("\\" * 3_000_000).encode()
+    refusals = _exchange(
+        daemon.home,
+        b'{"verb": "cancel", "id": 1, "job": ' + huge + b"}",
+        b'{"verb": ' + huge + b', "id": 2}',
+        b'{"verb": "add", "id": 3, "jobs": [' + CMD + b'"pool": ' + huge + b"}]}",
+    )
+    quoted = "'" + "\\" * 27 + "..." + "\\" * 28 + "'"  # 60 characters of its repr
+    assert [reply["error"] for reply in refusals] == [
+        f"job id must be a positive integer, not {quoted}",
+        f"unknown request {quoted}",
+        f"unknown queue {quoted}; choose from user, monitoring",
+    ]
+
+
+def test_a_name_longer_than_a_reply_should_carry_is_refused(daemon, home):
+    with pytest.raises(BadOptions) as refused:
+        Queues(home).add("os:getpid", name="\\" * 1_001)
+    assert str(refused.value) == "name must be a string of at most 1,000 characters"
