@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from gsup.config import MAX_MESSAGE, Paths, resolve_home
 from gsup.errors import DaemonNotRunning, GsupError, PartlyAdded, WaitTimeout
 from gsup.peers import untrusted_daemon
-from gsup.protocol import JobSpec, LineReader, ProtocolError, encode, shared_fields
+from gsup.protocol import MAX_SECONDS, JobSpec, LineReader, ProtocolError, encode, shared_fields
 
 if TYPE_CHECKING:
     pass
@@ -52,6 +52,12 @@ class Pending:
         if not message.get("ok"):
             raise GsupError(message.get("error", "the daemon refused the request"))
         return message
+
+
+def _socket_timeout(timeout: float | None) -> float | None:
+    """A wait of more than a year is a wait without end: a socket's timeout has a
+    limit (the system's time_t), and an overflow must not be the caller's error."""
+    return None if timeout is None or timeout > MAX_SECONDS else timeout
 
 
 def daemon_is_up(paths: Paths) -> bool:
@@ -168,7 +174,7 @@ class Client:
     def _read_replies(self, timeout: float | None) -> None:
         if self._sock is None:
             raise GsupError("lost the connection to the daemon")
-        self._sock.settimeout(timeout)
+        self._sock.settimeout(_socket_timeout(timeout))
         try:
             data = self._sock.recv(1 << 16)
         except TimeoutError:
@@ -235,7 +241,7 @@ class Client:
         """After `stop`: whether the daemon ended (its end of the connection closed)
         within `timeout` seconds."""
         assert self._sock is not None
-        self._sock.settimeout(timeout)
+        self._sock.settimeout(_socket_timeout(timeout))
         try:
             while self._sock.recv(1 << 16):
                 pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import json
 import math
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,7 @@ def _is_int(value: Any) -> bool:
 
 MAX_SECONDS = 365 * 24 * 3600.0  # timeouts and retry delays: a year at most
 MAX_RETRIES = 1_000_000
+MAX_NAME = 1_000  # characters: a name travels in every reply about its job
 
 
 def _is_number(value: Any) -> bool:
@@ -99,6 +101,17 @@ def _is_number(value: Any) -> bool:
         return False
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxlong = _SHOWN.maxother = 60
+
+
+def shown(value: Any) -> str:
+    """A client's value as an error quotes it: short whatever its size, so that a
+    refusal cannot outgrow a message (a string of backslashes doubles when repr'd,
+    and again in JSON)."""
+    return _SHOWN.repr(value)
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ProtocolError(message)
@@ -107,7 +120,7 @@ def _check(condition: bool, message: str) -> None:
 def check_job_id(value: Any) -> int:
     _check(
         _is_int(value) and 0 < value <= MAX_JOB_ID,
-        f"job id must be a positive integer, not {value!r}",
+        f"job id must be a positive integer, not {shown(value)}",
     )
     return value
 
@@ -115,7 +128,9 @@ def check_job_id(value: Any) -> int:
 def check_pool(value: Any, allow_all: bool = False) -> str | None:
     if value is None and allow_all:
         return None
-    _check(value in POOL_NAMES, f"unknown queue {value!r}; choose from {', '.join(POOL_NAMES)}")
+    _check(
+        value in POOL_NAMES, f"unknown queue {shown(value)}; choose from {', '.join(POOL_NAMES)}"
+    )
     return value
 
 
@@ -186,7 +201,7 @@ def _check_fields(data: Any) -> None:
     for name, value in data.items():  # fields left out keep their valid defaults
         valid, message = _SPEC_RULES[name]
         if not valid(value):
-            raise ProtocolError(message.format(value=value))
+            raise ProtocolError(message.format(value=shown(value)))
 
 
 def _is_str_list(value: Any) -> bool:
@@ -232,16 +247,16 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "pool": (
         lambda v: v in POOL_NAMES,
-        "unknown queue {value!r}; choose from " + ", ".join(POOL_NAMES),
+        "unknown queue {value}; choose from " + ", ".join(POOL_NAMES),
     ),
-    "priority": (lambda v: _is_int(v) and 0 <= v <= 9, "priority must be 0-9, not {value!r}"),
+    "priority": (lambda v: _is_int(v) and 0 <= v <= 9, "priority must be 0-9, not {value}"),
     "timeout": (
         lambda v: v is None or (_is_number(v) and 0 < v <= MAX_SECONDS),
-        f"timeout must be a positive number of seconds up to {MAX_SECONDS:g}, not {{value!r}}",
+        f"timeout must be a positive number of seconds up to {MAX_SECONDS:g}, not {{value}}",
     ),
     "retries": (
         lambda v: _is_int(v) and 0 <= v <= MAX_RETRIES,
-        f"retries must be 0 to {MAX_RETRIES:,}, not {{value!r}}",
+        f"retries must be 0 to {MAX_RETRIES:,}, not {{value}}",
     ),
     "retry_delay": (
         lambda v: _is_number(v) and 0 <= v <= MAX_SECONDS,
@@ -250,10 +265,13 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "backoff": (lambda v: _is_number(v) and 1 <= v <= 1000, "backoff must be 1 to 1000"),
     "retry_on": (
         lambda v: v is None or (_is_str_list(v) and all(map(is_retry_cause, v))),
-        f"retry_on: each must be {RETRY_CAUSES}; not {{value!r}}",
+        f"retry_on: each must be {RETRY_CAUSES}; not {{value}}",
     ),
     "on_lost": (lambda v: v in ON_LOST, "on_lost must be one of " + ", ".join(ON_LOST)),
-    "name": (_is_optional_str, "name must be a string"),
+    "name": (
+        lambda v: v is None or (isinstance(v, str) and len(v) <= MAX_NAME),
+        f"name must be a string of at most {MAX_NAME:,} characters",
+    ),
 }
 
 
@@ -262,14 +280,26 @@ _SPEC_DEFAULTS = {name: getattr(JobSpec(), name) for name in JobSpec.__dataclass
 
 # --- requests -------------------------------------------------------------------
 
-MAX_JOBS_PER_ADD = 100_000
+MAX_JOBS_PER_REQUEST = 100_000  # an add's jobs, a wait's ids: a reply stays small
+
+
+def request_id(message: dict[str, Any]) -> int | None:
+    """The id a reply echoes: the request's if it is valid, else None (an id that is
+    not an integer, such as NaN, would make the reply invalid JSON)."""
+    found = message.get("id")
+    return found if _is_int(found) and abs(found) <= MAX_JOB_ID else None
 
 
 def check_request(message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Return (verb, checked fields) of a request, or raise ProtocolError."""
+    sent = message.get("id")
+    _check(
+        sent is None or request_id(message) is not None,
+        "a request id must be an integer of 64 bits",
+    )
     verb = message.get("verb")
     checker = _REQUESTS.get(verb) if isinstance(verb, str) else None
-    _check(checker is not None, f"unknown request {verb!r}")
+    _check(checker is not None, f"unknown request {shown(verb)}")
     return verb, checker(message)  # type: ignore[misc]
 
 
@@ -282,10 +312,14 @@ def _add(message: dict[str, Any]) -> dict[str, Any]:
     (and checked) once."""
     jobs = message.get("jobs")
     _check(isinstance(jobs, list) and jobs, "add needs a non-empty list of jobs")
-    _check(len(jobs) <= MAX_JOBS_PER_ADD, f"at most {MAX_JOBS_PER_ADD} jobs per request")
+    _check_count(jobs)
     defaults = message.get("defaults") or {}
     _check_fields(defaults)
     return {"jobs": [JobSpec.from_wire(job, defaults) for job in jobs]}
+
+
+def _check_count(jobs: list[Any]) -> None:
+    _check(len(jobs) <= MAX_JOBS_PER_REQUEST, f"at most {MAX_JOBS_PER_REQUEST} jobs per request")
 
 
 def shared_fields(jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -330,18 +364,21 @@ def _freeze(message: dict[str, Any]) -> dict[str, Any]:
 def _wait(message: dict[str, Any]) -> dict[str, Any]:
     jobs = message.get("jobs")
     _check(isinstance(jobs, list) and jobs, "wait needs a non-empty list of job ids")
+    _check_count(jobs)
     return {"jobs": [check_job_id(job) for job in jobs]}
 
 
 def _prune(message: dict[str, Any]) -> dict[str, Any]:
     """Delete the jobs in an end state (`state`: that one only) that ended more than
     `older_than` seconds ago, and all that is kept of them."""
-    from gsup.states import END_STATES  # here: off the import path of `gsup add`
+    from gsup.retention import MAX_AGE  # here: off the import path of `gsup add`
+    from gsup.states import END_STATES
 
     older_than, state = message.get("older_than"), message.get("state")
     _check(
-        _is_number(older_than) and older_than > 0,
-        f"older_than must be a positive number of seconds, not {older_than!r}",
+        _is_number(older_than) and 0 < older_than <= MAX_AGE,
+        f"older_than must be a positive number of seconds up to {MAX_AGE:g},"
+        f" not {shown(older_than)}",
     )
     _check(state is None or state in END_STATES,
            "state must be one of " + ", ".join(sorted(END_STATES)))  # fmt: skip

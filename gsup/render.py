@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import sys
 import time
@@ -27,6 +28,9 @@ STATE_COLOURS = {  # ANSI SGR codes
     "cancelled": "2",
 }
 GAP = "  "
+# What a terminal acts on or hides (C0, DEL, C1, zero-width and bidi marks): in a job's
+# texts it is shown as its escape, so that a text cannot clear the screen or reorder a line.
+HIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
 SHOWN_RESULT = 2000  # characters of a result `gsup show` prints; --json prints it all
 
 
@@ -84,6 +88,16 @@ def _line(row: Sequence[str], widths: Sequence[int], gap: str = GAP) -> str:
     return gap.join(padded).rstrip()
 
 
+def visible(text: str) -> str:
+    """A job's text as it may be printed: hidden characters as their escapes (\\x1b)."""
+    return HIDDEN.sub(lambda found: repr(found.group())[1:-1], text)
+
+
+def visible_lines(text: str) -> str:
+    """`visible`, keeping the text's line breaks (a traceback)."""
+    return "\n".join(map(visible, text.split("\n")))
+
+
 def print_lines(lines: list[str]) -> None:
     sys.stdout.write("".join(line + "\n" for line in lines))
 
@@ -122,10 +136,10 @@ def jobs_table(jobs: list[dict[str, Any]], style: Style) -> list[str]:
             str(job["id"]),
             style.state(job["state"]),
             job["pool"],
-            job["display"],
+            visible(job["display"]),
             str(job["attempts"]),
             short_time(job["created"]),
-            job["reason"] or "",
+            visible(job["reason"] or ""),
         )
         for job in jobs
     ]
@@ -163,7 +177,7 @@ def _workers_table(pool: PoolSnapshot, now: float, style: Style) -> list[str]:
     for index in range(pool.threads):
         name = f"Worker_{index}"
         job = by_worker.get(name)
-        command = f"#{job['id']} {job['display']}" if job else "idle"
+        command = f"#{job['id']} {visible(job['display'])}" if job else "idle"
         rows.append((name, command, timeout_left(job, now) if job else "N/A"))
     return [style.paint(title, "1"), *table(("Name", "Command", "Timeout"), rows, style, 1)]
 
@@ -173,7 +187,7 @@ def _pending_lines(pool: PoolSnapshot, style: Style) -> list[str]:
     for job in pool.pending:
         due = job.get("not_before")
         later = f" (retry at {short_time(due)})" if due and due > time.time() else ""
-        line = f"  #{job['id']} [p{job['priority']}] {job['display']}{later}"
+        line = f"  #{job['id']} [p{job['priority']}] {visible(job['display'])}{later}"
         lines.append(line if style.width is None else _cut(line, style.width))
     if pool.pending_count > len(pool.pending):
         lines.append(f"  … and {pool.pending_count - len(pool.pending)} more")
@@ -183,13 +197,13 @@ def _pending_lines(pool: PoolSnapshot, style: Style) -> list[str]:
 def job_view(job: dict[str, Any], style: Style) -> list[str]:
     fields = [
         ("id", str(job["id"])),
-        ("name", job["name"] or "-"),
+        ("name", visible(job["name"] or "-")),
         ("state", style.state(job["state"])),
-        ("reason", job["reason"] or "-"),
+        ("reason", visible(job["reason"] or "-")),
         ("queue", job["pool"]),
         ("kind", job["kind"]),
-        ("command", job["display"]),
-        ("cwd", job["spec"].get("cwd") or "-"),
+        ("command", visible(job["display"])),
+        ("cwd", visible(job["spec"].get("cwd") or "-")),
         ("priority", str(job["priority"])),
         ("timeout", "-" if job["timeout"] is None else f"{job['timeout']:g}s"),
         ("retries", str(job["retries"])),
@@ -198,13 +212,13 @@ def job_view(job: dict[str, Any], style: Style) -> list[str]:
         ("created", when(job["created"])),
         ("ended", when(job["ended"])),
         ("retry at", when(job["not_before"])),
-        ("result", _result(job)),
-        ("error", job["error"] or "-"),
+        ("result", visible(_result(job))),
+        ("error", visible(job["error"] or "-")),
     ]
     lines = [f"{style.paint(f'{name:<9}', '1')} {value}" for name, value in fields]
     lines += ["", style.paint("attempts", "1"), *attempts_table(job["attempts_list"], style)]
     if job["traceback"]:
-        lines += ["", style.paint(job["traceback"].rstrip(), "31")]
+        lines += ["", style.paint(visible_lines(job["traceback"].rstrip()), "31")]
     return lines
 
 
@@ -224,8 +238,8 @@ def attempts_table(attempts: list[dict[str, Any]], style: Style) -> list[str]:
     """Each run of a job: where, when, how it ended, and what it used where known."""
     rows = []
     for number, attempt in enumerate(attempts, 1):
-        where = attempt["executor"] + (
-            f"/{attempt['external_id']}" if attempt["external_id"] else ""
+        where = visible(
+            attempt["executor"] + (f"/{attempt['external_id']}" if attempt["external_id"] else "")
         )
         outcome = attempt["outcome"] or ("running" if attempt["started"] else "handed over")
         charged = "" if attempt["charged"] else " (not charged)"
@@ -239,7 +253,7 @@ def attempts_table(attempts: list[dict[str, Any]], style: Style) -> list[str]:
                 "-" if attempt["exit_status"] is None else str(attempt["exit_status"]),
                 "-" if attempt["cpu_seconds"] is None else f"{attempt['cpu_seconds']:.2f}s",
                 "-" if attempt["peak_rss_kb"] is None else f"{attempt['peak_rss_kb'] / 1024:.0f}M",
-                (attempt["reason"] or "") + charged,
+                visible(attempt["reason"] or "") + charged,
             )
         )
     headers = ("#", "On", "Started", "Ended", "Outcome", "Exit", "CPU", "RSS", "Why")

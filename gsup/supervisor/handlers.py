@@ -20,7 +20,7 @@ from gsup import __version__
 from gsup.journal import queries
 from gsup.journal.writer import Writer
 from gsup.lifecycle import Stop
-from gsup.protocol import MUTATING, JobSpec, ProtocolError, check_request
+from gsup.protocol import MUTATING, JobSpec, ProtocolError, check_request, request_id
 from gsup.settings import Settings
 from gsup.states import END_STATES, RETRYABLE, State
 from gsup.supervisor.connections import Connection
@@ -67,14 +67,14 @@ class Handlers:
 
     def request(self, conn: Connection, message: dict[str, Any]) -> None:
         """Check a request, run its handler, queue its reply."""
-        request_id = message.get("id")
+        echoed = request_id(message)
         try:
             verb, fields = check_request(message)
-            reply = self._run(conn, request_id, verb, fields)
+            reply = self._run(conn, echoed, verb, fields)
         except (ProtocolError, RequestError) as exc:
             reply = {"ok": False, "error": str(exc)}
         if reply is not None:
-            self.reply(conn, request_id, {"ok": True, **reply} if "ok" not in reply else reply)
+            self.reply(conn, echoed, {"ok": True, **reply} if "ok" not in reply else reply)
 
     def _run(self, conn: Connection, request_id: Any, verb: str, fields: dict[str, Any]) -> Reply:
         handler = self.verbs[verb]

@@ -12,6 +12,7 @@ from gsup.cli.options import Home, Json, OneQueue
 from gsup.journal.queries import read_journal
 from gsup.states import State
 
+MAX_LIST = 1_000_000_000  # SQLite takes no LIMIT beyond 64 bits
 StateName = Enum("StateName", {state.value: state.value for state in State}, type=str)  # type: ignore[misc]
 
 
@@ -22,7 +23,10 @@ def jobs(
     ] = None,
     queue: OneQueue = None,
     limit: Annotated[
-        int, typer.Option("--limit", "-n", min=1, metavar="N", help="How many, newest first")
+        int,
+        typer.Option(
+            "--limit", "-n", min=1, max=MAX_LIST, metavar="N", help="How many, newest first"
+        ),
     ] = 20,
     as_json: Json = False,
     home: Home = None,

@@ -55,6 +55,16 @@ class Outcome:
     fields: dict[str, Any] = field(default_factory=dict)  # result, error, traceback...
     usage: dict[str, Any] = field(default_factory=dict)  # exit_status, cpu_seconds, peak_rss_kb
 
+    def __post_init__(self) -> None:
+        """Every text of an ending is bounded here, whatever made it: a reason or error
+        may quote a job's own text (a 7 MB target, a program's name), and each is
+        stored up to four times and sent in replies."""
+        self.why = clip(self.why, MAX_ERROR)
+        if isinstance(self.fields.get("error"), str):
+            self.fields["error"] = clip(self.fields["error"], MAX_ERROR)
+        if isinstance(self.fields.get("traceback"), str):
+            self.fields["traceback"] = clip(self.fields["traceback"], MAX_TRACEBACK, keep_end=True)
+
 
 def encode_result(value: Any) -> dict[str, Any]:
     """A return value for the journal, whole: JSON if it can be, else its repr. None is
@@ -103,11 +113,13 @@ def _returned(value: Any, usage: dict[str, Any], max_result: int) -> Outcome:
 
 
 def clip(text: str, limit: int, keep_end: bool = False) -> str:
-    """`text`, cut to `limit` characters (its end kept, for a traceback), saying so."""
+    """`text`, cut to `limit` characters with the note that says so (its end kept, for
+    a traceback). A cut text fits its limit, so a second cut leaves it as it is."""
     if len(text) <= limit:
         return text
-    note = f"[… {len(text) - limit:,} characters cut]"
-    return f"{note}\n{text[-limit:]}" if keep_end else f"{text[:limit]} {note}"
+    kept = limit - 40  # room for the note
+    note = f"[… {len(text) - kept:,} characters cut]"
+    return f"{note}\n{text[-kept:]}" if keep_end else f"{text[:kept]} {note}"
 
 
 def describe(exc: BaseException) -> str:
@@ -116,18 +128,18 @@ def describe(exc: BaseException) -> str:
         message = str(exc)
     except Exception:
         message = "<its str() raised>"
-    return clip(f"{type(exc).__name__}: {message}", MAX_ERROR)
+    return f"{type(exc).__name__}: {message}"
 
 
 def _failure(exc: BaseException) -> Outcome:
-    """A job's exception; its traceback starts in the job's code, not in gsup's."""
+    """A job's exception; its traceback starts in the job's code, not in gsup's (both
+    are cut by Outcome)."""
     error = describe(exc)
     inner = exc.__traceback__.tb_next if exc.__traceback__ else None
     try:
         text = "".join(traceback.format_exception(type(exc), exc, inner))
     except Exception:
         text = "".join(traceback.format_tb(inner)) + error
-    text = clip(text, MAX_TRACEBACK, keep_end=True)
     classes = type(exc).__mro__[:-1]  # for --retry-on: by name, or by dotted path
     causes = [c.__name__ for c in classes] + [f"{c.__module__}.{c.__qualname__}" for c in classes]
     return Outcome(Ending.FAILED, error, {"error": error, "traceback": text, "causes": causes})
