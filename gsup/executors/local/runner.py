@@ -256,18 +256,31 @@ def _kill_session(guardian: int) -> None:
     """SIGKILL every process of the guardian's session (its pid: it started one): if the
     guardian was killed, by its command or the OOM killer, the command would otherwise
     run on, unrecorded, out of reach of a cancel or a stop. Called while the guardian is
-    a zombie, unreaped: its pid, the session's id, cannot have been reused."""
+    a zombie, unreaped: its pid, the session's id, cannot have been reused. Scanned
+    again until none is left: one may fork while the last scan reads /proc."""
+    for _ in range(100):  # each round kills at least one: a fork bomb is out-killed
+        living = _session_members(guardian)
+        if not living:
+            return
+        for pid in living:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _session_members(session: int) -> list[int]:
+    """The processes of `session` that are not dead yet (zombies are)."""
+    members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as stat:
-                session = int(stat.read().rsplit(")", 1)[1].split()[3])  # state ppid pgrp sid
-        except (OSError, ValueError, IndexError):
+                state, _, _, sid = stat.read().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
             continue  # gone meanwhile
-        if session == guardian:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry), signal.SIGKILL)
+        if int(sid) == session and state != "Z":
+            members.append(int(entry))
+    return members
 
 
 def _usage(usage_r: int, code: int) -> dict[str, Any]:
