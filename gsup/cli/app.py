@@ -15,14 +15,23 @@ from gsup.errors import DaemonNotRunning, GsupError
 if TYPE_CHECKING:
     from gsup.client import Client
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # on every command and group
+
 app = typer.Typer(
     name="gsup",
     help="A job supervisor: bounded worker pools, a SQLite journal that never forgets a job.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings=HELP_OPTIONS,
 )
+
+
+def command_group(name: str, help: str) -> typer.Typer:
+    """`gsup NAME SUBCOMMAND`: a group of subcommands, with -h as --help."""
+    group = typer.Typer(help=help, context_settings=HELP_OPTIONS)
+    app.add_typer(group, name=name)
+    return group
 
 
 def job_id(text: str) -> int:

@@ -6,16 +6,12 @@ from typing import Annotated
 
 import typer
 
-from gsup.cli.app import app
+from gsup.cli.app import command_group
 from gsup.cli.options import Home
 from gsup.config import Paths, resolve_home
 from gsup.errors import GsupError
 
-journal = typer.Typer(
-    help="Check the journal; salvage a damaged one.",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.add_typer(journal, name="journal")
+journal = command_group("journal", "Check the journal; salvage a damaged one.")
 
 
 @journal.command()

@@ -7,14 +7,10 @@ from typing import Annotated
 
 import typer
 
-from gsup.cli.app import app
+from gsup.cli.app import command_group
 from gsup.cli.options import Home
 
-service = typer.Typer(
-    help="systemd units for this gsup.",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.add_typer(service, name="service")
+service = command_group("service", "systemd units for this gsup.")
 
 
 @service.command()
