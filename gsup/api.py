@@ -17,7 +17,7 @@ from typing import Any
 from gsup.client import Client, Pending
 from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_JOB_ID, Paths, resolve_home
 from gsup.errors import BadOptions, GsupError, WaitTimeout
-from gsup.protocol import JobSpec, ProtocolError
+from gsup.protocol import JobSpec, ProtocolError, check_batch_key
 from gsup.specs import call_specs, python_path
 
 JOB_OPTIONS = {
@@ -210,10 +210,19 @@ class Queues:
         func: Callable[..., Any] | str,
         arguments: Iterable[Any],
         kwargs: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
         **options: Any,
     ) -> list[JobHandle]:
         """One job per item of `arguments`: a tuple of positional arguments, or one
-        argument; `options` as for `add`. Sent in requests of up to 10,000 jobs."""
+        argument; `options` as for `add`. Sent in requests of up to 10,000 jobs.
+        PartlyAdded if some were not added: the same call with its `key` adds the
+        rest, and none twice (a batch of one request has a key only if given one)."""
+        if key is not None:
+            try:
+                check_batch_key(key)
+            except ProtocolError as exc:
+                raise BadOptions(str(exc)) from None
         options = _job_options(options)
         try:
             items = iter(arguments)
@@ -221,7 +230,7 @@ class Queues:
             raise BadOptions(f"arguments must be an iterable, not {arguments!r}") from None
         tuples = (item if isinstance(item, tuple) else (item,) for item in items)
         specs = call_specs(func, tuples, kwargs, python_path(), **options)
-        return [JobHandle(self.client, job) for job in self.client.add_many(specs)]
+        return [JobHandle(self.client, job) for job in self.client.add_many(specs, key)]
 
     def job(self, job_id: int) -> JobHandle:
         """A handle for a job that exists (added by anyone); GsupError if there is none."""

@@ -11,17 +11,42 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gsup.config import MAX_MESSAGE, Paths, resolve_home
 from gsup.errors import DaemonNotRunning, GsupError, PartlyAdded, WaitTimeout
 from gsup.peers import untrusted_daemon
-from gsup.protocol import MAX_SECONDS, JobSpec, LineReader, ProtocolError, encode, shared_fields
-
-if TYPE_CHECKING:
-    pass
+from gsup.protocol import (
+    MAX_SECONDS,
+    JobSpec,
+    LineReader,
+    ProtocolError,
+    batch_digest,
+    encode,
+    shared_fields,
+)
 
 ADD_BATCH = 10_000  # jobs per add request
+
+
+def _parts(jobs: Iterable[JobSpec]) -> Iterator[tuple[list[JobSpec], dict[str, Any]]]:
+    """The add requests of a batch: its jobs, and the request's fields."""
+    for batch in _batches(jobs):
+        yield from _split(batch, [job.to_wire() for job in batch])
+
+
+def _split(specs: list[JobSpec], wires: list[dict[str, Any]]
+           ) -> list[tuple[list[JobSpec], dict[str, Any]]]:  # fmt: skip
+    """One request, or several if the jobs are more than a message may hold."""
+    shared = shared_fields(wires)
+    fields = {
+        "defaults": shared,
+        "jobs": [{k: v for k, v in wire.items() if k not in shared} for wire in wires],
+    }
+    if len(wires) > 1 and len(encode(fields)) > MAX_MESSAGE:
+        half = len(wires) // 2
+        return _split(specs[:half], wires[:half]) + _split(specs[half:], wires[half:])
+    return [(specs, fields)]
 
 
 def _batches(items: Iterable[Any], size: int = ADD_BATCH) -> Iterator[list[Any]]:
@@ -254,20 +279,35 @@ class Client:
     def add(self, jobs: list[JobSpec]) -> list[int]:
         return self.request("add", jobs=[job.to_wire() for job in jobs])["ids"]
 
-    def add_many(self, jobs: Iterable[JobSpec]) -> list[int]:
+    def add_many(self, jobs: Iterable[JobSpec], key: str | None = None) -> list[int]:
         """Add jobs in requests of ADD_BATCH, each sent while the daemon commits the
-        one before; the ids in order. PartlyAdded if some were not: which were."""
+        one before; the ids in order. PartlyAdded if some were not: which were.
+
+        A batch of more than one request gets a key (`key`, or one made here): the
+        same jobs sent again with it are not added twice, whichever parts had been."""
+        parts = _parts(jobs)
+        ahead = list(itertools.islice(parts, 2))
+        if key is None and len(ahead) > 1:
+            key = os.urandom(8).hex()
         sent: list[tuple[Pending, int]] = []  # each request, and how many jobs it holds
         total, failure = 0, None
-        for batch in _batches(jobs):
-            total += len(batch)
-            if failure is None:
-                try:
-                    sent += self._send_batch([job.to_wire() for job in batch])
-                except GsupError as exc:  # the connection is gone: nothing more is sent
-                    failure = exc
+        for number, (specs, fields) in enumerate(itertools.chain(ahead, parts)):
+            total += len(specs)
+            if failure is not None:
+                continue  # the connection is gone: nothing more is sent, only counted
+            if key is not None:
+                fields["batch"] = {"key": key, "part": number, "digest": batch_digest(specs)}
+            try:
+                sent.append((self.send("add", **fields), len(specs)))
+            except GsupError as exc:
+                failure = exc
         if failure is not None and not sent:
             raise failure  # no daemon, or one that took nothing: no job was added
+        return self._added(sent, total, failure, key)
+
+    def _added(self, sent: list[tuple[Pending, int]], total: int, failure: GsupError | None,
+               key: str | None) -> list[int]:  # fmt: skip
+        """The ids the replies to a batch's requests give, or PartlyAdded."""
         why = None if failure is None else str(failure)
         ids: list[int] = []
         unsure = 0
@@ -284,18 +324,8 @@ class Client:
         if not ids and not unsure:
             raise GsupError(str(why))  # none was added: the reason is all there is to say
         if len(ids) < total:
-            raise PartlyAdded(str(why), ids, total, unsure)
+            raise PartlyAdded(str(why), ids, total, unsure, key)
         return ids
-
-    def _send_batch(self, wires: list[dict[str, Any]]) -> list[tuple[Pending, int]]:
-        """One add request, or several if the batch is larger than a message may be;
-        each with its number of jobs."""
-        shared = shared_fields(wires)
-        jobs = [{k: v for k, v in wire.items() if k not in shared} for wire in wires]
-        if len(wires) > 1 and len(encode({"defaults": shared, "jobs": jobs})) > MAX_MESSAGE:
-            half = len(wires) // 2
-            return self._send_batch(wires[:half]) + self._send_batch(wires[half:])
-        return [(self.send("add", defaults=shared, jobs=jobs), len(jobs))]
 
     def get(
         self, job: int, wait: bool = False, timeout: float | None = None, read_first: bool = True

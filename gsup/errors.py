@@ -34,9 +34,15 @@ class BadOptions(GsupError, TypeError):
 class PartlyAdded(GsupError):
     """A batch of which some jobs were added and some not (a refused request, a lost
     connection): `ids` are those the daemon confirmed, in order; `unsure` jobs were
-    sent but no answer came (the daemon may have added them)."""
+    sent but no answer came (the daemon may have added them). The same jobs sent
+    again with `key` are not added twice."""
 
-    def __init__(self, why: str, ids: list[int], total: int, unsure: int) -> None:
-        self.ids, self.total, self.unsure = ids, total, unsure
-        maybe = f", {unsure:,} may have been (no answer came)" if unsure else ""
-        super().__init__(f"{why}; {len(ids):,} of {total:,} jobs were added{maybe}")
+    def __init__(self, why: str, ids: list[int], total: int, unsure: int, key: str | None):
+        self.why, self.ids, self.total, self.unsure, self.key = why, ids, total, unsure, key
+        again = f"; add_many(..., key={key!r}) adds the rest, never twice" if key else ""
+        super().__init__(f"{self.outcome}{again}")
+
+    @property
+    def outcome(self) -> str:
+        maybe = f", {self.unsure:,} may have been (no answer came)" if self.unsure else ""
+        return f"{self.why}; {len(self.ids):,} of {self.total:,} jobs were added{maybe}"

@@ -194,6 +194,51 @@ class JobSpec:
         return spec
 
 
+MAX_KEY = 100  # characters of a batch key
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+
+
+@dataclass(frozen=True)
+class BatchPart:
+    """An add request's place in a keyed batch (see journal/schema.Batch)."""
+
+    key: str
+    part: int  # from 0, in the order the client sends them
+    digest: str  # of the request's jobs: see `batch_digest`
+
+    @classmethod
+    def from_wire(cls, data: Any) -> BatchPart:
+        _check(isinstance(data, dict) and data.keys() == {"key", "part", "digest"},
+               "batch must be an object of key, part and digest")  # fmt: skip
+        check_batch_key(data["key"])
+        _check(_is_int(data["part"]) and 0 <= data["part"] <= MAX_JOB_ID,
+               "a batch part must be a whole number from 0")  # fmt: skip
+        _check(isinstance(data["digest"], str) and 0 < len(data["digest"]) <= 128,
+               "a batch digest must be a text of 1 to 128 characters")  # fmt: skip
+        return cls(data["key"], data["part"], data["digest"])
+
+
+def check_batch_key(key: Any) -> str:
+    _check(
+        isinstance(key, str) and 0 < len(key) <= MAX_KEY and _KEY_CHARS.issuperset(key),
+        f"a batch key is 1 to {MAX_KEY} letters, digits and . _ : -, not {shown(key)}",
+    )
+    return key
+
+
+def batch_digest(jobs: list[JobSpec]) -> str:
+    """What makes a part of a batch the same jobs when it is sent again: what each job
+    runs and where (not its environment, which a new shell changes)."""
+    import hashlib  # here: off the import path of a one-job `gsup add`
+
+    digest = hashlib.blake2b(digest_size=16)
+    for job in jobs:
+        words = (job.kind, job.target, job.display, job.arguments or "", job.cwd, job.pool,
+                 job.name or "", *job.argv)  # fmt: skip
+        digest.update("\0".join(words).encode("utf-8", "replace") + b"\1")
+    return digest.hexdigest()
+
+
 def _check_fields(data: Any) -> None:
     _check(isinstance(data, dict), "a job must be a JSON object")
     unknown = data.keys() - _SPEC_RULES.keys()
@@ -309,13 +354,17 @@ def _ping(message: dict[str, Any]) -> dict[str, Any]:
 
 def _add(message: dict[str, Any]) -> dict[str, Any]:
     """`jobs`, each a JobSpec's fields; `defaults`, fields shared by all of them, sent
-    (and checked) once."""
+    (and checked) once; `batch`, its BatchPart if the batch has a key."""
     jobs = message.get("jobs")
     _check(isinstance(jobs, list) and jobs, "add needs a non-empty list of jobs")
     _check_count(jobs)
     defaults = message.get("defaults") or {}
     _check_fields(defaults)
-    return {"jobs": [JobSpec.from_wire(job, defaults) for job in jobs]}
+    batch = message.get("batch")
+    return {
+        "jobs": [JobSpec.from_wire(job, defaults) for job in jobs],
+        "batch": None if batch is None else BatchPart.from_wire(batch),
+    }
 
 
 def _check_count(jobs: list[Any]) -> None:

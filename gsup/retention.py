@@ -107,6 +107,11 @@ DELETES = tuple(
         ("jobs", "id"),
     )
 )
+# A keyed batch is forgotten once none of its jobs is left (see schema.Batch).
+FORGET_BATCHES = (
+    "DELETE FROM batches WHERE created < ? AND NOT EXISTS"
+    " (SELECT 1 FROM jobs WHERE id >= batches.first AND id < batches.first + batches.count)"
+)
 
 
 def highest_ids(conn: sqlite3.Connection) -> dict[str, int]:
@@ -242,6 +247,7 @@ def prune_journal(paths: Paths, older_than: float, state: str | None) -> Pruned 
                 _in_transaction(conn, batch)
                 scan.jobs += len(doomed)
                 scan.logs += remove_logs(files)
+            _in_transaction(conn, lambda: conn.execute(FORGET_BATCHES, (scan.cutoff,)))
             checkpoint(conn, 5000)
         except sqlite3.Error as exc:
             raise PruneError(f"cannot prune the journal {paths.journal}: {exc}") from None

@@ -241,6 +241,27 @@ def test_add_many_adds_one_job_per_item(queues):
         queues.add_many(double, [1], colour="red")
 
 
+def test_a_keyed_batch_sent_again_adds_only_the_parts_not_added(daemon, queues):
+    from conftest import journal_rows
+
+    queues.freeze()
+    cut = queues.add_many(double, range(10_000), key="sweep-1")  # what a cut batch had sent
+    again = queues.add_many(double, range(25_000), key="sweep-1")  # three parts: 10k, 10k, 5k
+    assert [job.id for job in again[:10_000]] == [job.id for job in cut]
+    assert [job.id for job in again] == list(range(1, 25_001))
+    assert journal_rows(daemon.home, "SELECT count(*) FROM jobs") == [(25_000,)]
+    twice = queues.add_many(double, range(25_000), key="sweep-1")
+    assert [job.id for job in twice] == list(range(1, 25_001))
+    with pytest.raises(GsupError) as refused:
+        queues.add_many(double, range(1, 10_001), key="sweep-1")  # other arguments
+    assert str(refused.value) == (
+        "the batch key sweep-1 was given to other jobs before; give these a new key"
+    )
+    assert journal_rows(daemon.home, "SELECT count(*) FROM jobs") == [(25_000,)]
+    with pytest.raises(TypeError, match="a batch key is 1 to 100 letters"):
+        queues.add_many(double, [1], key="a b")
+
+
 def test_a_forked_child_uses_a_connection_of_its_own(queues):
     import os
 

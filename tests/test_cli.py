@@ -233,7 +233,31 @@ def test_a_batch_cut_short_says_which_jobs_were_added(gsup, home, workdir):
     listener.close()
     assert result.returncode == 1
     assert result.stdout.split() == [str(job) for job in range(1, 10_001)]
-    assert result.stderr == (
-        "gsup: error: the daemon closed the connection; 10,000 of 25,000 jobs were added,"
-        " 15,000 may have been (no answer came)\n"
+    key = re.fullmatch(
+        r"gsup: error: the daemon closed the connection; 10,000 of 25,000 jobs were added,"
+        r" 15,000 may have been \(no answer came\); run it again with --key ([0-9a-f]{16}) to"
+        r" add the rest, never twice\n",
+        result.stderr,
+    )
+    assert key is not None, result.stderr
+
+
+def test_a_batch_added_again_with_its_key_adds_nothing_twice(daemon, gsup, workdir):
+    gsup("freeze")
+    (workdir / "lines").write_text("jobs:add 1\n" * 15_000)  # two requests
+    first = gsup("add", "--from", "lines", "--key", "nightly.1").stdout.split()
+    assert gsup("add", "--from", "lines", "--key", "nightly.1").stdout.split() == first
+    assert first == [str(job) for job in range(1, 15_001)]
+    (workdir / "lines").write_text("jobs:add 2\n" * 15_000)
+    refused = gsup("add", "--from", "lines", "--key", "nightly.1", check=False)
+    assert (refused.returncode, refused.stdout, refused.stderr) == (
+        1,
+        "",
+        "gsup: error: the batch key nightly.1 was given to other jobs before; give these a new"
+        " key\n",
+    )
+    bad = gsup("add", "jobs:add", "1", "--key", "a/b", check=False)
+    assert (bad.returncode, bad.stderr) == (
+        1,
+        "gsup: error: --key: a batch key is 1 to 100 letters, digits and . _ : -, not 'a/b'\n",
     )

@@ -89,6 +89,7 @@ def _age(home: Path, jobs: dict[int, float]) -> None:
                 "UPDATE jobs SET created = created - ?, ended = ended - ? WHERE id = ?",
                 (shift, shift, job),
             )
+            db.execute("UPDATE batches SET created = created - ? WHERE first = ?", (shift, job))
 
 
 def _history(home: Path) -> dict[str, list[int]]:
@@ -111,13 +112,13 @@ def _setup(make_daemon, gsup, home: Path) -> dict[str, int]:
     the order of their ages, as a real history has them)."""
     daemon = make_daemon()
     ids = {
-        "old_done": gsup.add("jobs:shout", "old"),
+        "old_done": gsup.add("jobs:shout", "old", "--key", "old-done"),
         "old_failed": gsup.add("jobs:boom"),
         "old_cmd": gsup.add("--cmd", "--", "sh", "-c", "echo out; echo err >&2"),
     }
     gsup.wait(*ids.values())
     gsup("freeze", "--queue", "user")
-    ids["old_queued"] = gsup.add("jobs:add", "1")
+    ids["old_queued"] = gsup.add("jobs:add", "1", "--key", "old-queued")
     ids["old_cancelled"] = gsup.add("jobs:add", "2")
     gsup("cancel", str(ids["old_cancelled"]))
     ids["new_done"] = gsup.add("--queue", "monitoring", "jobs:shout", "new")
@@ -148,6 +149,8 @@ def test_prune_deletes_exactly_the_old_ended_jobs(make_daemon, gsup, home, daemo
         "results": [ids["new_done"]],
     }
     assert _logs(home) == [f"{ids['new_done']}.err", f"{ids['new_done']}.out"]
+    # A batch key is forgotten with the last of its jobs.
+    assert journal_rows(home, "SELECT key FROM batches") == [("old-queued",)]
     # Nothing more is old enough; a pruned id is never given again.
     assert gsup("prune", "--older-than", "30s").stdout.startswith("pruned 0 jobs")
     if daemon is None:

@@ -24,7 +24,6 @@ from gsup.config import Paths
 PROBLEMS_SHOWN = 20  # lines of a check's findings printed
 HEADER = 100  # bytes of the database header
 PAGE_SIZES = (4096, 1024, 2048, 8192, 16384, 32768, 65536, 512)
-TABLES = ("jobs", "attempts", "results", "events", "commands", "pools", "marks")
 BY_JOB = {"attempts": "job", "results": "job", "events": "job"}  # rows that belong to a job
 FIRST_ROWID = -(2**63)
 LAST_ROWID = 2**63 - 1
@@ -266,6 +265,7 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
 def _copy_rows(source: sqlite3.Connection, path: Path) -> Salvaged:
     """Every readable row of the source's tables into the new journal at `path`; rows
     of jobs that were lost are left out, and the ids given stay given."""
+    from gsup.journal.schema import MODELS
     from gsup.retention import MARK, highest_ids
 
     new = sqlite3.connect(path, isolation_level=None)
@@ -273,7 +273,7 @@ def _copy_rows(source: sqlite3.Connection, path: Path) -> Salvaged:
         new.execute("BEGIN")
         lost_rows: dict[str, int] = {}
         referenced: set[int] = set()
-        for table in TABLES:
+        for table in (model._meta.table_name for model in MODELS):  # jobs first
             lost_rows[table] = _copy_table(source, new, table, referenced)
         kept = {job for (job,) in new.execute("SELECT id FROM jobs")}
         for table, column in BY_JOB.items():

@@ -220,5 +220,14 @@ def _v2_to_v3(migrator: SqliteMigrator) -> None:
     )
 
 
-STEPS: list[Callable[[SqliteMigrator], None]] = [_v1_to_v2, _v2_to_v3]
+def _v3_to_v4(migrator: SqliteMigrator) -> None:
+    """Keyed batches: the ids each part of a batch add was given."""
+    database.execute_sql(
+        'CREATE TABLE "batches" ("uid" INTEGER NOT NULL, "key" TEXT NOT NULL,'
+        ' "part" INTEGER NOT NULL, "digest" TEXT NOT NULL, "first" INTEGER NOT NULL,'
+        ' "count" INTEGER NOT NULL, "created" REAL NOT NULL, PRIMARY KEY ("uid", "key", "part"))'
+    )
+
+
+STEPS: list[Callable[[SqliteMigrator], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4]
 assert len(STEPS) == SCHEMA_VERSION - 1, "a migration step per version"

@@ -32,7 +32,7 @@ RUNNING_INDEX = "INDEXED BY jobs_running"
 
 # PRAGMA user_version of a journal that schema.py's models describe. 0.1.0 wrote
 # version 1 (it left user_version at 0: a file with a `jobs` table and version 0).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Unreadable(Exception):
@@ -267,3 +267,14 @@ def job_runs(conn: sqlite3.Connection, job: int) -> tuple[str, list[int]] | None
         return None
     ids = conn.execute("SELECT id FROM attempts WHERE job = ? ORDER BY id", (job,)).fetchall()
     return row[0], [attempt for (attempt,) in ids]
+
+
+def batch_ids(
+    conn: sqlite3.Connection, uid: int, key: str, part: int
+) -> tuple[str, list[int]] | None:
+    """The digest of a keyed batch's part and the ids it was given, if it was added."""
+    row = conn.execute(
+        "SELECT digest, first, count FROM batches WHERE uid = ? AND key = ? AND part = ?",
+        (uid, key, part),
+    ).fetchone()
+    return None if row is None else (row[0], list(range(row[1], row[1] + row[2])))

@@ -152,4 +152,22 @@ class Pool(BaseModel):
         table_name = "pools"
 
 
-MODELS = (Job, Attempt, Result, Event, Command, Pool, Mark)
+class Batch(BaseModel):
+    """One add request of a keyed batch (an idempotency key): a request sent again
+    with the same key and part gets the ids it was given, and adds nothing. A digest
+    of its jobs tells a resent part from another batch under a key used twice."""
+
+    uid = pw.IntegerField()  # keys are the sender's own: one user's key is not another's
+    key = pw.TextField()
+    part = pw.IntegerField()  # the request's place in its batch, from 0
+    digest = pw.TextField()
+    first = pw.IntegerField()  # the jobs' ids: first, first + 1, ..., first + count - 1
+    count = pw.IntegerField()
+    created = pw.FloatField()
+
+    class Meta:
+        table_name = "batches"
+        primary_key = pw.CompositeKey("uid", "key", "part")
+
+
+MODELS = (Job, Attempt, Result, Event, Command, Pool, Mark, Batch)

@@ -33,7 +33,7 @@ from typing import Any
 from gsup import retention
 from gsup.journal import queries
 from gsup.lifecycle import check_transition
-from gsup.protocol import JobSpec
+from gsup.protocol import BatchPart, JobSpec
 from gsup.states import END_STATES, State
 
 
@@ -343,6 +343,14 @@ class Writer:
         )
         return ids
 
+    def record_batch(self, uid: int, part: BatchPart, ids: list[int], now: float) -> None:
+        """The ids that a part of a keyed batch was given (see schema.Batch)."""
+        self._write(
+            "INSERT INTO batches (uid, key, part, digest, first, count, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (uid, part.key, part.part, part.digest, ids[0], len(ids), now),
+        )
+
     def transition(
         self,
         job: int,
@@ -443,6 +451,10 @@ class Writer:
         if jobs:
             for sql in retention.DELETES:
                 self._write(sql, [(job,) for job in jobs], many=True)
+
+    def forget_batches(self, cutoff: float) -> None:
+        """Forget the keyed batches made before `cutoff` whose jobs are all pruned."""
+        self._write(retention.FORGET_BATCHES, (cutoff,))
 
     def checkpoint(self, wait_ms: int) -> bool | None:
         """Checkpoint the WAL and truncate it (see retention.checkpoint): whether that

@@ -20,7 +20,7 @@ from gsup import __version__
 from gsup.journal import queries
 from gsup.journal.writer import Writer
 from gsup.lifecycle import Stop
-from gsup.protocol import MUTATING, JobSpec, ProtocolError, check_request, request_id
+from gsup.protocol import MUTATING, BatchPart, JobSpec, ProtocolError, check_request, request_id
 from gsup.settings import Settings
 from gsup.states import END_STATES, RETRYABLE, State
 from gsup.supervisor.connections import Connection
@@ -129,12 +129,32 @@ class Handlers:
         return {"in_flight": in_flight, "grace": 0 if fields["now"] else self.settings.grace}
 
     def add(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
-        specs = fields["jobs"]
+        specs, batch = fields["jobs"], fields["batch"]
+        if batch is not None:
+            known = self._batch_ids(conn.uid, batch, len(specs))
+            if known is not None:
+                return {"ids": known}  # a part sent again: it was added before
         self._check_room(specs)
-        self.journal.log_command("add", {"jobs": len(specs)}, conn.uid, conn.pid)
-        ids = self.journal.insert_jobs(specs, time.time())
+        detail = {"jobs": len(specs)} if batch is None else {"jobs": len(specs), "key": batch.key}
+        self.journal.log_command("add", detail, conn.uid, conn.pid)
+        now = time.time()
+        ids = self.journal.insert_jobs(specs, now)
+        if batch is not None:
+            self.journal.record_batch(conn.uid, batch, ids, now)
         self.book.added(specs)
         return {"ids": ids}
+
+    def _batch_ids(self, uid: int, batch: BatchPart, count: int) -> list[int] | None:
+        """The ids a keyed part was given when it was sent before; None if it was not."""
+        known = queries.batch_ids(self.journal.reader, uid, batch.key, batch.part)
+        if known is None:
+            return None
+        digest, ids = known
+        if digest != batch.digest or len(ids) != count:
+            raise RequestError(
+                f"the batch key {batch.key} was given to other jobs before; give these a new key"
+            )
+        return ids
 
     def _check_room(self, specs: list[JobSpec]) -> None:
         """Refuse new jobs when they would leave the disk nearly full: the room left is

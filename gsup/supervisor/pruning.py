@@ -73,6 +73,7 @@ class Pruner:
         task = self.tasks[0]
         self._remove_logs(task)
         if task.scan.done:
+            self.journal.forget_batches(task.scan.cutoff)
             self.tasks.popleft()
             self._finish(task)
         else:

@@ -98,6 +98,14 @@ def add(
             " command line; the other options apply to all",
         ),
     ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY",
+            help="A batch key: the same jobs added again with it are not added twice (what"
+            " a cut batch says to give)",
+        ),
+    ] = None,
     home: Home = None,
 ) -> None:
     """Add a job; prints its id once the journal holds it.
@@ -134,11 +142,21 @@ def add(
             _check(spec)
         return
     try:
-        ids = Client(home).add_many(specs)
+        ids = Client(home).add_many(specs, key and _batch_key(key))
     except PartlyAdded as exc:  # the ids of those added first, then why not the rest
         sys.stdout.write("".join(f"{job}\n" for job in exc.ids))
-        raise
+        again = f"; run it again with --key {exc.key} to add the rest, never twice"
+        raise GsupError(exc.outcome + (again if exc.key else "")) from None
     sys.stdout.write("".join(f"{job}\n" for job in ids))
+
+
+def _batch_key(key: str) -> str:
+    from gsup.protocol import ProtocolError, check_batch_key
+
+    try:
+        return check_batch_key(key)
+    except ProtocolError as exc:
+        raise GsupError(f"--key: {exc}") from None
 
 
 def _cmd_after(target: str) -> bool:
