@@ -153,6 +153,8 @@ def scale_rows(s: Samples, plan: Plan) -> list[Row]:
     rows = [
         _row(f"daemon start to ready, {size} (ms)", _ms(s.median("ready.gsup")), 1000, 0,
              "<= 1 s", _at_most_value(1000)),
+        _row(f"  start to the journal checked (jobs dispatched from then on), {size} (ms)",
+             _ms(s.median("checked.gsup")), None, 0),
     ]  # fmt: skip
     if s.cli is not None:
         floor = median(s.cli.floor) * MS
@@ -264,7 +266,9 @@ def notes(plan: Plan) -> list[str]:
         f"scale: a real daemon writes one ended and one queued template job; their rows, "
         f"attempts and events are cloned to {plan.scale_done:,} ended and "
         f"{plan.scale_queued:,} queued jobs (user pool frozen), then the WAL is "
-        "checkpointed. Start to ready: spawn of `gsup daemon` to its `gsup: ready:` line. "
+        "checkpointed. Start to ready: spawn of `gsup daemon` to its `gsup: ready:` line "
+        "(it answers clients); to the journal checked: to its `the journal passed its check` "
+        "line (SQLite's quick_check, in a child process; jobs are held back until then). "
         'CLI times with the daemon running; "beyond process start" subtracts the '
         "`import typer` process time.",
         f"pruned: a journal built as above with {plan.prune_total:,} jobs (a tenth of "

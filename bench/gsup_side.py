@@ -62,9 +62,13 @@ def new_home(root: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="g", dir=root))
 
 
+CHECKED = "gsup: the journal passed its check"  # jobs go to the pools from then on
+
+
 class GsupDaemon(Spawned):
     def __init__(self, home: Path) -> None:
-        super().__init__([*gsup_cli(), "daemon", "--home", str(home)], ready_text="gsup: ready:")
+        super().__init__([*gsup_cli(), "daemon", "--home", str(home)], ready_text="gsup: ready:",
+                         timed_texts=[CHECKED])  # fmt: skip
         self.home = home
 
     def queues(self) -> Any:

@@ -30,7 +30,8 @@ def console_script(name: str, module: str) -> list[str]:
 
 class Spawned:
     """A child process whose output is read by a thread (so it never blocks on a full
-    pipe), with the time at which a line containing `ready_text` appeared."""
+    pipe), with the time at which a line containing `ready_text`, or each of
+    `timed_texts`, first appeared."""
 
     def __init__(
         self,
@@ -39,22 +40,29 @@ class Spawned:
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
         stop_signal: int = signal.SIGTERM,
+        timed_texts: Sequence[str] = (),
     ) -> None:
         self.argv = list(argv)
         self.ready_text = ready_text
+        self.timed_texts = [text for text in (ready_text, *timed_texts) if text]
         self.cwd = cwd
         self.env = env
         self.stop_signal = stop_signal
         self.process: subprocess.Popen[str] | None = None
         self.started_at = 0.0
-        self.ready_at: float | None = None
+        self.seen_at: dict[str, float] = {}
         self.output: deque[str] = deque(maxlen=200)  # the last lines, for error messages
-        self._ready = threading.Event()
+        self._seen = threading.Condition()
+        self._exited = False
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    @property
+    def ready_at(self) -> float | None:
+        return self.seen_at.get(self.ready_text) if self.ready_text else None
 
     def start(self) -> Spawned:
         self.started_at = time.perf_counter()
@@ -68,20 +76,31 @@ class Spawned:
     def _read(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
         for line in process.stdout:
-            if self.ready_text and self.ready_at is None and self.ready_text in line:
-                self.ready_at = time.perf_counter()
-                self._ready.set()
+            now = time.perf_counter()
+            for text in self.timed_texts:
+                if text not in self.seen_at and text in line:
+                    with self._seen:
+                        self.seen_at[text] = now
+                        self._seen.notify_all()
             self.output.append(line.rstrip("\n"))
-        self._ready.set()  # it exited: let a waiter see that
+        with self._seen:  # it exited: let a waiter see that
+            self._exited = True
+            self._seen.notify_all()
 
     def wait_ready(self, timeout: float = 60.0) -> float:
         """Seconds from spawn to the ready line."""
-        self._ready.wait(timeout)
-        if self.ready_at is None:
+        assert self.ready_text is not None
+        return self.wait_seen(self.ready_text, timeout)
+
+    def wait_seen(self, text: str, timeout: float = 60.0) -> float:
+        """Seconds from spawn to the first line containing `text` (one of timed_texts)."""
+        with self._seen:
+            self._seen.wait_for(lambda: text in self.seen_at or self._exited, timeout)
+        if text not in self.seen_at:
             self.stop()
             tail = "\n".join(self.output)
-            raise RuntimeError(f"{' '.join(self.argv)} did not become ready:\n{tail}")
-        return self.ready_at - self.started_at
+            raise RuntimeError(f"{' '.join(self.argv)} never said {text!r}:\n{tail}")
+        return self.seen_at[text] - self.started_at
 
     def stop(self) -> None:
         """Ask it to stop; kill it, and what it started, if it does not in time."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.gsup_side import (
+    CHECKED,
     WAIT_TIMEOUT,
     GsupDaemon,
     Workspace,
@@ -132,14 +133,15 @@ def check_journal(home: Path, queued: int) -> None:
 # --- figures on it ------------------------------------------------------------------------
 
 
-def ready_seconds(home: Path, runs: int) -> list[float]:
-    """Seconds from spawning `gsup daemon` to its ready line, one start after another."""
+def ready_seconds(home: Path, runs: int) -> list[tuple[float, float]]:
+    """Seconds from spawning `gsup daemon` to its ready line, and to its journal check
+    having passed (from then on it dispatches), one start after another."""
     seconds = []
     for _ in range(runs):
         daemon = GsupDaemon(home)
         try:
             daemon.start()
-            seconds.append(daemon.wait_ready())
+            seconds.append((daemon.wait_ready(), daemon.wait_seen(CHECKED)))
         finally:
             daemon.stop()
     return seconds
@@ -200,8 +202,8 @@ def pruned_vs_fresh(ws: Workspace, total: int, keep: int, ready_runs: int,
         conn.close()
     prune = run_seconds([*gsup_cli(), "prune", "--older-than", "7d", "--home", str(pruned)])
     check_journal(pruned, queued)
-    times = {home: (ready_seconds(home, ready_runs), cli_seconds(home, cli_runs).jobs)
-             for home in (pruned, fresh)}  # fmt: skip
+    times = {home: ([ready for ready, _ in ready_seconds(home, ready_runs)],
+                    cli_seconds(home, cli_runs).jobs) for home in (pruned, fresh)}  # fmt: skip
     return PrunedVsFresh(
         prune,
         (times[pruned][0], times[fresh][0]),

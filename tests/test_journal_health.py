@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import journal_rows, run_daemon_expecting_exit
 
+from gsup.client import Client
+from gsup.errors import GsupError
+
 BULK = 3000  # queued command jobs, in the frozen monitoring pool: a journal of ~1,500 pages
 PAGE = 4096
 HEADER_DAMAGE = b"\xa5" * 100
@@ -59,14 +62,62 @@ DAMAGES = {
 }
 
 
-@pytest.mark.parametrize("where", DAMAGES)
-def test_a_damaged_journal_is_refused_at_start_with_one_line(make_daemon, gsup, home, env, where):
+def test_a_damaged_header_is_refused_at_start_with_one_line(make_daemon, gsup, home, env):
     _journal_with_jobs(make_daemon, gsup, home)
-    damage, cause = DAMAGES[where]
-    damage(home)
+    _damage_header(home)
     result = run_daemon_expecting_exit(env)
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == _refusal(home, cause) + "\n"
+    assert result.stderr == _refusal(home, "file is not a database") + "\n"
+
+
+def test_a_damaged_page_stops_the_daemon_before_any_job_starts(make_daemon, gsup, home, env,
+                                                               workdir):  # fmt: skip
+    make_daemon()
+    gsup("freeze")
+    lines = "".join(f"touch ran-{n}\n" for n in range(BULK))
+    gsup("add", "--cmd", "--from", "-", input=lines)
+    gsup("stop")
+    with sqlite3.connect(home / "journal.sqlite") as db:
+        db.execute("UPDATE pools SET frozen = 0")  # they would all run at the next start
+        db.commit()
+        assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        [(page,)] = db.execute(  # a page that neither the start nor a dispatch reads
+            "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf'"
+            " ORDER BY pageno LIMIT 1 OFFSET 5"
+        )
+    with open(home / "journal.sqlite", "r+b") as file:
+        file.seek((page - 1) * PAGE)
+        file.write(b"\xa5" * PAGE)
+    result = run_daemon_expecting_exit(env)
+    said = [line.split(" gsup: ", 1)[1] for line in result.stdout.splitlines()]
+    assert (result.returncode, said[-2:]) == (1, [said[-2], "stopped"])
+    assert said[-2].startswith(f"stopping: the journal {home / 'journal.sqlite'} is damaged (")
+    assert said[-2].endswith(
+        "); see `gsup journal check`, or run `gsup journal salvage` to copy what is readable"
+        " into a new journal"
+    )
+    assert sorted(workdir.glob("ran-*")) == []  # held back until the check had passed
+
+
+def test_a_damaged_page_read_while_running_stops_the_daemon_with_one_line(make_daemon, gsup,
+                                                                          home):  # fmt: skip
+    _journal_with_jobs(make_daemon, gsup, home)
+    daemon = make_daemon()
+    daemon.said("the journal passed its check")
+    _damage_middle(home)  # rows the daemon has not read since it started
+    client = Client(home)
+    with pytest.raises(GsupError) as lost:
+        for job in range(BULK + 2, 0, -1):  # until a read meets the damage
+            client.request("get", job=job)
+    assert str(lost.value) == "the daemon closed the connection"
+    assert daemon.process.wait(30) == 1
+    said = [line.split(" gsup: ", 1)[1].rstrip("\n") for line in daemon.lines]
+    assert said[-2:] == [
+        f"stopping: the journal {home / 'journal.sqlite'} is damaged (database disk image is"
+        " malformed); see `gsup journal check`, or run `gsup journal salvage` to copy what is"
+        " readable into a new journal",
+        "stopped",
+    ]
 
 
 def test_journal_check_finds_the_damage_and_exits_0_only_when_healthy(make_daemon, gsup, home):
@@ -136,7 +187,8 @@ def test_read_only_commands_on_a_damaged_header_say_one_line(make_daemon, gsup, 
 @pytest.mark.parametrize("command", [["status"], ["jobs", "--limit", "10000"]])
 def test_read_only_commands_on_damaged_pages_say_one_line(make_daemon, gsup, home, command):
     _journal_with_jobs(make_daemon, gsup, home)
-    make_daemon()  # it started healthy; its journal is damaged under it
+    daemon = make_daemon()  # it started healthy; its journal is damaged under it
+    daemon.said("the journal passed its check")
     _damage_middle(home)
     os.sync()
     result = gsup(*command, check=False)

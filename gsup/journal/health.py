@@ -15,13 +15,17 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gsup.config import Paths
+from gsup.journal.queries import is_damage
 
 PROBLEMS_SHOWN = 20  # lines of a check's findings printed
+PROBLEMS_LISTED = 1000  # findings `gsup journal check` asks SQLite for
+FOUND = 3  # the exit status of the check at start when it found damage
 HEADER = 100  # bytes of the database header
 PAGE_SIZES = (4096, 1024, 2048, 8192, 16384, 32768, 65536, 512)
 BY_JOB = {"attempts": "job", "results": "job", "events": "job"}  # rows that belong to a job
@@ -38,18 +42,36 @@ def problems(path: Path, full: bool = False) -> list[str]:
     """What SQLite finds wrong with the journal at `path` (read-only): none if it is
     healthy. `full`: integrity_check (indexes against their tables too), else
     quick_check."""
-    check = "integrity_check" if full else "quick_check"
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        return findings(path, "integrity_check" if full else "quick_check", PROBLEMS_LISTED)
     except sqlite3.Error as exc:
         return [str(exc)]
+
+
+def findings(path: Path, check: str, limit: int) -> list[str]:
+    """The findings of one of SQLite's checks (none: healthy); sqlite3.Error if the
+    journal cannot be opened or read at all."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        found = [row[0] for row in conn.execute(f"PRAGMA {check}(1000)")]
-    except sqlite3.Error as exc:
-        return [str(exc)]
+        found = [row[0] for row in conn.execute(f"PRAGMA {check}({limit})")]
     finally:
         conn.close()
     return [] if found == ["ok"] else found
+
+
+def _check_at_start(journal: Path) -> int:
+    """`python -m gsup.journal.health JOURNAL`, the daemon's check at start (see
+    supervisor/checkup.py): the findings on stdout, a line each, and exit FOUND; exit
+    2 if the journal could not be checked for another reason than damage."""
+    try:
+        found = findings(journal, "quick_check", PROBLEMS_SHOWN)
+    except sqlite3.Error as exc:
+        if not is_damage(exc):
+            print(f"cannot check the journal: {exc}", file=sys.stderr)
+            return 2
+        found = [str(exc)]
+    sys.stdout.write("".join(f"{line}\n" for line in found))
+    return FOUND if found else 0
 
 
 def damage_line(path: Path, found: list[str], checked: bool = False) -> str:
@@ -318,3 +340,7 @@ def _copy_table(
     if chunk:
         rejected += len(chunk) - new.executemany(insert, chunk).rowcount
     return rejected
+
+
+if __name__ == "__main__":
+    sys.exit(_check_at_start(Path(sys.argv[1])))

@@ -201,6 +201,8 @@ class Writer:
             write()
         except sqlite3.Error as exc:
             self._abandon()
+            if queries.is_damage(exc):
+                raise  # no retry mends it: the daemon stops (see daemon.py)
             raise JournalStalled(str(exc)) from exc
         self.sync_due = self.sync_due or self._must_sync
         self._in_transaction = self._must_sync = False

@@ -10,7 +10,8 @@ Each turn of the loop reads like a checklist:
      synced to the disk; then replies go to clients (see journal/writer.py).
 It never imports user code; it starts its executors before it could have any thread.
 The parts: loop.py (waiting), connections.py (clients), handlers.py (one per verb),
-jobs.py (dispatch, endings, waiters), lifetime.py (the state dir, the socket).
+jobs.py (dispatch, endings, waiters), lifetime.py (the state dir, the socket),
+checkup.py (the journal's check at start).
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from gsup import recovery
 from gsup.access import Access
 from gsup.executors.base import Executor
 from gsup.executors.local.executor import LocalPool
+from gsup.journal.health import damage_line
 from gsup.journal.migrations import JournalError, open_journal
+from gsup.journal.queries import is_damage
 from gsup.journal.writer import JournalStalled, JournalSyncFailed, Writer
 from gsup.settings import ConfigError, Settings
 from gsup.supervisor import lifetime
+from gsup.supervisor.checkup import JournalCheck
 from gsup.supervisor.connections import Connection, Connections
 from gsup.supervisor.handlers import Handlers
 from gsup.supervisor.jobs import JobBook
@@ -60,6 +64,7 @@ class Supervisor:
         self.executors = local_executors(settings)
         self.systemd = Notifier()
         self.done = False
+        self.dispatching = False  # until the journal's check at start has passed
         self.exit_code = 0
         self.started = self.loop.now()
 
@@ -74,6 +79,7 @@ class Supervisor:
         self.connections.listen(lifetime.listen(self.paths, self.access))
         for executor in self.executors.values():
             executor.start(self.loop, self.book)
+        self.checkup.start()  # jobs are held back until it has passed
         sizes = ", ".join(f"{p.name} {p.threads} threads" for p in self.settings.pools)
         say(f"ready: home {self.paths.home}, pools {sizes}, pid {os.getpid()}")
         self.systemd.ready(f"ready: pools {sizes}")
@@ -82,12 +88,15 @@ class Supervisor:
         try:
             while not self.done:
                 self._turn()
-        except BaseException:  # a bug: end like a crash, but leave no pool behind
-            for executor in self.executors.values():
-                executor.halt("the daemon crashed")
-            self.exit_code = 1
-            report_bug()
-            say("crashed; the next start recovers from the journal")
+        except BaseException as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and is_damage(exc):
+                self._stop_damaged([str(exc)])  # a damaged page, found as it was read
+            else:  # a bug: end like a crash, but leave no pool behind
+                self._halt("the daemon crashed")
+                self.exit_code = 1
+                report_bug()
+                say("crashed; the next start recovers from the journal")
+        self.checkup.close()
         self._close()
         say("stopped")
         return self.exit_code
@@ -101,10 +110,30 @@ class Supervisor:
         if upgraded:
             say(upgraded)
         lifetime.protect_journal(self.paths, self.access)
+        self.checkup = JournalCheck(self.paths.journal, self.loop, self._journal_checked,
+                                    self._stop_damaged)  # fmt: skip
         try:
             self._recover(conn)
         except (sqlite3.Error, JournalStalled, JournalSyncFailed) as exc:
+            if is_damage(exc):
+                raise DaemonError(damage_line(self.paths.journal, [str(exc)])) from None
             raise DaemonError(f"cannot use the journal {self.paths.journal}: {exc}") from None
+
+    def _journal_checked(self) -> None:
+        """The check at start passed: jobs may go to their executors from now on."""
+        self.dispatching = True
+        self.loop.call_at(self.loop.now(), lambda: None)  # a turn dispatches now
+
+    def _stop_damaged(self, findings: list[str]) -> None:
+        """The journal is damaged: stop at once, as nothing more can be trusted to it."""
+        say(f"stopping: {damage_line(self.paths.journal, findings)}")
+        self._halt("the daemon stopped: its journal is damaged")
+        self.done, self.exit_code = True, 1
+
+    def _halt(self, why: str) -> None:
+        """End every executor's jobs at once (their end is the next start's to record)."""
+        for executor in self.executors.values():
+            executor.halt(why)
 
     def _recover(self, conn: sqlite3.Connection) -> None:
         self.journal = Writer(conn, self.paths.journal_files[1])
@@ -189,7 +218,8 @@ class Supervisor:
             self._finish_stop()
         if self.done:
             return
-        self.book.dispatch()
+        if self.dispatching:
+            self.book.dispatch()
         self._settle_turn()
 
     def _take_signals(self) -> None:
@@ -255,8 +285,7 @@ class Supervisor:
             self.journal.sync()
         except JournalSyncFailed as exc:
             say(f"{exc}; stopping: the next start recovers from what the disk holds")
-            for executor in self.executors.values():
-                executor.halt("the daemon stopped: its journal could not be synced")
+            self._halt("the daemon stopped: its journal could not be synced")
             self.done, self.exit_code = True, 1
         return not self.done
 
@@ -269,8 +298,7 @@ class Supervisor:
             self.loop.call_at(self.loop.now(), lambda: None)  # and a turn dispatches now
             return True
         say("stopping with the journal not writable; the last turn is dropped")
-        for executor in self.executors.values():
-            executor.halt("the daemon stopped with the journal not writable")
+        self._halt("the daemon stopped with the journal not writable")
         self.done, self.exit_code = True, 1
         return False
 

@@ -95,6 +95,8 @@ class Handlers:
         except RequestError:
             raise
         except sqlite3.Error as exc:
+            if queries.is_damage(exc):
+                raise  # the daemon stops (see daemon.py)
             raise RequestError(f"cannot write the journal ({exc}); nothing changed") from exc
         except UnicodeEncodeError as exc:
             raise RequestError("a text of the request is not valid UTF-8") from exc
