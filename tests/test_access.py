@@ -133,3 +133,27 @@ def test_a_state_dir_reached_through_another_users_link_is_refused(home, env):
         " who could move it; use the folder it points to, or a folder of your own\n"
     ))  # fmt: skip
     assert stat.S_IMODE(victims.stat().st_mode) == 0o700 and not any(victims.iterdir())
+
+
+def test_a_journal_another_user_set_up_in_a_shared_folder_is_not_read(make_daemon, gsup, home,
+                                                                       env):  # fmt: skip
+    make_daemon()
+    job = gsup.add("jobs:add", "1", "2")
+    gsup.wait(job)
+    gsup("stop")
+    shared = home.parent / "shared"  # as /tmp: anyone may make a folder in it
+    shared.mkdir()
+    shared.chmod(0o1777)
+    home.parent.chmod(0o755)
+    trap = shared / "gsup"
+    shutil.copytree(home, trap)  # a journal of someone else's making
+    for path in [trap, *trap.rglob("*")]:
+        os.chown(path, NOBODY, NOBODY)
+    env["GSUP_HOME"] = str(trap)
+    refusal = (
+        f"gsup: error: the journal {trap}/journal.sqlite belongs to uid {NOBODY}, not to you,"
+        f" and {shared} could have been made by someone else: refusing to read it\n"
+    )
+    for command in (["jobs"], ["show", str(job)], ["queues"]):
+        result = gsup(*command, check=False)
+        assert (result.returncode, result.stdout, result.stderr) == (1, "", refusal)

@@ -21,6 +21,7 @@ from typing import Any
 
 from gsup.config import POOL_NAMES, Paths, resolve_home
 from gsup.errors import GsupError
+from gsup.peers import untrusted_journal
 from gsup.states import State
 
 QUEUED = f"state = '{State.QUEUED}'"  # as the partial index jobs_queued_order says it
@@ -56,6 +57,9 @@ def connect(path: Path) -> sqlite3.Connection:
     changes the journal."""
     if not path.exists():
         raise Unreadable(f"no journal at {path} (has `gsup daemon` run here?)")
+    distrust = untrusted_journal(path)
+    if distrust is not None:
+        raise Unreadable(distrust)
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         version = journal_version(conn)
