@@ -9,7 +9,7 @@ import stat
 import subprocess
 
 import pytest
-from conftest import run_daemon_expecting_exit
+from conftest import Daemon, run_daemon_expecting_exit
 
 NOBODY = 65534  # uid of nobody and gid of nogroup on Debian
 
@@ -157,3 +157,26 @@ def test_a_journal_another_user_set_up_in_a_shared_folder_is_not_read(make_daemo
     for command in (["jobs"], ["show", str(job)], ["queues"]):
         result = gsup(*command, check=False)
         assert (result.returncode, result.stdout, result.stderr) == (1, "", refusal)
+
+
+@pytest.mark.parametrize("holder", ["another user", "a group", "a sticky shared folder"])
+def test_a_state_dir_in_a_folder_others_can_rename_in_is_refused(home, env, holder):
+    folder = home.parent / "projects"
+    folder.mkdir()
+    if holder == "another user":
+        os.chown(folder, NOBODY, NOBODY)
+    else:
+        folder.chmod(0o1777 if holder == "a sticky shared folder" else 0o775)
+    state = folder / "state"
+    env["GSUP_HOME"] = str(state)
+    if holder == "a sticky shared folder":  # as /tmp: others cannot move what is ours
+        daemon = Daemon(state, env).start()  # ready, or it raises
+        assert daemon.stop() == 0
+        return
+    who = f"uid {NOBODY}" if holder == "another user" else f"group {folder.stat().st_gid}"
+    result = run_daemon_expecting_exit(env)
+    assert (result.returncode, result.stderr) == (1, (
+        f"gsup: error: state dir {state} is inside {folder}, where {who} could move it away"
+        " and put another in its place; use a folder of your own\n"
+    ))  # fmt: skip
+    assert not state.exists()

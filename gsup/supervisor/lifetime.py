@@ -30,7 +30,28 @@ def trusted_home(home: Path) -> Path:
                 f"state dir {home} is reached through {step}, a link of uid {owner}, who"
                 " could move it; use the folder it points to, or a folder of your own"
             )
-    return home.resolve()
+    resolved = home.resolve()
+    for folder in (parent for parent in resolved.parents if parent.exists()):
+        who = _who_else_can_rename_in(folder)
+        if who is not None:
+            raise DaemonError(
+                f"state dir {resolved} is inside {folder}, where {who} could move it away"
+                " and put another in its place; use a folder of your own"
+            )
+    return resolved
+
+
+def _who_else_can_rename_in(folder: Path) -> str | None:
+    """Who, besides us and root, may rename what `folder` holds: its owner, or anyone
+    it lets write (unless its sticky bit keeps them to their own entries, as /tmp's).
+    The daemon opens its files by path (SQLite can open no other way): a path that
+    nobody else can change is as good as a descriptor."""
+    info = folder.stat()
+    if info.st_uid not in (os.getuid(), 0):
+        return f"uid {info.st_uid}"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        return "others" if info.st_mode & stat.S_IWOTH else f"group {info.st_gid}"
+    return None
 
 
 def prepare_home(paths: Paths, access: Access) -> None:
