@@ -53,3 +53,27 @@ def test_a_timeout_does_not_fire_early_when_the_clock_steps_forward(
     wait_until(lambda: gsup.running(job), what="the job to start")
     clock_offset.write_text("+1h\n")
     assert gsup.wait(job) == {job: "done"}
+
+
+def test_a_delayed_retry_keeps_its_delay_when_the_clock_steps_back(
+    stepped_daemon, gsup, clock_offset
+):
+    job = gsup.add("--retries", "1", "--retry-delay", "2", "--cmd", "--", "false")
+    wait_until(lambda: gsup.show(job)["attempts"] == 1, what="the first run to fail")
+    clock_offset.write_text("-1h\n")
+    assert gsup.wait(job) == {job: "failed"}  # retried 2 s later, not an hour and 2 s
+    assert gsup.show(job)["attempts"] == 2
+
+
+def test_a_delayed_retry_does_not_come_early_when_the_clock_steps_forward(
+    stepped_daemon, gsup, clock_offset
+):
+    job = gsup.add("--retries", "1", "--retry-delay", "3", "--cmd", "--", "false")
+    wait_until(lambda: gsup.show(job)["attempts"] == 1, what="the first run to fail")
+    clock_offset.write_text("+1h\n")
+    gsup("status")  # a turn of the daemon, in which the retry would be due by the wall clock
+    shown = gsup.show(job)
+    assert (shown["state"], shown["attempts"]) == ("queued", 1)
+    assert stepped_daemon.said("the wall clock was stepped +36")  # +3600.0s, or near
+    assert gsup.wait(job) == {job: "failed"}
+    assert gsup.show(job)["attempts"] == 2

@@ -353,6 +353,14 @@ class Writer:
             (uid, part.key, part.part, part.digest, ids[0], len(ids), now),
         )
 
+    def shift_delays(self, by: float) -> None:
+        """Move every delayed retry `by` seconds: the wall clock was stepped that much."""
+        self._write(
+            f"UPDATE jobs SET not_before = not_before + ? WHERE {queries.QUEUED}"
+            " AND not_before IS NOT NULL",
+            (by,),
+        )
+
     def transition(
         self,
         job: int,

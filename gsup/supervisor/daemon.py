@@ -20,6 +20,7 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ from gsup.supervisor.pruning import Pruner
 from gsup.systemd import Notifier
 
 STALL_RETRY = 1.0  # seconds between attempts to write a turn that failed to commit
+CLOCK_STEP = 1.0  # seconds the wall clock must jump, against the monotonic, to be a step
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Said, never fatal: a closed terminal (SIGHUP), a stray kill, Ctrl-\ (SIGQUIT).
 STATE_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
@@ -65,6 +67,7 @@ class Supervisor:
         self.systemd = Notifier()
         self.done = False
         self.dispatching = False  # until the journal's check at start has passed
+        self.wall_offset = time.time() - self.loop.now()  # see _follow_wall_clock
         self.exit_code = 0
         self.started = self.loop.now()
 
@@ -213,6 +216,7 @@ class Supervisor:
     def _turn(self) -> None:
         self.loop.wait()
         self._take_signals()
+        self._follow_wall_clock()
         self.loop.fire_timers()
         if self.book.stopping and not self.done and not self.book.in_flight():
             self._finish_stop()
@@ -221,6 +225,15 @@ class Supervisor:
         if self.dispatching:
             self.book.dispatch()
         self._settle_turn()
+
+    def _follow_wall_clock(self) -> None:
+        """Notice a step of the wall clock (an administrator, NTP): the monotonic clock
+        times everything, but the journal's delayed retries are wall times."""
+        offset = time.time() - self.loop.now()
+        step, self.wall_offset = offset - self.wall_offset, offset
+        if abs(step) >= CLOCK_STEP:
+            say(f"the wall clock was stepped {step:+.1f}s; delayed retries keep their delays")
+            self.book.wall_clock_stepped(step)
 
     def _take_signals(self) -> None:
         """A stop signal stops the daemon (the first, gracefully); the others say its

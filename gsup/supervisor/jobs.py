@@ -259,6 +259,16 @@ class JobBook:
             self.clock.now() + max(0.0, due - self.wall()), lambda: self._due(lane)
         )
 
+    def wall_clock_stepped(self, by: float) -> None:
+        """The wall clock was stepped `by` seconds: delayed retries keep the delay they
+        had left, as timeouts do (the journal keeps wall times: they are moved)."""
+        self.journal.shift_delays(by)
+        for lane in self.lanes.values():
+            if lane.wake is not None:
+                lane.wake.cancel()
+            lane.wake, lane.wake_at = None, math.inf
+            lane.maybe_queued = True  # dispatch looks again, and sets the wake anew
+
     def _due(self, lane: Lane) -> None:
         """A delayed retry falls due: it may come before what the executor holds."""
         lane.wake, lane.wake_at = None, math.inf
