@@ -9,24 +9,23 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from _socket import SO_PEERCRED, SOL_SOCKET  # not socket.py: see gsup/client.py
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import socket
+    from _socket import socket as Socket
 
 _CREDENTIALS = struct.Struct("3i")  # pid, uid, gid
 
 
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+def peer_credentials(sock: Socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end of a unix socket."""
-    import socket  # here: `gsup jobs` checks the journal through this module, no socket
-
-    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+    data = sock.getsockopt(SOL_SOCKET, SO_PEERCRED, _CREDENTIALS.size)
     return _CREDENTIALS.unpack(data)
 
 
-def untrusted_daemon(sock: socket.socket, socket_path: Path) -> str | None:
+def untrusted_daemon(sock: Socket, socket_path: Path) -> str | None:
     """Why the daemon listening at `socket_path` (connected as `sock`) must not be sent
     anything, or None. Our own user's daemon is trusted. Another user's (a group's
     shared daemon) only where nobody else could have put it: see `_suspect_folder`.

@@ -198,13 +198,16 @@ MAX_KEY = 100  # characters of a batch key
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
 
 
-@dataclass(frozen=True)
 class BatchPart:
-    """An add request's place in a keyed batch (see journal/schema.Batch)."""
+    """An add request's place in a keyed batch (see journal/schema.Batch). A plain
+    class: a dataclass costs `gsup add` 0.6 ms to make at import."""
 
-    key: str
-    part: int  # from 0, in the order the client sends them
-    digest: str  # of the request's jobs: see `batch_digest`
+    __slots__ = ("digest", "key", "part")
+
+    def __init__(self, key: str, part: int, digest: str) -> None:
+        self.key = key
+        self.part = part  # from 0, in the order the client sends them
+        self.digest = digest  # of the request's jobs: see `batch_digest`
 
     @classmethod
     def from_wire(cls, data: Any) -> BatchPart:
