@@ -13,10 +13,12 @@ fsynced, so that once a call returns its parts survive a crash, and after a cras
 `out` holds all of a call's parts or none of them. On an error the temporary file is
 removed and `out` is left as it was.
 
-Both calls return the size of `out` afterwards. An append of parts that add no bytes
-leaves the content as it was, so an engine that journals the size before and after a
-batch can tell, after a crash, whether that batch's append landed (or it can merge
-everything again with overwrite=True: merge never depends on what `out` held).
+Both calls return the size of `out` afterwards. An append only adds bytes (a tar
+member at least 512), so an engine that journals the size before and after a batch can
+tell after a crash whether the batch's append landed: if the two sizes are equal, so
+are the contents. Or it can merge everything again with overwrite=True: merge never
+depends on what `out` held. A crash can leave a temporary file `.<out's name>.<16 hex
+digits>.merging` beside `out`; the engine may remove those when no merge is running.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gsup.errors import GsupError
-from gsup.targets import TargetError, parse_target, resolve
+from gsup.targets import TargetError, resolve
 
 _CHUNK = 1 << 20
 _TAR_BLOCK = tarfile.BLOCKSIZE
@@ -86,7 +88,7 @@ class Merger:
         """Write `out` from scratch from all parts; return its size in bytes."""
         out = Path(out)
         if not self.overwrite and os.path.lexists(out):
-            raise MergeError(f"{out} exists; set overwrite")  # early, before any work
+            raise _exists(out)  # early, before any work
         return _replace_atomically(
             out, lambda temporary: self._produce(parts, temporary), self.overwrite
         )
@@ -111,9 +113,10 @@ class _IncrementalMerger(Merger):
     whole file: O(size of out) per call (about 30 ms for 30 MB on an ext4 SSD), so
     10,000 single-unit appends to a file growing to 30 MB would copy ~150 GB. The
     engine should therefore batch: appending once the landed bytes waiting reach a
-    fixed fraction 1/k of `out`'s size (or a time limit passes) keeps the total copying
-    under (k + 1) times the final size. Append never rereads the parts already merged:
-    csv reads `out`'s header, tar its last two blocks.
+    fixed fraction 1/k of `out`'s size keeps the total copying under (k + 1) times the
+    final size (plus one copy of `out` per append that a time limit forces). Append
+    never rereads the parts already merged: csv reads `out`'s header, tar its last two
+    blocks.
     """
 
     incremental = True
@@ -126,6 +129,8 @@ class _IncrementalMerger(Merger):
             return self.merge(parts, out)
         with existing:
             state, keep = self._resume(existing, out)
+            if not any(part.files for part in parts):
+                return os.fstat(existing.fileno()).st_size  # nothing to add: no copy
             return _replace_atomically(
                 out, lambda temporary: self._produce(parts, temporary, (existing, keep), state)
             )
@@ -176,13 +181,13 @@ class CsvMerger(_IncrementalMerger):
 
     def _resume(self, existing: BinaryIO, out: Path) -> tuple[bytes | None, int]:
         size = os.fstat(existing.fileno()).st_size
-        return (_read_header(existing) if size else None), size
+        return (_checked_header(str(out), existing) if size else None), size
 
     def _write(self, parts: Sequence[Part], sink: BinaryIO, state: bytes | None) -> None:
         header = state  # the first file's header, once there is one
         for part, file in _files(parts):
             with _open_input(part, file) as source:
-                found = _checked_header(part, file, source)
+                found = _checked_header(_where(part, file), source)
                 if header is None:
                     header = found
                     _end_line(sink, _write_bytes(sink, found))
@@ -248,8 +253,7 @@ class CustomMerger(Merger):
     def __init__(self, kind: str, overwrite: bool = False) -> None:
         super().__init__(overwrite)
         self.kind = kind
-        try:
-            parse_target(kind)
+        try:  # resolve parses the name with parse_target, then imports it
             self.func: Callable[[list[str], str], object] = resolve(kind)
         except TargetError as exc:
             raise MergeError(f"merger {kind}: {exc}") from None
@@ -259,9 +263,8 @@ class CustomMerger(Merger):
         try:
             self.func(files, str(temporary))
         except Exception as exc:
-            raise MergeError(
-                f"merger {self.kind} raised {type(exc).__name__}: {exc}", traceback.format_exc()
-            ) from exc
+            said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise MergeError(f"merger {self.kind} raised {said}", traceback.format_exc()) from exc
         if not temporary.is_file():
             raise MergeError(f"merger {self.kind} did not write its output file")
 
@@ -291,7 +294,9 @@ def merger_for(kind: str, *, overwrite: bool = False) -> Merger:
 def _replace_atomically(out: Path, produce: Callable[[Path], None], overwrite: bool = True) -> int:
     """Have `produce` create a temporary file beside `out`, fsync it, rename it over `out`
     (or, without overwrite, link it as `out` only if `out` is still absent) and fsync
-    the folder; return `out`'s size. On any error the temporary file is removed."""
+    the folder; return `out`'s size. On any error the temporary file is removed and
+    `out` is as it was; only the folder's fsync comes after the rename, and an OSError
+    from it (the disk failing) is raised as it is."""
     temporary = _temporary_name(out)
     try:
         produce(temporary)
@@ -319,8 +324,17 @@ def _publish(temporary: Path, out: Path, overwrite: bool) -> None:
     try:
         os.link(temporary, out)  # unlike a check then a rename, fails if out appeared since
     except FileExistsError:
-        raise MergeError(f"{out} exists; set overwrite") from None
-    temporary.unlink()
+        raise _exists(out) from None
+    except OSError:  # a filesystem without hard links (vfat, some FUSE): check, then rename
+        if os.path.lexists(out):
+            raise _exists(out) from None
+        os.replace(temporary, out)
+        return
+    _remove_quietly(temporary)  # out is in place: failing to tidy up is no failed merge
+
+
+def _exists(out: Path) -> MergeError:
+    return MergeError(f"{out} exists; set overwrite")
 
 
 def _fsync_file(path: Path) -> int:
@@ -432,15 +446,16 @@ def _read_header(source: BinaryIO) -> bytes:
     return b"".join(consumed)
 
 
-def _checked_header(part: Part, file: Path, source: BinaryIO) -> bytes:
+def _checked_header(where: str, source: BinaryIO) -> bytes:
+    """The header of a part's file, or of `out` when appending; `where` names it."""
     try:
         header = _read_header(source)
-    except csv.Error as exc:
-        raise MergeError(f"{_where(part, file)}: cannot read the header: {exc}") from None
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+        raise MergeError(f"{where}: cannot read the header: {exc}") from None
     if not header:
-        raise MergeError(f"{_where(part, file)}: empty: no header")
+        raise MergeError(f"{where}: empty: no header")
     if not _header_key(header):
-        raise MergeError(f"{_where(part, file)}: no header (the first line is blank)")
+        raise MergeError(f"{where}: no header (the first line is blank)")
     return header
 
 
