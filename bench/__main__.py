@@ -87,6 +87,9 @@ def measure_comparative(
     interleave(samples, plan.reps, "drain_waits", {
         "gsup": lambda: gsup_side.drain_rate(ws, plan.drain_jobs, plan.pending_waits),
     })  # fmt: skip
+    interleave(samples, plan.reps, "task", {
+        "gsup": lambda: gsup_side.task_rate(ws, plan.drain_jobs, plan.task_float),
+    })  # fmt: skip
     by_results = sides("drain_results", plan.drain_jobs, huey_side.drain_by_results_rate)
     interleave(samples, plan.reps, "drain_results", by_results)
     interleave(samples, plan.reps, "add_many", sides("add_many", plan.batch_jobs))

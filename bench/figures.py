@@ -111,6 +111,9 @@ def comparative_rows(s: Samples, plan: Plan) -> list[Row]:
              0, ">= 3x huey", _at_least(3), before=m("drain.before")),
         _row(f"drain {n:,} jobs, {plan.pending_waits:,} other waits pending (jobs/s) vs none",
              m("drain_waits.gsup"), m("drain.gsup"), 0, ">= 0.8x", _at_least(0.8)),
+        _row(f"task of {n:,} no-op units, float {plan.task_float} (units/s) vs drain of"
+             f" {n:,} jobs", m("task.gsup"), m("drain.gsup"), 0, ">= 0.67x",
+             _at_least(1 / 1.5)),
         _row(f"drain {n:,} jobs, result() of each in turn (jobs/s) vs huey",
              m("drain_results.gsup"), m("drain_results.huey"), 0, ">= 3x huey", _at_least(3),
              before=m("drain_results.before")),
@@ -240,6 +243,9 @@ def notes(plan: Plan) -> list[str]:
         "one transaction while its consumer runs; clock from that commit until its result "
         "store holds them all (counted every 5 ms), or until each result has been read with "
         "a blocking get, one after another.",
+        f"task: a task of {plan.drain_jobs:,} no-op units (one transform), float "
+        f"{plan.task_float}, submitted with the user pool frozen; clock from "
+        "`queues.unfreeze()` until its state in the journal (read every 5 ms) has ended.",
         f"enqueue: {plan.enqueue_calls:,} sequential `queues.add(noop)` with the user pool "
         "frozen (adding only), against huey's `noop()` with no consumer running. The SQLite "
         f"ceiling is {plan.sqlite_tx:,} BEGIN IMMEDIATE/INSERT/COMMIT transactions on a "

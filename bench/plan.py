@@ -28,6 +28,7 @@ class Plan:
     reps: int  # interleaved repetitions of each figure: gsup, gsup before, huey, ...
     drain_jobs: int
     pending_waits: int  # other clients' waits, pending during a drain (its second figure)
+    task_float: int  # a task of drain_jobs no-op units runs this many at once
     enqueue_calls: int
     batch_jobs: int
     latency_trips: int  # back to back
@@ -49,6 +50,7 @@ FULL = Plan(
     reps=3,
     drain_jobs=10_000,
     pending_waits=40_000,
+    task_float=100,
     enqueue_calls=2_000,
     batch_jobs=100_000,
     latency_trips=1_000,
@@ -70,6 +72,7 @@ SMOKE = Plan(
     reps=2,
     drain_jobs=500,
     pending_waits=500,
+    task_float=100,
     enqueue_calls=100,
     batch_jobs=2_000,
     latency_trips=50,

@@ -19,8 +19,14 @@ __all__ = [
     "PartlyAdded",
     "Queues",
     "TargetError",
+    "Task",
+    "TaskHandle",
+    "Tasks",
+    "Transform",
     "WaitTimeout",
+    "current",
     "queues",
+    "tasks",
 ]
 
 
@@ -29,9 +35,12 @@ def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module 'gsup' has no attribute {name!r}")
     from gsup import api, client, errors, targets
+    from gsup.context import current
+    from gsup.tasks import api as task_api
+    from gsup.tasks import spec
 
-    global queues
-    queues = api.Queues()
+    global queues, tasks
+    queues, tasks = api.Queues(), task_api.Tasks()
     exported = {
         "BadOptions": errors.BadOptions,
         "Client": client.Client,
@@ -42,8 +51,14 @@ def __getattr__(name: str) -> Any:
         "PartlyAdded": errors.PartlyAdded,
         "Queues": api.Queues,
         "TargetError": targets.TargetError,
+        "Task": spec.Task,
+        "TaskHandle": task_api.TaskHandle,
+        "Tasks": task_api.Tasks,
+        "Transform": spec.Transform,
         "WaitTimeout": errors.WaitTimeout,
+        "current": current,
         "queues": queues,
+        "tasks": tasks,
     }
     globals().update(exported)
     return exported[name]

@@ -147,11 +147,9 @@ def _read_text(path: Path) -> str:
         return ""
 
 
-class Queues:
-    """The daemon's pools, as Ganga's `queues`.
-
-    Printed at a prompt, it shows the same table as `gsup queues`.
-    """
+class DaemonFacade:
+    """What the API's entry points share: a state dir, and a connection to its daemon
+    made on first use (so that `from gsup import queues` connects to nothing)."""
 
     def __init__(self, home: str | Path | None = None) -> None:
         self._home = home
@@ -162,6 +160,13 @@ class Queues:
         if self._client is None:
             self._client = Client(self._home)
         return self._client
+
+
+class Queues(DaemonFacade):
+    """The daemon's pools, as Ganga's `queues`.
+
+    Printed at a prompt, it shows the same table as `gsup queues`.
+    """
 
     def add(
         self,

@@ -57,6 +57,11 @@ class Paths:
         return self.home / "logs"
 
     @property
+    def tasks(self) -> Path:
+        """Tasks' unit output folders: tasks/TASK/TRANSFORM/INDEX/."""
+        return self.home / "tasks"
+
+    @property
     def config(self) -> Path:
         return self.home / "gsup.toml"
 

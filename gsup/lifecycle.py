@@ -144,17 +144,25 @@ class Policy:
         return min(self.retry_delay * growth, MAX_RETRY_DELAY)
 
 
+# The cause of a failure that a retry would meet again: the target cannot be imported
+# (a missing module or attribute, a syntax error) or its arguments do not bind.
+RECURRING = "gsup.targets.TargetError"
+
+
 def should_retry(state: State, policy: Policy, causes: tuple[str, ...] = ()) -> bool:
     """Whether a job that just ended in `state` goes back to the queue.
 
     `causes` name what ended the run: the exception's class and its bases, "exit"
     for a command's non-zero exit; a timeout is "timeout". A lost job follows its
-    on_lost policy alone, until it looks like poison.
+    on_lost policy alone, until it looks like poison. A RECURRING failure is retried
+    only if `retry_on` names it.
     """
     if state == State.LOST:
         return policy.on_lost == "requeue" and policy.lost_count < POISON_AFTER_LOST
     if state not in (State.FAILED, State.TIMEOUT) or policy.attempts > policy.retries:
         return False
+    if RECURRING in causes:  # it would fail the same way: only if asked by name
+        return policy.retry_on is not None and RECURRING in policy.retry_on
     if policy.retry_on is None:
         return True
     causes = ("timeout",) if state == State.TIMEOUT else causes

@@ -161,6 +161,7 @@ class JobSpec:
     retry_on: list[str] | None = None
     on_lost: str = "requeue"
     name: str | None = None
+    unit: dict[str, Any] | None = None  # a unit of a task: name, outdir, inputs (the daemon's)
 
     def to_wire(self) -> dict[str, Any]:
         """The fields that differ from their defaults (the daemon fills in the rest)."""
@@ -320,6 +321,7 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or (isinstance(v, str) and len(v) <= MAX_NAME),
         f"name must be a string of at most {MAX_NAME:,} characters",
     ),
+    "unit": (lambda v: v is None, "unit is set by the daemon's task engine, not by a client"),
 }
 
 
@@ -437,6 +439,39 @@ def _prune(message: dict[str, Any]) -> dict[str, Any]:
     return {"older_than": float(older_than), "state": state}
 
 
+TASK_ACTIONS = ("pause", "resume", "retry_failed", "reset")
+
+
+def _task_submit(message: dict[str, Any]) -> dict[str, Any]:
+    """`task`: the task as gsup.tasks.spec.task_to_json writes it (the daemon checks
+    it); `context`: where it was submitted from: cwd, the import path, the environment
+    (for its commands)."""
+    task, context = message.get("task"), message.get("context")
+    _check(isinstance(task, str), "task must be the task's JSON text")
+    _check(isinstance(context, dict), "context must be an object")
+    cwd, path, env = context.get("cwd"), context.get("path"), context.get("env")
+    _check(isinstance(cwd, str) and cwd.startswith("/"), "context.cwd must be an absolute path")
+    _check(_is_str_list(path), "context.path must be a list of strings")
+    _check(_SPEC_RULES["env"][0](env) and env is not None, "context.env must map names to strings")
+    return {"task": task, "context": {"cwd": cwd, "path": path, "env": env}}
+
+
+def _task_control(message: dict[str, Any]) -> dict[str, Any]:
+    """`action` on task `task`; `unit` (TRANSFORM/INDEX) for a reset."""
+    task, action, unit = message.get("task"), message.get("action"), message.get("unit")
+    _check(
+        _is_int(task) and 0 < task <= MAX_JOB_ID,
+        f"task id must be a positive integer, not {shown(task)}",
+    )
+    _check(action in TASK_ACTIONS, "action must be one of " + ", ".join(TASK_ACTIONS))
+    _check((unit is not None) == (action == "reset"), "a reset, and only a reset, names a unit")
+    _check(
+        unit is None or (isinstance(unit, str) and len(unit) <= MAX_NAME),
+        "unit must be TRANSFORM/INDEX",
+    )
+    return {"task": task, "action": action, "unit": unit}
+
+
 _REQUESTS = {
     "ping": _ping,
     "add": _add,
@@ -448,5 +483,7 @@ _REQUESTS = {
     "wait": _wait,
     "stop": _stop,
     "prune": _prune,
+    "task_submit": _task_submit,
+    "task_control": _task_control,
 }
-MUTATING = {"add", "cancel", "retry", "purge", "freeze", "prune"}
+MUTATING = {"add", "cancel", "retry", "purge", "freeze", "prune", "task_submit", "task_control"}

@@ -116,3 +116,21 @@ def python_path() -> list[str]:
 
 
 _python_path: list[Any] = [None, []]  # (sys.path and cwd, the list made of them)
+
+
+def check_in_child(spec: JobSpec) -> tuple[list[str], str, bool]:
+    """Import a call's target and bind its arguments in a short-lived child, as a pool
+    would (see targets._check_main): its warnings, its verdict line, whether it passed."""
+    import json
+    import subprocess
+
+    child = subprocess.run(
+        [sys.executable, "-P", "-m", "gsup.targets"],  # -P: a gsup.py in the folder is no gsup
+        input=json.dumps(spec.to_wire()),
+        capture_output=True,
+        text=True,
+        cwd=spec.cwd,
+    )
+    lines = (child.stdout.strip() or child.stderr.strip() or "the check failed").splitlines()
+    warnings = [line for line in lines[:-1] if line.startswith("gsup: warning: ")]
+    return warnings, lines[-1].removeprefix("gsup: error: "), child.returncode == 0

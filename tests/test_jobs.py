@@ -148,6 +148,16 @@ def test_retries_run_a_failing_job_again(daemon, gsup):
     assert [e["after"] for e in shown["events"]].count("running") == 3
 
 
+def test_a_failure_that_would_recur_is_retried_only_if_asked(daemon, gsup):
+    missing = gsup.add("jobs:no_such_function", "--retries", "2")
+    assert gsup.wait(missing) == {missing: "failed"}
+    assert gsup.show(missing)["attempts"] == 1  # an import that failed fails again
+    asked = gsup.add("jobs:no_such_function", "--retries", "2",
+                     "--retry-on", "gsup.targets.TargetError")  # fmt: skip
+    assert gsup.wait(asked) == {asked: "failed"}
+    assert gsup.show(asked)["attempts"] == 3
+
+
 def test_retry_by_hand(daemon, gsup, workdir):
     job = gsup.add("jobs:record", str(workdir / "side"), "x")
     gsup.wait(job)

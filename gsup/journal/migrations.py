@@ -217,5 +217,27 @@ def _v3_to_v4(migrator: SqliteMigrator) -> None:
     )
 
 
-STEPS: list[Callable[[SqliteMigrator], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4]
+def _v4_to_v5(migrator: SqliteMigrator) -> None:
+    """Tasks: campaigns of units over transforms (stages), each run of a unit a job."""
+    for sql in (
+        'CREATE TABLE "tasks" ("id" INTEGER NOT NULL PRIMARY KEY, "name" TEXT NOT NULL,'
+        ' "spec" TEXT NOT NULL, "context" TEXT NOT NULL, "state" TEXT NOT NULL,'
+        ' "float" INTEGER NOT NULL, "created" REAL NOT NULL, "ended" REAL, "reason" TEXT)',
+        'CREATE TABLE "transforms" ("id" INTEGER NOT NULL PRIMARY KEY, "task" INTEGER NOT NULL,'
+        ' "position" INTEGER NOT NULL, "name" TEXT NOT NULL, "state" TEXT NOT NULL,'
+        ' "ended" REAL, "reason" TEXT)',
+        'CREATE UNIQUE INDEX "transform_task_position" ON "transforms" ("task", "position")',
+        'CREATE TABLE "units" ("id" INTEGER NOT NULL PRIMARY KEY, "task" INTEGER NOT NULL,'
+        ' "transform" INTEGER NOT NULL, "idx" INTEGER NOT NULL, "state" TEXT NOT NULL,'
+        ' "call" TEXT NOT NULL, "upstream" INTEGER, "job" INTEGER, "jobs" INTEGER NOT NULL,'
+        ' "reason" TEXT)',
+        'CREATE UNIQUE INDEX "unit_transform_idx" ON "units" ("transform", "idx")',
+        'CREATE INDEX "units_waiting" ON "units" ("task", "transform", "idx")'
+        " WHERE (\"state\" = 'waiting')",
+        'CREATE INDEX "units_submitted" ON "units" ("job") WHERE ("state" = \'submitted\')',
+    ):
+        database.execute_sql(sql)
+
+
+STEPS: list[Callable[[SqliteMigrator], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5]
 assert len(STEPS) == SCHEMA_VERSION - 1, "a migration step per version"

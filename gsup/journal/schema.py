@@ -170,4 +170,62 @@ class Batch(BaseModel):
         primary_key = pw.CompositeKey("uid", "key", "part")
 
 
-MODELS = (Job, Attempt, Result, Event, Command, Pool, Mark, Batch)
+class Task(BaseModel):
+    """A campaign (see gsup/tasks): its transforms' units run as jobs."""
+
+    id = pw.AutoField()
+    name = pw.TextField()
+    spec = pw.TextField()  # JSON: the checked task (gsup.tasks.spec.task_to_json)
+    context = pw.TextField()  # JSON: where it was submitted from (cwd, import path, env)
+    state = pw.TextField()  # running | paused | completed | failed | completed_with_failures
+    float = pw.IntegerField()  # units in flight at once, over the whole task
+    created = pw.FloatField()
+    ended = pw.FloatField(null=True)
+    reason = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "tasks"
+
+
+class Transform(BaseModel):
+    """A stage of a task; its position is its place in the task file."""
+
+    id = pw.AutoField()
+    task = pw.IntegerField()
+    position = pw.IntegerField()
+    name = pw.TextField()
+    state = pw.TextField()  # running | completed | failed | completed_with_failures
+    ended = pw.FloatField(null=True)
+    reason = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "transforms"
+        indexes = ((("task", "position"), True),)
+
+
+class Unit(BaseModel):
+    """A unit of a transform's work; each run of it is a job (`job`: the latest)."""
+
+    id = pw.AutoField()
+    task = pw.IntegerField()
+    transform = pw.IntegerField()  # transforms.id
+    idx = pw.IntegerField()  # its place in its transform, from 0
+    state = pw.TextField()  # waiting | submitted | done | failed | skipped
+    call = pw.TextField()  # JSON: args, kwargs, inputs (absolute paths)
+    upstream = pw.IntegerField(null=True)  # the unit whose outputs are its inputs
+    job = pw.IntegerField(null=True)
+    jobs = pw.IntegerField(default=0)  # jobs made for it (a reset makes a new one)
+    reason = pw.TextField(null=True)  # why it failed or was skipped
+
+    class Meta:
+        table_name = "units"
+        indexes = ((("transform", "idx"), True),)
+
+
+# The engine's queries: the next waiting units of a task; the units in flight.
+Unit.add_index(Unit.index(Unit.task, Unit.transform, Unit.idx, name="units_waiting").where(
+    Unit.state == "waiting"))  # fmt: skip
+Unit.add_index(Unit.index(Unit.job, name="units_submitted").where(Unit.state == "submitted"))
+
+
+MODELS = (Job, Attempt, Result, Event, Command, Pool, Mark, Batch, Task, Transform, Unit)

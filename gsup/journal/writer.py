@@ -62,6 +62,8 @@ def _runnable_json(spec: JobSpec, cache: dict[tuple, str]) -> str:
             {"argv": spec.argv, "cwd": spec.cwd, "path": spec.path, "env": spec.env}
         )[1:]
     arguments, pickled = _json_text(spec.arguments), _json_text(spec.pickled)
+    if spec.unit is not None:
+        shared = f'"unit": {json.dumps(spec.unit)}, {shared}'
     return f'{{"arguments": {arguments}, "pickled": {pickled}, {shared}'
 
 
@@ -137,6 +139,11 @@ class Writer:
         if not self._in_transaction:
             self.conn.execute("BEGIN IMMEDIATE")
             self._in_transaction = True
+
+    def write(self, sql: str, params: Sequence[Any] = (), many: bool = False) -> Any:
+        """A write of another part of the supervisor (the task engine), in the turn's
+        transaction and replayed with it (see `_write`)."""
+        return self._write(sql, params, many)
 
     def _write(
         self, sql: str, params: Sequence[Any] = (), many: bool = False, lazy: bool = False

@@ -42,6 +42,7 @@ from gsup.supervisor.lifetime import DaemonError
 from gsup.supervisor.loop import Loop, report_bug, say
 from gsup.supervisor.pruning import Pruner
 from gsup.systemd import Notifier
+from gsup.tasks.engine import TaskEngine
 
 STALL_RETRY = 1.0  # seconds between attempts to write a turn that failed to commit
 CLOCK_STEP = 1.0  # seconds the wall clock must jump, against the monotonic, to be a step
@@ -146,10 +147,12 @@ class Supervisor:
         self.book = JobBook(self.journal, self.executors.values(), self.loop,
                             self.connections.reply)  # fmt: skip
         self.pruner = Pruner(self.settings, self.journal, self.loop, self.connections.reply)
+        self.engine = TaskEngine(self.journal, self.book, self.paths.tasks)
         self.handlers = Handlers(self.settings, self.journal, self.book, self.connections.reply,
-                                 self.pruner, self._stop_asked)  # fmt: skip
+                                 self.pruner, self._stop_asked, self.engine)  # fmt: skip
         report = recovery.plan(self.journal.reader, self.executors)
         recovery.apply(self.book, report)
+        self.engine.load()
         for pool in self.settings.pools:
             frozen = self.journal.register_pool(pool.name, pool.threads, pool.queue_size)
             self.book.lanes[pool.name].frozen = frozen
@@ -222,6 +225,7 @@ class Supervisor:
             self._finish_stop()
         if self.done:
             return
+        self.engine.settle()
         if self.dispatching:
             self.book.dispatch()
         self._settle_turn()

@@ -27,6 +27,8 @@ from gsup.supervisor.connections import Connection
 from gsup.supervisor.jobs import JobBook
 from gsup.supervisor.loop import report_bug
 from gsup.supervisor.pruning import Pruner
+from gsup.tasks import spec as task_spec
+from gsup.tasks.engine import TaskEngine, TaskRequestError
 
 Reply = dict[str, Any] | None
 
@@ -44,8 +46,10 @@ class Handlers:
         reply: Callable[[Connection, Any, dict[str, Any]], None],
         pruner: Pruner,
         begin_stop: Callable[[bool], None],
+        engine: TaskEngine,
     ) -> None:
         self.pruner = pruner
+        self.engine = engine
         self.settings = settings
         self.begin_stop = begin_stop
         self.started = time.time()
@@ -63,6 +67,8 @@ class Handlers:
             "wait": self.wait,
             "stop": self.stop,
             "prune": self.prune,
+            "task_submit": self.task_submit,
+            "task_control": self.task_control,
         }
 
     def request(self, conn: Connection, message: dict[str, Any]) -> None:
@@ -243,6 +249,23 @@ class Handlers:
         self.journal.log_command("prune", fields, conn.uid, conn.pid)
         self.pruner.prune(fields["older_than"], fields["state"], conn, request_id)
         return None
+
+    def task_submit(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        try:
+            task = task_spec.task_from_json(fields["task"])
+            task_spec.check(task)
+        except task_spec.TaskError as exc:
+            raise RequestError(str(exc)) from None
+        self.journal.log_command("task_submit", {"name": task.name}, conn.uid, conn.pid)
+        return {"task": self.engine.submit(task, fields["context"], time.time())}
+
+    def task_control(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        self.journal.log_command("task_control", fields, conn.uid, conn.pid)
+        try:
+            said = self.engine.control(fields["task"], fields["action"], fields["unit"])
+        except TaskRequestError as exc:
+            raise RequestError(str(exc)) from None
+        return {"said": said}
 
 
 def _journal_mb(specs: list[JobSpec]) -> float:

@@ -117,12 +117,17 @@ class JobBook:
         self.answer = answer
         self.waiters = Waiters()
         self.hooks: list[Callable[[StateChange], None]] = []
+        self.end_hooks: list[Callable[[int, State], None]] = []
         self.stopping = False
 
     def subscribe(self, hook: Callable[[StateChange], None]) -> None:
         """Call `hook` on every state change, as it is written (in the same turn: what
         the hook writes is committed with it)."""
         self.hooks.append(hook)
+
+    def subscribe_ends(self, hook: Callable[[int, State], None]) -> None:
+        """Call `hook(job, state)` when a job reaches its final state (no retry follows)."""
+        self.end_hooks.append(hook)
 
     def transition(self, job: int, pool: str, before: State | None, after: State, why: str,
                    at: float, **columns: Any) -> None:  # fmt: skip
@@ -499,7 +504,9 @@ class JobBook:
         self.waiters.forget(conn)
 
     def _ended(self, job: int, state: State) -> None:
-        """A job reached its final state: answer whoever waits for it."""
+        """A job reached its final state: tell the subscribers, answer who waits for it."""
+        for hook in self.end_hooks:
+            hook(job, state)
         for waiter in self.waiters.job_ended(job, state.value):
             self.answer(waiter.conn, waiter.request_id, self._waited(waiter))
 

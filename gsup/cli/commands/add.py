@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import subprocess
 import sys
 from enum import Enum
 from typing import Annotated
@@ -217,18 +215,11 @@ def _check(spec: JobSpec) -> None:
             raise GsupError(f"command not found: {spec.argv[0]}")
         print(f"ok: {spec.display}")
         return
-    child = subprocess.run(
-        [sys.executable, "-P", "-m", "gsup.targets"],  # -P: a gsup.py in the folder is no gsup
-        input=json.dumps(spec.to_wire()),
-        capture_output=True,
-        text=True,
-        cwd=spec.cwd,
-    )
-    lines = (child.stdout.strip() or child.stderr.strip() or "the check failed").splitlines()
-    for warning in lines[:-1]:
-        if warning.startswith("gsup: warning: "):  # else what the target printed
-            print(warning, file=sys.stderr)
-    line = lines[-1]
-    if child.returncode != 0:
-        raise GsupError(line.removeprefix("gsup: error: "))
-    print(line)
+    from gsup.specs import check_in_child
+
+    warnings, verdict, ok = check_in_child(spec)
+    for warning in warnings:  # what the target printed as it was imported is not shown
+        print(warning, file=sys.stderr)
+    if not ok:
+        raise GsupError(verdict)
+    print(verdict)

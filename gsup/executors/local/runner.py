@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from gsup.config import MB, Paths
+from gsup.context import running
 from gsup.executors.local.output import OutputRouter, tail
-from gsup.lifecycle import Ending
+from gsup.lifecycle import RECURRING, Ending
 from gsup.settings import PoolSettings
 from gsup.targets import TargetError, load_call
 
@@ -163,12 +164,14 @@ def run_call(
             func, args, kwargs = load_call(job.target, spec.get("arguments"), spec.get("pickled"))
         except TargetError as exc:
             error = f"TargetError: {exc}"
-            return Outcome(Ending.FAILED, str(exc), {"error": error, "causes": ["TargetError"]})
+            causes = ["TargetError", RECURRING]
+            return Outcome(Ending.FAILED, str(exc), {"error": error, "causes": causes})
         finally:
             imported()
         cpu = time.thread_time()
         try:
-            value = func(*args, **kwargs)
+            with running(job.id, job.attempt, spec.get("unit")):
+                value = func(*args, **kwargs)
         except JobStopped:
             raise
         except BaseException as exc:  # SystemExit and KeyboardInterrupt end the job, not the thread

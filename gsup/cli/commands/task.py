@@ -1,0 +1,172 @@
+"""`gsup task ...`: submit a task file, follow tasks, pause, resume, retry, reset."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from gsup.cli.app import command_group, print_json
+from gsup.cli.options import Home, Json
+from gsup.config import MAX_JOB_ID
+from gsup.errors import GsupError
+
+if TYPE_CHECKING:
+    from gsup.tasks.api import TaskHandle
+    from gsup.tasks.records import TransformProgress
+
+task = command_group("task", "Tasks: campaigns of units over chained transforms.")
+
+TaskId = Annotated[str, typer.Argument(metavar="ID", help="Task id", show_default=False)]
+BAR = 24  # characters of a progress bar
+
+
+def _task_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_JOB_ID:
+        raise GsupError(f"{text!r} is not a task id (ids are whole numbers from 1)")
+    return int(text)
+
+
+def _handle(text: str, home: Path | None) -> TaskHandle:
+    from gsup.tasks.api import Tasks
+
+    return Tasks(home).get(_task_id(text))
+
+
+@task.command()
+def submit(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A task file (TOML)")],
+    home: Home = None,
+) -> None:
+    """Check a task file (its targets imported as `gsup add --check` does) and submit
+    it; prints the task's id."""
+    from gsup.client import Client
+    from gsup.tasks import api, spec
+
+    loaded = spec.load_task(file)
+    spec.check_targets(loaded)
+    print(api.submit(Client(home), loaded, api.cli_path(loaded)))
+
+
+@task.command("list")
+def list_tasks(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N")] = 20,
+    as_json: Json = False,
+    home: Home = None,
+) -> None:
+    """Tasks, newest first."""
+    from gsup.journal.queries import read_journal
+    from gsup.tasks.records import task_rows
+
+    with read_journal(home) as conn:
+        rows = task_rows(conn, limit)
+    if as_json:
+        print_json(rows)
+        return
+    from gsup.render import Style, print_lines, table
+
+    style = Style()
+    cells = [(str(r["id"]), r["name"], style.state(r["state"]), str(r["float"])) for r in rows]
+    print_lines(table(("ID", "NAME", "STATE", "FLOAT"), cells, style, flexible=1))
+
+
+@task.command()
+def show(task_id: TaskId, as_json: Json = False, home: Home = None) -> None:
+    """A task: per transform, a progress bar, its units by state, rate and ETA."""
+    handle = _handle(task_id, home)
+    row, transforms = handle.row(), handle.progress()
+    if as_json:
+        print_json({**row, "transforms": [t.to_json() for t in transforms]})
+        return
+    print(f"task {row['id']} {row['name']}: {row['state']}" + _reason(row))
+    for line in _progress_lines(transforms, row):
+        print(line)
+
+
+def _reason(row: dict[str, Any]) -> str:
+    return f" ({row['reason']})" if row.get("reason") else ""
+
+
+def _progress_lines(transforms: list[TransformProgress], row: dict[str, Any]) -> list[str]:
+    """A line per transform: bar, ended/total, counts, rate and ETA while it runs."""
+    elapsed = (row["ended"] or time.time()) - row["created"]
+    width = max(len(t.name) for t in transforms)
+    lines = []
+    for t in transforms:
+        ended = t.counts["done"] + t.counts["failed"] + t.counts["skipped"]
+        filled = BAR * ended // t.total if t.total else 0
+        counts = ", ".join(f"{n} {state}" for state, n in t.counts.items() if n)
+        rate = ended / elapsed if elapsed > 0 else 0.0
+        eta = f", ETA {(t.total - ended) / rate:.0f}s" if rate and t.state == "running" else ""
+        lines.append(
+            f"  {t.name:<{width}} [{'#' * filled}{'.' * (BAR - filled)}] {ended}/{t.total}"
+            f" {t.state}" + (f" ({t.reason})" if t.reason else "")
+            + f": {counts or 'no units yet'}; {rate:.1f} units/s{eta}"
+        )  # fmt: skip
+    return lines
+
+
+@task.command()
+def wait(
+    task_id: TaskId,
+    timeout: Annotated[float | None, typer.Option(min=0, metavar="S")] = None,
+    home: Home = None,
+) -> None:
+    """Wait for a task to end, showing its progress on a terminal; exits 0 only if it
+    completed."""
+    from gsup.tasks.api import POLL
+    from gsup.tasks.records import TASK_END_STATES
+
+    handle = _handle(task_id, home)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown = 0
+    while True:
+        row = handle.row()
+        if sys.stdout.isatty():
+            lines = _progress_lines(handle.progress(), row)
+            sys.stdout.write(f"\x1b[{shown}F\x1b[J" if shown else "")
+            print("\n".join(lines), flush=True)
+            shown = len(lines)
+        if row["state"] in TASK_END_STATES:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            raise GsupError(f"task {row['id']} is still {row['state']} after {timeout:g}s")
+        time.sleep(POLL)
+    print(f"task {row['id']} {row['state']}" + _reason(row))
+    if row["state"] != "completed":
+        raise typer.Exit(1)
+
+
+def _control(task_id: str, action: str, home: Path | None, unit: str | None = None) -> None:
+    print(_handle(task_id, home).control(action, unit))
+
+
+@task.command()
+def pause(task_id: TaskId, home: Home = None) -> None:
+    """Submit no more of its units (those running go on)."""
+    _control(task_id, "pause", home)
+
+
+@task.command()
+def resume(task_id: TaskId, home: Home = None) -> None:
+    """Submit its units again."""
+    _control(task_id, "resume", home)
+
+
+@task.command("retry-failed")
+def retry_failed(task_id: TaskId, home: Home = None) -> None:
+    """Run its failed units again (an ended task runs again)."""
+    _control(task_id, "retry_failed", home)
+
+
+@task.command()
+def reset(
+    task_id: TaskId,
+    unit: Annotated[str, typer.Argument(metavar="UNIT", help="TRANSFORM/INDEX")],
+    home: Home = None,
+) -> None:
+    """Run one unit again, whatever it ended in; its outputs go aside."""
+    _control(task_id, "reset", home, unit)

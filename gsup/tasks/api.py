@@ -1,0 +1,92 @@
+"""Tasks from Python (`from gsup import Task, Transform, tasks`) and for the CLI: submit
+a checked task, follow it through the journal.
+
+    task = Task("sweep", [Transform("gen", target="mymod:gen", units=[[1], [2]])])
+    handle = tasks.submit(task)
+    handle.wait()  # its end state
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from gsup.api import DaemonFacade
+from gsup.client import Client
+from gsup.errors import GsupError, WaitTimeout
+from gsup.journal import queries
+from gsup.specs import cli_import_path, python_path
+from gsup.tasks import spec as specs
+from gsup.tasks.records import TASK_END_STATES, TransformProgress, progress, task_row
+
+POLL = 0.2  # seconds between looks at the journal while waiting for a task
+
+
+class TaskHandle:
+    """A submitted task; its state and progress are read from the journal."""
+
+    def __init__(self, client: Client, task: int) -> None:
+        self._client = client
+        self.id = task
+
+    def __repr__(self) -> str:
+        return f"<task {self.id}: {self.state}>"
+
+    def row(self) -> dict[str, Any]:
+        """Its row: id, name, state, float, created, ended, reason."""
+        with queries.read_journal(self._client.paths.home) as conn:
+            row = task_row(conn, self.id)
+        if row is None:
+            raise GsupError(f"no task {self.id}")
+        return row
+
+    @property
+    def state(self) -> str:
+        return self.row()["state"]
+
+    def progress(self) -> list[TransformProgress]:
+        """Each transform's state and its units counted by state."""
+        with queries.read_journal(self._client.paths.home) as conn:
+            return progress(conn, self.id)
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Its end state, once it has one; WaitTimeout after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (state := self.state) not in TASK_END_STATES:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"task {self.id} is still {state} after {timeout:g}s")
+            time.sleep(POLL)
+        return state
+
+    def control(self, action: str, unit: str | None = None) -> str:
+        """pause, resume, retry_failed, reset (of `unit`, TRANSFORM/INDEX): what was done."""
+        reply = self._client.request("task_control", task=self.id, action=action, unit=unit)
+        return reply["said"]
+
+
+class Tasks(DaemonFacade):
+    """The daemon's tasks: `tasks.submit(task)`, `tasks.get(id)`."""
+
+    def submit(self, task: specs.Task) -> TaskHandle:
+        """Check a task (its targets imported as `gsup add --check` does) and submit it."""
+        specs.check(task)
+        specs.check_targets(task)
+        return TaskHandle(self.client, submit(self.client, task, python_path()))
+
+    def get(self, task: int) -> TaskHandle:
+        handle = TaskHandle(self.client, task)
+        handle.state  # noqa: B018 (GsupError if there is none)
+        return handle
+
+
+def submit(client: Client, task: specs.Task, import_path: list[str]) -> int:
+    """Send a checked task with where it comes from; its id."""
+    context = {"cwd": str(task.base), "path": import_path, "env": dict(os.environ)}
+    return client.request("task_submit", task=specs.task_to_json(task), context=context)["task"]
+
+
+def cli_path(task: specs.Task) -> list[str]:
+    """The import path of a task file's calls: its folder, then $PYTHONPATH, as
+    `python` run there would have it (and as `gsup add` does)."""
+    return cli_import_path(str(task.base))

@@ -1,0 +1,531 @@
+"""The task engine: a task's units run as jobs, event-driven, inside the supervisor.
+
+Job ends reach it through the job book's end hook. Each turn, before dispatch,
+`settle` records the units those jobs ran, makes the units that chaining brings
+(`inputs_from`), submits waiting units while fewer than a task's `float` are in
+flight, and ends transforms and tasks. Every write goes through the supervisor's
+writer, in the turn's transaction: a unit's job and its `submitted` state are one
+commit, so a crash neither loses a unit nor submits one twice.
+
+A unit's retries are its job's (retries, retry_on, the same policy as any job; a
+failure that would recur is retried only if asked, see lifecycle.should_retry). A
+unit whose job succeeded is done only if each declared output matches a non-empty
+file in its output folder; an attempt that failed and is retried has its folder
+moved aside first, so that its partial outputs are never taken for the next run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gsup.journal import queries
+from gsup.journal.writer import Writer
+from gsup.lifecycle import RECURRING, StateChange
+from gsup.protocol import JobSpec
+from gsup.states import END_STATES, State
+from gsup.supervisor.jobs import JobBook
+from gsup.supervisor.loop import say
+from gsup.targets import describe_call, literal_text
+from gsup.tasks import spec as specs
+from gsup.tasks.records import TaskState, UnitState, end_state
+
+RETRY_ANYTHING = ["BaseException", "timeout", "exit"]  # retry_on that names every cause
+
+
+class TaskRequestError(Exception):
+    """A task request that cannot be done; the message says why."""
+
+
+@dataclass
+class LiveTransform:
+    id: int
+    spec: specs.Transform
+    counts: dict[str, int]  # its units by state
+    ended: bool = False
+    aborted: bool = False
+    next_index: int = 0  # the index its next chained unit gets
+
+    @property
+    def open_units(self) -> int:
+        return self.counts[UnitState.WAITING] + self.counts[UnitState.SUBMITTED]
+
+
+@dataclass
+class LiveTask:
+    id: int
+    spec: specs.Task
+    context: dict[str, Any]  # cwd, path (for calls), env (for commands) of the submitter
+    paused: bool
+    transforms: list[LiveTransform] = field(default_factory=list)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(t.counts[UnitState.SUBMITTED] for t in self.transforms)
+
+    def transform(self, name: str) -> LiveTransform:
+        return next(t for t in self.transforms if t.spec.name == name)
+
+
+@dataclass
+class UnitRow:
+    id: int
+    task: int
+    transform: int
+    idx: int
+    call: dict[str, Any]
+
+
+class TaskEngine:
+    def __init__(self, journal: Writer, book: JobBook, folder: Path) -> None:
+        self.journal = journal
+        self.book = book
+        self.folder = folder  # <state dir>/tasks: each unit's output folder is below it
+        self.tasks: dict[int, LiveTask] = {}  # those that have not ended
+        self.unit_of_job: dict[int, int] = {}  # the jobs of submitted units
+        self._ends: list[tuple[int, State]] = []  # job ends of this turn
+        self._dirty: set[int] = set()  # tasks to look at in `settle`
+        book.subscribe_ends(self._job_ended)
+        book.subscribe(self._changed)
+
+    # --- start ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """At start: follow again the tasks that had not ended; units whose job ended
+        while nothing recorded it (none should) are settled in the first turn."""
+        for (task_id,) in self.journal.reader.execute(
+            "SELECT id FROM tasks WHERE state IN (?, ?)", (TaskState.RUNNING, TaskState.PAUSED)
+        ).fetchall():
+            self._load_task(task_id)
+        for unit, job, job_state in self.journal.reader.execute(
+            "SELECT u.id, u.job, j.state FROM units u JOIN jobs j ON j.id = u.job"
+            " WHERE u.state = 'submitted'"
+        ).fetchall():
+            self.unit_of_job[job] = unit
+            if job_state in END_STATES:
+                self._ends.append((job, State(job_state)))
+
+    def _load_task(self, task_id: int) -> LiveTask:
+        reader = self.journal.reader
+        spec_text, context, state = reader.execute(
+            "SELECT spec, context, state FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+        task = LiveTask(task_id, specs.task_from_json(spec_text), json.loads(context),
+                        paused=state == TaskState.PAUSED)  # fmt: skip
+        for transform_id, position, transform_state in reader.execute(
+            "SELECT id, position, state FROM transforms WHERE task = ? ORDER BY position",
+            (task_id,),
+        ).fetchall():
+            task.transforms.append(LiveTransform(
+                transform_id, task.spec.transforms[position], dict.fromkeys(UnitState, 0),
+                ended=transform_state != TaskState.RUNNING,
+            ))  # fmt: skip
+        self._count_units(task)
+        self.tasks[task_id] = task
+        self._dirty.add(task_id)
+        return task
+
+    def _count_units(self, task: LiveTask) -> None:
+        by_id = {t.id: t for t in task.transforms}
+        for transform, state, count, top in self.journal.reader.execute(
+            "SELECT transform, state, count(*), max(idx) FROM units WHERE task = ?"
+            " GROUP BY transform, state",
+            (task.id,),
+        ):
+            live = by_id[transform]
+            live.counts[UnitState(state)] = count
+            live.next_index = max(live.next_index, top + 1)
+
+    # --- requests ---------------------------------------------------------------------
+
+    def submit(self, task: specs.Task, context: dict[str, Any], now: float) -> int:
+        """Journal a checked task and its first units; they are submitted this turn."""
+        cursor = self.journal.write(
+            "INSERT INTO tasks (name, spec, context, state, float, created)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (task.name, specs.task_to_json(task), json.dumps(context), TaskState.RUNNING,
+             task.float, now),
+        )  # fmt: skip
+        live = LiveTask(cursor.lastrowid, task, context, paused=False)
+        for position, transform in enumerate(task.transforms):
+            row = self.journal.write(
+                "INSERT INTO transforms (task, position, name, state) VALUES (?, ?, ?, ?)",
+                (live.id, position, transform.name, TaskState.RUNNING),
+            )
+            counts = dict.fromkeys(UnitState, 0)
+            live.transforms.append(LiveTransform(row.lastrowid, transform, counts))
+        for transform in live.transforms:
+            units = specs.expand_units(task, transform.spec)
+            self._add_units(live, transform, [
+                ({"args": list(u.args), "kwargs": u.kwargs, "inputs": list(u.inputs)}, None)
+                for u in units
+            ])  # fmt: skip
+        self.tasks[live.id] = live
+        self._dirty.add(live.id)
+        say(f"task {live.id} ({task.name}) submitted")
+        return live.id
+
+    def control(self, task_id: int, action: str, unit: str | None = None) -> str:
+        """pause, resume, retry_failed, or reset (`unit`: TRANSFORM/INDEX); what it did.
+        The last two take up an ended task again."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            task = self._revive(task_id, action)
+        self._dirty.add(task_id)
+        if action in ("pause", "resume"):
+            task.paused = action == "pause"
+            state = TaskState.PAUSED if task.paused else TaskState.RUNNING
+            self.journal.write("UPDATE tasks SET state = ? WHERE id = ?", (state, task_id))
+            return f"task {task_id} {'paused' if task.paused else 'resumed'}"
+        if action == "retry_failed":
+            return f"{self._requeue_units(task, None)} failed units of task {task_id} to run again"
+        assert action == "reset" and unit is not None
+        return self._reset(task, unit)
+
+    def _revive(self, task_id: int, action: str) -> LiveTask:
+        """An ended task, running again for `action` (retry_failed, reset)."""
+        row = self.journal.reader.execute("SELECT state FROM tasks WHERE id = ?",
+                                          (task_id,)).fetchone()  # fmt: skip
+        if row is None:
+            raise TaskRequestError(f"no task {task_id}")
+        if action not in ("retry_failed", "reset"):
+            raise TaskRequestError(f"task {task_id} has ended ({row[0]})")
+        self.journal.write("UPDATE tasks SET state = ?, ended = NULL WHERE id = ?",
+                           (TaskState.RUNNING, task_id))  # fmt: skip
+        return self._load_task(task_id)
+
+    def _requeue_units(self, task: LiveTask, only: int | None) -> int:
+        """Failed (or, with `only`, that one unit, failed or done) units wait again."""
+        rows = self.journal.reader.execute(
+            "SELECT id, transform, idx, state FROM units WHERE task = ? AND "
+            + ("id = ?" if only is not None else "state = 'failed'"),
+            (task.id, only) if only is not None else (task.id,),
+        ).fetchall()
+        by_id = {t.id: t for t in task.transforms}
+        for _unit, transform, idx, state in rows:
+            live = by_id[transform]
+            self._move_aside(self._outdir(task, live, idx))
+            live.counts[UnitState(state)] -= 1
+            live.counts[UnitState.WAITING] += 1
+        for live in task.transforms:  # as the journal has them below: each ends anew
+            live.ended = live.aborted = False
+        self.journal.write("UPDATE units SET state = 'waiting', reason = NULL WHERE id = ?",
+                           [(row[0],) for row in rows], many=True)  # fmt: skip
+        self.journal.write(
+            "UPDATE transforms SET state = 'running', ended = NULL, reason = NULL"
+            " WHERE task = ? AND state != 'running'",
+            (task.id,),
+        )
+        return len(rows)
+
+    def _reset(self, task: LiveTask, name: str) -> str:
+        transform_name, _, index = name.rpartition("/")
+        found = self.journal.reader.execute(
+            "SELECT u.id, u.state FROM units u JOIN transforms t ON t.id = u.transform"
+            " WHERE u.task = ? AND t.name = ? AND u.idx = ?",
+            (task.id, transform_name, int(index) if index.isdigit() else -1),
+        ).fetchone()
+        if found is None:
+            raise TaskRequestError(f"task {task.id} has no unit {name} (give TRANSFORM/INDEX)")
+        if found[1] == UnitState.SUBMITTED:
+            raise TaskRequestError(f"unit {name} is running; cancel its job first")
+        self._requeue_units(task, found[0])
+        return f"unit {name} of task {task.id} reset: it runs again"
+
+    # --- what the job book reports --------------------------------------------------
+
+    def _job_ended(self, job: int, state: State) -> None:
+        if job in self.unit_of_job:
+            self._ends.append((job, state))
+
+    def _changed(self, change: StateChange) -> None:
+        """A unit's job failed and is retried: its partial outputs go aside first."""
+        unit = self.unit_of_job.get(change.job)
+        if unit is not None and change.after == State.QUEUED and change.before not in (
+            None, State.RUNNING, State.QUEUED
+        ):  # fmt: skip
+            row = self._unit(unit)
+            task = self.tasks[row.task]
+            outdir = self._outdir(task, self._transform(task, row.transform), row.idx)
+            self._move_aside(outdir)
+            outdir.mkdir(parents=True, exist_ok=True)  # the next run's, empty
+
+    # --- each turn ----------------------------------------------------------------------
+
+    def settle(self) -> None:
+        """Record the units this turn's job ends ran; chain, submit and end what follows."""
+        ends, self._ends = self._ends, []
+        for job, state in ends:
+            unit = self.unit_of_job.pop(job, None)
+            if unit is not None:
+                self._unit_ended(self._unit(unit), job, state)
+        while self._dirty:
+            task = self.tasks.get(self._dirty.pop())
+            if task is not None:
+                self._end_transforms(task)
+                self._fill(task)
+                self._end_task(task)
+
+    def _unit_ended(self, unit: UnitRow, job: int, state: State) -> None:
+        task = self.tasks[unit.task]
+        transform = self._transform(task, unit.transform)
+        outdir = self._outdir(task, transform, unit.idx)
+        if state == State.DONE:
+            missing = _missing_output(outdir, transform.spec.outputs)
+            after, why = (UnitState.FAILED, missing) if missing else (UnitState.DONE, None)
+        else:
+            after, why = UnitState.FAILED, f"job {job} ended {state}: {self._job_reason(job)}"
+        self.journal.write("UPDATE units SET state = ?, reason = ? WHERE id = ?",
+                           (after, why, unit.id))  # fmt: skip
+        transform.counts[UnitState.SUBMITTED] -= 1
+        transform.counts[after] += 1
+        self._dirty.add(task.id)
+        if after == UnitState.DONE:
+            self._chain_each(task, transform, unit, outdir)
+        elif _over_budget(transform):
+            self._abort(task, transform)
+
+    def _job_reason(self, job: int) -> str:
+        row = queries.job_row(self.journal.reader, job)
+        return (row or {}).get("error") or (row or {}).get("reason") or "?"
+
+    def _chain_each(self, task: LiveTask, upstream: LiveTransform, unit: UnitRow,
+                    outdir: Path) -> None:  # fmt: skip
+        """A unit is done: each transform fed by its transform unit by unit gets one."""
+        for transform in task.transforms:
+            source = transform.spec.inputs_from
+            if source is None or source.transform != upstream.spec.name or source.mode != "each":
+                continue
+            if transform.ended:
+                continue
+            inputs = _selected(_files(outdir), source)
+            call = {"args": [], "kwargs": {}, "inputs": [str(p) for p in inputs]}
+            self._add_units(task, transform, [(call, unit.id)])
+
+    def _abort(self, task: LiveTask, transform: LiveTransform) -> None:
+        """Its failure budget is spent: its waiting units will not run."""
+        transform.aborted = True
+        skipped = transform.counts[UnitState.WAITING]
+        self.journal.write(
+            "UPDATE units SET state = 'skipped', reason = 'its transform failed first'"
+            " WHERE transform = ? AND state = 'waiting'",
+            (transform.id,),
+        )
+        transform.counts[UnitState.WAITING] = 0
+        transform.counts[UnitState.SKIPPED] += skipped
+        say(f"task {task.id}: transform {transform.spec.name} failed: over abort_after")
+
+    def _end_transforms(self, task: LiveTask) -> None:
+        """End each transform whose units have all ended and whose upstream has ended;
+        a transform fed by another as a whole gets its one unit once that has ended."""
+        for transform in task.transforms:
+            if transform.ended or transform.open_units:
+                continue
+            source = transform.spec.inputs_from
+            upstream = task.transform(source.transform) if source is not None else None
+            if upstream is not None and not upstream.ended:
+                continue
+            whole = upstream is not None and source.mode == "all"
+            made = transform.next_index > 0  # its one unit, if it is fed as a whole
+            if whole and not made and self._chain_all(task, transform, upstream):
+                continue
+            self._end_transform(task, transform, upstream)
+
+    def _chain_all(self, task: LiveTask, transform: LiveTransform,
+                   upstream: LiveTransform) -> bool:  # fmt: skip
+        """One unit over the outputs of every done unit of `upstream`; False if none."""
+        if upstream.aborted or not upstream.counts[UnitState.DONE]:
+            return False
+        source = transform.spec.inputs_from
+        assert source is not None
+        inputs: list[Path] = []
+        for (idx,) in self.journal.reader.execute(
+            "SELECT idx FROM units WHERE transform = ? AND state = 'done' ORDER BY idx",
+            (upstream.id,),
+        ):
+            inputs += _selected(_files(self._outdir(task, upstream, idx)), source)
+        call = {"args": [], "kwargs": {}, "inputs": [str(p) for p in inputs]}
+        self._add_units(task, transform, [(call, None)])
+        return True
+
+    def _end_transform(self, task: LiveTask, transform: LiveTransform,
+                       upstream: LiveTransform | None) -> None:  # fmt: skip
+        counts = transform.counts
+        state = end_state(counts[UnitState.DONE], counts[UnitState.FAILED], transform.aborted)
+        reason = None
+        if transform.aborted:
+            reason = f"over abort_after ({counts[UnitState.FAILED]} units failed)"
+        elif not counts[UnitState.DONE] and not counts[UnitState.FAILED]:
+            state = TaskState.FAILED
+            reason = f"no units: {upstream.spec.name} had none done" if upstream else "no units"
+        transform.ended = True
+        self._dirty.add(task.id)  # a transform it feeds may end, or get its unit, now
+        self.journal.write(
+            "UPDATE transforms SET state = ?, ended = ?, reason = ? WHERE id = ?",
+            (state, self.book.wall(), reason, transform.id),
+        )
+
+    def _end_task(self, task: LiveTask) -> None:
+        if not all(t.ended for t in task.transforms):
+            return
+        states = [row[0] for row in self.journal.reader.execute(
+            "SELECT state FROM transforms WHERE task = ?", (task.id,))]  # fmt: skip
+        if all(s == TaskState.COMPLETED for s in states):
+            state = TaskState.COMPLETED
+        elif TaskState.FAILED in states:
+            state = TaskState.FAILED
+        else:
+            state = TaskState.COMPLETED_WITH_FAILURES
+        self.journal.write("UPDATE tasks SET state = ?, ended = ? WHERE id = ?",
+                           (state, self.book.wall(), task.id))  # fmt: skip
+        del self.tasks[task.id]
+        say(f"task {task.id} ({task.spec.name}) ended {state}")
+
+    # --- submitting units ----------------------------------------------------------
+
+    def _add_units(self, task: LiveTask, transform: LiveTransform,
+                   units: list[tuple[dict[str, Any], int | None]]) -> None:  # fmt: skip
+        """New waiting units of `transform` (their call, and the unit they come from)."""
+        first = transform.next_index
+        transform.next_index += len(units)
+        transform.counts[UnitState.WAITING] += len(units)
+        self.journal.write(
+            "INSERT INTO units (task, transform, idx, state, call, upstream, jobs)"
+            " VALUES (?, ?, ?, 'waiting', ?, ?, 0)",
+            [(task.id, transform.id, first + n, json.dumps(call), upstream)
+             for n, (call, upstream) in enumerate(units)],
+            many=True,
+        )  # fmt: skip
+        self._dirty.add(task.id)
+
+    def _fill(self, task: LiveTask) -> None:
+        """Submit waiting units, in transform then index order, up to the task's float."""
+        room = task.spec.float - task.in_flight
+        if task.paused or room <= 0:
+            return
+        rows = self.journal.reader.execute(
+            "SELECT id, transform, idx, call FROM units WHERE task = ? AND state = 'waiting'"
+            " ORDER BY transform, idx LIMIT ?",
+            (task.id, room),
+        ).fetchall()
+        if not rows:
+            return
+        units = [UnitRow(row[0], task.id, row[1], row[2], json.loads(row[3])) for row in rows]
+        specs_ = [self._job_spec(task, self._transform(task, u.transform), u) for u in units]
+        jobs = self.journal.insert_jobs(specs_, self.book.wall())
+        self.journal.write(
+            "UPDATE units SET state = 'submitted', job = ?, jobs = jobs + 1 WHERE id = ?",
+            [(job, unit.id) for job, unit in zip(jobs, units, strict=True)],
+            many=True,
+        )
+        for job, unit in zip(jobs, units, strict=True):
+            self.unit_of_job[job] = unit.id
+            transform = self._transform(task, unit.transform)
+            transform.counts[UnitState.WAITING] -= 1
+            transform.counts[UnitState.SUBMITTED] += 1
+        self.book.added(specs_)
+
+    def _job_spec(self, task: LiveTask, transform: LiveTransform, unit: UnitRow) -> JobSpec:
+        spec = transform.spec
+        outdir = self._outdir(task, transform, unit.idx)
+        outdir.mkdir(parents=True, exist_ok=True)
+        name = f"{task.spec.name}/{spec.name}/{unit.idx}"
+        inputs = unit.call["inputs"]
+        options: dict[str, Any] = dict(
+            pool=spec.queue, priority=spec.priority, timeout=spec.timeout, retries=spec.retries,
+            retry_on=_retry_on(spec), name=name,
+            unit={"name": name, "outdir": str(outdir), "inputs": inputs},
+        )  # fmt: skip
+        args, kwargs = tuple(unit.call["args"]), unit.call["kwargs"]
+        if spec.cmd is not None:  # its arguments are words after the command's own
+            argv = [*spec.cmd, *map(str, args), *(f"--{k}={v}" for k, v in kwargs.items())]
+            env = {**task.context["env"], "GSUP_OUTDIR": str(outdir),
+                   "GSUP_INPUTS": os.pathsep.join(inputs), "GSUP_UNIT": name}  # fmt: skip
+            return JobSpec(kind="cmd", target=argv[0], display=shlex.join(argv), argv=argv,
+                           cwd=str(outdir), env=env, **options)  # fmt: skip
+        return JobSpec(
+            kind="call", target=spec.target, display=describe_call(spec.target, args, kwargs),
+            arguments=literal_text(args, kwargs), cwd=task.context["cwd"],
+            path=task.context["path"], **options,
+        )  # fmt: skip
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _unit(self, unit: int) -> UnitRow:
+        row = self.journal.reader.execute(
+            "SELECT id, task, transform, idx, call FROM units WHERE id = ?", (unit,)
+        ).fetchone()
+        return UnitRow(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+    @staticmethod
+    def _transform(task: LiveTask, transform_id: int) -> LiveTransform:
+        return next(t for t in task.transforms if t.id == transform_id)
+
+    def _outdir(self, task: LiveTask, transform: LiveTransform, idx: int) -> Path:
+        return self.folder / str(task.id) / transform.spec.name / str(idx)
+
+    @staticmethod
+    def _move_aside(outdir: Path) -> None:
+        """A failed attempt's folder goes aside (IDX.failed-N), never merged or reused."""
+        if not outdir.exists():
+            return
+        n = 1
+        while (aside := outdir.with_name(f"{outdir.name}.failed-{n}")).exists():
+            n += 1
+        with contextlib.suppress(OSError):
+            outdir.rename(aside)
+
+
+def _retry_on(spec: specs.Transform) -> list[str] | None:
+    if not spec.retry_recurring:
+        return None if spec.retry_on is None else list(spec.retry_on)
+    return [*(spec.retry_on or RETRY_ANYTHING), RECURRING]
+
+
+def _over_budget(transform: LiveTransform) -> bool:
+    """Whether its failures reach abort_after (a count, or a share of its units)."""
+    budget = transform.spec.abort_after
+    failed = transform.counts[UnitState.FAILED]
+    if budget is None:
+        return False
+    if isinstance(budget, str):  # "5%"
+        total = sum(transform.counts.values())
+        return failed * 100 >= float(budget.rstrip("%")) * total
+    return failed >= budget
+
+
+def _files(outdir: Path) -> list[Path]:
+    """The files below a unit's output folder, in name order."""
+    if not outdir.is_dir():
+        return []
+    return sorted(p for p in outdir.rglob("*") if p.is_file())
+
+
+def _selected(files: list[Path], source: specs.InputsFrom) -> list[Path]:
+    """The files an `inputs_from` takes: matching an include (all, if none) and no
+    exclude; globs match the name relative to the unit's folder, or the base name."""
+
+    def matches(path: Path, globs: tuple[str, ...]) -> bool:
+        return any(fnmatch.fnmatch(path.name, g) for g in globs)
+
+    return [p for p in files if (not source.include or matches(p, source.include))
+            and not matches(p, source.exclude)]  # fmt: skip
+
+
+def _missing_output(outdir: Path, outputs: tuple[str, ...]) -> str | None:
+    """Why a unit whose job succeeded is not done: a declared output with no non-empty
+    file to match it."""
+    for pattern in outputs:
+        found = sorted(outdir.glob(pattern)) if outdir.is_dir() else []
+        if not found:
+            return f"missing output {pattern}"
+        empty = next((p for p in found if p.is_file() and p.stat().st_size == 0), None)
+        if empty is not None:
+            return f"empty output {empty.relative_to(outdir)}"
+    return None

@@ -1,0 +1,101 @@
+"""The task tables (journal/schema.py: tasks, transforms, units): their states, and
+the reads that the engine and the CLI share (one definition of each)."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class TaskState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
+
+
+TASK_END_STATES = frozenset(
+    {TaskState.COMPLETED, TaskState.FAILED, TaskState.COMPLETED_WITH_FAILURES}
+)
+
+
+class UnitState(StrEnum):
+    WAITING = "waiting"  # not submitted yet (float, a pause, or its turn has not come)
+    SUBMITTED = "submitted"  # its job is queued or running
+    DONE = "done"  # its job succeeded and its declared outputs exist
+    FAILED = "failed"
+    SKIPPED = "skipped"  # never run: its transform failed first
+
+
+UNIT_STATES = tuple(UnitState)
+
+
+def end_state(done: int, failed: int, aborted: bool) -> TaskState:
+    """How a transform (or a task, by its transforms) ends, from what its units did."""
+    if aborted or (failed and not done):
+        return TaskState.FAILED
+    return TaskState.COMPLETED_WITH_FAILURES if failed else TaskState.COMPLETED
+
+
+@dataclass
+class TransformProgress:
+    id: int
+    name: str
+    state: str
+    reason: str | None
+    counts: dict[str, int]  # units by state
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state, "reason": self.reason,
+                "units": self.counts, "total": self.total}  # fmt: skip
+
+
+def task_row(conn: sqlite3.Connection, task: int) -> dict[str, Any] | None:
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute(
+            "SELECT id, name, state, float, created, ended, reason FROM tasks WHERE id = ?",
+            (task,),
+        ).fetchone()
+    finally:
+        conn.row_factory = None
+    return None if row is None else dict(row)
+
+
+def task_rows(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    """The newest tasks first."""
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = conn.execute(
+            "SELECT id, name, state, float, created, ended, reason FROM tasks"
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+    finally:
+        conn.row_factory = None
+    return [dict(row) for row in rows]
+
+
+def progress(conn: sqlite3.Connection, task: int) -> list[TransformProgress]:
+    """Each transform of a task, in order, with its units counted by state."""
+    transforms = conn.execute(
+        "SELECT id, name, state, reason FROM transforms WHERE task = ? ORDER BY position",
+        (task,),
+    ).fetchall()
+    counted: dict[int, dict[str, int]] = {
+        row[0]: dict.fromkeys(UNIT_STATES, 0) for row in transforms
+    }
+    for transform, state, count in conn.execute(
+        "SELECT transform, state, count(*) FROM units WHERE task = ? GROUP BY transform, state",
+        (task,),
+    ):
+        counted[transform][state] = count
+    return [TransformProgress(id_, name, state, reason, counted[id_])
+            for id_, name, state, reason in transforms]  # fmt: skip

@@ -1,0 +1,223 @@
+"""Tasks end to end, against a real daemon: units run as jobs within the float, failed
+units are resubmitted by their retries, chained transforms get units as upstream units
+finish, every task reaches an end state, and a SIGKILL of the daemon loses no unit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import journal_rows, wait_until
+
+TASK_JOBS = textwrap.dedent(
+    """
+    import json
+    from gsup import current
+
+    def gen(n):
+        run = current()
+        if n % 50 == 7:
+            raise ValueError(f"unit {n} always fails")
+        marker = run.outdir.parent / f"{n}.failed-once"
+        if n % 10 == 3 and not marker.exists():
+            marker.write_text("once")
+            (run.outdir / "out.csv").write_text("partial")  # moved aside, never taken
+            raise RuntimeError(f"unit {n} fails once")
+        (run.outdir / "out.csv").write_text(f"n,square\\n{n},{n * n}\\n")
+
+    def fit():
+        run = current()
+        rows = [line for p in run.inputs for line in p.read_text().splitlines()[1:]]
+        total = sum(int(row.split(",")[1]) for row in rows)
+        (run.outdir / "fit.json").write_text(json.dumps({"unit": run.unit, "sum": total}))
+
+    def nothing():
+        pass
+    """
+)
+
+SWEEP = """
+[task]
+name = "sweep"
+float = 8
+
+[[transform]]
+name = "gen"
+target = "taskjobs:gen"
+units = {units}
+outputs = ["out.csv"]
+retries = 1
+
+[[transform]]
+name = "fit"
+target = "taskjobs:fit"
+inputs_from = "gen"
+outputs = ["fit.json"]
+"""
+UNITS = 200
+ALWAYS_FAIL = [n for n in range(UNITS) if n % 50 == 7]  # 7, 57, 107, 157
+FAIL_ONCE = [n for n in range(UNITS) if n % 10 == 3 and n % 50 != 7]
+
+
+@pytest.fixture
+def task_dir(workdir: Path) -> Path:
+    (workdir / "taskjobs.py").write_text(TASK_JOBS)
+    return workdir
+
+
+def _submit(gsup, task_dir: Path, text: str) -> int:
+    (task_dir / "sweep.toml").write_text(text)
+    return int(gsup("task", "submit", "sweep.toml").stdout)
+
+
+def _shown(gsup, task: int) -> dict:
+    return json.loads(gsup("task", "show", str(task), "--json").stdout)
+
+
+def _check_sweep(gsup, home: Path, task: int) -> None:
+    """The end of the sweep: exactly the units that always fail have failed."""
+    result = gsup("task", "wait", str(task), check=False, timeout=300)
+    assert (result.returncode, result.stdout.splitlines()[-1]) == (
+        1, f"task {task} completed_with_failures")  # fmt: skip
+    shown = _shown(gsup, task)
+    done = UNITS - len(ALWAYS_FAIL)
+    assert [(t["name"], t["state"], t["units"]) for t in shown["transforms"]] == [
+        ("gen", "completed_with_failures",
+         {"waiting": 0, "submitted": 0, "done": done, "failed": 4, "skipped": 0}),
+        ("fit", "completed", {"waiting": 0, "submitted": 0, "done": done, "failed": 0,
+                              "skipped": 0}),
+    ]  # fmt: skip
+    failed = journal_rows(home, "SELECT u.idx, u.reason FROM units u JOIN transforms t"
+                                " ON t.id = u.transform WHERE t.name = 'gen' AND u.state = 'failed'"
+                                " ORDER BY u.idx")  # fmt: skip
+    assert [idx for idx, _ in failed] == ALWAYS_FAIL
+    assert failed[0][1].startswith("job ") and "ValueError: unit 7 always fails" in failed[0][1]
+    # Each fit unit summed the one row of the gen unit it came from, never a partial file.
+    sums = sorted(
+        json.loads((home / "tasks" / str(task) / "fit" / str(idx) / "fit.json").read_text())["sum"]
+        for (idx,) in journal_rows(home, "SELECT idx FROM units u JOIN transforms t"
+                                         " ON t.id = u.transform WHERE t.name = 'fit'")
+    )  # fmt: skip
+    assert sums == sorted(n * n for n in range(UNITS) if n not in ALWAYS_FAIL)
+
+
+def test_a_two_stage_sweep_runs_to_its_end(daemon, gsup, home, task_dir):
+    task = _submit(gsup, task_dir, SWEEP.format(units=[[n] for n in range(UNITS)]))
+    _check_sweep(gsup, home, task)
+    runs = dict(journal_rows(home, "SELECT name, attempts FROM jobs WHERE name LIKE 'sweep/gen/%'"))
+    assert {n: runs[f"sweep/gen/{n}"] for n in range(UNITS) if runs[f"sweep/gen/{n}"] != 1} == {
+        n: 2 for n in sorted(ALWAYS_FAIL + FAIL_ONCE)
+    }
+    # A retried unit's partial output went aside with its failed attempt.
+    assert (home / "tasks" / str(task) / "gen" / "3.failed-1" / "out.csv").read_text() == "partial"
+
+
+def test_a_sweep_survives_a_sigkill_of_the_daemon(make_daemon, gsup, home, task_dir):
+    daemon = make_daemon()
+    task = _submit(gsup, task_dir, SWEEP.format(units=[[n] for n in range(UNITS)]))
+    wait_until(lambda: _shown(gsup, task)["transforms"][1]["units"]["done"] >= 40,
+               what="40 units of fit to be done")  # fmt: skip
+    daemon.kill()
+    make_daemon()
+    _check_sweep(gsup, home, task)
+
+
+def test_float_bounds_the_units_in_flight(daemon, gsup, home, task_dir):
+    gsup("freeze")
+    text = SWEEP.format(units=[[n] for n in range(30)]).replace("float = 8", "float = 3")
+    task = _submit(gsup, task_dir, text)
+    wait_until(lambda: _shown(gsup, task)["transforms"][0]["units"]["submitted"] == 3)
+    assert journal_rows(home, "SELECT count(*) FROM jobs") == [(3,)]
+    gsup("unfreeze")
+    assert gsup("task", "wait", str(task), check=False).returncode == 1
+
+
+def test_pause_resume_and_retry_failed(daemon, gsup, home, task_dir):
+    text = SWEEP.format(units=[[7], [8]])
+    task = _submit(gsup, task_dir, text)
+    assert gsup("task", "wait", str(task), check=False).stdout.splitlines()[-1] == (
+        f"task {task} completed_with_failures"
+    )
+    assert gsup("task", "pause", str(task), check=False).stderr == (
+        f"gsup: error: task {task} has ended (completed_with_failures)\n"
+    )
+    (task_dir / "taskjobs.py").write_text(TASK_JOBS.replace("n % 50 == 7", "n < 0"))
+    assert gsup("task", "retry-failed", str(task)).stdout == (
+        f"1 failed units of task {task} to run again\n"
+    )
+    assert gsup("task", "wait", str(task)).stdout.splitlines()[-1] == f"task {task} completed"
+    assert _shown(gsup, task)["transforms"][1]["units"]["done"] == 2
+
+
+def test_a_unit_without_its_declared_output_fails(daemon, gsup, task_dir):
+    text = SWEEP.format(units=[[1]]).replace(
+        'target = "taskjobs:gen"', 'target = "taskjobs:nothing"'
+    )
+    text = text.replace("units = [[1]]", "units = [[]]")
+    task = _submit(gsup, task_dir, text)
+    assert gsup("task", "wait", str(task), check=False).stdout.splitlines()[-1] == (
+        f"task {task} failed"
+    )
+    gen, fit = _shown(gsup, task)["transforms"]
+    assert (gen["state"], gen["units"]["failed"]) == ("failed", 1)
+    assert (fit["state"], fit["reason"]) == ("failed", "no units: gen had none done")
+
+
+def test_a_command_unit_runs_in_its_output_folder(daemon, gsup, home, task_dir):
+    text = """
+[task]
+name = "cmds"
+
+[[transform]]
+name = "make"
+cmd = ["sh", "-c", "echo $1 > out.txt; echo $GSUP_UNIT >> out.txt", "sh"]
+units = [["a"], ["b"]]
+outputs = ["out.txt"]
+
+[[transform]]
+name = "all"
+cmd = ["sh", "-c", "echo $GSUP_INPUTS | tr : '\\\\n' | xargs cat > all.txt"]
+inputs_from = {transform = "make", mode = "all"}
+outputs = ["all.txt"]
+"""
+    task = _submit(gsup, task_dir, text)
+    assert gsup("task", "wait", str(task)).stdout.splitlines()[-1] == f"task {task} completed"
+    merged = (home / "tasks" / str(task) / "all" / "0" / "all.txt").read_text()
+    assert merged == "a\ncmds/make/0\nb\ncmds/make/1\n"
+
+
+def test_a_bad_task_file_is_refused_with_its_line(daemon, gsup, task_dir):
+    (task_dir / "bad.toml").write_text('[task]\nname = "x"\nflaot = 3\n')
+    result = gsup("task", "submit", "bad.toml", check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1, "", "gsup: error: bad.toml, line 3: unknown key 'flaot' in [task]\n")  # fmt: skip
+
+
+def test_a_task_built_in_python(daemon, env, task_dir):
+    script = textwrap.dedent(
+        """
+        from gsup import GsupError, Task, Transform, tasks
+        import taskjobs
+        gen = Transform("gen", target=taskjobs.gen, units=[[1], [2]], outputs=["out.csv"])
+        handle = tasks.submit(Task("py", [gen], float=2))
+        print(handle.id, handle.wait(60), [(t.name, t.counts["done"]) for t in handle.progress()])
+        try:
+            tasks.submit(Task("bad", [Transform("gen", target=lambda: 0, units=[[]])]))
+        except GsupError as exc:
+            print(exc)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=task_dir,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, "")
+    first, second = result.stdout.splitlines()
+    assert first == "1 completed [('gen', 2)]"
+    assert second.startswith("transform 'gen': <function <lambda> at ")
+    assert second.endswith(
+        "> has no import path (a lambda, a closure, a function of __main__): a task's units"
+        " run later, by name"
+    )
