@@ -79,7 +79,7 @@ class UnitRow:
     task: int
     transform: int
     idx: int
-    call: dict[str, Any]
+    call: dict[str, Any] = field(default_factory=dict)  # read only to submit it
 
 
 class TaskEngine:
@@ -88,7 +88,7 @@ class TaskEngine:
         self.book = book
         self.folder = folder  # <state dir>/tasks: each unit's output folder is below it
         self.tasks: dict[int, LiveTask] = {}  # those that have not ended
-        self.unit_of_job: dict[int, int] = {}  # the jobs of submitted units
+        self.unit_of_job: dict[int, UnitRow] = {}  # the jobs of submitted units
         self._ends: list[tuple[int, State]] = []  # job ends of this turn
         self._dirty: set[int] = set()  # tasks to look at in `settle`
         book.subscribe_ends(self._job_ended)
@@ -103,11 +103,11 @@ class TaskEngine:
             "SELECT id FROM tasks WHERE state IN (?, ?)", (TaskState.RUNNING, TaskState.PAUSED)
         ).fetchall():
             self._load_task(task_id)
-        for unit, job, job_state in self.journal.reader.execute(
-            "SELECT u.id, u.job, j.state FROM units u JOIN jobs j ON j.id = u.job"
-            " WHERE u.state = 'submitted'"
+        for unit, task, transform, idx, job, job_state in self.journal.reader.execute(
+            "SELECT u.id, u.task, u.transform, u.idx, u.job, j.state FROM units u"
+            " JOIN jobs j ON j.id = u.job WHERE u.state = 'submitted'"
         ).fetchall():
-            self.unit_of_job[job] = unit
+            self.unit_of_job[job] = UnitRow(unit, task, transform, idx)
             if job_state in END_STATES:
                 self._ends.append((job, State(job_state)))
 
@@ -250,11 +250,9 @@ class TaskEngine:
         if unit is not None and change.after == State.QUEUED and change.before not in (
             None, State.RUNNING, State.QUEUED
         ):  # fmt: skip
-            row = self._unit(unit)
+            row = unit
             task = self.tasks[row.task]
-            outdir = self._outdir(task, self._transform(task, row.transform), row.idx)
-            self._move_aside(outdir)
-            outdir.mkdir(parents=True, exist_ok=True)  # the next run's, empty
+            self._move_aside(self._outdir(task, self._transform(task, row.transform), row.idx))
 
     # --- each turn ----------------------------------------------------------------------
 
@@ -264,7 +262,7 @@ class TaskEngine:
         for job, state in ends:
             unit = self.unit_of_job.pop(job, None)
             if unit is not None:
-                self._unit_ended(self._unit(unit), job, state)
+                self._unit_ended(unit, job, state)
         while self._dirty:
             task = self.tasks.get(self._dirty.pop())
             if task is not None:
@@ -425,7 +423,7 @@ class TaskEngine:
             many=True,
         )
         for job, unit in zip(jobs, units, strict=True):
-            self.unit_of_job[job] = unit.id
+            self.unit_of_job[job] = unit
             transform = self._transform(task, unit.transform)
             transform.counts[UnitState.WAITING] -= 1
             transform.counts[UnitState.SUBMITTED] += 1
@@ -433,8 +431,7 @@ class TaskEngine:
 
     def _job_spec(self, task: LiveTask, transform: LiveTransform, unit: UnitRow) -> JobSpec:
         spec = transform.spec
-        outdir = self._outdir(task, transform, unit.idx)
-        outdir.mkdir(parents=True, exist_ok=True)
+        outdir = self._outdir(task, transform, unit.idx)  # the executor makes it
         name = f"{task.spec.name}/{spec.name}/{unit.idx}"
         inputs = unit.call["inputs"]
         options: dict[str, Any] = dict(
@@ -457,18 +454,12 @@ class TaskEngine:
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _unit(self, unit: int) -> UnitRow:
-        row = self.journal.reader.execute(
-            "SELECT id, task, transform, idx, call FROM units WHERE id = ?", (unit,)
-        ).fetchone()
-        return UnitRow(row[0], row[1], row[2], row[3], json.loads(row[4]))
-
     @staticmethod
     def _transform(task: LiveTask, transform_id: int) -> LiveTransform:
         return next(t for t in task.transforms if t.id == transform_id)
 
     def _outdir(self, task: LiveTask, transform: LiveTransform, idx: int) -> Path:
-        return self.folder / str(task.id) / transform.spec.name / str(idx)
+        return Path(f"{self.folder}/{task.id}/{transform.spec.name}/{idx}")  # not /: it is hot
 
     @staticmethod
     def _move_aside(outdir: Path) -> None:

@@ -170,6 +170,7 @@ def run_call(
             imported()
         cpu = time.thread_time()
         try:
+            _make_outdir(spec)
             with running(job.id, job.attempt, spec.get("unit")):
                 value = func(*args, **kwargs)
         except JobStopped:
@@ -180,6 +181,14 @@ def run_call(
             return outcome
     usage = {"cpu_seconds": time.thread_time() - cpu}
     return _returned(value, usage, max_result)
+
+
+def _make_outdir(spec: dict[str, Any]) -> None:
+    """A unit of a task gets its output folder here, in the pool, not in the supervisor
+    (a mkdir per unit was a sixth of its time on a task of no-op units)."""
+    unit = spec.get("unit")
+    if unit:
+        os.makedirs(unit["outdir"], exist_ok=True)
 
 
 def _pipe() -> tuple[int, int]:
@@ -206,6 +215,11 @@ def run_command(
     copies its output into the job's logs, within the pool's log limits."""
     spec = job.spec
     argv, cwd, env = spec["argv"], spec.get("cwd") or None, spec.get("env")
+    try:
+        _make_outdir(spec)  # a unit's command runs in it
+    except OSError as exc:
+        error = f"cannot make the unit's output folder: {exc}"
+        return Outcome(Ending.FAILED, error, {"error": error})
     if _find_program(argv[0], cwd, env) is None:
         error = f"command not found: {argv[0]}"
         return Outcome(Ending.FAILED, error, {"error": error})
