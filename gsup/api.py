@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from gsup.client import Client, Pending
+from gsup.client import Client, DaemonFacade, Pending
 from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_JOB_ID, Paths, resolve_home
 from gsup.errors import BadOptions, GsupError, WaitTimeout
 from gsup.protocol import JobSpec, ProtocolError, check_batch_key
@@ -145,21 +145,6 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return ""
-
-
-class DaemonFacade:
-    """What the API's entry points share: a state dir, and a connection to its daemon
-    made on first use (so that `from gsup import queues` connects to nothing)."""
-
-    def __init__(self, home: str | Path | None = None) -> None:
-        self._home = home
-        self._client: Client | None = None
-
-    @property
-    def client(self) -> Client:
-        if self._client is None:
-            self._client = Client(self._home)
-        return self._client
 
 
 class Queues(DaemonFacade):

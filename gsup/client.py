@@ -415,3 +415,19 @@ class Client:
         if waiter is None:
             waiter = self._waiters.client = Client(self.paths.home)
         return waiter
+
+
+class DaemonFacade:
+    """What the API's entry points share (`queues`, `tasks`): a state dir, and a
+    connection to its daemon made on first use (`from gsup import queues` connects
+    to nothing)."""
+
+    def __init__(self, home: str | Path | None = None) -> None:
+        self._home = home
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self._home)
+        return self._client

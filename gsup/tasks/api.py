@@ -12,15 +12,12 @@ import os
 import time
 from typing import Any
 
-from gsup.api import DaemonFacade
-from gsup.client import Client
+from gsup.client import Client, DaemonFacade
 from gsup.errors import GsupError, WaitTimeout
 from gsup.journal import queries
 from gsup.specs import cli_import_path, python_path
 from gsup.tasks import spec as specs
-from gsup.tasks.records import TASK_END_STATES, TransformProgress, progress, task_row
-
-POLL = 0.2  # seconds between looks at the journal while waiting for a task
+from gsup.tasks.records import POLL, TASK_END_STATES, TransformProgress, progress, task_row
 
 
 class TaskHandle:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+POLL = 0.2  # seconds between looks at the journal while waiting for a task to end
+
 
 class TaskState(StrEnum):
     RUNNING = "running"

@@ -15,7 +15,6 @@ from gsup.config import MAX_JOB_ID
 from gsup.errors import GsupError
 
 if TYPE_CHECKING:
-    from gsup.tasks.api import TaskHandle
     from gsup.tasks.records import TransformProgress
 
 task = command_group("task", "Tasks: campaigns of units over chained transforms.")
@@ -30,10 +29,18 @@ def _task_id(text: str) -> int:
     return int(text)
 
 
-def _handle(text: str, home: Path | None) -> TaskHandle:
-    from gsup.tasks.api import Tasks
+def _read(text: str, home: Path | None) -> tuple[dict[str, Any], list[TransformProgress]]:
+    """A task's row and its transforms' progress, from the journal (the daemon may be
+    down; not through the API, which costs `show` its 1.3x of typer's import)."""
+    from gsup.journal.queries import read_journal
+    from gsup.tasks.records import progress, task_row
 
-    return Tasks(home).get(_task_id(text))
+    task_id = _task_id(text)
+    with read_journal(home) as conn:
+        row = task_row(conn, task_id)
+        if row is None:
+            raise GsupError(f"no task {task_id}")
+        return row, progress(conn, task_id)
 
 
 @task.command()
@@ -76,8 +83,7 @@ def list_tasks(
 @task.command()
 def show(task_id: TaskId, as_json: Json = False, home: Home = None) -> None:
     """A task: per transform, a progress bar, its units by state, rate and ETA."""
-    handle = _handle(task_id, home)
-    row, transforms = handle.row(), handle.progress()
+    row, transforms = _read(task_id, home)
     if as_json:
         print_json({**row, "transforms": [t.to_json() for t in transforms]})
         return
@@ -117,16 +123,14 @@ def wait(
 ) -> None:
     """Wait for a task to end, showing its progress on a terminal; exits 0 only if it
     completed."""
-    from gsup.tasks.api import POLL
-    from gsup.tasks.records import TASK_END_STATES
+    from gsup.tasks.records import POLL, TASK_END_STATES
 
-    handle = _handle(task_id, home)
     deadline = None if timeout is None else time.monotonic() + timeout
     shown = 0
     while True:
-        row = handle.row()
+        row, transforms = _read(task_id, home)
         if sys.stdout.isatty():
-            lines = _progress_lines(handle.progress(), row)
+            lines = _progress_lines(transforms, row)
             sys.stdout.write(f"\x1b[{shown}F\x1b[J" if shown else "")
             print("\n".join(lines), flush=True)
             shown = len(lines)
@@ -141,7 +145,11 @@ def wait(
 
 
 def _control(task_id: str, action: str, home: Path | None, unit: str | None = None) -> None:
-    print(_handle(task_id, home).control(action, unit))
+    from gsup.client import Client
+
+    reply = Client(home).request("task_control", task=_task_id(task_id), action=action,
+                                 unit=unit)  # fmt: skip
+    print(reply["said"])
 
 
 @task.command()
