@@ -106,6 +106,39 @@ def command_spec(argv: list[str], **options: Any) -> JobSpec:
     )
 
 
+def check_spec(spec: JobSpec, warn: Callable[[str], None]) -> str:
+    """What `gsup add --check` does for one job: a command's program must be found (on
+    PATH, or a path from the job's folder); a call's target is imported and its arguments
+    bound in a short-lived child, as a pool would (see targets._check_main). Returns the
+    verdict, `ok: DISPLAY`; raises TargetError with the reason. `warn` gets each warning
+    line of the child (a module of the folder that a pool would not use)."""
+    if spec.kind == "cmd":
+        import shutil
+
+        program = spec.argv[0]
+        found = os.path.join(spec.cwd, program) if os.sep in program else program
+        if shutil.which(found) is None:
+            raise TargetError(f"command not found: {program}")
+        return f"ok: {spec.display}"
+    import json
+    import subprocess
+
+    child = subprocess.run(
+        [sys.executable, "-P", "-m", "gsup.targets"],  # -P: a gsup.py in the folder is no gsup
+        input=json.dumps(spec.to_wire()),
+        capture_output=True,
+        text=True,
+        cwd=spec.cwd,
+    )
+    lines = (child.stdout.strip() or child.stderr.strip() or "the check failed").splitlines()
+    for line in lines[:-1]:
+        if line.startswith("gsup: warning: "):  # else what the target printed
+            warn(line)
+    if child.returncode != 0:
+        raise TargetError(lines[-1].removeprefix("gsup: error: "))
+    return lines[-1]
+
+
 def python_path() -> list[str]:
     """The calling interpreter's import path, for jobs added from Python (the same
     list object while sys.path and the folder stay as they are)."""

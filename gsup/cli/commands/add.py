@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import subprocess
 import sys
 from enum import Enum
 from typing import Annotated
@@ -208,27 +206,8 @@ def _job_lines(source: str) -> list[list[str]]:
 
 
 def _check(spec: JobSpec) -> None:
-    """Import the target in a short-lived child, as a pool would, and bind the arguments
-    (see targets._check_main)."""
-    if spec.kind == "cmd":
-        import shutil
+    """Import the target in a short-lived child, as a pool would, and bind the arguments;
+    print the verdict (warnings on stderr), or raise its reason (see specs.check_spec)."""
+    from gsup.specs import check_spec
 
-        if shutil.which(spec.argv[0]) is None:
-            raise GsupError(f"command not found: {spec.argv[0]}")
-        print(f"ok: {spec.display}")
-        return
-    child = subprocess.run(
-        [sys.executable, "-P", "-m", "gsup.targets"],  # -P: a gsup.py in the folder is no gsup
-        input=json.dumps(spec.to_wire()),
-        capture_output=True,
-        text=True,
-        cwd=spec.cwd,
-    )
-    lines = (child.stdout.strip() or child.stderr.strip() or "the check failed").splitlines()
-    for warning in lines[:-1]:
-        if warning.startswith("gsup: warning: "):  # else what the target printed
-            print(warning, file=sys.stderr)
-    line = lines[-1]
-    if child.returncode != 0:
-        raise GsupError(line.removeprefix("gsup: error: "))
-    print(line)
+    print(check_spec(spec, warn=lambda line: print(line, file=sys.stderr)))
