@@ -594,19 +594,31 @@ def task_to_json(task: Task) -> str:
 
 
 def task_from_json(text: str) -> Task:
-    """The task that task_to_json wrote (not checked again: see check())."""
+    """The task that task_to_json wrote. Not checked again: the daemon calls check(). A
+    transform field left out gets its default (a journal written before it existed)."""
     try:
         data = json.loads(text)
-        if not (isinstance(data, dict) and sorted(data) == sorted(_TASK_FIELDS)):
-            raise ValueError(f"fields {', '.join(_TASK_FIELDS)} expected")
-        tables = data.pop("transforms")
-        known = set(_TRANSFORM_FIELDS)
-        if not (isinstance(tables, list)
-                and all(isinstance(t, dict) and t.keys() <= known for t in tables)):  # fmt: skip
-            raise ValueError(f"transforms must be objects of {', '.join(_TRANSFORM_FIELDS)}")
-        return Task(transforms=[Transform(**table) for table in tables], **data)
+        _known_fields(data, _TASK_FIELDS, "a task", required=_TASK_FIELDS)
+        tables = data["transforms"]
+        if not isinstance(tables, list):
+            raise ValueError("transforms must be a list")
+        for table in tables:
+            _known_fields(table, _TRANSFORM_FIELDS, "a transform", required=("name",))
+        transforms = [Transform(**table) for table in tables]
+        return Task(data["name"], transforms, data["float"], data["base"])
     except (ValueError, TypeError, RecursionError) as exc:
         raise TaskError(f"not the JSON of a task: {exc}") from None
+
+
+def _known_fields(data: Any, names: tuple[str, ...], what: str, required: tuple[str, ...]) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be an object")
+    unknown = [name for name in data if name not in names]
+    missing = [name for name in required if name not in data]
+    if unknown:
+        raise ValueError(f"{what} has no field {unknown[0]!r}")
+    if missing:
+        raise ValueError(f"{what} needs the field {missing[0]!r}")
 
 
 # --- task files -------------------------------------------------------------------
