@@ -3,6 +3,7 @@ checks as one line naming the file's line, units, and the journal's JSON."""
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -80,31 +81,15 @@ EXAMPLE = Task(
 
 def test_the_example_loads_into_the_expected_dataclasses():
     task = load_task(TASK_FILES / "sweep.toml")
-    assert task == EXAMPLE
+    assert task == EXAMPLE  # every field; a dataclass equals only one of its own class
     gen, fit = task.transforms
     assert (task.name, task.float, task.base) == ("sweep", 8, str(TASK_FILES))
-    assert (gen.target, gen.cmd, gen.units, gen.params, gen.files) == (
-        "mymod:generate",
-        None,
-        [[1], [2], [3]],
-        None,
-        None,
-    )
-    assert (gen.outputs, gen.retries, gen.retry_on, gen.retry_recurring) == (
-        ("*.csv",),
-        2,
-        None,
-        False,
-    )
-    assert (gen.abort_after, gen.queue, gen.priority, gen.timeout) == (
-        None,
-        DEFAULT_POOL,
-        DEFAULT_PRIORITY,
-        None,
-    )
-    assert gen.merger == Merger(kind="csv", ignore_failed=False, overwrite=False)
+    assert (gen.target, gen.units, gen.outputs, gen.retries) == (
+        "mymod:generate", [[1], [2], [3]], ("*.csv",), 2
+    )  # fmt: skip
+    assert (gen.queue, gen.priority, gen.timeout) == (DEFAULT_POOL, DEFAULT_PRIORITY, None)
     assert fit.inputs_from == InputsFrom(transform="gen", mode="each", include=(), exclude=())
-    assert (fit.units, fit.outputs, fit.merger) == (None, ("fit.json",), Merger("jsonl"))
+    assert (fit.merger, gen.merger) == (Merger("jsonl"), Merger("csv", False, False))
 
 
 def test_the_python_api_gives_the_same_task_as_the_file(monkeypatch):
@@ -666,6 +651,18 @@ def test_check_targets_finds_a_commands_program(tmp_path):
     (tmp_path / "run.sh").write_text("#!/bin/sh\n")
     os.chmod(tmp_path / "run.sh", 0o755)
     check_targets(Task("sweep", [Transform("gen", cmd=["./run.sh"], units=[1])], base=tmp_path))
+
+
+def test_check_targets_hands_on_the_childs_warnings(tmp_path):
+    (tmp_path / "mymod.py").write_text(MYMOD)
+    (tmp_path / "json.py").write_text("x = 1\n")  # a module every pool has imported already
+    warnings: list[str] = []
+    task = Task("sweep", [Transform("gen", target="mymod:generate", units=[1])], base=tmp_path)
+    check_targets(task, warn=warnings.append)
+    assert warnings == [
+        f"gsup: warning: {tmp_path}/json.py is not used: the pool had already imported the"
+        f" module json ({json.__file__})"
+    ]
 
 
 def test_a_function_given_by_reference_is_converted():
