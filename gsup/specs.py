@@ -106,21 +106,20 @@ def command_spec(argv: list[str], **options: Any) -> JobSpec:
     )
 
 
-def python_path() -> list[str]:
-    """The calling interpreter's import path, for jobs added from Python (the same
-    list object while sys.path and the folder stay as they are)."""
-    key = (tuple(sys.path), os.getcwd())
-    if _python_path[0] != key:
-        _python_path[:] = [key, [os.path.abspath(p or ".") for p in sys.path]]
-    return _python_path[1]
+def check_spec(spec: JobSpec, warn: Callable[[str], None]) -> str:
+    """What `gsup add --check` does for one job: a command's program must be found (on
+    PATH, or a path from the job's folder); a call's target is imported and its arguments
+    bound in a short-lived child, as a pool would (see targets._check_main). Returns the
+    verdict, `ok: DISPLAY`; raises TargetError with the reason. `warn` gets each warning
+    line of the child (a module of the folder that a pool would not use)."""
+    if spec.kind == "cmd":
+        import shutil
 
-
-_python_path: list[Any] = [None, []]  # (sys.path and cwd, the list made of them)
-
-
-def check_in_child(spec: JobSpec) -> tuple[list[str], str, bool]:
-    """Import a call's target and bind its arguments in a short-lived child, as a pool
-    would (see targets._check_main): its warnings, its verdict line, whether it passed."""
+        program = spec.argv[0]
+        found = os.path.join(spec.cwd, program) if os.sep in program else program
+        if shutil.which(found) is None:
+            raise TargetError(f"command not found: {program}")
+        return f"ok: {spec.display}"
     import json
     import subprocess
 
@@ -132,5 +131,21 @@ def check_in_child(spec: JobSpec) -> tuple[list[str], str, bool]:
         cwd=spec.cwd,
     )
     lines = (child.stdout.strip() or child.stderr.strip() or "the check failed").splitlines()
-    warnings = [line for line in lines[:-1] if line.startswith("gsup: warning: ")]
-    return warnings, lines[-1].removeprefix("gsup: error: "), child.returncode == 0
+    for line in lines[:-1]:
+        if line.startswith("gsup: warning: "):  # else what the target printed
+            warn(line)
+    if child.returncode != 0:
+        raise TargetError(lines[-1].removeprefix("gsup: error: "))
+    return lines[-1]
+
+
+def python_path() -> list[str]:
+    """The calling interpreter's import path, for jobs added from Python (the same
+    list object while sys.path and the folder stay as they are)."""
+    key = (tuple(sys.path), os.getcwd())
+    if _python_path[0] != key:
+        _python_path[:] = [key, [os.path.abspath(p or ".") for p in sys.path]]
+    return _python_path[1]
+
+
+_python_path: list[Any] = [None, []]  # (sys.path and cwd, the list made of them)

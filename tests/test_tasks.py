@@ -216,8 +216,7 @@ def test_a_task_built_in_python(daemon, env, task_dir):
     assert (result.returncode, result.stderr) == (0, "")
     first, second = result.stdout.splitlines()
     assert first == "1 completed [('gen', 2)]"
-    assert second.startswith("transform 'gen': <function <lambda> at ")
-    assert second.endswith(
-        "> has no import path (a lambda, a closure, a function of __main__): a task's units"
-        " run later, by name"
+    assert second == (
+        "transform 'gen': <lambda> cannot be imported by name (a lambda, a closure or a"
+        " function of __main__); a task's units run later: give a module's function"
     )

@@ -206,20 +206,8 @@ def _job_lines(source: str) -> list[list[str]]:
 
 
 def _check(spec: JobSpec) -> None:
-    """Import the target in a short-lived child, as a pool would, and bind the arguments
-    (see targets._check_main)."""
-    if spec.kind == "cmd":
-        import shutil
+    """Import the target in a short-lived child, as a pool would, and bind the arguments;
+    print the verdict (warnings on stderr), or raise its reason (see specs.check_spec)."""
+    from gsup.specs import check_spec
 
-        if shutil.which(spec.argv[0]) is None:
-            raise GsupError(f"command not found: {spec.argv[0]}")
-        print(f"ok: {spec.display}")
-        return
-    from gsup.specs import check_in_child
-
-    warnings, verdict, ok = check_in_child(spec)
-    for warning in warnings:  # what the target printed as it was imported is not shown
-        print(warning, file=sys.stderr)
-    if not ok:
-        raise GsupError(verdict)
-    print(verdict)
+    print(check_spec(spec, warn=lambda line: print(line, file=sys.stderr)))
