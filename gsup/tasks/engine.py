@@ -250,9 +250,8 @@ class TaskEngine:
         if unit is not None and change.after == State.QUEUED and change.before not in (
             None, State.RUNNING, State.QUEUED
         ):  # fmt: skip
-            row = unit
-            task = self.tasks[row.task]
-            self._move_aside(self._outdir(task, self._transform(task, row.transform), row.idx))
+            task = self.tasks[unit.task]
+            self._move_aside(self._outdir(task, self._transform(task, unit.transform), unit.idx))
 
     # --- each turn ----------------------------------------------------------------------
 
