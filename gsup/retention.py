@@ -210,16 +210,16 @@ def prune_journal(paths: Paths, older_than: float, state: str | None) -> Pruned 
     """Prune the journal directly, holding the daemon's lock; None if a daemon holds
     it (one is starting)."""
     from gsup.journal.queries import SCHEMA_VERSION, journal_version
-    from gsup.supervisor.lifetime import DaemonError, take_lock
+    from gsup.supervisor.lifetime import DaemonError, DaemonRunning, take_lock
 
     if not paths.journal.exists():
         raise PruneError(f"no journal at {paths.journal} (has `gsup daemon` run here?)")
     try:
         lock = take_lock(paths)
-    except DaemonError:
+    except DaemonRunning:
         return None
-    except OSError as exc:
-        raise PruneError(f"cannot take the daemon's lock {paths.lock}: {exc}") from None
+    except (DaemonError, OSError) as exc:
+        raise PruneError(str(exc)) from None
     try:
         conn = sqlite3.connect(paths.journal, isolation_level=None, timeout=5)
         try:

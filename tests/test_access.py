@@ -180,3 +180,34 @@ def test_a_state_dir_in_a_folder_others_can_rename_in_is_refused(home, env, hold
         " and put another in its place; use a folder of your own\n"
     ))  # fmt: skip
     assert not state.exists()
+
+
+@pytest.mark.parametrize("command", [["prune", "--older-than", "1d"], ["journal", "salvage"]])
+def test_no_lock_is_taken_in_another_users_state_dir(make_daemon, gsup, home, env, command):
+    make_daemon()
+    gsup("stop")
+    victim = home.parent / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    (home / "daemon.lock").unlink()
+    (home / "daemon.lock").symlink_to(victim)  # planted by the state dir's owner
+    os.chown(home, NOBODY, NOBODY)
+    result = gsup(*command, check=False)
+    assert (result.returncode, result.stderr) == (1, (
+        f"gsup: error: state dir {home} is not private (owned by another user or writable by"
+        " others); use a folder of its own\n"
+    ))  # fmt: skip
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_folder_that_holds_other_files_is_no_state_dir(env, home):
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    home.chmod(0o755)
+    result = run_daemon_expecting_exit(env)
+    assert (result.returncode, result.stderr) == (1, (
+        f"gsup: error: {home} holds other files and no gsup state: give an empty folder, or"
+        " one that is not there yet\n"
+    ))  # fmt: skip
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]

@@ -198,3 +198,15 @@ def test_read_only_commands_on_damaged_pages_say_one_line(make_daemon, gsup, hom
         "gsup: error: cannot read the journal: database disk image is malformed"
         " (see: gsup journal check)\n",
     )
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["journal", "check"], ["journal", "salvage"]])
+def test_a_journal_that_is_a_fifo_is_refused_not_read(gsup, home, command):
+    home.mkdir(mode=0o700)
+    os.mkfifo(home / "journal.sqlite")
+    result = gsup(*command, check=False, timeout=20)
+    journal = home / "journal.sqlite"
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"gsup: error: {journal} is not a journal: not a regular file\n",
+    )

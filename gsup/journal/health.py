@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gsup.config import Paths
-from gsup.journal.queries import is_damage
+from gsup.journal.queries import Unreadable, check_journal_file, is_damage
 
 PROBLEMS_SHOWN = 20  # lines of a check's findings printed
 PROBLEMS_LISTED = 1000  # findings `gsup journal check` asks SQLite for
@@ -107,14 +107,18 @@ class Salvaged:
 def salvage(paths: Paths) -> Salvaged:
     """Copy what is readable of the journal into a new one that takes its place; the
     damaged one is kept aside. Holds the daemon's lock: SalvageError if a daemon runs."""
-    from gsup.supervisor.lifetime import DaemonError, take_lock
+    from gsup.supervisor.lifetime import DaemonError, DaemonRunning, take_lock
 
-    if not paths.journal.exists():
-        raise SalvageError(f"no journal at {paths.journal}")
+    try:
+        check_journal_file(paths.journal)
+    except Unreadable as exc:
+        raise SalvageError(str(exc)) from None
     try:
         lock = take_lock(paths)
-    except DaemonError as exc:
+    except DaemonRunning as exc:
         raise SalvageError(f"{exc}; stop it first (gsup stop)") from None
+    except DaemonError as exc:
+        raise SalvageError(str(exc)) from None
     try:
         return _salvage(paths)
     finally:

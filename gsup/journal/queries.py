@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,11 +56,7 @@ def _hint(exc: BaseException) -> str:
 def connect(path: Path) -> sqlite3.Connection:
     """A read-only connection to a journal of this version; it never creates or
     changes the journal."""
-    if not path.exists():
-        raise Unreadable(f"no journal at {path} (has `gsup daemon` run here?)")
-    distrust = untrusted_journal(path)
-    if distrust is not None:
-        raise Unreadable(distrust)
+    check_journal_file(path)
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         version = journal_version(conn)
@@ -77,6 +74,22 @@ def connect(path: Path) -> sqlite3.Connection:
             )
         )
     return conn
+
+
+def check_journal_file(path: Path) -> None:
+    """Unreadable unless `path` is a journal file to read: there, a regular file (a FIFO
+    would block its reader), and ours or made where no one else could (peers.py)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise Unreadable(f"no journal at {path} (has `gsup daemon` run here?)") from None
+    except OSError as exc:
+        raise Unreadable(f"cannot read the journal {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise Unreadable(f"{path} is not a journal: not a regular file")
+    distrust = untrusted_journal(path)
+    if distrust is not None:
+        raise Unreadable(distrust)
 
 
 @contextmanager

@@ -19,6 +19,10 @@ class DaemonError(Exception):
     """The daemon cannot start; the message says why."""
 
 
+class DaemonRunning(DaemonError):
+    """Another daemon holds the state dir's lock."""
+
+
 def trusted_home(home: Path) -> Path:
     """The state dir with its links resolved, once: a link on the way to it that
     another user owns could be moved later, and the daemon's files (logs, the journal)
@@ -54,13 +58,21 @@ def _who_else_can_rename_in(folder: Path) -> str | None:
     return None
 
 
+GSUP_FILES = ("journal.sqlite", "daemon.lock", "gsup.toml", "logs")  # one of them: a state dir
+
+
 def prepare_home(paths: Paths, access: Access) -> None:
+    """Make the state dir (private), or check the one there: ours, private, and a
+    state dir already or empty (its mode is changed: it must not be any folder, ~ or
+    /etc, given by mistake)."""
     home = paths.home
-    if home.exists() and _shared(home):
-        raise DaemonError(
-            f"state dir {home} is not private (owned by another user or writable by"
-            " others); use a folder of its own"
-        )
+    if home.exists():
+        check_private(home)
+        if not any((home / name).exists() for name in GSUP_FILES) and any(home.iterdir()):
+            raise DaemonError(
+                f"{home} holds other files and no gsup state: give an empty folder, or"
+                " one that is not there yet"
+            )
     try:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         access.protect(home, access.dir_mode)
@@ -78,14 +90,29 @@ def _shared(folder: Path) -> bool:
     return stats.st_uid != os.getuid() or bool(stats.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
+def check_private(home: Path) -> None:
+    """A state dir that is ours and that no one else may write to: what is in it (the
+    lock, the journal, links planted there) is ours, and writing there harms no one."""
+    if _shared(home):
+        raise DaemonError(
+            f"state dir {home} is not private (owned by another user or writable by"
+            " others); use a folder of its own"
+        )
+
+
 def take_lock(paths: Paths) -> int:
-    """The state dir's lock, held for the daemon's life; its descriptor."""
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    """The state dir's lock, held for the daemon's life; its descriptor. Only in a
+    private state dir, never through a link (the lock is truncated and written)."""
+    check_private(paths.home)
+    try:
+        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise DaemonError(f"cannot open the lock {paths.lock}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         pid = os.pread(fd, 32, 0).decode().strip() or "?"
-        raise DaemonError(f"a daemon is already running for {paths.home} (pid {pid})") from None
+        raise DaemonRunning(f"a daemon is already running for {paths.home} (pid {pid})") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -24,10 +24,13 @@ def check(
     """Check the journal with SQLite's own checks, read-only (the daemon may be up).
     Exits 0 only if it is healthy."""
     from gsup.journal.health import PROBLEMS_SHOWN, damage_line, problems
+    from gsup.journal.queries import Unreadable, check_journal_file
 
     path = Paths(resolve_home(home)).journal
-    if not path.exists():
-        raise GsupError(f"no journal at {path} (has `gsup daemon` run here?)")
+    try:
+        check_journal_file(path)
+    except Unreadable as exc:
+        raise GsupError(str(exc)) from None
     found = problems(path, full)
     if not found:
         print(f"{path}: ok")
