@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from gsup.errors import GsupError
+
 POOL_NAMES = ("user", "monitoring")
 DEFAULT_POOL = "user"
 DEFAULT_PRIORITY = 5
@@ -22,11 +24,18 @@ DAY = 86_400.0
 def resolve_home(home: str | Path | None = None) -> Path:
     """The state dir: `--home`, else $GSUP_HOME, else $XDG_STATE_HOME/gsup."""
     if home:
-        return Path(home).expanduser().absolute()
+        return _expanded(home)
     if os.environ.get("GSUP_HOME"):
-        return Path(os.environ["GSUP_HOME"]).expanduser().absolute()
+        return _expanded(os.environ["GSUP_HOME"])
     xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg).expanduser().absolute() / "gsup"
+    return _expanded(xdg) / "gsup"
+
+
+def _expanded(folder: str | Path) -> Path:
+    try:
+        return Path(folder).expanduser().absolute()
+    except RuntimeError:  # ~name of no user
+        raise GsupError(f"cannot find the home folder of {str(folder).split('/')[0]}") from None
 
 
 @dataclass(frozen=True)

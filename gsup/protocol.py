@@ -257,6 +257,22 @@ def _is_str_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
+def _is_os_text(value: Any) -> bool:
+    """A text the system takes as a path, word or variable: no NUL, valid UTF-8 (a lone
+    surrogate, sent escaped, is none). One that is not kills its pool at every start."""
+    if not isinstance(value, str) or "\0" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_os_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(map(_is_os_text, value))
+
+
 RETRY_CAUSES = (
     "a built-in exception name (ValueError), the dotted path of one (mymod.MyError),"
     " 'timeout' or 'exit'"
@@ -285,14 +301,12 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "display": (lambda v: isinstance(v, str), "display must be a string"),
     "arguments": (_is_optional_str, "arguments must be a string"),
     "pickled": (_is_optional_str, "pickled must be a string"),
-    "argv": (_is_str_list, "argv must be a list of strings"),
-    "cwd": (lambda v: isinstance(v, str), "cwd must be a string"),
-    "path": (_is_str_list, "path must be a list of strings"),
+    "argv": (_is_os_text_list, "argv must be a list of UTF-8 strings without NUL"),
+    "cwd": (_is_os_text, "cwd must be a UTF-8 string without NUL"),
+    "path": (_is_os_text_list, "path must be a list of UTF-8 strings without NUL"),
     "env": (
-        lambda v: (
-            v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values()))
-        ),
-        "env must map names to strings",
+        lambda v: v is None or (isinstance(v, dict) and all(map(_is_os_text, v.values()))),
+        "env must map names to UTF-8 strings without NUL",
     ),
     "pool": (
         lambda v: v in POOL_NAMES,
@@ -450,9 +464,12 @@ def _task_submit(message: dict[str, Any]) -> dict[str, Any]:
     _check(isinstance(task, str), "task must be the task's JSON text")
     _check(isinstance(context, dict), "context must be an object")
     cwd, path, env = context.get("cwd"), context.get("path"), context.get("env")
-    _check(isinstance(cwd, str) and cwd.startswith("/"), "context.cwd must be an absolute path")
-    _check(_is_str_list(path), "context.path must be a list of strings")
-    _check(_SPEC_RULES["env"][0](env) and env is not None, "context.env must map names to strings")
+    _check(_is_os_text(cwd) and cwd.startswith("/"), "context.cwd must be an absolute path")
+    _check(_is_os_text_list(path), "context.path must be a list of UTF-8 strings without NUL")
+    _check(
+        env is not None and _SPEC_RULES["env"][0](env),
+        _SPEC_RULES["env"][1].replace("env", "context.env"),
+    )
     return {"task": task, "context": {"cwd": cwd, "path": path, "env": env}}
 
 

@@ -22,6 +22,17 @@ from gsup.targets import (
 )
 
 
+def text_folder() -> str:
+    """The current folder, whose name the journal keeps as text: TargetError if it is
+    not UTF-8 (stored, its name would be another folder's, and the job would fail)."""
+    cwd = os.getcwd()
+    try:
+        cwd.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TargetError(f"this folder's name is not UTF-8 ({cwd!r}); run from another") from None
+    return cwd
+
+
 def cli_import_path(cwd: str) -> list[str]:
     """What `python` would put first on sys.path here: the cwd, then $PYTHONPATH."""
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -66,7 +77,7 @@ def call_specs(
         )
         if reference is None:
             by_value = target
-    cwd = os.getcwd()
+    cwd = text_folder()
     path = path if path is not None else cli_import_path(cwd)
     for args in argument_tuples:
         arguments = None if by_value is not None else literal_text(args, kwargs)
@@ -100,7 +111,7 @@ def command_spec(argv: list[str], **options: Any) -> JobSpec:
         target=argv[0],
         display=shlex.join(argv),
         argv=list(argv),
-        cwd=os.getcwd(),
+        cwd=text_folder(),
         env=dict(os.environ),
         **options,
     )

@@ -41,7 +41,10 @@ def parse_value(text: str, as_string: bool = False) -> Any:
     if as_string:
         return text
     if text.isascii() and text.isdigit() and (text == "0" or text[0] != "0"):
-        return int(text)  # the common cases, without the parser (007 is no literal)
+        try:
+            return int(text)  # the common cases, without the parser (007 is no literal)
+        except ValueError:  # more digits than int() takes (4,300): no number a job wants
+            raise TargetError(f"{text[:20]}... is a number of {len(text):,} digits") from None
     if text.isidentifier() and text not in ("None", "True", "False"):
         return text
     try:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import journal_rows, run_daemon_expecting_exit, wait_until
@@ -321,3 +322,22 @@ def test_a_command_word_that_is_not_utf8_is_refused(daemon, gsup):
         1,
         "gsup: error: a command's words must be UTF-8 text; '\\udcff' is not\n",
     )
+
+
+def test_probed_inputs_get_one_line_not_a_traceback(daemon, gsup, env, workdir):
+    huge = gsup("add", "jobs:add", "9" * 5000, check=False)
+    assert (huge.returncode, huge.stderr) == (
+        1, "gsup: error: 99999999999999999999... is a number of 5,000 digits\n")  # fmt: skip
+    nobody = gsup("jobs", "--home", "~nosuchuser/x", check=False)
+    assert (nobody.returncode, nobody.stderr) == (
+        1, "gsup: error: cannot find the home folder of ~nosuchuser\n")  # fmt: skip
+    odd = Path(os.fsdecode(bytes(workdir) + b"/dir\xff"))
+    odd.mkdir()
+    refused = subprocess.run(
+        [sys.executable, "-P", "-m", "gsup", "add", "--cmd", "--", "pwd"], env=env, cwd=odd,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (refused.returncode, refused.stderr) == (
+        1, f"gsup: error: this folder's name is not UTF-8 ({str(odd)!r}); run from another\n",
+    )  # fmt: skip
+    assert gsup("jobs", "--json").stdout.strip() == "[]"

@@ -77,6 +77,27 @@ def test_a_non_finite_number_in_any_field_is_refused(daemon, gsup, request_line,
     assert gsup("jobs", "--json").stdout.strip() == "[]"
 
 
+CALL = b'{"target": "os:getpid", "arguments": "((), {})", '
+
+
+@pytest.mark.parametrize(
+    ("field", "error"),
+    [
+        (b'"path": ["x\\u0000"]', "path must be a list of UTF-8 strings without NUL"),
+        (b'"path": ["\\ud800"]', "path must be a list of UTF-8 strings without NUL"),
+        (b'"cwd": "/tmp\\u0000"', "cwd must be a UTF-8 string without NUL"),
+    ],
+    ids=["NUL", "lone surrogate", "cwd"],
+)
+def test_a_path_the_system_cannot_take_is_refused_before_any_pool_sees_it(daemon, gsup, field,
+                                                                          error):  # fmt: skip
+    request = b'{"verb": "add", "id": 1, "jobs": [' + CALL + field + b"}]}"
+    (refused,) = _exchange(daemon.home, request)
+    assert (refused["ok"], refused["error"]) == (False, error)
+    assert gsup.run("--cmd", "--", "true") == "done"
+    assert "died" not in daemon.output  # no pool died on it
+
+
 # --- finding 23: numbers beyond what the daemon and the client can use ---------------
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from enum import Enum
 from typing import Annotated
@@ -167,14 +166,14 @@ def _cmd_after(target: str) -> bool:
 def _call_specs(
     lines: list[list[str]], keywords: list[str], as_str: bool, options: dict
 ) -> list[JobSpec]:
-    from gsup.specs import call_specs, cli_import_path
+    from gsup.specs import call_specs, cli_import_path, text_folder
     from gsup.targets import TargetError, parse_keyword, parse_value
 
     pairs = [parse_keyword(item, as_str) for item in keywords]
     named = dict(pairs)
     if len(named) < len(pairs):
         raise TargetError("a keyword argument is given twice")
-    path = cli_import_path(os.getcwd())  # once for all lines
+    path = cli_import_path(text_folder())  # once for all lines
     specs: list[JobSpec] = []
     for target, run in itertools.groupby(lines, key=lambda words: words[0]):
         arguments = (tuple(parse_value(arg, as_str) for arg in words[1:]) for words in run)
