@@ -13,7 +13,7 @@ import threading
 # enum wrappers add to every `gsup` command that talks to the daemon.
 from _socket import AF_UNIX, SOCK_STREAM
 from _socket import socket as Socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
 from typing import Any
 
@@ -296,17 +296,21 @@ class Client:
         if key is None and len(ahead) > 1:
             key = os.urandom(8).hex()
         sent: list[tuple[Pending, int]] = []  # each request, and how many jobs it holds
-        total, failure = 0, None
-        for number, (specs, fields) in enumerate(itertools.chain(ahead, parts)):
-            total += len(specs)
-            if failure is not None:
-                continue  # the connection is gone: nothing more is sent, only counted
-            if key is not None:
-                fields["batch"] = {"key": key, "part": number, "digest": batch_digest(specs)}
-            try:
-                sent.append((self.send("add", **fields), len(specs)))
-            except GsupError as exc:
-                failure = exc
+        counted, failure = 0, None
+        try:
+            for number, (specs, fields) in enumerate(itertools.chain(ahead, parts)):
+                counted += len(specs)
+                if failure is not None:
+                    continue  # the connection is gone: nothing more is sent, only counted
+                if key is not None:
+                    fields["batch"] = {"key": key, "part": number, "digest": batch_digest(specs)}
+                try:
+                    sent.append((self.send("add", **fields), len(specs)))
+                except GsupError as exc:
+                    failure = exc
+        except KeyboardInterrupt:  # Ctrl-C: send no more, but say what was added
+            failure = GsupError("interrupted")
+        total = len(jobs) if isinstance(jobs, Sized) else counted
         if failure is not None and not sent:
             raise failure  # no daemon, or one that took nothing: no job was added
         return self._added(sent, total, failure, key)
@@ -317,11 +321,16 @@ class Client:
         why = None if failure is None else str(failure)
         ids: list[int] = []
         unsure = 0
+        interrupted = False
         for request, count in sent:
             try:
-                reply = self._await(request, None)
+                reply = {"ok": False, "error": "interrupted", "lost": True} if interrupted \
+                    else self._await(request, None)  # fmt: skip
             except GsupError as exc:  # the connection is gone: this reply will not come
                 reply = {"ok": False, "error": str(exc), "lost": True}
+            except KeyboardInterrupt:  # a second Ctrl-C: wait no more
+                interrupted = True
+                reply = {"ok": False, "error": "interrupted", "lost": True}
             if reply.get("ok"):
                 ids += reply["ids"]
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -261,3 +262,46 @@ def test_a_batch_added_again_with_its_key_adds_nothing_twice(daemon, gsup, workd
         1,
         "gsup: error: --key: a batch key is 1 to 100 letters, digits and . _ : -, not 'a/b'\n",
     )
+
+
+def _answer_one_add_then_stall(listener: socket.socket, answered: threading.Event,
+                               done: threading.Event) -> None:  # fmt: skip
+    """A daemon that reads one add request, confirms it, then reads nothing more."""
+    conn, _ = listener.accept()
+    with conn, conn.makefile("rb") as lines:
+        first = json.loads(lines.readline())
+        ids = list(range(1, len(first["jobs"]) + 1))
+        conn.sendall(json.dumps({"id": first["id"], "ok": True, "ids": ids}).encode() + b"\n")
+        answered.set()
+        done.wait(60)
+
+
+def test_ctrl_c_during_a_batch_says_which_jobs_were_added_and_the_key(gsup, home, workdir):
+    home.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(home / "gsup.sock"))
+    listener.listen()
+    answered, done = threading.Event(), threading.Event()
+    daemon = threading.Thread(target=_answer_one_add_then_stall, args=(listener, answered, done))
+    daemon.start()
+    # Requests of megabytes (no two lines alike): the second cannot fit in the socket's
+    # buffers, so the client is still sending it when Ctrl-C comes.
+    (workdir / "lines").write_text("".join(f"jobs:add {n}{'x' * 1000}\n" for n in range(20_000)))
+    client = subprocess.Popen(
+        [sys.executable, "-P", "-m", "gsup", "add", "--from", "lines"], env=gsup.env,
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert answered.wait(60)
+    client.send_signal(signal.SIGINT)
+    out, err = client.communicate(timeout=60)
+    done.set()
+    daemon.join(10)
+    listener.close()
+    added = [str(job) for job in range(1, int(out.split()[-1]) + 1)]
+    assert (client.returncode, out.split()) == (1, added)
+    key = re.fullmatch(
+        rf"gsup: error: interrupted; {len(added):,} of 20,000 jobs were added; run it again"
+        r" with --key ([0-9a-f]{16}) to add the rest, never twice\n",
+        err,
+    )
+    assert key is not None, err
