@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -209,4 +210,21 @@ def test_a_journal_that_is_a_fifo_is_refused_not_read(gsup, home, command):
     assert (result.returncode, result.stderr) == (
         1,
         f"gsup: error: {journal} is not a journal: not a regular file\n",
+    )
+
+
+def test_a_journal_that_cannot_be_changed_stops_the_start_with_one_line(make_daemon, gsup,
+                                                                        home, env):  # fmt: skip
+    make_daemon()
+    gsup("stop")
+    journal = home / "journal.sqlite"
+    if subprocess.run(["chattr", "+i", str(journal)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here (root is refused nothing else)")
+    try:
+        result = run_daemon_expecting_exit(env)
+    finally:
+        subprocess.run(["chattr", "-i", str(journal)], check=True)
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"gsup: error: cannot set the mode of {journal}: Operation not permitted\n",
     )

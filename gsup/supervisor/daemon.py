@@ -159,6 +159,8 @@ class Supervisor:
         try:
             self.journal.commit()
         except JournalStalled as exc:
+            if "readonly" in str(exc):  # no wait mends it: the file's mode or the mount
+                raise DaemonError(f"cannot write the journal {self.paths.journal}: {exc}") from None
             if not self._wait_for_journal(exc, self.journal.retry):
                 raise DaemonError("stopped before the journal could be written") from None
         self.journal.sync()

@@ -123,7 +123,10 @@ def protect_journal(paths: Paths, access: Access) -> None:
     user's (and the configured group's) only."""
     for path in [*paths.journal_files, *paths.home.glob("journal.sqlite.v*.bak")]:
         if path.exists():
-            access.protect(path, access.file_mode)
+            try:
+                access.protect(path, access.file_mode)
+            except OSError as exc:
+                raise DaemonError(f"cannot set the mode of {path}: {exc.strerror}") from None
 
 
 def listen(paths: Paths, access: Access) -> socket.socket:
