@@ -7,6 +7,7 @@ A reply is queued during the turn and sent only once the turn is in the journal
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import resource
 import selectors
@@ -36,6 +37,8 @@ INPUT_STALL = 10.0
 # files), out of reach of clients: at most a quarter of the open-files limit.
 FD_RESERVE = 64
 MAX_CLIENTS = 10_000  # connections at once; idle ones cost memory too
+ACCEPTS_PER_TURN = 64  # then the turn goes on: clients that closed are dropped meanwhile
+OWN_FDS_EVERY = 1.0  # seconds between counts of the daemon's own descriptors
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Connections:
         self.listener: socket.socket | None = None
         self.refusing: str | None = None  # while set, each request gets it as its error
         self.turning_away = False  # said so; said again after a client is taken
+        self._own_fds = (-math.inf, 0)  # (when counted, the daemon's own descriptors)
 
     def listen(self, listener: socket.socket) -> None:
         self.listener = listener
@@ -96,8 +100,11 @@ class Connections:
             self.listener.close()
 
     def _accept(self, mask: int) -> None:
+        """Take waiting clients, a bounded number per turn: a client that connects and
+        closes in a loop must not keep the loop from reading the others (and dropping
+        those that closed)."""
         assert self.listener is not None
-        while True:
+        for _ in range(ACCEPTS_PER_TURN):
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -127,8 +134,17 @@ class Connections:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return MAX_CLIENTS
-        own = _open_fds() - len(self.open) - 1  # the daemon's own, not the one just taken
-        return max(0, min(MAX_CLIENTS, soft - own - min(FD_RESERVE, soft // 4)))
+        return max(0, min(MAX_CLIENTS, soft - self._own() - min(FD_RESERVE, soft // 4)))
+
+    def _own(self) -> int:
+        """The daemon's own descriptors (not its clients', nor the one just taken),
+        counted at most once a second: listing /proc/self/fd at every accept made a
+        client that connects in a loop cost the daemon time that grew with its clients."""
+        when, count = self._own_fds
+        if self.loop.now() - when >= OWN_FDS_EVERY:
+            count = _open_fds() - len(self.open) - 1
+            self._own_fds = (self.loop.now(), count)
+        return count
 
     def _turn_away(self, sock: socket.socket, error: str) -> None:
         """One line, then close at once: a refused client keeps no descriptor. What it
