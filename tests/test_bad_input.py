@@ -182,13 +182,17 @@ def test_jobs_the_daemon_cannot_judge_fail_alone_and_the_pool_lives_on(daemon, g
     bad = [
         _add_raw(daemon.home, {**call, "arguments": "garbage("}),
         _add_raw(daemon.home, {**call, "arguments": "1"}),
-        _add_raw(daemon.home, {"kind": "cmd", "argv": ["echo", "a\u0000b"], "cwd": "/"}),
         _add_raw(daemon.home, {"kind": "cmd", "argv": ["true"], "env": {"A=B": "1"}}),
         gsup.add("odd:raise_odd"),
     ]
     assert set(gsup.wait(*bad).values()) == {"failed"}
     assert "not a literal (args, kwargs) pair" in gsup.show(bad[0])["reason"]
-    assert gsup.show(bad[4])["error"] == "Odd: <its str() raised>"
+    assert gsup.show(bad[3])["error"] == "Odd: <its str() raised>"
+    # A word no program can be given is refused when it is added (see test_hostile_texts).
+    nul = json.dumps({"verb": "add", "id": 1, "jobs": [
+        {"kind": "cmd", "argv": ["echo", "a\u0000b"], "cwd": "/"}]}).encode() + b"\n"  # fmt: skip
+    (refused,) = _raw_exchange(daemon.home, nul)
+    assert refused["error"] == "argv must be a list of UTF-8 strings without NUL"
     # All five worker threads still work: five jobs that need each other to finish.
     flag = workdir / "go"
     together = [gsup.add("jobs:wait_for_file", str(flag)) for _ in range(5)]

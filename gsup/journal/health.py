@@ -231,7 +231,7 @@ def _copy_with_new_header(journal: Path, scratch: Path, page_size: int) -> None:
 def _rows(conn: sqlite3.Connection, table: str, columns: list[str]) -> Iterator[tuple]:
     """(rowid, *columns) of each readable row, in rowid order, skipping damaged pages."""
     scan = f"SELECT rowid, {', '.join(columns)} FROM {table} WHERE rowid > ? ORDER BY rowid"
-    after, stuck = FIRST_ROWID, None
+    after, failed_from = FIRST_ROWID, None
     while True:
         try:
             for row in conn.execute(scan, (after,)):
@@ -239,12 +239,15 @@ def _rows(conn: sqlite3.Connection, table: str, columns: list[str]) -> Iterator[
                 yield row
             return
         except sqlite3.DatabaseError:
+            if after >= LAST_ROWID:
+                return
             following = _first_readable(conn, table, after + 1)
             if following is None:
                 return
-            # Failing twice from one place: the row there is found but cannot be read.
-            after = following if stuck == after else following - 1
-            stuck = after
+            # Try from just before the next row a seek reaches; failing from there again,
+            # that row is found but cannot be read: go past it. Each failure moves on.
+            start = following - 1 if failed_from != after else following
+            after, failed_from = max(start, after + (failed_from == after)), after
 
 
 def _first_readable(conn: sqlite3.Connection, table: str, start: int) -> int | None:
