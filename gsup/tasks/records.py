@@ -32,7 +32,7 @@ class UnitState(StrEnum):
     SKIPPED = "skipped"  # never run: its transform failed first
 
 
-UNIT_STATES = tuple(UnitState)
+UNIT_STATES = tuple(state.value for state in UnitState)  # plain texts, for JSON and reprs
 
 
 def end_state(done: int, failed: int, aborted: bool) -> TaskState:
