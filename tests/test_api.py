@@ -197,7 +197,7 @@ def test_queues_prints_the_same_table_as_the_cli(daemon, env, workdir):
         """
         from gsup import queues
         queues.freeze("user")
-        queues.add("jobs:add", args=(1,))
+        queues.add("jobs:add", args=(1,)).id  # journaled: the table reads the journal
         print(repr(queues))
         """
     )
