@@ -144,8 +144,9 @@ class Policy:
         return min(self.retry_delay * growth, MAX_RETRY_DELAY)
 
 
-# The cause of a failure that a retry would meet again: the target cannot be imported
-# (a missing module or attribute, a syntax error) or its arguments do not bind.
+# The cause of a failure that a retry would meet again: the target cannot be loaded (a
+# missing module or attribute, a syntax error, arguments that cannot be read). Arguments
+# that do not bind fail inside the call, as a TypeError, and are retried as any failure.
 RECURRING = "gsup.targets.TargetError"
 
 
