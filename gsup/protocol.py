@@ -453,7 +453,7 @@ def _prune(message: dict[str, Any]) -> dict[str, Any]:
     return {"older_than": float(older_than), "state": state}
 
 
-TASK_ACTIONS = ("pause", "resume", "retry_failed", "reset")
+TASK_ACTIONS = ("pause", "resume", "retry_failed", "retry_merge", "reset")
 
 
 def _task_submit(message: dict[str, Any]) -> dict[str, Any]:

@@ -404,3 +404,23 @@ def test_without_overwrite_an_out_made_during_the_merge_is_kept(
 
 def test_which_mergers_are_incremental():
     assert [merger_for(kind).incremental for kind in ("text", "csv", "jsonl", "tar")] == [True] * 4
+
+
+def test_a_merge_run_again_after_its_append_landed_writes_nothing_and_says_so(tmp_path):
+    """A merge job requeued after a crash that came after its append: the file is not the
+    size the journal knows, so it is left as it is, for the engine to write anew."""
+    from gsup.tasks.merge_job import merge
+
+    for n in (0, 1):
+        (tmp_path / str(n)).mkdir()
+        (tmp_path / str(n) / "out.csv").write_text(f"n\n{n}\n")
+    out = str(tmp_path / "merged.csv")
+    common = {"out": out, "kind": "csv", "root": str(tmp_path), "outputs": ["out.csv"]}
+    first = merge(units=[0], base=None, overwrite=False, **common)
+    assert first == {"size": len("n\n0\n")}
+    second = merge(units=[1], base=first["size"], overwrite=True, **common)
+    assert second == {"size": len("n\n0\n1\n")}
+    assert merge(units=[1], base=first["size"], overwrite=True, **common) == {
+        "stale": second["size"]
+    }
+    assert Path(out).read_text() == "n\n0\n1\n"

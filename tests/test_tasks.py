@@ -51,12 +51,14 @@ target = "taskjobs:gen"
 units = {units}
 outputs = ["out.csv"]
 retries = 1
+merger = {{kind = "csv", ignore_failed = true}}
 
 [[transform]]
 name = "fit"
 target = "taskjobs:fit"
 inputs_from = "gen"
 outputs = ["fit.json"]
+merger = "jsonl"
 """
 UNITS = 200
 ALWAYS_FAIL = [n for n in range(UNITS) if n % 50 == 7]  # 7, 57, 107, 157
@@ -103,6 +105,20 @@ def _check_sweep(gsup, home: Path, task: int) -> None:
                                          " ON t.id = u.transform WHERE t.name = 'fit'")
     )  # fmt: skip
     assert sums == sorted(n * n for n in range(UNITS) if n not in ALWAYS_FAIL)
+    _check_merged(home, task, shown)
+
+
+def _check_merged(home: Path, task: int, shown: dict) -> None:
+    """Each merged file holds every done unit's output exactly once, and nothing else."""
+    done = [n for n in range(UNITS) if n not in ALWAYS_FAIL]
+    header, *rows = (home / "tasks" / str(task) / "gen" / "merged.csv").read_text().splitlines()
+    assert (header, sorted(rows)) == ("n,square", sorted(f"{n},{n * n}" for n in done))
+    lines = (home / "tasks" / str(task) / "fit" / "merged.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert sorted(r["sum"] for r in records) == sorted(n * n for n in done)
+    assert len({r["unit"] for r in records}) == len(done)
+    assert [(t["merge"]["state"], t["merge"]["merged"]) for t in shown["transforms"]] == [
+        ("done", len(done)), ("done", len(done))]  # fmt: skip
 
 
 def test_a_two_stage_sweep_runs_to_its_end(daemon, gsup, home, task_dir):
@@ -160,10 +176,11 @@ def test_a_unit_without_its_declared_output_fails(daemon, gsup, task_dir):
     text = text.replace("units = [[1]]", "units = [[]]")
     task = _submit(gsup, task_dir, text)
     assert gsup("task", "wait", str(task), check=False).stdout.splitlines()[-1] == (
-        f"task {task} failed"
+        f"task {task} failed (gen: all 1 units failed)"
     )
     gen, fit = _shown(gsup, task)["transforms"]
     assert (gen["state"], gen["units"]["failed"]) == ("failed", 1)
+    assert gen["failures"] == [{"unit": 0, "reason": "missing output out.csv"}]
     assert (fit["state"], fit["reason"]) == ("failed", "no units: gen had none done")
 
 
@@ -219,4 +236,124 @@ def test_a_task_built_in_python(daemon, env, task_dir):
     assert second == (
         "transform 'gen': <lambda> cannot be imported by name (a lambda, a closure or a"
         " function of __main__); a task's units run later: give a module's function"
+    )
+
+
+MERGE_JOBS = textwrap.dedent(
+    """
+    from pathlib import Path
+    from gsup import current
+
+    def make(n):
+        if n == "x":
+            raise ValueError("no unit x")
+        # Unit n > 0 waits for the test to let it end (a file "go-n" beside this one).
+        while n and not Path(__file__).with_name(f"go-{n}").exists():
+            pass
+        (current().outdir / "out.csv").write_text(f"n\\n{n}\\n")
+
+    def concat(files, out):
+        raise ValueError("no merge today")
+    """
+)
+
+MERGED = """
+[task]
+name = "m"
+
+[[transform]]
+name = "make"
+target = "mergejobs:make"
+units = {units}
+outputs = ["out.csv"]
+merger = {merger}
+"""
+
+
+def _merge_task(gsup, task_dir: Path, units: list[int], merger: str) -> int:
+    (task_dir / "mergejobs.py").write_text(MERGE_JOBS)
+    return _submit(gsup, task_dir, MERGED.format(units=[[n] for n in units], merger=merger))
+
+
+def _merges(home: Path) -> list[tuple]:
+    return journal_rows(home, "SELECT full, state, units FROM merges ORDER BY id")
+
+
+def test_a_merged_file_changed_by_hand_is_written_anew(daemon, gsup, home, task_dir):
+    task = _merge_task(gsup, task_dir, [0, 1], '"csv"')
+    merged = home / "tasks" / str(task) / "make" / "merged.csv"
+    wait_until(lambda: _merges(home) == [(1, "done", 1)], what="unit 0 to be merged")
+    with merged.open("a") as file:
+        file.write("a line of someone else's\n")
+    (task_dir / "go-1").touch()
+    assert gsup("task", "wait", str(task)).stdout.splitlines()[-1] == f"task {task} completed"
+    # The append found the file changed and wrote nothing; the next merge wrote it anew.
+    assert _merges(home) == [(1, "done", 1), (0, "stale", 1), (1, "done", 2)]
+    assert merged.read_text() == "n\n0\n1\n"
+
+
+def test_a_reset_unit_is_merged_once(daemon, gsup, home, task_dir):
+    (task_dir / "go-1").touch()
+    task = _merge_task(gsup, task_dir, [0, 1], '"csv"')
+    assert gsup("task", "wait", str(task)).returncode == 0
+    merged = home / "tasks" / str(task) / "make" / "merged.csv"
+    assert sorted(merged.read_text().splitlines()) == ["0", "1", "n"]
+    gsup("task", "reset", str(task), "make/1")
+    assert gsup("task", "wait", str(task)).returncode == 0
+    assert merged.read_text() == "n\n0\n1\n"  # 0 as it was merged, then 1 again, anew
+
+
+def test_a_merger_that_raises_fails_the_merge_and_retry_merge_runs_it_again(
+    daemon, gsup, home, task_dir
+):
+    task = _merge_task(gsup, task_dir, [0], '"mergejobs:concat"')
+    result = gsup("task", "wait", str(task), check=False)
+    assert (result.returncode, result.stdout.splitlines()[-1]) == (
+        1, f"task {task} completed_with_failures (make: merge failed: job 2 failed:"
+        " MergeError: merger mergejobs:concat raised ValueError: no merge"
+        " today)")  # fmt: skip
+    shown = _shown(gsup, task)["transforms"][0]
+    assert (shown["units"]["done"], shown["merge"]["state"]) == (1, "failed")
+    assert "ValueError: no merge today" in gsup("show", "2").stdout  # its traceback
+    (task_dir / "mergejobs.py").write_text(MERGE_JOBS.replace(
+        'raise ValueError("no merge today")', "Path(out).write_text(Path(files[0]).read_text())"
+    ))  # fmt: skip
+    assert gsup("task", "retry-merge", str(task)).stdout == (
+        f"1 merges of task {task} to run again, anew\n"
+    )
+    assert gsup("task", "wait", str(task)).stdout.splitlines()[-1] == f"task {task} completed"
+    assert (home / "tasks" / str(task) / "make" / "merged").read_text() == "n\n0\n"
+
+
+def test_an_output_gone_before_its_merge_is_reported(daemon, gsup, home, task_dir):
+    gsup("freeze", "--queue", "monitoring")
+    task = _merge_task(gsup, task_dir, [0], '"csv"')
+    wait_until(lambda: _merges(home) == [(1, "running", 1)], what="the merge to be queued")
+    (home / "tasks" / str(task) / "make" / "0" / "out.csv").unlink()
+    gsup("unfreeze")
+    assert gsup("task", "wait", str(task), check=False).stdout.splitlines()[-1] == (
+        f"task {task} completed_with_failures (make: merge failed: job 2 failed:"
+        " MergeError: unit 0: its output out.csv disappeared before it"
+        " was merged)"
+    )
+
+
+def test_without_ignore_failed_a_merge_lacking_units_is_kept_as_partial(
+    daemon, gsup, home, task_dir
+):
+    (task_dir / "go-1").touch()
+    (task_dir / "mergejobs.py").write_text(MERGE_JOBS)
+    text = MERGED.format(units=[[0], ["x"]], merger='"csv"')
+    task = _submit(gsup, task_dir, text)
+    result = gsup("task", "wait", str(task), check=False)
+    assert result.stdout.splitlines()[-1] == (
+        f"task {task} completed_with_failures (make: 1 units failed: what the others made is"
+        " in merged.csv.partial (ignore_failed = true merges without them))"
+    )
+    folder = home / "tasks" / str(task) / "make"
+    assert not (folder / "merged.csv").exists()
+    assert (folder / "merged.csv.partial").read_text() == "n\n0\n"
+    assert _shown(gsup, task)["transforms"][0]["reason"] == (
+        "1 units failed: what the others made is in merged.csv.partial"
+        " (ignore_failed = true merges without them)"
     )

@@ -239,5 +239,23 @@ def _v4_to_v5(migrator: SqliteMigrator) -> None:
         database.execute_sql(sql)
 
 
-STEPS: list[Callable[[SqliteMigrator], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5]
+def _v5_to_v6(migrator: SqliteMigrator) -> None:
+    """Merges: each run of a transform's merger, and which units it holds."""
+    for sql in (
+        'ALTER TABLE "units" ADD COLUMN "merged" INTEGER',
+        'ALTER TABLE "units" ADD COLUMN "landed" REAL',
+        'CREATE TABLE "merges" ("id" INTEGER NOT NULL PRIMARY KEY, "task" INTEGER NOT NULL,'
+        ' "transform" INTEGER NOT NULL, "job" INTEGER NOT NULL, "out" TEXT NOT NULL,'
+        ' "full" INTEGER NOT NULL,'
+        ' "state" TEXT NOT NULL, "units" INTEGER NOT NULL, "size" INTEGER, "error" TEXT,'
+        ' "created" REAL NOT NULL, "ended" REAL)',
+        'CREATE INDEX "merge_transform" ON "merges" ("transform")',
+        'CREATE INDEX "merge_job" ON "merges" ("job")',
+    ):
+        database.execute_sql(sql)
+
+
+STEPS: list[Callable[[SqliteMigrator], None]] = [
+    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6,
+]  # fmt: skip
 assert len(STEPS) == SCHEMA_VERSION - 1, "a migration step per version"

@@ -34,7 +34,7 @@ RUNNING_INDEX = "INDEXED BY jobs_running"
 
 # PRAGMA user_version of a journal that schema.py's models describe. 0.1.0 wrote
 # version 1 (it left user_version at 0: a file with a `jobs` table and version 0).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class Unreadable(Exception):

@@ -216,10 +216,35 @@ class Unit(BaseModel):
     job = pw.IntegerField(null=True)
     jobs = pw.IntegerField(default=0)  # jobs made for it (a reset makes a new one)
     reason = pw.TextField(null=True)  # why it failed or was skipped
+    merged = pw.IntegerField(null=True)  # merges.id: the merge that put its outputs in
+    landed = pw.FloatField(null=True)  # when its declared outputs were seen to land
 
     class Meta:
         table_name = "units"
         indexes = ((("transform", "idx"), True),)
+
+
+class Merge(BaseModel):
+    """One run of a transform's merger (a job on the monitoring pool): it adds the units
+    whose `merged` is its id to the merged file, or (`full`) writes the file anew from
+    them. A unit is in the merged file once its merge is `done`."""
+
+    id = pw.AutoField()
+    task = pw.IntegerField()
+    transform = pw.IntegerField()
+    job = pw.IntegerField()
+    out = pw.TextField()  # the merged file
+    full = pw.BooleanField()
+    state = pw.TextField()  # running | done | stale | failed
+    units = pw.IntegerField()  # how many units it adds
+    size = pw.IntegerField(null=True)  # the merged file's size after it
+    error = pw.TextField(null=True)  # why it failed, in one line
+    created = pw.FloatField()
+    ended = pw.FloatField(null=True)
+
+    class Meta:
+        table_name = "merges"
+        indexes = ((("transform",), False), (("job",), False))
 
 
 # The engine's queries: the next waiting units of a task; the units in flight.
@@ -228,4 +253,4 @@ Unit.add_index(Unit.index(Unit.task, Unit.transform, Unit.idx, name="units_waiti
 Unit.add_index(Unit.index(Unit.job, name="units_submitted").where(Unit.state == "submitted"))
 
 
-MODELS = (Job, Attempt, Result, Event, Command, Pool, Mark, Batch, Task, Transform, Unit)
+MODELS = (Job, Attempt, Result, Event, Command, Pool, Mark, Batch, Task, Transform, Unit, Merge)

@@ -57,7 +57,8 @@ class TaskHandle:
         return state
 
     def control(self, action: str, unit: str | None = None) -> str:
-        """pause, resume, retry_failed, reset (of `unit`, TRANSFORM/INDEX): what was done."""
+        """pause, resume, retry_failed, retry_merge, reset (of `unit`, TRANSFORM/INDEX):
+        what was done."""
         reply = self._client.request("task_control", task=self.id, action=action, unit=unit)
         return reply["said"]
 

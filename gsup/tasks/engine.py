@@ -34,6 +34,7 @@ from gsup.supervisor.jobs import JobBook
 from gsup.supervisor.loop import say
 from gsup.targets import describe_call, literal_text
 from gsup.tasks import spec as specs
+from gsup.tasks.merging import Merging, TransformMerge
 from gsup.tasks.records import TaskState, UnitState, end_state
 
 RETRY_ANYTHING = ["BaseException", "timeout", "exit"]  # retry_on that names every cause
@@ -51,6 +52,7 @@ class LiveTransform:
     ended: bool = False
     aborted: bool = False
     next_index: int = 0  # the index its next chained unit gets
+    merge: TransformMerge | None = None  # with a merger: where its merging stands
 
     @property
     def open_units(self) -> int:
@@ -91,6 +93,7 @@ class TaskEngine:
         self.unit_of_job: dict[int, UnitRow] = {}  # the jobs of submitted units
         self._ends: list[tuple[int, State]] = []  # job ends of this turn
         self._dirty: set[int] = set()  # tasks to look at in `settle`
+        self.merging = Merging(journal, book)
         book.subscribe_ends(self._job_ended)
         book.subscribe(self._changed)
 
@@ -127,6 +130,7 @@ class TaskEngine:
                 ended=transform_state != TaskState.RUNNING,
             ))  # fmt: skip
         self._count_units(task)
+        self.merging.load(task)
         self.tasks[task_id] = task
         self._dirty.add(task_id)
         return task
@@ -159,7 +163,8 @@ class TaskEngine:
                 (live.id, position, transform.name, TaskState.RUNNING),
             )
             counts = dict.fromkeys(UnitState, 0)
-            live.transforms.append(LiveTransform(row.lastrowid, transform, counts))
+            merge = TransformMerge() if transform.merger is not None else None
+            live.transforms.append(LiveTransform(row.lastrowid, transform, counts, merge=merge))
         for transform in live.transforms:
             units = specs.expand_units(task, transform.spec)
             self._add_units(live, transform, [
@@ -172,8 +177,8 @@ class TaskEngine:
         return live.id
 
     def control(self, task_id: int, action: str, unit: str | None = None) -> str:
-        """pause, resume, retry_failed, or reset (`unit`: TRANSFORM/INDEX); what it did.
-        The last two take up an ended task again."""
+        """pause, resume, retry_failed, retry_merge or reset (`unit`: TRANSFORM/INDEX);
+        what it did. The last three take up an ended task again."""
         task = self.tasks.get(task_id)
         if task is None:
             task = self._revive(task_id, action)
@@ -185,6 +190,8 @@ class TaskEngine:
             return f"task {task_id} {'paused' if task.paused else 'resumed'}"
         if action == "retry_failed":
             return f"{self._requeue_units(task, None)} failed units of task {task_id} to run again"
+        if action == "retry_merge":
+            return self._retry_merge(task)
         assert action == "reset" and unit is not None
         return self._reset(task, unit)
 
@@ -194,9 +201,9 @@ class TaskEngine:
                                           (task_id,)).fetchone()  # fmt: skip
         if row is None:
             raise TaskRequestError(f"no task {task_id}")
-        if action not in ("retry_failed", "reset"):
+        if action not in ("retry_failed", "retry_merge", "reset"):
             raise TaskRequestError(f"task {task_id} has ended ({row[0]})")
-        self.journal.write("UPDATE tasks SET state = ?, ended = NULL WHERE id = ?",
+        self.journal.write("UPDATE tasks SET state = ?, ended = NULL, reason = NULL WHERE id = ?",
                            (TaskState.RUNNING, task_id))  # fmt: skip
         return self._load_task(task_id)
 
@@ -208,21 +215,34 @@ class TaskEngine:
             (task.id, only) if only is not None else (task.id,),
         ).fetchall()
         by_id = {t.id: t for t in task.transforms}
-        for _unit, transform, idx, state in rows:
+        for unit, transform, idx, state in rows:
             live = by_id[transform]
             self._move_aside(self._outdir(task, live, idx))
+            if state == UnitState.DONE:
+                self.merging.unit_reset(live, unit)
             live.counts[UnitState(state)] -= 1
             live.counts[UnitState.WAITING] += 1
-        for live in task.transforms:  # as the journal has them below: each ends anew
-            live.ended = live.aborted = False
         self.journal.write("UPDATE units SET state = 'waiting', reason = NULL WHERE id = ?",
                            [(row[0],) for row in rows], many=True)  # fmt: skip
-        self.journal.write(
-            "UPDATE transforms SET state = 'running', ended = NULL, reason = NULL"
-            " WHERE task = ? AND state != 'running'",
-            (task.id,),
-        )
+        self._reopen(task, task.transforms)
         return len(rows)
+
+    def _reopen(self, task: LiveTask, transforms: list[LiveTransform]) -> None:
+        """Transforms that end anew (each, once what it waits for has ended)."""
+        for live in transforms:
+            live.ended = live.aborted = False
+        self.journal.write(
+            "UPDATE transforms SET state = 'running', ended = NULL, reason = NULL WHERE id = ?",
+            [(live.id,) for live in transforms],
+            many=True,
+        )
+
+    def _retry_merge(self, task: LiveTask) -> str:
+        retried = self.merging.retry(task)
+        if not retried:
+            raise TaskRequestError(f"task {task.id} has no failed merge")
+        self._reopen(task, [t for t in retried if t.ended])
+        return f"{len(retried)} merges of task {task.id} to run again, anew"
 
     def _reset(self, task: LiveTask, name: str) -> str:
         transform_name, _, index = name.rpartition("/")
@@ -241,7 +261,7 @@ class TaskEngine:
     # --- what the job book reports --------------------------------------------------
 
     def _job_ended(self, job: int, state: State) -> None:
-        if job in self.unit_of_job:
+        if job in self.unit_of_job or job in self.merging.merge_of_job:
             self._ends.append((job, state))
 
     def _changed(self, change: StateChange) -> None:
@@ -262,9 +282,14 @@ class TaskEngine:
             unit = self.unit_of_job.pop(job, None)
             if unit is not None:
                 self._unit_ended(unit, job, state)
+            elif (merge := self.merging.merge_of_job.get(job)) is not None:
+                task = self.tasks[merge[0]]
+                self.merging.ended(job, state, self._transform(task, merge[1]))
+                self._dirty.add(task.id)
         while self._dirty:
             task = self.tasks.get(self._dirty.pop())
             if task is not None:
+                self.merging.start(task, self.folder / str(task.id))
                 self._end_transforms(task)
                 self._fill(task)
                 self._end_task(task)
@@ -284,6 +309,7 @@ class TaskEngine:
         transform.counts[after] += 1
         self._dirty.add(task.id)
         if after == UnitState.DONE:
+            self.merging.unit_done(transform, unit.idx)
             self._chain_each(task, transform, unit, outdir)
         elif _over_budget(transform):
             self._abort(task, transform)
@@ -324,6 +350,8 @@ class TaskEngine:
         for transform in task.transforms:
             if transform.ended or transform.open_units:
                 continue
+            if transform.merge is not None and not transform.merge.settled():
+                continue  # its merged file is whole when it ends
             source = transform.spec.inputs_from
             upstream = task.transform(source.transform) if source is not None else None
             if upstream is not None and not upstream.ended:
@@ -355,9 +383,13 @@ class TaskEngine:
                        upstream: LiveTransform | None) -> None:  # fmt: skip
         counts = transform.counts
         state = end_state(counts[UnitState.DONE], counts[UnitState.FAILED], transform.aborted)
-        reason = None
+        reason = self.merging.finish(transform, self.folder / str(task.id))
+        if reason is not None and state == TaskState.COMPLETED:
+            state = TaskState.COMPLETED_WITH_FAILURES  # its merged file is not whole
         if transform.aborted:
             reason = f"over abort_after ({counts[UnitState.FAILED]} units failed)"
+        elif counts[UnitState.FAILED] and not counts[UnitState.DONE]:
+            reason = f"all {counts[UnitState.FAILED]} units failed"
         elif not counts[UnitState.DONE] and not counts[UnitState.FAILED]:
             state = TaskState.FAILED
             reason = f"no units: {upstream.spec.name} had none done" if upstream else "no units"
@@ -371,16 +403,21 @@ class TaskEngine:
     def _end_task(self, task: LiveTask) -> None:
         if not all(t.ended for t in task.transforms):
             return
-        states = [row[0] for row in self.journal.reader.execute(
-            "SELECT state FROM transforms WHERE task = ?", (task.id,))]  # fmt: skip
+        rows = self.journal.reader.execute(
+            "SELECT name, state, reason FROM transforms WHERE task = ? ORDER BY position",
+            (task.id,),
+        ).fetchall()
+        states = [row[1] for row in rows]
         if all(s == TaskState.COMPLETED for s in states):
             state = TaskState.COMPLETED
         elif TaskState.FAILED in states:
             state = TaskState.FAILED
         else:
             state = TaskState.COMPLETED_WITH_FAILURES
-        self.journal.write("UPDATE tasks SET state = ?, ended = ? WHERE id = ?",
-                           (state, self.book.wall(), task.id))  # fmt: skip
+        # The first reason a transform gave, for `task wait`'s last line.
+        reason = next((f"{name}: {why}" for name, _, why in rows if why), None)
+        self.journal.write("UPDATE tasks SET state = ?, ended = ?, reason = ? WHERE id = ?",
+                           (state, self.book.wall(), reason, task.id))  # fmt: skip
         del self.tasks[task.id]
         say(f"task {task.id} ({task.spec.name}) ended {state}")
 

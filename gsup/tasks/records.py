@@ -4,7 +4,7 @@ the reads that the engine and the CLI share (one definition of each)."""
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -43,20 +43,37 @@ def end_state(done: int, failed: int, aborted: bool) -> TaskState:
 
 
 @dataclass
+class MergeProgress:
+    out: str  # the merged file
+    state: str  # of its last merge: running | done | stale | failed
+    merged: int  # units in the file
+    size: int | None  # its size after the last merge that landed
+    error: str | None  # why the last merge failed
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
 class TransformProgress:
     id: int
     name: str
     state: str
     reason: str | None
     counts: dict[str, int]  # units by state
+    merge: MergeProgress | None = None  # None: no merge has run yet
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (index, why), the first
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
     def to_json(self) -> dict[str, Any]:
+        failures = [{"unit": idx, "reason": why} for idx, why in self.failures]
+        merge = self.merge.to_json() if self.merge else None
         return {"name": self.name, "state": self.state, "reason": self.reason,
-                "units": self.counts, "total": self.total}  # fmt: skip
+                "units": self.counts, "total": self.total, "merge": merge,
+                "failures": failures}  # fmt: skip
 
 
 def task_row(conn: sqlite3.Connection, task: int) -> dict[str, Any] | None:
@@ -99,5 +116,34 @@ def progress(conn: sqlite3.Connection, task: int) -> list[TransformProgress]:
         (task,),
     ):
         counted[transform][state] = count
-    return [TransformProgress(id_, name, state, reason, counted[id_])
+    return [TransformProgress(id_, name, state, reason, counted[id_], _merge(conn, id_),
+                              _failures(conn, id_, FAILURES_SHOWN))
             for id_, name, state, reason in transforms]  # fmt: skip
+
+
+FAILURES_SHOWN = 5  # failed units whose reason a transform's progress carries
+
+
+def _merge(conn: sqlite3.Connection, transform: int) -> MergeProgress | None:
+    last = conn.execute(
+        "SELECT out, state, error FROM merges WHERE transform = ? ORDER BY id DESC LIMIT 1",
+        (transform,),
+    ).fetchone()
+    if last is None:
+        return None
+    merged, size = conn.execute(
+        "SELECT (SELECT count(*) FROM units u JOIN merges m ON m.id = u.merged"
+        "        WHERE u.transform = ?1 AND m.state = 'done'),"
+        " (SELECT size FROM merges WHERE transform = ?1 AND state = 'done'"
+        "  ORDER BY id DESC LIMIT 1)",
+        (transform,),
+    ).fetchone()
+    return MergeProgress(last[0], last[1], merged, size, last[2])
+
+
+def _failures(conn: sqlite3.Connection, transform: int, limit: int) -> list[tuple[int, str]]:
+    return conn.execute(
+        "SELECT idx, reason FROM units WHERE transform = ? AND state = 'failed'"
+        " ORDER BY idx LIMIT ?",
+        (transform, limit),
+    ).fetchall()

@@ -1,4 +1,4 @@
-"""`gsup task ...`: submit a task file, follow tasks, pause, resume, retry, reset."""
+"""`gsup task ...`: submit a task file, follow tasks, pause, resume, retry, merge, reset."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def show(task_id: TaskId, as_json: Json = False, home: Home = None) -> None:
         print_json({**row, "transforms": [t.to_json() for t in transforms]})
         return
     print(f"task {row['id']} {row['name']}: {row['state']}" + _reason(row))
-    for line in _progress_lines(transforms, row):
+    for line in _progress_lines(transforms, row) + _detail_lines(transforms):
         print(line)
 
 
@@ -112,6 +112,20 @@ def _progress_lines(transforms: list[TransformProgress], row: dict[str, Any]) ->
             f" {t.state}" + (f" ({t.reason})" if t.reason else "")
             + f": {counts or 'no units yet'}; {rate:.1f} units/s{eta}"
         )  # fmt: skip
+    return lines
+
+
+def _detail_lines(transforms: list[TransformProgress]) -> list[str]:
+    """Under `show`'s progress: each merged file, and the first failed units' reasons."""
+    lines = []
+    for t in transforms:
+        if t.merge is not None:
+            m = t.merge
+            lines.append(f"  {t.name} merged: {m.out} ({m.merged} units)"
+                         + (f"; last merge {m.state}: {m.error}" if m.error else ""))  # fmt: skip
+        lines += [f"  {t.name}/{idx} failed: {why}" for idx, why in t.failures]
+        if len(t.failures) < t.counts["failed"]:
+            lines.append(f"  {t.name}: {t.counts['failed'] - len(t.failures)} more failed")
     return lines
 
 
@@ -168,6 +182,12 @@ def resume(task_id: TaskId, home: Home = None) -> None:
 def retry_failed(task_id: TaskId, home: Home = None) -> None:
     """Run its failed units again (an ended task runs again)."""
     _control(task_id, "retry_failed", home)
+
+
+@task.command("retry-merge")
+def retry_merge(task_id: TaskId, home: Home = None) -> None:
+    """Merge again, anew, each transform whose merge failed (an ended task runs again)."""
+    _control(task_id, "retry_merge", home)
 
 
 @task.command()
