@@ -357,3 +357,23 @@ def test_without_ignore_failed_a_merge_lacking_units_is_kept_as_partial(
         "1 units failed: what the others made is in merged.csv.partial"
         " (ignore_failed = true merges without them)"
     )
+
+
+def test_an_output_is_noticed_as_it_lands_before_its_job_ends(daemon, gsup, home, task_dir):
+    text = """
+[task]
+name = "land"
+
+[[transform]]
+name = "write"
+cmd = ["sh", "-c", "echo x > out.txt; while [ ! -e $0 ]; do sleep 0.01; done", "{go}"]
+units = [[]]
+outputs = ["out.txt"]
+"""
+    go = task_dir / "go"
+    task = _submit(gsup, task_dir, text.format(go=go))
+    landed = "SELECT state, landed IS NOT NULL FROM units"
+    wait_until(lambda: journal_rows(home, landed) == [("submitted", 1)],
+               what="out.txt to be seen landing while its unit runs")  # fmt: skip
+    go.touch()
+    assert gsup("task", "wait", str(task)).returncode == 0

@@ -43,6 +43,7 @@ from gsup.supervisor.loop import Loop, report_bug, say
 from gsup.supervisor.pruning import Pruner
 from gsup.systemd import Notifier
 from gsup.tasks.engine import TaskEngine
+from gsup.tasks.landing import Landings
 
 STALL_RETRY = 1.0  # seconds between attempts to write a turn that failed to commit
 CLOCK_STEP = 1.0  # seconds the wall clock must jump, against the monotonic, to be a step
@@ -84,6 +85,7 @@ class Supervisor:
         for executor in self.executors.values():
             executor.start(self.loop, self.book)
         self.checkup.start()  # jobs are held back until it has passed
+        self.landings.start()
         sizes = ", ".join(f"{p.name} {p.threads} threads" for p in self.settings.pools)
         say(f"ready: home {self.paths.home}, pools {sizes}, pid {os.getpid()}")
         self.systemd.ready(f"ready: pools {sizes}")
@@ -148,6 +150,7 @@ class Supervisor:
                             self.connections.reply)  # fmt: skip
         self.pruner = Pruner(self.settings, self.journal, self.loop, self.connections.reply)
         self.engine = TaskEngine(self.journal, self.book, self.paths.tasks)
+        self.landings = Landings(self.paths.tasks, self.loop, self.engine.landed)
         self.handlers = Handlers(self.settings, self.journal, self.book, self.connections.reply,
                                  self.pruner, self._stop_asked, self.engine)  # fmt: skip
         report = recovery.plan(self.journal.reader, self.executors)
@@ -210,6 +213,7 @@ class Supervisor:
         self.done = True
 
     def _close(self) -> None:
+        self.landings.close()
         for executor in self.executors.values():
             executor.close()
         self.connections.close()

@@ -94,6 +94,7 @@ class TaskEngine:
         self._ends: list[tuple[int, State]] = []  # job ends of this turn
         self._dirty: set[int] = set()  # tasks to look at in `settle`
         self.merging = Merging(journal, book)
+        self._landing: dict[tuple[int, int], set[str]] = {}  # outputs seen, by unit
         book.subscribe_ends(self._job_ended)
         book.subscribe(self._changed)
 
@@ -272,6 +273,58 @@ class TaskEngine:
         ):  # fmt: skip
             task = self.tasks[unit.task]
             self._move_aside(self._outdir(task, self._transform(task, unit.transform), unit.idx))
+
+    # --- what the outputs' watcher reports (gsup/tasks/landing.py) -------------------
+
+    def landed(self, events: list[tuple[str, str, float]]) -> None:
+        """Files landed in, or gone from, unit folders: a unit whose declared outputs
+        have all landed is noted (`units.landed`); an output gone before its merge is
+        told (the merge then fails, saying so too)."""
+        for kind, path, _ in events:
+            where = self._unit_at(path)
+            if where is None:
+                continue
+            task, transform, idx, name = where
+            if kind == "landed":
+                self._note_landing(transform, idx, name)
+            elif self._waits_for_merge(transform, idx, name):
+                say(f"task {task.id}: {transform.spec.name}/{idx}/{name} disappeared"
+                    " before it was merged")  # fmt: skip
+
+    @staticmethod
+    def _waits_for_merge(transform: LiveTransform, idx: int, name: str) -> bool:
+        return (transform.merge is not None and idx in transform.merge.waiting
+                and any(fnmatch.fnmatchcase(name, p) for p in transform.spec.outputs))  # fmt: skip
+
+    def _unit_at(self, path: str) -> tuple[LiveTask, LiveTransform, int, str] | None:
+        """The live unit whose folder holds `path` (TASK/TRANSFORM/INDEX/NAME below the
+        tasks folder), and its name there."""
+        prefix = f"{self.folder}/"
+        if not path.startswith(prefix):
+            return None
+        parts = path[len(prefix) :].split("/", 3)
+        if len(parts) < 4 or not (parts[0].isdigit() and parts[2].isdigit()):
+            return None
+        task = self.tasks.get(int(parts[0]))
+        transform = next((t for t in task.transforms if t.spec.name == parts[1]), None) if task \
+            else None  # fmt: skip
+        if task is None or transform is None:
+            return None
+        return task, transform, int(parts[2]), parts[3]
+
+    def _note_landing(self, transform: LiveTransform, idx: int, name: str) -> None:
+        outputs = transform.spec.outputs
+        matched = {p for p in outputs if fnmatch.fnmatchcase(name, p)}
+        if outputs and not matched:
+            return
+        seen = self._landing.setdefault((transform.id, idx), set())
+        seen |= matched
+        if len(seen) == len(outputs):
+            del self._landing[(transform.id, idx)]
+            self.journal.write(
+                "UPDATE units SET landed = ? WHERE transform = ? AND idx = ? AND landed IS NULL",
+                (self.book.wall(), transform.id, idx),
+            )
 
     # --- each turn ----------------------------------------------------------------------
 
