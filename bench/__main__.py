@@ -90,6 +90,7 @@ def measure_comparative(
     interleave(samples, plan.reps, "task", {
         "gsup": lambda: gsup_side.task_rate(ws, plan.drain_jobs, plan.task_float),
     })  # fmt: skip
+    measure_merge(samples, plan, ws)
     by_results = sides("drain_results", plan.drain_jobs, huey_side.drain_by_results_rate)
     interleave(samples, plan.reps, "drain_results", by_results)
     interleave(samples, plan.reps, "add_many", sides("add_many", plan.batch_jobs))
@@ -107,6 +108,17 @@ def measure_comparative(
     slowest = max((n for n in commands if n != "typer"), key=lambda n: median(commands[n]))
     log(f"gsup commands: slowest {slowest} {median(commands[slowest]) * 1e3:.1f} ms median,"
         f" import typer {median(commands['typer']) * 1e3:.1f}")  # fmt: skip
+
+
+def measure_merge(samples: Samples, plan: Plan, ws: gsup_side.Workspace) -> None:
+    merge = gsup_side.merge_figures(ws, plan.drain_jobs, plan.task_float, plan.process_runs)
+    samples.values["merge.landed"] = merge.landed_ms
+    samples.add("merge.after", merge.merged_after)
+    samples.values["merge.show"] = merge.show
+    samples.values["merge.typer"] = merge.typer
+    log(f"csv task: landed noticed after {median(merge.landed_ms):.1f} ms median,"
+        f" {percentile(merge.landed_ms, 0.99):.1f} ms p99; merged {merge.merged_after:.2f} s"
+        " after the last unit's end")  # fmt: skip
 
 
 def measure_scale(samples: Samples, plan: Plan, ws: gsup_side.Workspace) -> None:

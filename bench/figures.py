@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.gsup_side import COMMANDS
-from bench.measure import median
+from bench.measure import median, percentile
 from bench.plan import GAP_SECONDS, HUEY_FAST_POLLING, WORKERS, Plan
 from bench.report import Row
 from bench.scale import CliTimes, PrunedVsFresh, RssReading
@@ -114,6 +114,14 @@ def comparative_rows(s: Samples, plan: Plan) -> list[Row]:
         _row(f"task of {n:,} no-op units, float {plan.task_float} (units/s) vs drain of"
              f" {n:,} jobs", m("task.gsup"), m("drain.gsup"), 0, ">= 0.67x",
              _at_least(1 / 1.5)),
+        _row(f"task of {n:,} CSV units, float {plan.task_float}: an output's close to the"
+             " daemon noticing it, median (ms)", m("merge.landed"), None, 1, "<= 100 ms",
+             _at_most_value(100)),
+        _row("  the same, p99 (ms)", _p99(s, "merge.landed"), None, 1),
+        _row("  its merged file whole after its last unit's end (ms)", _ms(m("merge.after")),
+             None, 0, "<= 1 s", _at_most_value(1000)),
+        _row('  gsup task show process on it (ms) vs python -c "import typer"',
+             _ms(m("merge.show")), _ms(m("merge.typer")), 1, "<= 1.3x", _at_most_ratio(1.3)),
         _row(f"drain {n:,} jobs, result() of each in turn (jobs/s) vs huey",
              m("drain_results.gsup"), m("drain_results.huey"), 0, ">= 3x huey", _at_least(3),
              before=m("drain_results.before")),
@@ -145,6 +153,11 @@ def comparative_rows(s: Samples, plan: Plan) -> list[Row]:
             for name in COMMANDS
         ),
     ]  # fmt: skip
+
+
+def _p99(s: Samples, key: str) -> float | None:
+    found = s.values.get(key)
+    return percentile(found, 0.99) if found else None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -246,6 +259,11 @@ def notes(plan: Plan) -> list[str]:
         f"task: a task of {plan.drain_jobs:,} no-op units (one transform), float "
         f"{plan.task_float}, submitted with the user pool frozen; clock from "
         "`queues.unfreeze()` until its state in the journal (read every 5 ms) has ended.",
+        f"csv task: {plan.drain_jobs:,} units (float {plan.task_float}) each writing a "
+        "one-row out.csv with the time just before its close; the csv merger. Noticed: the "
+        "journal's `units.landed` (the supervisor's wall time when the watcher's report "
+        "reached it) minus that time; whole: the last merge's end minus the last unit "
+        "job's end, both journaled wall times.",
         f"enqueue: {plan.enqueue_calls:,} sequential `queues.add(noop)` with the user pool "
         "frozen (adding only), against huey's `noop()` with no consumer running. The SQLite "
         f"ceiling is {plan.sqlite_tx:,} BEGIN IMMEDIATE/INSERT/COMMIT transactions on a "

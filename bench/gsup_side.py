@@ -150,6 +150,60 @@ def task_rate(ws: Workspace, units: int, in_flight: int) -> float:
         return units / elapsed
 
 
+CSV_SOURCE = """\
+import time
+from gsup import current
+
+def row(n):
+    with open(current().outdir / "out.csv", "w") as out:
+        out.write(f"n,closed\\n{n},{time.time()!r}\\n")  # closed right after this
+"""
+
+
+@dataclass
+class MergeFigures:
+    landed_ms: list[float]  # per unit: from its out.csv's close to the daemon noticing it
+    merged_after: float  # seconds from the last unit's end to its merge's end
+    show: list[float]  # `gsup task show` processes on the task (s)...
+    typer: list[float]  # ...and `python -c "import typer"`, in turn
+
+
+def merge_figures(ws: Workspace, units: int, in_flight: int, runs: int) -> MergeFigures:
+    """A task of `units` units that each write a one-row CSV, merged by the csv merger:
+    how soon each output was noticed, how soon after the last unit's end the merged
+    file was whole (read from the journal's wall times), and `gsup task show` on it."""
+    from gsup.journal.queries import read_journal
+    from gsup.tasks.api import Tasks
+    from gsup.tasks.spec import Task, Transform
+
+    (ws.code / "benchcsv.py").write_text(CSV_SOURCE)
+    with running_daemon(new_home(ws.root)) as daemon:
+        work = Transform("rows", target="benchcsv:row", units=[[n] for n in range(units)],
+                         outputs=["out.csv"], merger="csv")  # fmt: skip
+        handle = Tasks(daemon.home).submit(Task("csv", [work], float=in_flight, base=ws.code))
+        if handle.wait(WAIT_TIMEOUT) != "completed":
+            raise RuntimeError(f"the bench's csv task ended {handle.state}")
+        with read_journal(daemon.home) as conn:
+            landed = dict(conn.execute("SELECT idx, landed FROM units WHERE landed IS NOT NULL"))
+            (last_end,) = conn.execute("SELECT max(ended) FROM jobs WHERE name LIKE 'csv/rows/%'"
+                                       " AND name != 'csv/rows/merge'").fetchone()  # fmt: skip
+            (merged,) = conn.execute("SELECT max(ended) FROM merges").fetchone()
+        merged_file = daemon.home / "tasks" / str(handle.id) / "rows" / "merged.csv"
+        rows = [line.split(",") for line in merged_file.read_text().splitlines()[1:]]
+        if sorted(int(n) for n, _ in rows) != list(range(units)) or len(landed) != units:
+            raise RuntimeError(f"{len(rows)} rows merged, {len(landed)} of {units} landings")
+        argv = [*gsup_cli(), "task", "show", str(handle.id), "--home", str(daemon.home)]
+        show, typer = [], []
+        for run in range(runs + 1):  # the first, unmeasured, warms caches
+            seconds = (run_seconds(argv, cwd=ws.code),
+                       run_seconds([sys.executable, "-c", "import typer"]))  # fmt: skip
+            if run:
+                show.append(seconds[0])
+                typer.append(seconds[1])
+    landed_ms = [(landed[int(n)] - float(closed)) * 1000 for n, closed in rows]
+    return MergeFigures(landed_ms, merged - last_end, show, typer)
+
+
 def _wait_on_a_held_job(daemon: GsupDaemon, queues: Any, ws: Workspace, waits: int) -> Any:
     """A client with `waits` wait requests pending (none if 0), on a job held in the
     frozen monitoring pool."""

@@ -85,7 +85,6 @@ class Supervisor:
         for executor in self.executors.values():
             executor.start(self.loop, self.book)
         self.checkup.start()  # jobs are held back until it has passed
-        self.landings.start()
         sizes = ", ".join(f"{p.name} {p.threads} threads" for p in self.settings.pools)
         say(f"ready: home {self.paths.home}, pools {sizes}, pid {os.getpid()}")
         self.systemd.ready(f"ready: pools {sizes}")
@@ -149,8 +148,8 @@ class Supervisor:
         self.book = JobBook(self.journal, self.executors.values(), self.loop,
                             self.connections.reply)  # fmt: skip
         self.pruner = Pruner(self.settings, self.journal, self.loop, self.connections.reply)
-        self.engine = TaskEngine(self.journal, self.book, self.paths.tasks)
-        self.landings = Landings(self.paths.tasks, self.loop, self.engine.landed)
+        self.landings = Landings(self.loop, lambda events: self.engine.landed(events))
+        self.engine = TaskEngine(self.journal, self.book, self.paths.tasks, self.landings)
         self.handlers = Handlers(self.settings, self.journal, self.book, self.connections.reply,
                                  self.pruner, self._stop_asked, self.engine)  # fmt: skip
         report = recovery.plan(self.journal.reader, self.executors)

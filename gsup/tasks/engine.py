@@ -34,6 +34,7 @@ from gsup.supervisor.jobs import JobBook
 from gsup.supervisor.loop import say
 from gsup.targets import describe_call, literal_text
 from gsup.tasks import spec as specs
+from gsup.tasks.landing import Landings
 from gsup.tasks.merging import Merging, TransformMerge
 from gsup.tasks.records import TaskState, UnitState, end_state
 
@@ -85,8 +86,9 @@ class UnitRow:
 
 
 class TaskEngine:
-    def __init__(self, journal: Writer, book: JobBook, folder: Path) -> None:
+    def __init__(self, journal: Writer, book: JobBook, folder: Path, landings: Landings) -> None:
         self.journal = journal
+        self.landings = landings  # told the folders of live transforms that declare outputs
         self.book = book
         self.folder = folder  # <state dir>/tasks: each unit's output folder is below it
         self.tasks: dict[int, LiveTask] = {}  # those that have not ended
@@ -132,6 +134,7 @@ class TaskEngine:
             ))  # fmt: skip
         self._count_units(task)
         self.merging.load(task)
+        self._watch(task)
         self.tasks[task_id] = task
         self._dirty.add(task_id)
         return task
@@ -173,6 +176,7 @@ class TaskEngine:
                 for u in units
             ])  # fmt: skip
         self.tasks[live.id] = live
+        self._watch(live)
         self._dirty.add(live.id)
         say(f"task {live.id} ({task.name}) submitted")
         return live.id
@@ -232,6 +236,7 @@ class TaskEngine:
         """Transforms that end anew (each, once what it waits for has ended)."""
         for live in transforms:
             live.ended = live.aborted = False
+        self._watch(task)
         self.journal.write(
             "UPDATE transforms SET state = 'running', ended = NULL, reason = NULL WHERE id = ?",
             [(live.id,) for live in transforms],
@@ -281,6 +286,10 @@ class TaskEngine:
         have all landed is noted (`units.landed`); an output gone before its merge is
         told (the merge then fails, saying so too)."""
         for kind, path, _ in events:
+            if kind in ("watching", "trouble"):  # its units may be submitted now
+                task_id = path[len(str(self.folder)) + 1 :].partition("/")[0]
+                self._dirty.add(int(task_id) if task_id.isdigit() else 0)
+                continue
             where = self._unit_at(path)
             if where is None:
                 continue
@@ -447,6 +456,7 @@ class TaskEngine:
             state = TaskState.FAILED
             reason = f"no units: {upstream.spec.name} had none done" if upstream else "no units"
         transform.ended = True
+        self.landings.unwatch(self._folder(task, transform))
         self._dirty.add(task.id)  # a transform it feeds may end, or get its unit, now
         self.journal.write(
             "UPDATE transforms SET state = ?, ended = ?, reason = ? WHERE id = ?",
@@ -481,6 +491,9 @@ class TaskEngine:
         """New waiting units of `transform` (their call, and the unit they come from)."""
         first = transform.next_index
         transform.next_index += len(units)
+        if transform.spec.outputs:  # made now, not as it runs: watched by then (landing.py)
+            for n in range(first, first + len(units)):
+                os.makedirs(self._outdir(task, transform, n), exist_ok=True)
         transform.counts[UnitState.WAITING] += len(units)
         self.journal.write(
             "INSERT INTO units (task, transform, idx, state, call, upstream, jobs)"
@@ -496,10 +509,13 @@ class TaskEngine:
         room = task.spec.float - task.in_flight
         if task.paused or room <= 0:
             return
+        unwatched = [t.id for t in task.transforms if t.spec.outputs
+                     and not self.landings.ready(self._folder(task, t))]  # fmt: skip
         rows = self.journal.reader.execute(
             "SELECT id, transform, idx, call FROM units WHERE task = ? AND state = 'waiting'"
+            f" AND transform NOT IN ({', '.join('?' * len(unwatched))})"
             " ORDER BY transform, idx LIMIT ?",
-            (task.id, room),
+            (task.id, *unwatched, room),
         ).fetchall()
         if not rows:
             return
@@ -547,8 +563,17 @@ class TaskEngine:
     def _transform(task: LiveTask, transform_id: int) -> LiveTransform:
         return next(t for t in task.transforms if t.id == transform_id)
 
+    def _folder(self, task: LiveTask, transform: LiveTransform) -> Path:
+        return self.folder / str(task.id) / transform.spec.name
+
     def _outdir(self, task: LiveTask, transform: LiveTransform, idx: int) -> Path:
         return Path(f"{self.folder}/{task.id}/{transform.spec.name}/{idx}")  # not /: it is hot
+
+    def _watch(self, task: LiveTask) -> None:
+        """Outputs land in the folders of its running transforms that declare some."""
+        for transform in task.transforms:
+            if transform.spec.outputs and not transform.ended:
+                self.landings.watch(self._folder(task, transform))
 
     @staticmethod
     def _move_aside(outdir: Path) -> None:

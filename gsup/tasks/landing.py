@@ -1,22 +1,33 @@
 """Noticing outputs as they land: a watcher process that tells the supervisor.
 
 watchdog's observer runs threads, and the supervisor forks (pools, the journal's
-check): so the observer runs in a child process of its own, forked at start, which
-watches the tasks folder (every unit's output folder below it) and sends each file
-closed after writing, moved in, or removed, as it happens, over a socket. Files
-written by processes gsup did not start (a cluster job writing to a shared folder)
-are noticed the same way. The child dies with the supervisor (PR_SET_PDEATHSIG, and
-end-of-file on its socket); if it dies first, it is started again after a pause.
+check): so the observer runs in a child process of its own, forked when the first
+folder is to be watched. It
+watches the folders the supervisor names (the folders of transforms that declare
+outputs, each unit's folder below them) and sends each file closed after writing,
+moved in, or removed, as it happens, over a socket. Files written by processes gsup
+did not start (a cluster job writing to a shared folder) are noticed the same way.
+The child dies with the supervisor (PR_SET_PDEATHSIG, and end-of-file on its
+socket); if it dies first, it is started again after a pause, and told the folders.
 
+supervisor -> watcher: ("watch", folder)      below it, recursively
+                       ("unwatch", folder)
 watcher -> supervisor: ("landed", path, at)   a file was closed after writing, or moved in
                        ("gone", path, at)     a file was removed or moved out
-                       ("trouble", why, at)   it cannot watch (then it exits)
+                       ("watching", folder, at)  what lands below it is told from now on
+                       ("trouble", folder, why)  it cannot watch it
+
+The units of a transform that declares outputs are submitted once its folder is
+watched (`ready`), their folders made before that: a file closed in a folder not
+watched yet would never be told. A unit folder made later (a chained unit's) is
+watched as watchdog sees it made, which is at once, but not synchronously.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import signal
 import socket
 import threading
@@ -28,7 +39,7 @@ from typing import Any
 import multiprocess
 
 from gsup.executors.base import Loop
-from gsup.executors.local.channel import FrameReader, frames
+from gsup.executors.local.channel import FrameReader, frame, frames
 from gsup.executors.local.pool import _die_with_parent
 
 RESTART_PAUSE = 1.0  # seconds before a watcher that died is started again, doubling
@@ -39,8 +50,7 @@ Landed = Callable[[list[tuple[str, str, float]]], None]  # ("landed" | "gone", p
 class Landings:
     """The supervisor's side: forks the watcher and hands what it sends to `landed`."""
 
-    def __init__(self, folder: Path, loop: Loop, landed: Landed) -> None:
-        self.folder = folder
+    def __init__(self, loop: Loop, landed: Landed) -> None:
         self.loop = loop
         self.landed = landed
         self.process: Any = None
@@ -48,14 +58,17 @@ class Landings:
         self.pidfd: int | None = None
         self.pause = RESTART_PAUSE
         self.closed = False
+        self.restarting = False  # a start is due after a pause
+        self.folders: set[str] = set()  # watched: told again to a watcher started anew
+        self.pending: set[str] = set()  # told, not yet acknowledged
+        self.unsent = bytearray()
 
     def start(self) -> None:
-        self.folder.mkdir(exist_ok=True)
         ours, theirs = socket.socketpair()
         try:
             process = multiprocess.get_context("fork").Process(
                 target=_watch_main,
-                args=(str(self.folder), theirs, [*self.loop.private_fds(), ours.fileno()]),
+                args=(theirs, [*self.loop.private_fds(), ours.fileno()]),
                 name="gsup-watcher",
             )
             process.start()
@@ -71,9 +84,53 @@ class Landings:
         self.process, self.sock, self.reader = process, ours, FrameReader()
         self.loop.watch(ours, self._on_io)
         self.loop.watch(self.pidfd, lambda mask: self._exited())
+        self.unsent = bytearray(frame([("watch", folder) for folder in sorted(self.folders)]))
+        self.pending = set(self.folders)
+        self._send()
+
+    def ready(self, folder: Path) -> bool:
+        """Whether what lands below `folder` is told (or cannot be: no watcher runs)."""
+        return self.sock is None or str(folder) not in self.pending
+
+    def watch(self, folder: Path) -> None:
+        """Tell the landings below `folder` (made now if it is not there yet)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if str(folder) in self.folders:
+            return
+        self.folders.add(str(folder))
+        if self.process is None and not self.restarting:
+            self.start()  # the first folder: a daemon that runs no task has no watcher
+        elif self.sock is not None:  # else told when it starts again
+            self.pending.add(str(folder))
+            self._tell(("watch", str(folder)))
+
+    def unwatch(self, folder: Path) -> None:
+        if str(folder) in self.folders:
+            self.folders.discard(str(folder))
+            self._tell(("unwatch", str(folder)))
+
+    def _tell(self, message: tuple[str, str]) -> None:
+        if self.sock is not None:
+            self.unsent += frame([message])
+            self._send()
+
+    def _send(self) -> None:
+        assert self.sock is not None
+        try:
+            sent = self.sock.send(self.unsent) if self.unsent else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return  # it is dying: its pidfd will tell
+        del self.unsent[:sent]
+        self.loop.want_write(self.sock, bool(self.unsent))
 
     def _on_io(self, mask: int) -> None:
         assert self.sock is not None
+        if mask & selectors.EVENT_WRITE:
+            self._send()
+        if not mask & selectors.EVENT_READ:
+            return
         try:
             data = self.sock.recv(1 << 16)
         except BlockingIOError:
@@ -83,10 +140,12 @@ class Landings:
         if not data:
             return
         events = self.reader.feed(data)
-        for kind, what, _ in events:
+        for kind, what, why in events:
+            if kind in ("watching", "trouble"):
+                self.pending.discard(what)
             if kind == "trouble":
-                self.loop.say(f"the outputs' watcher: {what}")
-        self.landed([event for event in events if event[0] != "trouble"])
+                self.loop.say(f"the outputs' watcher: cannot watch {what}: {why}")
+        self.landed(events)
         self.pause = RESTART_PAUSE  # it works: a later death is restarted quickly again
 
     def _exited(self) -> None:
@@ -96,14 +155,17 @@ class Landings:
             self._restart_later()
 
     def _restart_later(self) -> None:
+        self.restarting = True
         self.loop.call_at(self.loop.now() + self.pause, self._restart)
         self.pause = min(self.pause * 2, MAX_PAUSE)
 
     def _restart(self) -> None:
+        self.restarting = False
         if not self.closed:
             self.start()
 
     def _forget(self) -> None:
+        self.pending.clear()
         for fileobj in (self.sock, self.pidfd):
             if fileobj is not None:
                 self.loop.unwatch(fileobj)
@@ -126,7 +188,7 @@ class Landings:
 # --- the watcher process ------------------------------------------------------------
 
 
-def _watch_main(folder: str, sock: socket.socket, close: list[int]) -> None:
+def _watch_main(sock: socket.socket, close: list[int]) -> None:
     """Entry point of the forked watcher: reports until its socket closes."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the terminal is for the supervisor
@@ -149,10 +211,10 @@ def _watch_main(folder: str, sock: socket.socket, close: list[int]) -> None:
 
     lock = threading.Lock()
 
-    def send(kind: str, path: str) -> None:
+    def send(kind: str, path: str, what: Any = None) -> None:
         with lock:
             try:
-                sock.sendall(frames([(kind, path, time.time())]))
+                sock.sendall(frames([(kind, path, time.time() if what is None else what)]))
             except OSError:
                 os._exit(0)  # the supervisor is gone
 
@@ -168,13 +230,19 @@ def _watch_main(folder: str, sock: socket.socket, close: list[int]) -> None:
             send("gone", os.fsdecode(event.src_path))
 
     observer = Observer()
-    try:
-        wanted = [FileClosedEvent, FileMovedEvent, FileDeletedEvent]
-        observer.schedule(Reporter(), folder, recursive=True, event_filter=wanted)
-        observer.start()
-    except OSError as exc:  # inotify's limits (max_user_watches, max_user_instances)
-        send("trouble", f"cannot watch {folder}: {exc}")
-        os._exit(1)
-    while sock.recv(1024):  # the supervisor never sends: this returns when it is gone
-        pass
+    observer.start()
+    reporter, wanted = Reporter(), [FileClosedEvent, FileMovedEvent, FileDeletedEvent]
+    watches: dict[str, Any] = {}
+    reader = FrameReader()
+    while data := sock.recv(1 << 16):  # b"": the supervisor is gone
+        for kind, folder in reader.feed(data):
+            if kind == "unwatch" and folder in watches:
+                observer.unschedule(watches.pop(folder))
+            elif kind == "watch":
+                try:
+                    watches[folder] = observer.schedule(reporter, folder, recursive=True,
+                                                        event_filter=wanted)  # fmt: skip
+                    send("watching", folder)
+                except OSError as exc:  # inotify's limits, or the folder is gone
+                    send("trouble", folder, str(exc))
     os._exit(0)
