@@ -251,6 +251,7 @@ def _v5_to_v6(migrator: SqliteMigrator) -> None:
         ' "created" REAL NOT NULL, "ended" REAL)',
         'CREATE INDEX "merge_transform" ON "merges" ("transform")',
         'CREATE INDEX "merge_job" ON "merges" ("job")',
+        'CREATE INDEX "units_state" ON "units" ("transform", "state")',
     ):
         database.execute_sql(sql)
 

@@ -251,6 +251,8 @@ class Merge(BaseModel):
 Unit.add_index(Unit.index(Unit.task, Unit.transform, Unit.idx, name="units_waiting").where(
     Unit.state == "waiting"))  # fmt: skip
 Unit.add_index(Unit.index(Unit.job, name="units_submitted").where(Unit.state == "submitted"))
+# `gsup task show`: units counted by state, the failed ones, from the index alone.
+Unit.add_index(Unit.index(Unit.transform, Unit.state, name="units_state"))
 
 
 MODELS = (Job, Attempt, Result, Event, Command, Pool, Mark, Batch, Task, Transform, Unit, Merge)

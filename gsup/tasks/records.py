@@ -112,7 +112,8 @@ def progress(conn: sqlite3.Connection, task: int) -> list[TransformProgress]:
         row[0]: dict.fromkeys(UNIT_STATES, 0) for row in transforms
     }
     for transform, state, count in conn.execute(
-        "SELECT transform, state, count(*) FROM units WHERE task = ? GROUP BY transform, state",
+        "SELECT transform, state, count(*) FROM units WHERE transform IN"
+        " (SELECT id FROM transforms WHERE task = ?) GROUP BY transform, state",
         (task,),
     ):
         counted[transform][state] = count
@@ -131,14 +132,16 @@ def _merge(conn: sqlite3.Connection, transform: int) -> MergeProgress | None:
     ).fetchone()
     if last is None:
         return None
+    # The units in the file: those of its last done merge that wrote it anew, and of
+    # the done merges that added to it since (a merge's units are all in it once done).
     merged, size = conn.execute(
-        "SELECT (SELECT count(*) FROM units u JOIN merges m ON m.id = u.merged"
-        "        WHERE u.transform = ?1 AND m.state = 'done'),"
-        " (SELECT size FROM merges WHERE transform = ?1 AND state = 'done'"
-        "  ORDER BY id DESC LIMIT 1)",
+        "SELECT sum(units), (SELECT size FROM merges WHERE transform = ?1 AND state = 'done'"
+        "                    ORDER BY id DESC LIMIT 1)"
+        " FROM merges WHERE transform = ?1 AND state = 'done' AND id >= coalesce("
+        "  (SELECT max(id) FROM merges WHERE transform = ?1 AND state = 'done' AND full), 0)",
         (transform,),
     ).fetchone()
-    return MergeProgress(last[0], last[1], merged, size, last[2])
+    return MergeProgress(last[0], last[1], merged or 0, size, last[2])
 
 
 def _failures(conn: sqlite3.Connection, transform: int, limit: int) -> list[tuple[int, str]]:
