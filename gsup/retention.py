@@ -109,9 +109,21 @@ DELETES = tuple(
 )
 # A keyed batch is forgotten once none of its jobs is left (see schema.Batch).
 FORGET_BATCHES = (
-    "DELETE FROM batches WHERE created < ? AND NOT EXISTS"
+    "DELETE FROM batches WHERE created < ?1 AND NOT EXISTS"
     " (SELECT 1 FROM jobs WHERE id >= batches.first AND id < batches.first + batches.count)"
 )
+# A task that ended before the cutoff is forgotten whole (its unit folders are left).
+FORGET_TASKS = (
+    *(f"DELETE FROM {table} WHERE task IN (SELECT id FROM tasks WHERE ended < ?1)"
+      for table in ("merges", "units", "transforms")),
+    "DELETE FROM tasks WHERE ended < ?1",
+)  # fmt: skip
+
+
+def forgotten(state: str | None) -> tuple[str, ...]:
+    """What a prune forgets besides jobs (each statement takes the cutoff): tasks only
+    when it prunes jobs of every end state (a task's jobs are of several)."""
+    return (FORGET_BATCHES, *(FORGET_TASKS if state is None else ()))
 
 
 def highest_ids(conn: sqlite3.Connection) -> dict[str, int]:
@@ -247,7 +259,8 @@ def prune_journal(paths: Paths, older_than: float, state: str | None) -> Pruned 
                 _in_transaction(conn, batch)
                 scan.jobs += len(doomed)
                 scan.logs += remove_logs(files)
-            _in_transaction(conn, lambda: conn.execute(FORGET_BATCHES, (scan.cutoff,)))
+            _in_transaction(conn, lambda: [conn.execute(sql, (scan.cutoff,))
+                                           for sql in forgotten(scan.state)])  # fmt: skip
             checkpoint(conn, 5000)
         except sqlite3.Error as exc:
             raise PruneError(f"cannot prune the journal {paths.journal}: {exc}") from None

@@ -233,3 +233,39 @@ def test_the_wal_shrinks_after_a_prune(make_daemon, gsup, home, big):
 
 def _ended_last(home: Path) -> float:
     return journal_rows(home, "SELECT max(ended) FROM jobs")[0][0]
+
+
+TASK = """
+[task]
+name = "{name}"
+
+[[transform]]
+name = "make"
+cmd = ["sh", "-c", "echo x > out.txt"]
+units = [[], []]
+outputs = ["out.txt"]
+merger = "text"
+"""
+TASK_TABLES = ("tasks", "transforms", "units", "merges")
+
+
+@pytest.mark.parametrize("daemon_up", [True, False], ids=["daemon up", "daemon down"])
+def test_prune_forgets_the_tasks_that_ended_before_the_cutoff(
+    make_daemon, gsup, home, workdir, daemon_up
+):
+    daemon = make_daemon()
+    for name in ("old", "new"):
+        (workdir / f"{name}.toml").write_text(TASK.format(name=name))
+        task = gsup("task", "submit", f"{name}.toml").stdout.strip()
+        assert gsup("task", "wait", task).returncode == 0
+    daemon.stop()
+    with sqlite3.connect(home / "journal.sqlite") as db:
+        db.execute("UPDATE tasks SET ended = ended - 10 * 86400 WHERE name = 'old'")
+    if daemon_up:
+        make_daemon()
+    gsup("prune", "--older-than", "7d", "--state", "done")  # not tasks: their jobs vary
+    assert journal_rows(home, "SELECT name FROM tasks ORDER BY id") == [("old",), ("new",)]
+    gsup("prune", "--older-than", "7d")
+    for table in TASK_TABLES[1:]:
+        assert (table, journal_rows(home, f"SELECT DISTINCT task FROM {table}")) == (table, [(2,)])
+    assert journal_rows(home, "SELECT id FROM tasks") == [(2,)]

@@ -469,9 +469,11 @@ class Writer:
             for sql in retention.DELETES:
                 self._write(sql, [(job,) for job in jobs], many=True)
 
-    def forget_batches(self, cutoff: float) -> None:
-        """Forget the keyed batches made before `cutoff` whose jobs are all pruned."""
-        self._write(retention.FORGET_BATCHES, (cutoff,))
+    def forget(self, cutoff: float, state: str | None) -> None:
+        """After a prune to `cutoff` (of jobs in `state`): forget the keyed batches whose
+        jobs are all pruned, and the tasks that ended before it (retention.forgotten)."""
+        for sql in retention.forgotten(state):
+            self._write(sql, (cutoff,))
 
     def checkpoint(self, wait_ms: int) -> bool | None:
         """Checkpoint the WAL and truncate it (see retention.checkpoint): whether that

@@ -73,7 +73,7 @@ class Pruner:
         task = self.tasks[0]
         self._remove_logs(task)
         if task.scan.done:
-            self.journal.forget_batches(task.scan.cutoff)
+            self.journal.forget(task.scan.cutoff, task.scan.state)
             self.tasks.popleft()
             self._finish(task)
         else:
