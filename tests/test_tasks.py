@@ -5,6 +5,8 @@ finish, every task reaches an end state, and a SIGKILL of the daemon loses no un
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -377,3 +379,42 @@ outputs = ["out.txt"]
                what="out.txt to be seen landing while its unit runs")  # fmt: skip
     go.touch()
     assert gsup("task", "wait", str(task)).returncode == 0
+
+
+def _watchers(daemon) -> list[int]:
+    children = Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read_text().split()
+    return [int(pid) for pid in children
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "gsup-watcher"]  # fmt: skip
+
+
+def _inotify_watches(pid: int) -> int:
+    fdinfo = Path(f"/proc/{pid}/fdinfo").iterdir()
+    return sum(path.read_text().count("inotify wd:") for path in fdinfo)
+
+
+def test_a_watcher_that_dies_is_started_again_and_told_its_folders(daemon, gsup, home, task_dir):
+    assert _watchers(daemon) == []  # none until a task has outputs to watch
+    text = """
+[task]
+name = "land"
+
+[[transform]]
+name = "write"
+cmd = ["sh", "-c", "while [ ! -e $0 ]; do sleep 0.01; done; echo x > out.txt", "{go}"]
+units = [[]]
+outputs = ["out.txt"]
+"""
+    go = task_dir / "go"
+    task = _submit(gsup, task_dir, text.format(go=go))
+    wait_until(lambda: journal_rows(home, "SELECT state FROM units") == [("submitted",)])
+    (first,) = _watchers(daemon)
+    os.kill(first, signal.SIGKILL)
+    assert daemon.said("the outputs' watcher died; it starts again in 1s")
+    wait_until(lambda: len(_watchers(daemon)) == 1 and _watchers(daemon) != [first]
+               and _inotify_watches(_watchers(daemon)[0]) == 2,
+               what="a new watcher, watching the transform's folder and its unit's")  # fmt: skip
+    go.touch()  # what lands while no watcher runs is not told
+    assert gsup("task", "wait", str(task)).returncode == 0
+    # Told even if after the unit's end, and its task's (its job ends as it writes).
+    wait_until(lambda: journal_rows(home, "SELECT landed IS NOT NULL FROM units") == [(1,)],
+               what="the landing to be noted")  # fmt: skip

@@ -97,6 +97,9 @@ class TaskEngine:
         self._dirty: set[int] = set()  # tasks to look at in `settle`
         self.merging = Merging(journal, book)
         self._landing: dict[tuple[int, int], set[str]] = {}  # outputs seen, by unit
+        # TASK/TRANSFORM folders watched, until the watcher has let go of them (a landing
+        # may be told after its unit's end, and its transform's): transforms.id, outputs.
+        self._watched: dict[str, tuple[int, tuple[str, ...]]] = {}
         book.subscribe_ends(self._job_ended)
         book.subscribe(self._changed)
 
@@ -282,57 +285,43 @@ class TaskEngine:
     # --- what the outputs' watcher reports (gsup/tasks/landing.py) -------------------
 
     def landed(self, events: list[tuple[str, str, float]]) -> None:
-        """Files landed in, or gone from, unit folders: a unit whose declared outputs
-        have all landed is noted (`units.landed`); an output gone before its merge is
-        told (the merge then fails, saying so too)."""
-        for kind, path, _ in events:
-            if kind in ("watching", "trouble"):  # its units may be submitted now
-                task_id = path[len(str(self.folder)) + 1 :].partition("/")[0]
-                self._dirty.add(int(task_id) if task_id.isdigit() else 0)
-                continue
-            where = self._unit_at(path)
-            if where is None:
-                continue
-            task, transform, idx, name = where
-            if kind == "landed":
-                self._note_landing(transform, idx, name)
-            elif self._waits_for_merge(transform, idx, name):
-                say(f"task {task.id}: {transform.spec.name}/{idx}/{name} disappeared"
-                    " before it was merged")  # fmt: skip
-
-    @staticmethod
-    def _waits_for_merge(transform: LiveTransform, idx: int, name: str) -> bool:
-        return (transform.merge is not None and idx in transform.merge.waiting
-                and any(fnmatch.fnmatchcase(name, p) for p in transform.spec.outputs))  # fmt: skip
-
-    def _unit_at(self, path: str) -> tuple[LiveTask, LiveTransform, int, str] | None:
-        """The live unit whose folder holds `path` (TASK/TRANSFORM/INDEX/NAME below the
-        tasks folder), and its name there."""
+        """Files landed in, or gone from, unit folders (TASK/TRANSFORM/INDEX/NAME below
+        the tasks folder): a unit whose declared outputs have all landed is noted
+        (`units.landed`), even if its job's end came first; an output gone before its
+        merge is told (the merge then fails, saying so too)."""
         prefix = f"{self.folder}/"
-        if not path.startswith(prefix):
-            return None
-        parts = path[len(prefix) :].split("/", 3)
-        if len(parts) < 4 or not (parts[0].isdigit() and parts[2].isdigit()):
-            return None
-        task = self.tasks.get(int(parts[0]))
-        transform = next((t for t in task.transforms if t.spec.name == parts[1]), None) if task \
-            else None  # fmt: skip
-        if task is None or transform is None:
-            return None
-        return task, transform, int(parts[2]), parts[3]
+        for kind, path, _ in events:
+            if not path.startswith(prefix):
+                continue
+            parts = path[len(prefix) :].split("/", 3)
+            if kind in ("watching", "trouble"):  # its units may be submitted now
+                self._dirty.add(int(parts[0]))
+            elif kind == "unwatched":  # nothing more comes from it
+                self._watched.pop("/".join(parts[:2]), None)
+            elif len(parts) == 4 and parts[2].isdigit():
+                self._landing_in(kind, parts[0], parts[1], int(parts[2]), parts[3])
 
-    def _note_landing(self, transform: LiveTransform, idx: int, name: str) -> None:
-        outputs = transform.spec.outputs
+    def _landing_in(self, kind: str, task: str, transform: str, idx: int, name: str) -> None:
+        watched = self._watched.get(f"{task}/{transform}")
+        if watched is None:
+            return
+        transform_id, outputs = watched
         matched = {p for p in outputs if fnmatch.fnmatchcase(name, p)}
+        if kind == "gone":
+            live = self.tasks.get(int(task))
+            merge = live and self._transform(live, transform_id).merge
+            if matched and merge and idx in merge.waiting:
+                say(f"task {task}: {transform}/{idx}/{name} disappeared before it was merged")
+            return
         if outputs and not matched:
             return
-        seen = self._landing.setdefault((transform.id, idx), set())
+        seen = self._landing.setdefault((transform_id, idx), set())
         seen |= matched
         if len(seen) == len(outputs):
-            del self._landing[(transform.id, idx)]
+            del self._landing[(transform_id, idx)]
             self.journal.write(
                 "UPDATE units SET landed = ? WHERE transform = ? AND idx = ? AND landed IS NULL",
-                (self.book.wall(), transform.id, idx),
+                (self.book.wall(), transform_id, idx),
             )
 
     # --- each turn ----------------------------------------------------------------------
@@ -573,6 +562,8 @@ class TaskEngine:
         """Outputs land in the folders of its running transforms that declare some."""
         for transform in task.transforms:
             if transform.spec.outputs and not transform.ended:
+                self._watched[f"{task.id}/{transform.spec.name}"] = (
+                    transform.id, transform.spec.outputs)  # fmt: skip
                 self.landings.watch(self._folder(task, transform))
 
     @staticmethod

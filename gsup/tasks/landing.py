@@ -16,6 +16,7 @@ watcher -> supervisor: ("landed", path, at)   a file was closed after writing, o
                        ("gone", path, at)     a file was removed or moved out
                        ("watching", folder, at)  what lands below it is told from now on
                        ("trouble", folder, why)  it cannot watch it
+                       ("unwatched", folder, at)  nothing more comes from below it
 
 The units of a transform that declares outputs are submitted once its folder is
 watched (`ready`), their folders made before that: a file closed in a folder not
@@ -26,6 +27,7 @@ watched as watchdog sees it made, which is at once, but not synchronously.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import selectors
 import signal
@@ -42,6 +44,7 @@ from gsup.executors.base import Loop
 from gsup.executors.local.channel import FrameReader, frame, frames
 from gsup.executors.local.pool import _die_with_parent
 
+UNWATCH_GRACE = 2.0  # seconds a folder is still watched once it is no longer needed
 RESTART_PAUSE = 1.0  # seconds before a watcher that died is started again, doubling
 MAX_PAUSE = 60.0
 Landed = Callable[[list[tuple[str, str, float]]], None]  # ("landed" | "gone", path, at)
@@ -68,7 +71,7 @@ class Landings:
         try:
             process = multiprocess.get_context("fork").Process(
                 target=_watch_main,
-                args=(theirs, [*self.loop.private_fds(), ours.fileno()]),
+                args=(theirs,),
                 name="gsup-watcher",
             )
             process.start()
@@ -105,8 +108,14 @@ class Landings:
             self._tell(("watch", str(folder)))
 
     def unwatch(self, folder: Path) -> None:
+        """Let go of `folder` after a grace period: what landed there just before is
+        still in the watcher, and would be dropped with the watch."""
         if str(folder) in self.folders:
             self.folders.discard(str(folder))
+            self.loop.call_at(self.loop.now() + UNWATCH_GRACE, lambda: self._let_go(folder))
+
+    def _let_go(self, folder: Path) -> None:
+        if str(folder) not in self.folders:  # not watched again meanwhile
             self._tell(("unwatch", str(folder)))
 
     def _tell(self, message: tuple[str, str]) -> None:
@@ -187,17 +196,25 @@ class Landings:
 
 # --- the watcher process ------------------------------------------------------------
 
+_PR_SET_NAME = 15
 
-def _watch_main(sock: socket.socket, close: list[int]) -> None:
+
+def _name_process(name: bytes) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name)
+
+
+def _watch_main(sock: socket.socket) -> None:
     """Entry point of the forked watcher: reports until its socket closes."""
     _die_with_parent()
+    _name_process(b"gsup-watcher")  # as ps and /proc/PID/comm show it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the terminal is for the supervisor
     for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
         signal.signal(number, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)  # the supervisor's, inherited
-    for fd in close:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    # Only its socket and stdio: not the journal's files, the epoll, the pools' sockets.
+    os.closerange(3, sock.fileno())
+    os.closerange(sock.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
     if os.getppid() == 1:
         os._exit(0)  # the supervisor died before PDEATHSIG was set
     from watchdog.events import (
@@ -238,6 +255,7 @@ def _watch_main(sock: socket.socket, close: list[int]) -> None:
         for kind, folder in reader.feed(data):
             if kind == "unwatch" and folder in watches:
                 observer.unschedule(watches.pop(folder))
+                send("unwatched", folder)
             elif kind == "watch":
                 try:
                     watches[folder] = observer.schedule(reporter, folder, recursive=True,
