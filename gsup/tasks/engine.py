@@ -370,7 +370,7 @@ class TaskEngine:
         return (row or {}).get("error") or (row or {}).get("reason") or "?"
 
     def _chain_each(self, task: LiveTask, upstream: LiveTransform, unit: UnitRow,
-                    outdir: Path) -> None:  # fmt: skip
+                    outdir: str) -> None:  # fmt: skip
         """A unit is done: each transform fed by its transform unit by unit gets one."""
         for transform in task.transforms:
             source = transform.spec.inputs_from
@@ -378,7 +378,7 @@ class TaskEngine:
                 continue
             if transform.ended:
                 continue
-            inputs = _selected(_files(outdir), source)
+            inputs = _selected(_files(Path(outdir)), source)
             call = {"args": [], "kwargs": {}, "inputs": [str(p) for p in inputs]}
             self._add_units(task, transform, [(call, unit.id)])
 
@@ -425,7 +425,7 @@ class TaskEngine:
             "SELECT idx FROM units WHERE transform = ? AND state = 'done' ORDER BY idx",
             (upstream.id,),
         ):
-            inputs += _selected(_files(self._outdir(task, upstream, idx)), source)
+            inputs += _selected(_files(Path(self._outdir(task, upstream, idx))), source)
         call = {"args": [], "kwargs": {}, "inputs": [str(p) for p in inputs]}
         self._add_units(task, transform, [(call, None)])
         return True
@@ -531,15 +531,15 @@ class TaskEngine:
         options: dict[str, Any] = dict(
             pool=spec.queue, priority=spec.priority, timeout=spec.timeout, retries=spec.retries,
             retry_on=_retry_on(spec), name=name,
-            unit={"name": name, "outdir": str(outdir), "inputs": inputs},
+            unit={"name": name, "outdir": outdir, "inputs": inputs},
         )  # fmt: skip
         args, kwargs = tuple(unit.call["args"]), unit.call["kwargs"]
         if spec.cmd is not None:  # its arguments are words after the command's own
             argv = [*spec.cmd, *map(str, args), *(f"--{k}={v}" for k, v in kwargs.items())]
-            env = {**task.context["env"], "GSUP_OUTDIR": str(outdir),
+            env = {**task.context["env"], "GSUP_OUTDIR": outdir,
                    "GSUP_INPUTS": os.pathsep.join(inputs), "GSUP_UNIT": name}  # fmt: skip
             return JobSpec(kind="cmd", target=argv[0], display=shlex.join(argv), argv=argv,
-                           cwd=str(outdir), env=env, **options)  # fmt: skip
+                           cwd=outdir, env=env, **options)  # fmt: skip
         return JobSpec(
             kind="call", target=spec.target, display=describe_call(spec.target, args, kwargs),
             arguments=literal_text(args, kwargs), cwd=task.context["cwd"],
@@ -555,8 +555,9 @@ class TaskEngine:
     def _folder(self, task: LiveTask, transform: LiveTransform) -> Path:
         return self.folder / str(task.id) / transform.spec.name
 
-    def _outdir(self, task: LiveTask, transform: LiveTransform, idx: int) -> Path:
-        return Path(f"{self.folder}/{task.id}/{transform.spec.name}/{idx}")  # not /: it is hot
+    def _outdir(self, task: LiveTask, transform: LiveTransform, idx: int) -> str:
+        """A unit's output folder; a text, not a Path: it is made for every unit."""
+        return f"{self.folder}/{task.id}/{transform.spec.name}/{idx}"
 
     def _watch(self, task: LiveTask) -> None:
         """Outputs land in the folders of its running transforms that declare some."""
@@ -567,8 +568,9 @@ class TaskEngine:
                 self.landings.watch(self._folder(task, transform))
 
     @staticmethod
-    def _move_aside(outdir: Path) -> None:
+    def _move_aside(folder: str) -> None:
         """A failed attempt's folder goes aside (IDX.failed-N), never merged or reused."""
+        outdir = Path(folder)
         if not outdir.exists():
             return
         n = 1
@@ -614,9 +616,12 @@ def _selected(files: list[Path], source: specs.InputsFrom) -> list[Path]:
             and not matches(p, source.exclude)]  # fmt: skip
 
 
-def _missing_output(outdir: Path, outputs: tuple[str, ...]) -> str | None:
+def _missing_output(folder: str, outputs: tuple[str, ...]) -> str | None:
     """Why a unit whose job succeeded is not done: a declared output with no non-empty
     file to match it."""
+    if not outputs:
+        return None
+    outdir = Path(folder)
     for pattern in outputs:
         found = sorted(outdir.glob(pattern)) if outdir.is_dir() else []
         if not found:
