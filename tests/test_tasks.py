@@ -418,3 +418,25 @@ outputs = ["out.txt"]
     # Told even if after the unit's end, and its task's (its job ends as it writes).
     wait_until(lambda: journal_rows(home, "SELECT landed IS NOT NULL FROM units") == [(1,)],
                what="the landing to be noted")  # fmt: skip
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+def test_a_unit_reset_while_a_merge_waits_is_merged_once(
+    make_daemon, gsup, home, task_dir, restart
+):
+    daemon = make_daemon()
+    task = _merge_task(gsup, task_dir, [0, 1], '"csv"')
+    wait_until(lambda: _merges(home) == [(1, "done", 1)], what="unit 0 to be merged")
+    gsup("freeze", "--queue", "monitoring")
+    (task_dir / "go-1").touch()
+    wait_until(lambda: _merges(home)[1:] == [(0, "running", 1)], what="unit 1's merge to wait")
+    gsup("task", "reset", str(task), "make/0")
+    wait_until(lambda: journal_rows(home, "SELECT state FROM units WHERE idx = 0") == [("done",)],
+               what="unit 0 to run again")  # fmt: skip
+    if restart:
+        daemon.kill()  # the reset is in the journal: the next start knows the file is stale
+        make_daemon()
+    gsup("unfreeze")
+    assert gsup("task", "wait", str(task)).returncode == 0
+    merged = home / "tasks" / str(task) / "make" / "merged.csv"
+    assert merged.read_text() == "n\n1\n0\n"  # unit 1 as merged, then 0 again, written anew

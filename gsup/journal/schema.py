@@ -232,7 +232,7 @@ class Merge(BaseModel):
     id = pw.AutoField()
     task = pw.IntegerField()
     transform = pw.IntegerField()
-    job = pw.IntegerField()
+    job = pw.IntegerField()  # 0: a mark that the file must be written anew (a unit reset)
     out = pw.TextField()  # the merged file
     full = pw.BooleanField()
     state = pw.TextField()  # running | done | stale | failed

@@ -62,7 +62,8 @@ class TransformMerge:
     """Where a transform's merging stands."""
 
     waiting: list[int] = field(default_factory=list)  # done units not in a merge yet
-    base: int | None = None  # the file's size after the last done merge; None: anew
+    base: int | None = None  # the file's size after the last done merge
+    anew: bool = True  # the next merge writes the file anew (base is no longer its size)
     running: int | None = None  # merges.id of the merge in flight
     error: str | None = None  # the last merge failed: none runs until `retry`
     merged_any: bool = False  # a merge has written the file: it may be replaced
@@ -88,20 +89,23 @@ class Merging:
             merge.waiting = [idx for (idx,) in reader.execute(
                 "SELECT idx FROM units WHERE transform = ? AND state = 'done'"
                 " AND merged IS NULL ORDER BY idx", (transform.id,))]  # fmt: skip
-            last = reader.execute(
-                "SELECT id, job, state, size, error FROM merges WHERE transform = ?"
-                " ORDER BY id DESC LIMIT 1",
+            running = reader.execute(
+                "SELECT id, job FROM merges WHERE transform = ? AND state = 'running'",
                 (transform.id,),
             ).fetchone()
-            if last is None:
-                continue
-            merge.merged_any = True
-            merge_id, job, state, size, error = last
-            if state == "running":  # its job was requeued at recovery, and will end
-                merge.running = merge_id
-                self.merge_of_job[job] = (task.id, transform.id)
-            merge.base = size if state == "done" else None
-            merge.error = error if state == "failed" else None
+            if running is not None:  # its job was requeued at recovery, and will end
+                merge.running = running[0]
+                self.merge_of_job[running[1]] = (task.id, transform.id)
+            last = reader.execute(
+                "SELECT state, size, error FROM merges WHERE transform = ?"
+                " AND state != 'running' ORDER BY id DESC LIMIT 1",
+                (transform.id,),
+            ).fetchone()
+            merge.merged_any = running is not None or last is not None
+            if last is not None:
+                state, merge.base, error = last
+                merge.anew = state != "done"
+                merge.error = error if state == "failed" else None
 
     # --- what the engine tells -------------------------------------------------------
 
@@ -119,14 +123,26 @@ class Merging:
         if idx in merge.waiting:
             merge.waiting.remove(idx)
         self.journal.write("UPDATE units SET merged = NULL WHERE id = ?", (unit,))
-        merge.base = None
+        self._write_anew(transform, f"unit {idx} was reset")
+
+    def _write_anew(self, transform: LiveTransform, why: str) -> None:
+        """The file holds what it should not: the next merge writes it anew. Journaled
+        as a `stale` merge of no unit, which a restart reads the same way."""
+        assert transform.merge is not None
+        transform.merge.anew = True
+        self.journal.write(
+            "INSERT INTO merges (task, transform, job, out, full, state, units, error, created,"
+            " ended) SELECT task, ?, 0, '', 0, 'stale', 0, ?, ?, ? FROM transforms WHERE id = ?",
+            (transform.id, f"{why}: written anew", self.book.wall(), self.book.wall(),
+             transform.id),
+        )  # fmt: skip
 
     def retry(self, task: LiveTask) -> list[LiveTransform]:
         """Merge again, anew, each transform whose merging failed; those."""
         retried = [t for t in task.transforms if t.merge is not None and t.merge.error]
         for transform in retried:
             assert transform.merge is not None
-            transform.merge.error, transform.merge.base = None, None
+            transform.merge.error, transform.merge.anew = None, True
         return retried
 
     # --- each turn ----------------------------------------------------------------------
@@ -137,13 +153,13 @@ class Merging:
             merge = transform.merge
             if transform.ended or merge is None or merge.running is not None or merge.error:
                 continue
-            if merge.waiting or (merge.base is None and transform.counts[UnitState.DONE]):
+            if merge.waiting or (merge.anew and transform.counts[UnitState.DONE]):
                 self._submit(task, transform, folder / transform.spec.name)
 
     def _submit(self, task: LiveTask, transform: LiveTransform, folder: Path) -> None:
         merge, merger = transform.merge, transform.spec.merger
         assert merge is not None and merger is not None
-        full = merge.base is None or not is_incremental(merger.kind)
+        full = merge.anew or not is_incremental(merger.kind)
         units = self._everything(transform, merge) if full else merge.waiting
         kwargs = {
             "out": str(merged_file(folder, merger.kind)), "kind": merger.kind,
@@ -168,7 +184,7 @@ class Merging:
             [(merge.running, transform.id, idx) for idx in units],
             many=True,
         )
-        merge.waiting = []
+        merge.waiting, merge.anew = [], False
         self.merge_of_job[job] = (task.id, transform.id)
         self.book.added([spec])
 
@@ -198,7 +214,7 @@ class Merging:
             found = outcome["stale"]
             why = f"the merged file was {'gone' if found is None else f'{found} bytes'},"
             self._record(merge_id, "stale", error=f"{why} not {merge.base}: written anew")
-            merge.base = None  # the next merge writes the file anew
+            merge.anew = True
             return
         merge.error = outcome["error"]
         self._record(merge_id, "failed", error=merge.error)
@@ -239,7 +255,7 @@ class Merging:
             path = merged_file(folder / transform.spec.name, merger.kind)
             with contextlib.suppress(FileNotFoundError):
                 path.rename(path.with_name(f"{path.name}.partial"))
-            merge.base = None
+            self._write_anew(transform, f"{path.name} was renamed {path.name}.partial")
             return (f"{failed} units failed: what the others made is in {path.name}.partial"
                     " (ignore_failed = true merges without them)")  # fmt: skip
         return None

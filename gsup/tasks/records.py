@@ -127,7 +127,8 @@ FAILURES_SHOWN = 5  # failed units whose reason a transform's progress carries
 
 def _merge(conn: sqlite3.Connection, transform: int) -> MergeProgress | None:
     last = conn.execute(
-        "SELECT out, state, error FROM merges WHERE transform = ? ORDER BY id DESC LIMIT 1",
+        "SELECT out, state, error FROM merges WHERE transform = ? AND job != 0"  # 0: a mark
+        " ORDER BY id DESC LIMIT 1",
         (transform,),
     ).fetchone()
     if last is None:
