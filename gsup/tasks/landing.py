@@ -47,7 +47,7 @@ from gsup.executors.local.pool import _die_with_parent
 UNWATCH_GRACE = 2.0  # seconds a folder is still watched once it is no longer needed
 RESTART_PAUSE = 1.0  # seconds before a watcher that died is started again, doubling
 MAX_PAUSE = 60.0
-Landed = Callable[[list[tuple[str, str, float]]], None]  # ("landed" | "gone", path, at)
+Landed = Callable[[list[tuple[str, str, Any]]], None]  # what the watcher sends (see above)
 
 
 class Landings:
@@ -75,7 +75,6 @@ class Landings:
                 name="gsup-watcher",
             )
             process.start()
-            self.pidfd = os.pidfd_open(process.pid)
         except OSError as exc:  # out of processes or descriptors: try again later
             ours.close()
             self.loop.say(f"cannot start the outputs' watcher: {exc}")
@@ -83,6 +82,15 @@ class Landings:
             return
         finally:
             theirs.close()
+        try:
+            self.pidfd = os.pidfd_open(process.pid)
+        except OSError as exc:
+            os.kill(process.pid, signal.SIGKILL)
+            process.join()
+            ours.close()
+            self.loop.say(f"cannot follow the outputs' watcher: {exc}")
+            self._restart_later()
+            return
         ours.setblocking(False)
         self.process, self.sock, self.reader = process, ours, FrameReader()
         self.loop.watch(ours, self._on_io)
