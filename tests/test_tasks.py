@@ -165,7 +165,7 @@ def test_pause_resume_and_retry_failed(daemon, gsup, home, task_dir):
     )
     (task_dir / "taskjobs.py").write_text(TASK_JOBS.replace("n % 50 == 7", "n < 0"))
     assert gsup("task", "retry-failed", str(task)).stdout == (
-        f"1 failed units of task {task} to run again\n"
+        f"1 failed or skipped units of task {task} to run again\n"
     )
     assert gsup("task", "wait", str(task)).stdout.splitlines()[-1] == f"task {task} completed"
     assert _shown(gsup, task)["transforms"][1]["units"]["done"] == 2
@@ -440,3 +440,97 @@ def test_a_unit_reset_while_a_merge_waits_is_merged_once(
     assert gsup("task", "wait", str(task)).returncode == 0
     merged = home / "tasks" / str(task) / "make" / "merged.csv"
     assert merged.read_text() == "n\n1\n0\n"  # unit 1 as merged, then 0 again, written anew
+
+
+RERUN_JOBS = textwrap.dedent(
+    """
+    from pathlib import Path
+    from gsup import current
+
+    BROKEN = {broken!r}
+
+    def gen(n):
+        if n in BROKEN:
+            raise ValueError(f"unit {{n}} is broken")
+        (current().outdir / "out.csv").write_text(f"n\\n{{n}}\\n")
+
+    def count():
+        run = current()
+        rows = sorted(p.read_text().splitlines()[1] for p in run.inputs)
+        (run.outdir / "fit.json").write_text('{{"rows": "' + " ".join(rows) + '"}}\\n')
+    """
+)
+
+RERUN = """
+[task]
+name = "rerun"
+
+[[transform]]
+name = "gen"
+target = "rerunjobs:gen"
+units = {units}
+outputs = ["out.csv"]
+abort_after = {abort_after}
+merger = {{kind = "csv", ignore_failed = true}}
+
+[[transform]]
+name = "fit"
+target = "rerunjobs:count"
+inputs_from = {inputs_from}
+outputs = ["fit.json"]
+merger = "jsonl"
+"""
+
+
+def _rerun_task(gsup, task_dir: Path, broken: list, units: list, inputs_from: str,
+                abort_after: int = 100) -> int:  # fmt: skip
+    (task_dir / "rerunjobs.py").write_text(RERUN_JOBS.format(broken=broken))
+    text = RERUN.format(units=[[n] for n in units], inputs_from=inputs_from,
+                        abort_after=abort_after)  # fmt: skip
+    return _submit(gsup, task_dir, text)
+
+
+def _fixed(task_dir: Path) -> None:
+    (task_dir / "rerunjobs.py").write_text(RERUN_JOBS.format(broken=[]))
+
+
+def _fit_rows(home: Path, task: int) -> list[str]:
+    text = (home / "tasks" / str(task) / "fit" / "merged.jsonl").read_text()
+    return sorted(json.loads(line)["rows"] for line in text.splitlines())
+
+
+def test_a_reset_unit_runs_the_units_it_fed_again_in_place(daemon, gsup, home, task_dir):
+    task = _rerun_task(gsup, task_dir, [], [0, 1, 2], '"gen"')
+    assert gsup("task", "wait", str(task)).returncode == 0
+    gsup("task", "reset", str(task), "gen/1")
+    assert gsup("task", "wait", str(task)).returncode == 0
+    assert [t["units"]["done"] for t in _shown(gsup, task)["transforms"]] == [3, 3]
+    assert _fit_rows(home, task) == ["0", "1", "2"]  # fit of gen/1 once, and anew
+    assert (home / "tasks" / str(task) / "gen" / "1.reset-1" / "out.csv").exists()
+
+
+def test_retry_failed_runs_a_unit_fed_by_all_again_over_every_input(daemon, gsup, home, task_dir):
+    task = _rerun_task(gsup, task_dir, [1], [0, 1, 2], '{transform = "gen", mode = "all"}')
+    assert gsup("task", "wait", str(task), check=False).returncode == 1
+    assert _fit_rows(home, task) == ["0 2"]
+    _fixed(task_dir)
+    gsup("task", "retry-failed", str(task))
+    assert gsup("task", "wait", str(task)).returncode == 0
+    assert _fit_rows(home, task) == ["0 1 2"]
+
+
+def test_retry_failed_runs_the_units_an_abort_skipped(daemon, gsup, home, task_dir):
+    gsup("freeze", "--queue", "user")
+    task = _rerun_task(gsup, task_dir, [0], list(range(30)), '"gen"', abort_after=1)
+    gsup("unfreeze")  # float 10: 0 fails while 20 wait, and those are skipped
+    result = gsup("task", "wait", str(task), check=False)
+    assert result.stdout.splitlines()[-1] == (
+        f"task {task} failed (gen: over abort_after (1 units failed))"
+    )
+    assert _shown(gsup, task)["transforms"][0]["units"]["skipped"] == 20
+    _fixed(task_dir)
+    assert gsup("task", "retry-failed", str(task)).stdout == (
+        f"21 failed or skipped units of task {task} to run again\n"
+    )
+    assert gsup("task", "wait", str(task)).returncode == 0
+    assert [t["units"]["done"] for t in _shown(gsup, task)["transforms"]] == [30, 30]

@@ -66,6 +66,7 @@ class LiveTask:
     spec: specs.Task
     context: dict[str, Any]  # cwd, path (for calls), env (for commands) of the submitter
     paused: bool
+    awaiting: int = 0  # units waiting for units they come from to run again (call 'null')
     transforms: list[LiveTransform] = field(default_factory=list)
 
     @property
@@ -136,6 +137,7 @@ class TaskEngine:
                 ended=transform_state != TaskState.RUNNING,
             ))  # fmt: skip
         self._count_units(task)
+        self._count_awaiting(task)
         self.merging.load(task)
         self._watch(task)
         self.tasks[task_id] = task
@@ -197,7 +199,8 @@ class TaskEngine:
             self.journal.write("UPDATE tasks SET state = ? WHERE id = ?", (state, task_id))
             return f"task {task_id} {'paused' if task.paused else 'resumed'}"
         if action == "retry_failed":
-            return f"{self._requeue_units(task, None)} failed units of task {task_id} to run again"
+            count = self._requeue_units(task, None)
+            return f"{count} failed or skipped units of task {task_id} to run again"
         if action == "retry_merge":
             return self._retry_merge(task)
         assert action == "reset" and unit is not None
@@ -216,24 +219,64 @@ class TaskEngine:
         return self._load_task(task_id)
 
     def _requeue_units(self, task: LiveTask, only: int | None) -> int:
-        """Failed (or, with `only`, that one unit, failed or done) units wait again."""
+        """Failed and skipped units (or, with `only`, that one unit, whatever it ended
+        in) wait again; so do the units their outputs fed, which wait for them."""
         rows = self.journal.reader.execute(
             "SELECT id, transform, idx, state FROM units WHERE task = ? AND "
-            + ("id = ?" if only is not None else "state = 'failed'"),
+            + ("id = ?" if only is not None else "state IN ('failed', 'skipped')"),
             (task.id, only) if only is not None else (task.id,),
         ).fetchall()
+        ids = {row[0] for row in rows}
+        fed = [row for row in self._fed_by(task, rows) if row[0] not in ids]
+        running = next((row for row in fed if row[3] == UnitState.SUBMITTED), None)
+        if running is not None:
+            name = f"{self._transform(task, running[1]).spec.name}/{running[2]}"
+            raise TaskRequestError(f"unit {name} runs on its outputs; cancel its job first")
+        self._wait_again(task, rows, "reset" if only is not None else "failed")
+        self._wait_again(task, fed, "reset", awaiting=True)
+        self._count_awaiting(task)
+        self._reopen(task, task.transforms)
+        return len(rows)
+
+    def _count_awaiting(self, task: LiveTask) -> None:
+        (task.awaiting,) = self.journal.reader.execute(
+            "SELECT count(*) FROM units WHERE task = ? AND state = 'waiting' AND call = 'null'",
+            (task.id,),
+        ).fetchone()
+
+    def _fed_by(self, task: LiveTask, rows: list[tuple]) -> list[tuple]:
+        """The units made from the outputs of units `rows`, and from theirs in turn: one
+        per unit (`inputs_from` each), or the one unit of a transform fed as a whole."""
+        fed: list[tuple] = []
+        while rows:
+            ids, transforms = [row[0] for row in rows], {row[1] for row in rows}
+            wholes = [t.id for t in task.transforms
+                      if (source := t.spec.inputs_from) is not None and source.mode == "all"
+                      and task.transform(source.transform).id in transforms]  # fmt: skip
+            rows = self.journal.reader.execute(
+                "SELECT id, transform, idx, state FROM units WHERE task = ? AND (upstream IN"
+                f" ({', '.join('?' * len(ids))}) OR transform IN ({', '.join('?' * len(wholes))}))",
+                (task.id, *ids, *wholes),
+            ).fetchall()
+            rows = [row for row in rows if row not in fed]
+            fed += rows
+        return fed
+
+    def _wait_again(self, task: LiveTask, rows: list[tuple], why: str,
+                    awaiting: bool = False) -> None:  # fmt: skip
+        """Units wait again, their folders moved aside (IDX.`why`-N); `awaiting`: for
+        their inputs too (made again as the units they come from end)."""
         by_id = {t.id: t for t in task.transforms}
         for unit, transform, idx, state in rows:
             live = by_id[transform]
-            self._move_aside(self._outdir(task, live, idx))
+            self._move_aside(self._outdir(task, live, idx), why)
             if state == UnitState.DONE:
                 self.merging.unit_reset(live, unit)
             live.counts[UnitState(state)] -= 1
             live.counts[UnitState.WAITING] += 1
-        self.journal.write("UPDATE units SET state = 'waiting', reason = NULL WHERE id = ?",
+        call = ", call = 'null'" if awaiting else ""
+        self.journal.write(f"UPDATE units SET state = 'waiting', reason = NULL{call} WHERE id = ?",
                            [(row[0],) for row in rows], many=True)  # fmt: skip
-        self._reopen(task, task.transforms)
-        return len(rows)
 
     def _reopen(self, task: LiveTask, transforms: list[LiveTransform]) -> None:
         """Transforms that end anew (each, once what it waits for has ended)."""
@@ -362,7 +405,10 @@ class TaskEngine:
         if after == UnitState.DONE:
             self.merging.unit_done(transform, unit.idx)
             self._chain_each(task, transform, unit, outdir)
-        elif _over_budget(transform):
+            return
+        name = f"{transform.spec.name}/{unit.idx}"
+        self._skip_awaiting(task, [unit.id], None, f"the unit it comes from, {name}, failed")
+        if _over_budget(transform):
             self._abort(task, transform)
 
     def _job_reason(self, job: int) -> str:
@@ -380,7 +426,48 @@ class TaskEngine:
                 continue
             inputs = _selected(_files(Path(outdir)), source)
             call = {"args": [], "kwargs": {}, "inputs": [str(p) for p in inputs]}
-            self._add_units(task, transform, [(call, unit.id)])
+            if not self._give_inputs(task, transform, unit.id, call):
+                self._add_units(task, transform, [(call, unit.id)])
+
+    def _give_inputs(self, task: LiveTask, transform: LiveTransform, upstream: int | None,
+                     call: dict[str, Any]) -> bool:  # fmt: skip
+        """The unit of `transform` made from `upstream` (None: fed as a whole), if it
+        awaits its inputs again (it was made before, then reset), gets them."""
+        if not task.awaiting:
+            return False
+        found = self.journal.reader.execute(
+            "SELECT id FROM units WHERE transform = ? AND upstream IS ? AND call = 'null'"
+            " AND state = 'waiting'",
+            (transform.id, upstream),
+        ).fetchone()
+        if found is None:
+            return False
+        self.journal.write("UPDATE units SET call = ? WHERE id = ?", (json.dumps(call), found[0]))
+        task.awaiting -= 1
+        self._dirty.add(task.id)
+        return True
+
+    def _skip_awaiting(self, task: LiveTask, upstream: list[int] | None, transform_id: int | None,
+                       why: str) -> None:  # fmt: skip
+        """Units awaiting inputs that will not come (from units `upstream`, or as a whole
+        for `transform_id`) are skipped, and so are those awaiting theirs."""
+        while task.awaiting and (upstream or transform_id is not None):
+            where = ("upstream IN (" + ", ".join("?" * len(upstream)) + ")") if upstream \
+                else "transform = ?"  # fmt: skip
+            rows = self.journal.reader.execute(
+                f"SELECT id, transform FROM units WHERE {where} AND call = 'null'"
+                " AND state = 'waiting'",
+                upstream or (transform_id,),
+            ).fetchall()
+            for _, transform in rows:
+                live = self._transform(task, transform)
+                live.counts[UnitState.WAITING] -= 1
+                live.counts[UnitState.SKIPPED] += 1
+            self.journal.write("UPDATE units SET state = 'skipped', reason = ? WHERE id = ?",
+                               [(why, row[0]) for row in rows], many=True)  # fmt: skip
+            task.awaiting -= len(rows)
+            upstream, transform_id = [row[0] for row in rows], None
+            self._dirty.add(task.id)
 
     def _abort(self, task: LiveTask, transform: LiveTransform) -> None:
         """Its failure budget is spent: its waiting units will not run."""
@@ -399,24 +486,37 @@ class TaskEngine:
         """End each transform whose units have all ended and whose upstream has ended;
         a transform fed by another as a whole gets its one unit once that has ended."""
         for transform in task.transforms:
-            if transform.ended or transform.open_units:
+            if transform.ended:
                 continue
-            if transform.merge is not None and not transform.merge.settled():
-                continue  # its merged file is whole when it ends
             source = transform.spec.inputs_from
             upstream = task.transform(source.transform) if source is not None else None
             if upstream is not None and not upstream.ended:
                 continue
             whole = upstream is not None and source.mode == "all"
-            made = transform.next_index > 0  # its one unit, if it is fed as a whole
-            if whole and not made and self._chain_all(task, transform, upstream):
+            if whole and self._chain_all(task, transform, upstream):
                 continue
+            if transform.open_units:
+                continue
+            if transform.merge is not None and not transform.merge.settled():
+                continue  # its merged file is whole when it ends
             self._end_transform(task, transform, upstream)
 
     def _chain_all(self, task: LiveTask, transform: LiveTransform,
                    upstream: LiveTransform) -> bool:  # fmt: skip
-        """One unit over the outputs of every done unit of `upstream`; False if none."""
+        """Its one unit over the outputs of every done unit of `upstream`, made, or
+        given its inputs again after a reset; False if it has it, or there are none."""
+        awaiting = (
+            task.awaiting
+            and self.journal.reader.execute(
+                "SELECT 1 FROM units WHERE transform = ? AND call = 'null' AND state = 'waiting'",
+                (transform.id,),
+            ).fetchone()
+        )
+        if transform.next_index > 0 and not awaiting:
+            return False
         if upstream.aborted or not upstream.counts[UnitState.DONE]:
+            why = f"its inputs' transform, {upstream.spec.name}, had no unit done"
+            self._skip_awaiting(task, None, transform.id, why)
             return False
         source = transform.spec.inputs_from
         assert source is not None
@@ -427,13 +527,15 @@ class TaskEngine:
         ):
             inputs += _selected(_files(Path(self._outdir(task, upstream, idx))), source)
         call = {"args": [], "kwargs": {}, "inputs": [str(p) for p in inputs]}
-        self._add_units(task, transform, [(call, None)])
+        if not self._give_inputs(task, transform, None, call):
+            self._add_units(task, transform, [(call, None)])
         return True
 
     def _end_transform(self, task: LiveTask, transform: LiveTransform,
                        upstream: LiveTransform | None) -> None:  # fmt: skip
         counts = transform.counts
-        state = end_state(counts[UnitState.DONE], counts[UnitState.FAILED], transform.aborted)
+        not_done = counts[UnitState.FAILED] + counts[UnitState.SKIPPED]
+        state = end_state(counts[UnitState.DONE], not_done, transform.aborted)
         reason = self.merging.finish(transform, self.folder / str(task.id))
         if reason is not None and state == TaskState.COMPLETED:
             state = TaskState.COMPLETED_WITH_FAILURES  # its merged file is not whole
@@ -502,8 +604,8 @@ class TaskEngine:
                      and not self.landings.ready(self._folder(task, t))]  # fmt: skip
         rows = self.journal.reader.execute(
             "SELECT id, transform, idx, call FROM units WHERE task = ? AND state = 'waiting'"
-            f" AND transform NOT IN ({', '.join('?' * len(unwatched))})"
-            " ORDER BY transform, idx LIMIT ?",
+            f" AND call != 'null' AND transform NOT IN ({', '.join('?' * len(unwatched))})"
+            " ORDER BY transform DESC, idx LIMIT ?",  # later stages first: results flow
             (task.id, *unwatched, room),
         ).fetchall()
         if not rows:
@@ -568,13 +670,14 @@ class TaskEngine:
                 self.landings.watch(self._folder(task, transform))
 
     @staticmethod
-    def _move_aside(folder: str) -> None:
-        """A failed attempt's folder goes aside (IDX.failed-N), never merged or reused."""
+    def _move_aside(folder: str, why: str = "failed") -> None:
+        """A failed (or reset) attempt's folder goes aside (IDX.failed-N, IDX.reset-N),
+        never merged or reused."""
         outdir = Path(folder)
         if not outdir.exists():
             return
         n = 1
-        while (aside := outdir.with_name(f"{outdir.name}.failed-{n}")).exists():
+        while (aside := outdir.with_name(f"{outdir.name}.{why}-{n}")).exists():
             n += 1
         with contextlib.suppress(OSError):
             outdir.rename(aside)
