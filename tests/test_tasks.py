@@ -163,6 +163,11 @@ def test_pause_resume_and_retry_failed(daemon, gsup, home, task_dir):
     assert gsup("task", "pause", str(task), check=False).stderr == (
         f"gsup: error: task {task} has ended (completed_with_failures)\n"
     )
+    [(job,)] = journal_rows(home, "SELECT job FROM units WHERE state = 'failed'")
+    assert gsup("retry", str(job), check=False).stderr == (
+        f"gsup: error: job {job} ran unit gen/0 of a task: run it again with"
+        f" `gsup task reset {task} gen/0`\n"
+    )
     (task_dir / "taskjobs.py").write_text(TASK_JOBS.replace("n % 50 == 7", "n < 0"))
     assert gsup("task", "retry-failed", str(task)).stdout == (
         f"1 failed or skipped units of task {task} to run again\n"
@@ -317,6 +322,9 @@ def test_a_merger_that_raises_fails_the_merge_and_retry_merge_runs_it_again(
     shown = _shown(gsup, task)["transforms"][0]
     assert (shown["units"]["done"], shown["merge"]["state"]) == (1, "failed")
     assert "ValueError: no merge today" in gsup("show", "2").stdout  # its traceback
+    assert gsup("retry", "2", check=False).stderr == (
+        f"gsup: error: job 2 is a merge of task {task}: `gsup task retry-merge {task}` runs it\n"
+    )
     (task_dir / "mergejobs.py").write_text(MERGE_JOBS.replace(
         'raise ValueError("no merge today")', "Path(out).write_text(Path(files[0]).read_text())"
     ))  # fmt: skip
@@ -355,10 +363,27 @@ def test_without_ignore_failed_a_merge_lacking_units_is_kept_as_partial(
     folder = home / "tasks" / str(task) / "make"
     assert not (folder / "merged.csv").exists()
     assert (folder / "merged.csv.partial").read_text() == "n\n0\n"
-    assert _shown(gsup, task)["transforms"][0]["reason"] == (
+    shown = _shown(gsup, task)["transforms"][0]
+    assert (shown["reason"], shown["merge"]["file"]) == (
         "1 units failed: what the others made is in merged.csv.partial"
-        " (ignore_failed = true merges without them)"
+        " (ignore_failed = true merges without them)",
+        f"{folder}/merged.csv.partial",
     )
+    (task_dir / "mergejobs.py").write_text(MERGE_JOBS.replace('n == "x"', "False"))
+    (task_dir / "go-x").touch()
+    gsup("task", "retry-failed", str(task))
+    assert gsup("task", "wait", str(task)).returncode == 0
+    assert (folder / "merged.csv").read_text() == "n\n0\nx\n"
+    assert not (folder / "merged.csv.partial").exists()  # it holds every unit again
+
+
+def test_a_custom_merger_that_cannot_be_imported_is_refused_at_submit(daemon, gsup, task_dir):
+    (task_dir / "mergejobs.py").write_text(MERGE_JOBS)
+    (task_dir / "sweep.toml").write_text(MERGED.format(units=[[0]], merger='"mergejobs:nothere"'))
+    result = gsup("task", "submit", "sweep.toml", check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", (
+        "gsup: error: sweep.toml, line 10: transform 'make': mergejobs:nothere: 'mergejobs'"
+        " has no attribute 'nothere'\n"))  # fmt: skip
 
 
 def test_an_output_is_noticed_as_it_lands_before_its_job_ends(daemon, gsup, home, task_dir):

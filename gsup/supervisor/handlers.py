@@ -205,6 +205,9 @@ class Handlers:
                 f"job {job} is {row['state']}; only an ended job that did not "
                 "succeed can be retried"
             )
+        owner = self.engine.owner_of(job)
+        if owner is not None:  # its task would never learn of the new run
+            raise RequestError(f"job {job} {owner}")
         self.journal.log_command("retry", {"job": job}, conn.uid, conn.pid)
         self.book.transition(job, row["pool"], State(row["state"]), State.QUEUED,
                              "retried by request", time.time())  # fmt: skip

@@ -238,6 +238,22 @@ class TaskEngine:
         self._reopen(task, task.transforms)
         return len(rows)
 
+    def owner_of(self, job: int) -> str | None:
+        """What a job is to a task (one of its units' runs, or a merge) and how to run
+        that again; None if it is no task's."""
+        reader = self.journal.reader
+        (spec,) = reader.execute("SELECT spec FROM jobs WHERE id = ?", (job,)).fetchone()
+        unit = json.loads(spec).get("unit")
+        if unit is not None:
+            found = reader.execute("SELECT task FROM units WHERE job = ?", (job,)).fetchone()
+            task = found[0] if found else "ID"
+            name = unit["name"].split("/", 1)[1]
+            return f"ran unit {name} of a task: run it again with `gsup task reset {task} {name}`"
+        merge = reader.execute("SELECT task FROM merges WHERE job = ?", (job,)).fetchone()
+        if merge is not None:
+            return f"is a merge of task {merge[0]}: `gsup task retry-merge {merge[0]}` runs it"
+        return None
+
     def _count_awaiting(self, task: LiveTask) -> None:
         (task.awaiting,) = self.journal.reader.execute(
             "SELECT count(*) FROM units WHERE task = ? AND state = 'waiting' AND call = 'null'",

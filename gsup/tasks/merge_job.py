@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -21,7 +22,10 @@ def merge(out: str, kind: str, root: str, units: list[int], outputs: list[str],
     path = Path(out)
     parts = [_part(Path(root), idx, outputs) for idx in units]
     if base is None or not merger.incremental:
-        return {"size": merger.merge(parts, path)}
+        size = merger.merge(parts, path)
+        with contextlib.suppress(FileNotFoundError):  # what a transform with failed units
+            os.unlink(f"{path}.partial")  # left: this one holds every unit again
+        return {"size": size}
     found = os.stat(path).st_size if os.path.lexists(path) else None
     if found != base:
         return {"stale": found}

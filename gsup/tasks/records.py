@@ -3,12 +3,14 @@ the reads that the engine and the CLI share (one definition of each)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 POLL = 0.2  # seconds between looks at the journal while waiting for a task to end
+FAILURES_SHOWN = 5  # failed units whose reason `gsup task show` prints, by transform
 
 
 class TaskState(StrEnum):
@@ -45,6 +47,7 @@ def end_state(done: int, failed: int, aborted: bool) -> TaskState:
 @dataclass
 class MergeProgress:
     out: str  # the merged file
+    file: str | None  # what there is of it: out, or out.partial (a transform's failed units)
     state: str  # of its last merge: running | done | stale | failed
     merged: int  # units in the file
     size: int | None  # its size after the last merge that landed
@@ -102,8 +105,10 @@ def task_rows(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-def progress(conn: sqlite3.Connection, task: int) -> list[TransformProgress]:
-    """Each transform of a task, in order, with its units counted by state."""
+def progress(conn: sqlite3.Connection, task: int,
+             failures: int | None = FAILURES_SHOWN) -> list[TransformProgress]:  # fmt: skip
+    """Each transform of a task, in order, with its units counted by state, and the
+    reasons of its first `failures` failed units (None: of all)."""
     transforms = conn.execute(
         "SELECT id, name, state, reason FROM transforms WHERE task = ? ORDER BY position",
         (task,),
@@ -118,11 +123,8 @@ def progress(conn: sqlite3.Connection, task: int) -> list[TransformProgress]:
     ):
         counted[transform][state] = count
     return [TransformProgress(id_, name, state, reason, counted[id_], _merge(conn, id_),
-                              _failures(conn, id_, FAILURES_SHOWN))
+                              _failures(conn, id_, failures))
             for id_, name, state, reason in transforms]  # fmt: skip
-
-
-FAILURES_SHOWN = 5  # failed units whose reason a transform's progress carries
 
 
 def _merge(conn: sqlite3.Connection, transform: int) -> MergeProgress | None:
@@ -142,12 +144,15 @@ def _merge(conn: sqlite3.Connection, transform: int) -> MergeProgress | None:
         "  (SELECT max(id) FROM merges WHERE transform = ?1 AND state = 'done' AND full), 0)",
         (transform,),
     ).fetchone()
-    return MergeProgress(last[0], last[1], merged or 0, size, last[2])
+    out = last[0]
+    file = next((f for f in (out, f"{out}.partial") if os.path.exists(f)), None)
+    return MergeProgress(out, file, last[1], merged or 0, size, last[2])
 
 
-def _failures(conn: sqlite3.Connection, transform: int, limit: int) -> list[tuple[int, str]]:
+def _failures(conn: sqlite3.Connection, transform: int,
+              limit: int | None) -> list[tuple[int, str]]:  # fmt: skip
     return conn.execute(
         "SELECT idx, reason FROM units WHERE transform = ? AND state = 'failed'"
         " ORDER BY idx LIMIT ?",
-        (transform, limit),
+        (transform, -1 if limit is None else limit),
     ).fetchall()

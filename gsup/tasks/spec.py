@@ -519,6 +519,20 @@ def check_targets(task: Task, warn: Callable[[str], None] | None = None) -> None
         except TargetError as exc:
             key = "cmd" if transform.cmd is not None else "target"
             _fail(task, _transform_error(transform, index, key, str(exc)))
+        merger = transform.merger
+        if merger is not None and ":" in merger.kind:  # a custom one: (files, out)
+            try:
+                check_spec(_merger_job(task, merger.kind), warn)
+            except TargetError as exc:
+                _fail(task, _transform_error(transform, index, "merger", str(exc)))
+
+
+def _merger_job(task: Task, kind: str) -> JobSpec:
+    """A custom merger, as its merge job calls it (the files, the file to write)."""
+    from gsup.specs import call_spec, cli_import_path
+
+    spec = call_spec(kind, ([], "merged"), {}, cli_import_path(task.base))
+    return replace(spec, cwd=task.base)
 
 
 def _first_job(task: Task, transform: Transform) -> JobSpec:

@@ -29,18 +29,21 @@ def _task_id(text: str) -> int:
     return int(text)
 
 
-def _read(text: str, home: Path | None) -> tuple[dict[str, Any], list[TransformProgress]]:
+Progress = tuple[dict[str, Any], list["TransformProgress"]]  # a task's row, its transforms'
+
+
+def _read(text: str, home: Path | None, every_failure: bool = False) -> Progress:
     """A task's row and its transforms' progress, from the journal (the daemon may be
     down; not through the API, which costs `show` its 1.3x of typer's import)."""
     from gsup.journal.queries import read_journal
-    from gsup.tasks.records import progress, task_row
+    from gsup.tasks.records import FAILURES_SHOWN, progress, task_row
 
     task_id = _task_id(text)
     with read_journal(home) as conn:
         row = task_row(conn, task_id)
         if row is None:
             raise GsupError(f"no task {task_id}")
-        return row, progress(conn, task_id)
+        return row, progress(conn, task_id, None if every_failure else FAILURES_SHOWN)
 
 
 @task.command()
@@ -83,7 +86,7 @@ def list_tasks(
 @task.command()
 def show(task_id: TaskId, as_json: Json = False, home: Home = None) -> None:
     """A task: per transform, a progress bar, its units by state, rate and ETA."""
-    row, transforms = _read(task_id, home)
+    row, transforms = _read(task_id, home, every_failure=as_json)
     if as_json:
         print_json({**row, "transforms": [t.to_json() for t in transforms]})
         return
@@ -106,7 +109,8 @@ def _progress_lines(transforms: list[TransformProgress], row: dict[str, Any]) ->
         filled = BAR * ended // t.total if t.total else 0
         counts = ", ".join(f"{n} {state}" for state, n in t.counts.items() if n)
         rate = ended / elapsed if elapsed > 0 else 0.0
-        eta = f", ETA {(t.total - ended) / rate:.0f}s" if rate and t.state == "running" else ""
+        running = t.state == "running" and row["state"] == "running"  # not paused
+        eta = f", ETA {(t.total - ended) / rate:.0f}s" if rate and running else ""
         lines.append(
             f"  {t.name:<{width}} [{'#' * filled}{'.' * (BAR - filled)}] {ended}/{t.total}"
             f" {t.state}" + (f" ({t.reason})" if t.reason else "")
@@ -121,7 +125,8 @@ def _detail_lines(transforms: list[TransformProgress]) -> list[str]:
     for t in transforms:
         if t.merge is not None:
             m = t.merge
-            lines.append(f"  {t.name} merged: {m.out} ({m.merged} units)"
+            held = f"{m.file} ({m.merged} units)" if m.file else "no file yet"
+            lines.append(f"  {t.name} merged: {held}"
                          + (f"; last merge {m.state}: {m.error}" if m.error else ""))  # fmt: skip
         lines += [f"  {t.name}/{idx} failed: {why}" for idx, why in t.failures]
         if len(t.failures) < t.counts["failed"]:
