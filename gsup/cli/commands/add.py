@@ -14,7 +14,7 @@ from gsup.cli.options import Home, Queue
 from gsup.config import DEFAULT_PRIORITY
 from gsup.errors import GsupError, PartlyAdded
 from gsup.protocol import MAX_RETRIES, MAX_SECONDS, RETRY_CAUSES, JobSpec, is_retry_cause
-from gsup.targets import TargetError
+from gsup.targets import TargetError, parse_keyword, parse_target, parse_value
 
 # What retry_on names to retry a target that cannot be loaded (lifecycle.RECURRING; that
 # module is not imported here, to keep `gsup add` quick to start).
@@ -201,8 +201,6 @@ def _batch_key(key: str) -> str:
 
 def _keywords(items: list[str], as_str: bool) -> dict[str, Any]:
     """The --kw NAME=VALUE pairs, each name once."""
-    from gsup.targets import TargetError, parse_keyword
-
     try:
         pairs = [parse_keyword(item, as_str) for item in items]
     except TargetError as exc:
@@ -218,8 +216,6 @@ def _keywords(items: list[str], as_str: bool) -> dict[str, Any]:
 def _check_target(target: str) -> None:
     """A TARGET on the command line must look like pkg.module:function (a target on a
     line of --from is the file's, not a usage error)."""
-    from gsup.targets import TargetError, parse_target
-
     try:
         parse_target(target)
     except TargetError as exc:
@@ -237,7 +233,6 @@ def _call_specs(
     lines: list[list[str]], keywords: dict[str, Any], as_str: bool, options: dict
 ) -> list[JobSpec]:
     from gsup.specs import call_specs, cli_import_path, text_folder
-    from gsup.targets import parse_value
 
     path = cli_import_path(text_folder())  # once for all lines
     specs: list[JobSpec] = []
