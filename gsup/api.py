@@ -10,36 +10,45 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from gsup.client import Client, DaemonFacade, Pending
-from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_JOB_ID, Paths, resolve_home
+from gsup.config import DEFAULT_POOL, MAX_JOB_ID, Paths, resolve_home
 from gsup.errors import BadOptions, GsupError, WaitTimeout
 from gsup.protocol import JobSpec, ProtocolError, check_batch_key
 from gsup.specs import call_specs, python_path
 
-JOB_OPTIONS = {
-    "priority",
-    "timeout",
-    "queue",
-    "name",
-    "retries",
-    "retry_delay",
-    "backoff",
-    "retry_on",
-    "on_lost",
-}
+
+class JobOptions(TypedDict, total=False):
+    """The options of a job, as `queues.add` and `add_many` take them: the one list of
+    their names. One left out takes JobSpec's default (gsup/protocol.py)."""
+
+    priority: int  # 0-9, 0 runs first; FIFO among equals
+    timeout: float | None  # seconds before the job is stopped
+    queue: str  # the pool: "user" or "monitoring"
+    name: str | None  # a name to show, 1,000 characters at most
+    retries: int  # how many times it runs again after a failure or timeout
+    retry_delay: float  # seconds before the first retry
+    backoff: float  # each retry waits this many times longer
+    retry_on: list[str] | None  # exception names, "timeout", "exit"; None: any failure
+    # but a target that cannot be loaded (gsup/lifecycle.py should_retry)
+    on_lost: str  # "requeue" or "fail": for jobs that must not run twice
 
 
-def _job_options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(options) - JOB_OPTIONS
+JOB_OPTIONS = frozenset(JobOptions.__annotations__)
+
+
+def _job_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """JobSpec's fields for `options`; BadOptions (a TypeError, as Python's own for an
+    unexpected keyword) naming those that are no job option."""
+    unknown = options.keys() - JOB_OPTIONS
     if unknown:
         raise BadOptions(f"unknown job options: {', '.join(sorted(unknown))}")
-    options = dict(options)
-    options["pool"] = options.pop("queue", DEFAULT_POOL)
-    return options
+    fields = dict(options)
+    fields["pool"] = fields.pop("queue", DEFAULT_POOL)
+    return fields
 
 
 class JobFailed(GsupError):
@@ -158,33 +167,17 @@ class Queues(DaemonFacade):
         func: Callable[..., Any] | str,
         args: tuple | list = (),
         kwargs: dict[str, Any] | None = None,
-        priority: int = DEFAULT_PRIORITY,
-        timeout: float | None = None,
-        queue: str = DEFAULT_POOL,
-        name: str | None = None,
-        retries: int = 0,
-        retry_delay: float = 0.0,
-        backoff: float = 2.0,
-        retry_on: list[str] | None = None,
-        on_lost: str = "requeue",
+        **options: Unpack[JobOptions],
     ) -> JobHandle:
-        """Run `func(*args, **kwargs)` in a pool thread; returns once the job is journaled.
+        """Run `func(*args, **kwargs)` in a pool thread; returns once the request is sent
+        (`id` waits until the job is journaled).
 
-        `func` is a callable or "pkg.mod:attr"; priority 0 runs first; timeout in
-        seconds; retry_on names exceptions (or "timeout", "exit"); on_lost is
-        "requeue" or "fail" (for jobs that must not run twice).
+        `func` is a callable or "pkg.mod:attr"; `options` are those of JobOptions:
+        priority (0 runs first), timeout (seconds), queue, name, retries, retry_delay,
+        backoff, retry_on (exception names, "timeout" or "exit"; by default any failure
+        but a target that cannot be loaded is retried), on_lost ("requeue" or "fail",
+        for jobs that must not run twice). BadOptions for any other keyword.
         """
-        options = dict(
-            priority=priority,
-            timeout=timeout,
-            queue=queue,
-            name=name,
-            retries=retries,
-            retry_delay=retry_delay,
-            backoff=backoff,
-            retry_on=retry_on,
-            on_lost=on_lost,
-        )
         if not isinstance(args, tuple | list) or not isinstance(kwargs, dict | None):
             raise BadOptions("args must be a tuple or list, and kwargs a dict")
         (spec,) = call_specs(func, [tuple(args)], kwargs, python_path(), **_job_options(options))
@@ -202,7 +195,7 @@ class Queues(DaemonFacade):
         kwargs: dict[str, Any] | None = None,
         *,
         key: str | None = None,
-        **options: Any,
+        **options: Unpack[JobOptions],
     ) -> list[JobHandle]:
         """One job per item of `arguments`: a tuple of positional arguments, or one
         argument; `options` as for `add`. Sent in requests of up to 10,000 jobs.
@@ -213,13 +206,13 @@ class Queues(DaemonFacade):
                 check_batch_key(key)
             except ProtocolError as exc:
                 raise BadOptions(str(exc)) from None
-        options = _job_options(options)
+        fields = _job_options(options)
         try:
             items = iter(arguments)
         except TypeError:
             raise BadOptions(f"arguments must be an iterable, not {arguments!r}") from None
         tuples = (item if isinstance(item, tuple) else (item,) for item in items)
-        specs = call_specs(func, tuples, kwargs, python_path(), **options)
+        specs = call_specs(func, tuples, kwargs, python_path(), **fields)
         return [JobHandle(self.client, job) for job in self.client.add_many(specs, key)]
 
     def job(self, job_id: int) -> JobHandle:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,7 @@ import textwrap
 import pytest
 from conftest import wait_until
 
-from gsup import GsupError, JobFailed, Queues, WaitTimeout
+from gsup import BadOptions, GsupError, JobFailed, Queues, WaitTimeout
 
 
 def double(x):
@@ -90,7 +91,8 @@ def test_result_and_wait_time_out_with_a_gsup_error(queues):
         job.result(timeout=0.2)
     with pytest.raises(TimeoutError):  # WaitTimeout is one too
         job.wait(timeout=0.2)
-    assert job.state == "running"
+    # The waits left it alone: it runs (under load its pool may start it only now).
+    wait_until(lambda: job.state == "running", what="the job to run")
 
 
 def test_a_handle_cancels_waits_and_reads_its_logs(queues, workdir):
@@ -151,8 +153,59 @@ def test_every_error_of_the_api_is_a_gsup_error(queues, home):
     with pytest.raises(gsup.BadOptions, match="timeout must be None or a number"):
         queues.job(queues.add(double, args=(1,)).id).wait(timeout=float("nan"))
     errors = (gsup.TargetError, gsup.BadOptions, gsup.DaemonNotRunning, gsup.WaitTimeout,
-              gsup.JobFailed)  # fmt: skip
+              gsup.JobFailed, gsup.TaskError)  # fmt: skip
     assert all(issubclass(error, gsup.GsupError) for error in errors)
+
+
+def test_add_refuses_an_unknown_option_as_add_many_does(queues, gsup):
+    with pytest.raises(BadOptions, match=r"^unknown job options: colour, size$"):
+        queues.add(double, args=(1,), colour="red", size=2)
+    with pytest.raises(BadOptions, match=r"^unknown job options: colour, size$"):
+        queues.add_many(double, [1], colour="red", size=2)
+    assert json.loads(gsup("jobs", "--json").stdout) == []
+
+
+def test_add_passes_every_job_option(queues, gsup):
+    options = dict(priority=1, timeout=9, queue="monitoring", name="n", retries=2,
+                   retry_delay=0.5, backoff=3, retry_on=["OSError"], on_lost="fail")  # fmt: skip
+    job = queues.add(double, args=(1,), **options)
+    assert job.result(30) == 2
+    shown = json.loads(gsup("show", str(job.id), "--json").stdout)
+    fields = ("priority", "timeout", "pool", "name", "retries", "retry_delay", "backoff",
+              "retry_on", "on_lost")  # fmt: skip
+    assert [shown[field] for field in fields] == [
+        1, 9.0, "monitoring", "n", 2, 0.5, 3.0, '["OSError"]', "fail"
+    ]  # fmt: skip
+
+
+def test_the_job_options_are_the_cli_s_and_job_spec_fields():
+    """One list of option names (api.JobOptions): `gsup add` has the same, and each is a
+    field of a job."""
+    import inspect
+
+    from gsup.api import JOB_OPTIONS, _job_options
+    from gsup.cli.commands.add import add
+    from gsup.protocol import JobSpec
+
+    cli_only = {"target", "args", "kw", "as_str", "cmd", "check", "from_file", "key", "home"}
+    assert set(inspect.signature(add).parameters) - cli_only == JOB_OPTIONS
+    assert set(_job_options(dict.fromkeys(JOB_OPTIONS))) <= set(JobSpec.__dataclass_fields__)
+
+
+def test_task_error_is_exported_and_loaded_on_first_use(env, workdir):
+    import gsup
+    from gsup.tasks.spec import TaskError
+
+    assert gsup.TaskError is TaskError and "TaskError" in gsup.__all__
+    script = textwrap.dedent(
+        """
+        import sys, gsup
+        print(sorted(name for name in sys.modules if name.startswith("gsup.")))
+        from gsup import TaskError
+        print(TaskError.__module__)
+        """
+    )
+    assert _run_python(script, env, workdir).stdout == "[]\ngsup.tasks.spec\n"
 
 
 def test_the_repr_of_a_handle_never_raises(make_daemon, home):
@@ -167,7 +220,6 @@ def test_the_repr_of_a_handle_never_raises(make_daemon, home):
 
 
 def test_priority_timeout_and_queue_are_passed(queues, gsup):
-    import json
     import time
 
     job = queues.add(time.sleep, args=(30,), timeout=0.3, priority=2, queue="monitoring")

@@ -47,25 +47,25 @@ def test_a_job_that_calls_sys_exit_only_fails(daemon, gsup, workdir):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "code", "message"),
     [
-        (["add", "no_colon"], "target 'no_colon' must look like pkg.module:function"),
-        (["add", "jobs:1x"], "'1x' is not a Python name"),
-        (["add", "jobs:add", "--kw", "novalue"], "must look like name=value"),
-        (["add", "jobs:add", "--priority", "10"], "10 is above 9"),
-        (["add", "jobs:add", "--queue", "other"], "'other' is not one of user, monitoring"),
-        (["add", "jobs:add", "--on-lost", "maybe"], "'maybe' is not one of requeue, fail"),
-        (["show", "999"], "no job 999"),
-        (["cancel", "999"], "no job 999"),
-        (["retry", "999"], "no job 999"),
-        (["wait", "999"], "no job 999"),
-        (["jobs", "--state", "weird"], "'weird' is not one of queued, running, done"),
+        (["add", "no_colon"], 2, "target 'no_colon' must look like pkg.module:function"),
+        (["add", "jobs:1x"], 2, "'1x' is not a Python name"),
+        (["add", "jobs:add", "--kw", "novalue"], 2, "must look like name=value"),
+        (["add", "jobs:add", "--priority", "10"], 2, "10 is above 9"),
+        (["add", "jobs:add", "--queue", "other"], 2, "'other' is not one of user, monitoring"),
+        (["add", "jobs:add", "--on-lost", "maybe"], 2, "'maybe' is not one of requeue, fail"),
+        (["show", "999"], 1, "no job 999"),
+        (["cancel", "999"], 1, "no job 999"),
+        (["retry", "999"], 1, "no job 999"),
+        (["wait", "999"], 1, "no job 999"),
+        (["jobs", "--state", "weird"], 2, "'weird' is not one of queued, running, done"),
     ],
 )
-def test_cli_errors_are_one_line_and_exit_non_zero(daemon, gsup, args, message):
+def test_cli_errors_are_one_line_and_exit_non_zero(daemon, gsup, args, code, message):
     result = gsup(*args, check=False)
-    assert result.returncode != 0
-    assert message in result.stderr
+    assert result.returncode == code
+    assert len(result.stderr.splitlines()) == 1 and message in result.stderr
     assert json.loads(gsup("jobs", "--json").stdout) == []
 
 

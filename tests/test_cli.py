@@ -69,51 +69,129 @@ def gsup_version() -> str:
     return gsup.__version__
 
 
+NOT_AN_ID = "is not a job id (ids are whole numbers from 1)"
+
+
 @pytest.mark.parametrize(
-    ("args", "error"),
+    ("args", "code", "error"),
     [
-        (["show", "abc"], "'abc' is not a job id (ids are whole numbers from 1)"),
-        (["cancel", "1", "x2"], "'x2' is not a job id (ids are whole numbers from 1)"),
-        (["logs", "0"], "'0' is not a job id (ids are whole numbers from 1)"),
-        (["show", "12"], "no job 12"),
-        (["logs", "12"], "no job 12"),
+        (["show", "abc"], 2, f"'abc' {NOT_AN_ID} (see: gsup show --help)"),
+        (["cancel", "1", "x2"], 2, f"'x2' {NOT_AN_ID} (see: gsup cancel --help)"),
+        (["logs", "0"], 2, f"'0' {NOT_AN_ID} (see: gsup logs --help)"),
+        (["show", "12"], 1, "no job 12"),
+        (["logs", "12"], 1, "no job 12"),
         (
-            ["jobs", "--limit", "many"],
+            ["jobs", "--limit", "many"], 2,
             "Invalid value for '--limit' / '-n': 'many' is not a whole"
             " number (see: gsup jobs --help)",
         ),
         (
-            ["jobs", "--state", "finished"],
+            ["jobs", "--state", "finished"], 2,
             "Invalid value for '--state' / '-s': 'finished' is not one of queued, running,"
             " done, failed, timeout, cancelled, lost (see: gsup jobs --help)",
         ),
         (
-            ["add", "jobs:add", "--priority", "10"],
+            ["add", "jobs:add", "--priority", "10"], 2,
             "Invalid value for '--priority' / '-p': 10 is above 9 (see: gsup add --help)",
         ),
-        (["show", "1", "--bogus"], "No such option: --bogus (see: gsup show --help)"),
-        (["frobnicate"], "No such command 'frobnicate'. (see: gsup --help)"),
+        (["show", "1", "--bogus"], 2, "No such option: --bogus (see: gsup show --help)"),
+        (["frobnicate"], 2, "No such command 'frobnicate'. (see: gsup --help)"),
         (
-            ["add", "jobs:add", "-5"],
+            ["add", "jobs:add", "-5"], 2,
             "No such option: -5 (a negative number goes after --: gsup add mymod:f -- -5)",
         ),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_naming_it(daemon, gsup, args, code, error):
+    result = gsup(*args, check=False)
+    assert (result.returncode, result.stderr, result.stdout) == (
+        code,
+        f"gsup: error: {error}\n",
+        "",
+    )
+
+
+ADD_USAGE = " (see: gsup add --help)"
+CALL_ONLY = "--kw and --str are for a call's arguments; a command takes words"
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ([], "give a TARGET, or --from FILE with one job per line"),
+        (["--cmd"], "give the command: gsup add --cmd -- PROG ARG..., or --from FILE"),
         (
-            ["add", "jobs:add", "1", "--cmd"],
-            "--cmd goes before the command: gsup add --cmd -- jobs:add ...",
+            ["jobs:add", "--from", "jobs.txt"],
+            "give a TARGET or --from FILE, not both ('jobs:add' and --from)",
         ),
         (
-            ["add", "jobs:add", "--retry-on", "Flaky"],
+            ["jobs:add", "1", "--cmd"],
+            "--cmd goes before the command: gsup add --cmd -- jobs:add ...",
+        ),
+        (["--cmd", "--kw", "x=1", "--", "echo"], CALL_ONLY),
+        (["--cmd", "--str", "--", "echo"], CALL_ONLY),
+        (
+            ["jobs:add", "--retry-on", "Flaky"],
             "--retry-on Flaky: give a built-in exception name (ValueError), the dotted path"
             " of one (mymod.MyError), 'timeout' or 'exit'",
         ),
+        (
+            ["jobs:add", "1", "--key", "a/b"],
+            "--key: a batch key is 1 to 100 letters, digits and . _ : -, not 'a/b'",
+        ),
+        (["jobs:add", "--kw", "novalue"], "keyword argument 'novalue' must look like name=value"),
+        (["jobs:add", "--kw", "y=1", "--kw", "y=2"], "--kw y is given twice"),
+        (["no_colon"], "target 'no_colon' must look like pkg.module:function"),
+        (["jobs:1x"], "target 'jobs:1x': '1x' is not a Python name"),
     ],
 )
-def test_bad_input_is_one_line_naming_it(daemon, gsup, args, error):
+def test_every_usage_error_of_add_exits_2_with_one_line(gsup, args, error):
+    """No daemon runs: each is refused before anything is sent."""
+    result = gsup("add", *args, check=False)
+    assert (result.returncode, result.stderr, result.stdout) == (
+        2,
+        f"gsup: error: {error}{ADD_USAGE}\n",
+        "",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["show"], "Missing argument 'ID'. (see: gsup show --help)"),
+        (["logs"], "Missing argument 'ID'. (see: gsup logs --help)"),
+        (["cancel"], "Missing argument 'ID'. (see: gsup cancel --help)"),
+        (["retry"], "Missing argument 'ID'. (see: gsup retry --help)"),
+        (["wait"], "Missing argument 'ID'. (see: gsup wait --help)"),
+        (["prune"], "Missing option '--older-than'. (see: gsup prune --help)"),
+        (["service"], "Missing command. (see: gsup service --help)"),
+        (["journal"], "Missing command. (see: gsup journal --help)"),
+        (["task", "submit"], "Missing argument 'FILE'. (see: gsup task submit --help)"),
+        (
+            ["service", "install", "--bogus"],
+            "No such option: --bogus (Possible options: --user) (see: gsup service install --help)",
+        ),
+    ],
+)
+def test_a_missing_argument_anywhere_exits_2_pointing_at_its_help(gsup, args, error):
     result = gsup(*args, check=False)
-    usage = error.startswith(("Invalid value", "No such"))  # the parser's, else gsup's
-    assert result.returncode == (2 if usage else 1)
-    assert result.stderr == f"gsup: error: {error}\n"
-    assert result.stdout == ""
+    assert (result.returncode, result.stderr, result.stdout) == (2, f"gsup: error: {error}\n", "")
+
+
+def test_retry_on_help_says_what_is_retried_by_default(gsup):
+    from gsup.lifecycle import RECURRING
+
+    help_text = " ".join(gsup("add", "--help").stdout.split())  # as one line, unwrapped
+    assert (
+        "repeatable [default: any failure or timeout but a target that cannot be loaded, which"
+        f" would fail again: name {RECURRING} to retry that too]" in help_text
+    )
+
+
+def test_the_top_help_says_how_to_install_completion(gsup):
+    assert "Shell completion: gsup --install-completion (bash, zsh, fish, PowerShell)." in (
+        gsup("--help").stdout
+    )
 
 
 def test_retry_on_a_dotted_path_is_checked_and_honoured(daemon, gsup, workdir):
@@ -256,11 +334,6 @@ def test_a_batch_added_again_with_its_key_adds_nothing_twice(daemon, gsup, workd
         "",
         "gsup: error: the batch key nightly.1 was given to other jobs before; give these a new"
         " key\n",
-    )
-    bad = gsup("add", "jobs:add", "1", "--key", "a/b", check=False)
-    assert (bad.returncode, bad.stderr) == (
-        1,
-        "gsup: error: --key: a batch key is 1 to 100 letters, digits and . _ : -, not 'a/b'\n",
     )
 
 

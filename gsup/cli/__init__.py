@@ -8,12 +8,12 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 from gsup.cli import adapt
-from gsup.cli.app import app
+from gsup.cli.app import UsageError, app
 from gsup.errors import GsupError
 
 
@@ -64,8 +64,9 @@ def main() -> None:
     try:
         code = app(prog_name="gsup", standalone_mode=False)
     except TyperException as exc:  # a usage error: one line, not a usage block
-        print(f"gsup: error: {exc.format_message()}{_hint()}", file=sys.stderr)
-        sys.exit(2)
+        _usage_error(exc.format_message() + _hint())
+    except UsageError as exc:  # gsup's own: its message says the way out
+        _usage_error(f"{exc}{_see()}")
     except (typer.Abort, EOFError):
         sys.exit(1)
     except GsupError as exc:
@@ -78,13 +79,28 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def _usage_error(line: str) -> NoReturn:
+    print(f"gsup: error: {line}", file=sys.stderr)
+    sys.exit(2)
+
+
 def _hint() -> str:
-    """Where to read on, and the usual way out of the usual mistakes."""
+    """The usual way out of the usual mistakes of the parser, else where to read on."""
     words = sys.argv[1:]
-    command = words[0] if words and words[0] in typer.main.get_command(app).commands else ""  # type: ignore[attr-defined]
-    if command == "add" and "--" not in words:
+    if words[:1] == ["add"] and "--" not in words:
         if "--cmd" in words:
             return " (a command's own options go after --: gsup add --cmd -- PROG -x)"
         if any(word[:1] == "-" and word[1:2].isdigit() for word in words):
             return " (a negative number goes after --: gsup add mymod:f -- -5)"
-    return f" (see: gsup {command + ' ' if command else ''}--help)"
+    return _see()
+
+
+def _see() -> str:
+    """` (see: gsup COMMAND... --help)` for the command, or subcommand, the line names."""
+    command, path = typer.main.get_command(app), []
+    for word in sys.argv[1:]:
+        found = getattr(command, "commands", {}).get(word)
+        if found is None:
+            break
+        command, path = found, [*path, word]
+    return f" (see: {' '.join(['gsup', *path, '--help'])})"

@@ -19,12 +19,16 @@ HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # on every command and g
 
 app = typer.Typer(
     name="gsup",
-    help="A job supervisor: bounded worker pools, a SQLite journal that never forgets a job.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings=HELP_OPTIONS,
 )
+
+
+class UsageError(GsupError):
+    """A command line typer took but gsup refuses (no TARGET, a misplaced --cmd, a value
+    that does not read as its option's): exit 2 with one line, as typer's own."""
 
 
 def command_group(name: str, help: str) -> typer.Typer:
@@ -37,7 +41,7 @@ def command_group(name: str, help: str) -> typer.Typer:
 def job_id(text: str) -> int:
     """A job id from the command line; one line naming it if it is none."""
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_JOB_ID:
-        raise GsupError(f"{text!r} is not a job id (ids are whole numbers from 1)")
+        raise UsageError(f"{text!r} is not a job id (ids are whole numbers from 1)")
     return int(text)
 
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 import itertools
 import sys
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from gsup.cli.app import app
+from gsup.cli.app import UsageError, app
 from gsup.cli.options import Home, Queue
 from gsup.config import DEFAULT_PRIORITY
 from gsup.errors import GsupError, PartlyAdded
 from gsup.protocol import MAX_RETRIES, MAX_SECONDS, RETRY_CAUSES, JobSpec, is_retry_cause
+from gsup.targets import TargetError, parse_keyword, parse_target, parse_value
+
+# What retry_on names to retry a target that cannot be loaded (lifecycle.RECURRING; that
+# module is not imported here, to keep `gsup add` quick to start).
+UNLOADABLE = f"{TargetError.__module__}.{TargetError.__qualname__}"
 
 OnLost = Enum("OnLost", {"requeue": "requeue", "fail": "fail"}, type=str)  # type: ignore[misc]
 
@@ -38,7 +43,9 @@ def add(
         list[str] | None,
         typer.Option("--kw", metavar="NAME=VALUE", help="A keyword argument (repeatable)"),
     ] = None,
-    as_str: Annotated[bool, typer.Option("--str", help="Pass every argument as a string")] = False,
+    as_str: Annotated[
+        bool, typer.Option("--str", help="Pass every ARG and --kw value as a string, not a literal")
+    ] = False,
     queue: Annotated[Queue, typer.Option("--queue", "-q", help="The pool to run in")] = Queue.user,
     priority: Annotated[
         int,
@@ -49,14 +56,22 @@ def add(
     timeout: Annotated[
         float | None,
         typer.Option(
-            min=0.001, max=MAX_SECONDS, metavar="S", help="Seconds before the job is stopped"
+            min=0.001,
+            max=MAX_SECONDS,
+            metavar="S",
+            help="Seconds before the job is stopped [default: none]",
         ),
     ] = None,
-    name: Annotated[str | None, typer.Option(metavar="TEXT", help="A name to show")] = None,
+    name: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="A name to show in gsup jobs")
+    ] = None,
     retries: Annotated[
         int,
         typer.Option(
-            min=0, max=MAX_RETRIES, metavar="N", help="Runs again after a failure or timeout"
+            min=0,
+            max=MAX_RETRIES,
+            metavar="N",
+            help="How many times to run it again after a failure or timeout",
         ),
     ] = 0,
     retry_delay: Annotated[
@@ -74,7 +89,8 @@ def add(
             metavar="NAME",
             help="Retry only on this exception (a built-in name, or a dotted path such as"
             " mymod.MyError; subclasses too), 'timeout' or 'exit' (a command's non-zero exit);"
-            " repeatable [default: all]",
+            " repeatable [default: any failure or timeout but a target that cannot be loaded,"
+            f" which would fail again: name {UNLOADABLE} to retry that too]",
         ),
     ] = None,
     on_lost: Annotated[
@@ -84,7 +100,12 @@ def add(
         bool, typer.Option("--cmd", help="Run a command: gsup add --cmd -- PROG ARG...")
     ] = False,
     check: Annotated[
-        bool, typer.Option("--check", help="Import the target and bind the arguments; add nothing")
+        bool,
+        typer.Option(
+            "--check",
+            help="Import the target and bind the arguments (and import --retry-on's dotted"
+            " names) in a child, as a pool would; with --cmd, find the program; add nothing",
+        ),
     ] = False,
     from_file: Annotated[
         str | None,
@@ -107,31 +128,28 @@ def add(
 ) -> None:
     """Add a job; prints its id once the journal holds it.
 
-    gsup add mymod:f 123  |  gsup add --cmd -- sleep 30  |  gsup add --from jobs.txt
+    \b
+    gsup add mymod:f 123 --kw y='[1, 2]'
+    gsup add --cmd -- sleep 30
+    gsup add --from jobs.txt
     """
-    if (target is None) == (from_file is None):
-        if cmd:
-            raise GsupError("give the command: gsup add --cmd -- PROG ARG..., or --from FILE")
-        raise GsupError("give a TARGET, or --from FILE with one job per line")
-    if cmd and target is not None and _cmd_after(target):
-        raise GsupError(f"--cmd goes before the command: gsup add --cmd -- {target} ...")
-    for cause in retry_on or []:
-        if not is_retry_cause(cause):
-            raise GsupError(f"--retry-on {cause}: give {RETRY_CAUSES}")
+    _check_usage(target, from_file, cmd, bool(kw) or as_str)
+    _check_retry_on(retry_on or [])
+    batch_key = key and _batch_key(key)
+    keywords = {} if cmd else _keywords(kw or [], as_str)
     options = dict(
         pool=queue.value, priority=priority, timeout=timeout, name=name, retries=retries,
         retry_delay=retry_delay, backoff=backoff, retry_on=retry_on, on_lost=on_lost.value,
     )  # fmt: skip
     from gsup.client import Client
     from gsup.specs import command_spec
-    from gsup.targets import TargetError
 
     lines = _job_lines(from_file) if from_file is not None else [[target, *(args or [])]]
     try:
         if cmd:
             specs = [command_spec(words, **options) for words in lines]  # type: ignore[arg-type]
         else:
-            specs = _call_specs(lines, kw or [], as_str, options)
+            specs = _call_specs(lines, keywords, as_str, options)
     except TargetError as exc:
         raise GsupError(str(exc)) from None
     if check:
@@ -139,12 +157,37 @@ def add(
             _check(spec)
         return
     try:
-        ids = Client(home).add_many(specs, key and _batch_key(key))
+        ids = Client(home).add_many(specs, batch_key)
     except PartlyAdded as exc:  # the ids of those added first, then why not the rest
         sys.stdout.write("".join(f"{job}\n" for job in exc.ids))
         again = f"; run it again with --key {exc.key} to add the rest, never twice"
         raise GsupError(exc.outcome + (again if exc.key else "")) from None
     sys.stdout.write("".join(f"{job}\n" for job in ids))
+
+
+def _check_usage(target: str | None, from_file: str | None, cmd: bool, call_args: bool) -> None:
+    """What typer cannot check: one TARGET (or command) or --from, --cmd before the
+    command, a call's argument options only for a call, and a TARGET that reads as one."""
+    if target is None and from_file is None:
+        if cmd:
+            raise UsageError("give the command: gsup add --cmd -- PROG ARG..., or --from FILE")
+        raise UsageError("give a TARGET, or --from FILE with one job per line")
+    if target is not None and from_file is not None:
+        raise UsageError(f"give a TARGET or --from FILE, not both ({target!r} and --from)")
+    if cmd and _cmd_after(target):
+        raise UsageError(f"--cmd goes before the command: gsup add --cmd -- {target} ...")
+    if cmd and call_args:
+        raise UsageError("--kw and --str are for a call's arguments; a command takes words")
+    if target is not None and not cmd:
+        _check_target(target)
+
+
+def _check_retry_on(names: list[str]) -> None:
+    """Each --retry-on names a cause (a dotted path is imported by --check only: it can
+    be imported in the job's folder alone)."""
+    for cause in names:
+        if not is_retry_cause(cause):
+            raise UsageError(f"--retry-on {cause}: give {RETRY_CAUSES}")
 
 
 def _batch_key(key: str) -> str:
@@ -153,10 +196,33 @@ def _batch_key(key: str) -> str:
     try:
         return check_batch_key(key)
     except ProtocolError as exc:
-        raise GsupError(f"--key: {exc}") from None
+        raise UsageError(f"--key: {exc}") from None
 
 
-def _cmd_after(target: str) -> bool:
+def _keywords(items: list[str], as_str: bool) -> dict[str, Any]:
+    """The --kw NAME=VALUE pairs, each name once."""
+    try:
+        pairs = [parse_keyword(item, as_str) for item in items]
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+    named: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in named:
+            raise UsageError(f"--kw {name} is given twice")
+        named[name] = value
+    return named
+
+
+def _check_target(target: str) -> None:
+    """A TARGET on the command line must look like pkg.module:function (a target on a
+    line of --from is the file's, not a usage error)."""
+    try:
+        parse_target(target)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cmd_after(target: str | None) -> bool:
     """Whether `--cmd` came after the command's first word (`gsup add prog 1 --cmd`)."""
     words = sys.argv[2:]
     words = words[: words.index("--")] if "--" in words else words
@@ -164,20 +230,15 @@ def _cmd_after(target: str) -> bool:
 
 
 def _call_specs(
-    lines: list[list[str]], keywords: list[str], as_str: bool, options: dict
+    lines: list[list[str]], keywords: dict[str, Any], as_str: bool, options: dict
 ) -> list[JobSpec]:
     from gsup.specs import call_specs, cli_import_path, text_folder
-    from gsup.targets import TargetError, parse_keyword, parse_value
 
-    pairs = [parse_keyword(item, as_str) for item in keywords]
-    named = dict(pairs)
-    if len(named) < len(pairs):
-        raise TargetError("a keyword argument is given twice")
     path = cli_import_path(text_folder())  # once for all lines
     specs: list[JobSpec] = []
     for target, run in itertools.groupby(lines, key=lambda words: words[0]):
         arguments = (tuple(parse_value(arg, as_str) for arg in words[1:]) for words in run)
-        specs += call_specs(target, arguments, named, path, **options)  # one run at a time
+        specs += call_specs(target, arguments, keywords, path, **options)  # one run at a time
     return specs
 
 
