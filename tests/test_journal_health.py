@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -227,4 +228,62 @@ def test_a_journal_that_cannot_be_changed_stops_the_start_with_one_line(make_dae
     assert (result.returncode, result.stderr) == (
         1,
         f"gsup: error: cannot set the mode of {journal}: Operation not permitted\n",
+    )
+
+
+RUN = 300  # command jobs run to their end: a journal of jobs, events, attempts, results
+SCATTER = 3000  # random bytes written over the middle of the journal
+
+
+def _journal_of_done_jobs(make_daemon, gsup, home: Path) -> list[int]:
+    """RUN done command jobs; the daemon stopped and the WAL checkpointed. Their ids."""
+    make_daemon()
+    ids = [int(line) for line in gsup("add", "--cmd", "--from", "-",
+                                      input="".join(f"echo {n}\n" for n in range(RUN))
+                                      ).stdout.split()]  # fmt: skip
+    assert set(gsup.wait(*ids).values()) == {"done"}
+    gsup("stop")
+    with sqlite3.connect(home / "journal.sqlite") as db:
+        assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    return ids
+
+
+def _jobs_on_pages(home: Path, pages: set[int]) -> set[int]:
+    """The ids of the jobs whose row lies (in part) on one of `pages`, from the b-tree
+    as dbstat walks it: leaves in key order hold the ids in order, `ncell` each, and an
+    overflow page's path names its leaf and cell. None of `pages` is an interior page."""
+    with sqlite3.connect(f"file:{home / 'journal.sqlite'}?mode=ro", uri=True) as db:
+        ids = [job for (job,) in db.execute("SELECT id FROM jobs ORDER BY id")]
+        tree = db.execute(
+            "SELECT path, pageno, pagetype, ncell FROM dbstat WHERE name = 'jobs' ORDER BY path"
+        ).fetchall()
+    first: dict[str, int] = {}  # a leaf's path: the index of its first id
+    on_pages: set[int] = set()
+    for path, page, kind, cells in tree:
+        assert kind != "internal" or page not in pages, "damage an interior page elsewhere"
+        if kind == "leaf":
+            first[path] = sum(n for p, _, k, n in tree if k == "leaf" and p < path)
+            on_pages |= set(ids[first[path] : first[path] + cells]) if page in pages else set()
+        elif kind == "overflow" and page in pages:
+            leaf, cell = path.rsplit("/", 1)
+            on_pages.add(ids[first[f"{leaf}/"] + int(cell.split("+")[0], 16)])
+    return on_pages
+
+
+def test_salvage_keeps_every_job_off_the_damaged_pages(make_daemon, gsup, home):
+    ids = _journal_of_done_jobs(make_daemon, gsup, home)
+    journal = home / "journal.sqlite"
+    start = journal.stat().st_size // 2 // PAGE * PAGE  # a page in the middle: a leaf
+    damaged = set(range(start // PAGE + 1, (start + SCATTER - 1) // PAGE + 2))
+    lost = _jobs_on_pages(home, damaged)
+    assert 0 < len(lost) < 5  # a few jobs: the page of a leaf or two
+    with open(journal, "r+b") as file:
+        file.seek(start)
+        file.write(random.Random(7).randbytes(SCATTER))
+    result = gsup("journal", "salvage")
+    kept = {job for (job,) in journal_rows(home, "SELECT id FROM jobs")}
+    assert kept == set(ids) - lost
+    assert result.stdout == (
+        f"salvaged the journal: {len(kept)} jobs kept, {len(lost)} lost;"
+        f" the damaged journal is at {home / 'journal.sqlite.damaged'}\n"
     )
