@@ -270,6 +270,13 @@ def _jobs_on_pages(home: Path, pages: set[int]) -> set[int]:
     return on_pages
 
 
+def _scatter(journal: Path, start: int) -> None:
+    """SCATTER random bytes (always the same) written over the journal at `start`."""
+    with open(journal, "r+b") as file:
+        file.seek(start)
+        file.write(random.Random(7).randbytes(SCATTER))
+
+
 def test_salvage_keeps_every_job_off_the_damaged_pages(make_daemon, gsup, home):
     ids = _journal_of_done_jobs(make_daemon, gsup, home)
     journal = home / "journal.sqlite"
@@ -277,13 +284,39 @@ def test_salvage_keeps_every_job_off_the_damaged_pages(make_daemon, gsup, home):
     damaged = set(range(start // PAGE + 1, (start + SCATTER - 1) // PAGE + 2))
     lost = _jobs_on_pages(home, damaged)
     assert 0 < len(lost) < 5  # a few jobs: the page of a leaf or two
-    with open(journal, "r+b") as file:
-        file.seek(start)
-        file.write(random.Random(7).randbytes(SCATTER))
+    _scatter(journal, start)
     result = gsup("journal", "salvage")
     kept = {job for (job,) in journal_rows(home, "SELECT id FROM jobs")}
     assert kept == set(ids) - lost
     assert result.stdout == (
         f"salvaged the journal: {len(kept)} jobs kept, {len(lost)} lost;"
         f" the damaged journal is at {home / 'journal.sqlite.damaged'}\n"
+    )
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_journal_check_says_each_finding_on_a_line_of_its_own(make_daemon, gsup, home, full):
+    _journal_of_done_jobs(make_daemon, gsup, home)
+    journal = home / "journal.sqlite"
+    [(page,)] = journal_rows(  # an index's page: SQLite's check says it in one finding
+        home, "SELECT pageno FROM dbstat WHERE name = 'event_job' AND pagetype = 'leaf'"
+        " ORDER BY path DESC LIMIT 1",
+    )  # fmt: skip
+    _scatter(journal, (page - 1) * PAGE)
+    check = "integrity_check" if full else "quick_check"
+    found = []  # SQLite's findings, then the error that ended them, if one did
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
+        try:
+            for (finding,) in db.execute(f"PRAGMA {check}"):
+                found.append(finding)
+        except sqlite3.DatabaseError as exc:
+            found.append(str(exc))
+    assert full or found[0].startswith("*** in database main ***\n")  # lines in one
+    lines = [line for finding in found for line in finding.splitlines()
+             if not line.startswith("*** in database ")]  # fmt: skip
+    result = gsup("journal", "check", *(["--full"] if full else []), check=False)
+    assert (result.returncode, result.stdout) == (1, "".join(f"{line}\n" for line in lines))
+    assert result.stderr == (
+        f"gsup: error: the journal {journal} is damaged ({lines[0]}); run `gsup journal"
+        " salvage` to copy what is readable into a new journal\n"
     )

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import itertools
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -37,6 +38,7 @@ BY_JOB = {"attempts": "job", "results": "job", "events": "job"}  # rows that bel
 FIRST_ROWID = -(2**63)
 LAST_ROWID = 2**63 - 1
 CHUNK = 10_000  # rows per insert
+BANNER = re.compile(r"\*\*\* in database \S+ \*\*\*")  # heads a check's findings
 
 
 class SalvageError(Exception):
@@ -54,14 +56,28 @@ def problems(path: Path, full: bool = False) -> list[str]:
 
 
 def findings(path: Path, check: str, limit: int) -> list[str]:
-    """The findings of one of SQLite's checks (none: healthy); sqlite3.Error if the
-    journal cannot be opened or read at all."""
+    """The findings of one of SQLite's checks, a line each (none: healthy); then the
+    error that ended them, if one did. sqlite3.Error if the journal cannot be opened or
+    read at all."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    found: list[str] = []
     try:
-        found = [row[0] for row in conn.execute(f"PRAGMA {check}({limit})")]
+        for (finding,) in conn.execute(f"PRAGMA {check}({limit})"):
+            found.append(finding)
+    except sqlite3.DatabaseError as exc:
+        if not found:
+            raise
+        found.append(str(exc))
     finally:
         conn.close()
-    return [] if found == ["ok"] else found
+    return [] if found == ["ok"] else _lines(found)
+
+
+def _lines(found: list[str]) -> list[str]:
+    """SQLite's findings a line each: one of them may hold several lines, the first
+    naming the database ("*** in database main ***"), which says nothing here."""
+    lines = (line.strip() for finding in found for line in finding.splitlines())
+    return [line for line in lines if line and not BANNER.fullmatch(line)]
 
 
 def _check_at_start(journal: Path) -> int:
@@ -87,7 +103,8 @@ def damage_line(path: Path, found: list[str], checked: bool = False) -> str:
     if copies:
         ways.append(f"restore the copy an upgrade left ({copies[-1].name})")
     ways.append("run `gsup journal salvage` to copy what is readable into a new journal")
-    return f"the journal {path} is damaged ({found[0]}); " + ", or ".join(ways)
+    cause = " ".join(found[0].split())  # one line, whatever the finding holds
+    return f"the journal {path} is damaged ({cause}); " + ", or ".join(ways)
 
 
 # --- salvage -------------------------------------------------------------------------
