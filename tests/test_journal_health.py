@@ -5,6 +5,7 @@ commands say one line, never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -320,3 +321,72 @@ def test_journal_check_says_each_finding_on_a_line_of_its_own(make_daemon, gsup,
         f"gsup: error: the journal {journal} is damaged ({lines[0]}); run `gsup journal"
         " salvage` to copy what is readable into a new journal\n"
     )
+
+
+TRUNCATED = "it is 0 bytes long: it was truncated"
+
+
+def test_a_journal_of_0_bytes_is_refused_at_start_with_one_line(make_daemon, gsup, home, env):
+    make_daemon()
+    gsup("stop")
+    journal = home / "journal.sqlite"
+    os.truncate(journal, 0)  # a state dir whose journal lost everything: not a new one
+    result = run_daemon_expecting_exit(env)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == _refusal(home, TRUNCATED) + "\n"
+    assert journal.stat().st_size == 0
+
+
+def test_a_journal_of_0_bytes_is_damage_to_check_and_salvage_makes_a_new_one(make_daemon, gsup,
+                                                                             home):  # fmt: skip
+    make_daemon()
+    gsup("stop")
+    journal = home / "journal.sqlite"
+    os.truncate(journal, 0)
+    check = gsup("journal", "check", check=False)
+    assert (check.returncode, check.stdout, check.stderr) == (
+        1,
+        f"{TRUNCATED}\n",
+        f"gsup: error: the journal {journal} is damaged ({TRUNCATED}); run `gsup journal"
+        " salvage` to copy what is readable into a new journal\n",
+    )
+    aside = home / "journal.sqlite.damaged"
+    assert gsup("journal", "salvage").stdout == (
+        "salvaged the journal: it was empty (0 bytes), so nothing was kept;"
+        f" the damaged journal is at {aside}\n"
+    )
+    assert aside.stat().st_size == 0
+    make_daemon()
+    assert gsup.run("jobs:add", "20", "22") == "done"
+
+
+def test_a_first_start_killed_before_its_journal_was_made_leaves_no_journal(make_daemon, gsup,
+                                                                            home):  # fmt: skip
+    make_daemon()
+    gsup("stop")
+    for suffix in ("", "-wal", "-shm"):  # a state dir whose first start was killed at once
+        with contextlib.suppress(FileNotFoundError):
+            (home / f"journal.sqlite{suffix}").unlink()
+    (home / "journal.sqlite.new").write_bytes(b"")  # where it was making the journal
+    make_daemon()
+    assert gsup.run("jobs:add", "20", "22") == "done"
+    assert not (home / "journal.sqlite.new").exists()
+
+
+def test_salvage_of_a_healthy_journal_changes_nothing(make_daemon, gsup, home):
+    make_daemon()
+    assert gsup.run("jobs:add", "20", "22") == "done"
+    gsup("stop")
+    journal = home / "journal.sqlite"
+    before = journal.read_bytes()
+    result = gsup("journal", "salvage")
+    assert result.stdout == (
+        f"the journal {journal} is healthy (it passed SQLite's integrity_check):"
+        " nothing to salvage\n"
+    )
+    assert journal.read_bytes() == before  # in place, untouched, and nothing set aside
+    assert {path.name for path in home.glob("journal.sqlite*")} <= {
+        "journal.sqlite",
+        "journal.sqlite-wal",  # SQLite's, as any reader of the journal leaves them
+        "journal.sqlite-shm",
+    }

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ BY_JOB = {"attempts": "job", "results": "job", "events": "job"}  # rows that bel
 FIRST_ROWID = -(2**63)
 LAST_ROWID = 2**63 - 1
 CHUNK = 10_000  # rows per insert
+TRUNCATED = "it is 0 bytes long: it was truncated"  # the finding for a journal of 0 bytes
 BANNER = re.compile(r"\*\*\* in database \S+ \*\*\*")  # heads a check's findings
 
 
@@ -49,6 +51,8 @@ def problems(path: Path, full: bool = False) -> list[str]:
     """What SQLite finds wrong with the journal at `path` (read-only): none if it is
     healthy. `full`: integrity_check (indexes against their tables too), else
     quick_check."""
+    if truncated(path):
+        return [TRUNCATED]  # SQLite takes an empty file for a new database, and healthy
     try:
         return findings(path, "integrity_check" if full else "quick_check", PROBLEMS_LISTED)
     except sqlite3.Error as exc:
@@ -107,6 +111,47 @@ def damage_line(path: Path, found: list[str], checked: bool = False) -> str:
     return f"the journal {path} is damaged ({cause}); " + ", or ".join(ways)
 
 
+# --- a journal of 0 bytes --------------------------------------------------------------
+
+
+def truncated(path: Path) -> bool:
+    """Whether the journal at `path` is a file of 0 bytes: gsup never leaves one (see
+    make_journal), so it was truncated, and all it held is lost."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == 0
+
+
+def make_journal(path: Path) -> None:
+    """A new, empty journal at `path` if there is none (a first start; open_journal
+    then makes its tables). SQLite creates its file empty and writes the first page
+    later: a daemon killed in between would leave a journal of 0 bytes, so the file is
+    made beside and renamed in once it has its first page."""
+    if os.path.lexists(path):
+        return
+    partial = path.with_name(f"{path.name}.new")
+    _remove_journal(partial)  # a first start killed before its rename
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    conn = sqlite3.connect(partial)
+    try:
+        conn.execute("PRAGMA journal_mode = wal")  # writes the first page, header and all
+    finally:
+        conn.close()
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)  # the rename too
+    finally:
+        os.close(fd)
+
+
 # --- salvage -------------------------------------------------------------------------
 
 
@@ -116,8 +161,14 @@ class Salvaged:
     lost: int  # jobs known to have been there (by id) that could not be read
     aside: Path  # where the damaged journal now is
     rows_lost: dict[str, int] = field(default_factory=dict)  # other tables' skipped rows
+    empty: bool = False  # the journal was 0 bytes: nothing to read, nothing known lost
 
     def line(self) -> str:
+        if self.empty:
+            return (
+                "salvaged the journal: it was empty (0 bytes), so nothing was kept;"
+                f" the damaged journal is at {self.aside}"
+            )
         others = ", ".join(f"{n} {table} rows" for table, n in self.rows_lost.items() if n)
         also = f" (also lost: {others})" if others else ""
         return (
@@ -126,9 +177,10 @@ class Salvaged:
         )
 
 
-def salvage(paths: Paths) -> Salvaged:
+def salvage(paths: Paths) -> Salvaged | None:
     """Copy what is readable of the journal into a new one that takes its place; the
-    damaged one is kept aside. Holds the daemon's lock: SalvageError if a daemon runs."""
+    damaged one is kept aside. None, and nothing changed, if the journal passes SQLite's
+    full check. Holds the daemon's lock: SalvageError if a daemon runs."""
     from gsup.supervisor.lifetime import DaemonError, DaemonRunning, take_lock
 
     try:
@@ -142,9 +194,15 @@ def salvage(paths: Paths) -> Salvaged:
     except DaemonError as exc:
         raise SalvageError(str(exc)) from None
     try:
+        if not problems(paths.journal, full=True):
+            return None  # healthy: a copy would only lose what the check cannot see
         return _salvage(paths)
     finally:
         os.close(lock)
+
+
+def healthy_line(path: Path) -> str:
+    return f"the journal {path} is healthy (it passed SQLite's integrity_check): nothing to salvage"
 
 
 def _salvage(paths: Paths) -> Salvaged:
@@ -153,12 +211,7 @@ def _salvage(paths: Paths) -> Salvaged:
     _remove_journal(new)
     _remove_journal(scratch)
     try:
-        source = _readable_source(paths.journal, scratch)
-        try:
-            _create(new)
-            salvaged = _copy_rows(source, new)
-        finally:
-            source.conn.close()
+        salvaged = _copy_readable(paths.journal, scratch, new)
         aside = _unused(paths.home / "journal.sqlite.damaged")
         for suffix in ("", "-wal"):
             with contextlib.suppress(FileNotFoundError):
@@ -173,6 +226,19 @@ def _salvage(paths: Paths) -> Salvaged:
     finally:
         _remove_journal(new)
         _remove_journal(scratch)
+
+
+def _copy_readable(journal: Path, scratch: Path, new: Path) -> Salvaged:
+    """A new journal at `new` holding what can be read of `journal`."""
+    if truncated(journal):
+        _create(new)
+        return Salvaged(0, 0, new, empty=True)
+    source = _readable_source(journal, scratch)
+    try:
+        _create(new)
+        return _copy_rows(source, new)
+    finally:
+        source.conn.close()
 
 
 def _remove_journal(path: Path) -> None:
