@@ -5,8 +5,10 @@ commands say one line, never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -228,3 +230,163 @@ def test_a_journal_that_cannot_be_changed_stops_the_start_with_one_line(make_dae
         1,
         f"gsup: error: cannot set the mode of {journal}: Operation not permitted\n",
     )
+
+
+RUN = 300  # command jobs run to their end: a journal of jobs, events, attempts, results
+SCATTER = 3000  # random bytes written over the middle of the journal
+
+
+def _journal_of_done_jobs(make_daemon, gsup, home: Path) -> list[int]:
+    """RUN done command jobs; the daemon stopped and the WAL checkpointed. Their ids."""
+    make_daemon()
+    ids = [int(line) for line in gsup("add", "--cmd", "--from", "-",
+                                      input="".join(f"echo {n}\n" for n in range(RUN))
+                                      ).stdout.split()]  # fmt: skip
+    assert set(gsup.wait(*ids).values()) == {"done"}
+    gsup("stop")
+    with sqlite3.connect(home / "journal.sqlite") as db:
+        assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    return ids
+
+
+def _jobs_on_pages(home: Path, pages: set[int]) -> set[int]:
+    """The ids of the jobs whose row lies (in part) on one of `pages`, from the b-tree
+    as dbstat walks it: leaves in key order hold the ids in order, `ncell` each, and an
+    overflow page's path names its leaf and cell. None of `pages` is an interior page."""
+    with sqlite3.connect(f"file:{home / 'journal.sqlite'}?mode=ro", uri=True) as db:
+        ids = [job for (job,) in db.execute("SELECT id FROM jobs ORDER BY id")]
+        tree = db.execute(
+            "SELECT path, pageno, pagetype, ncell FROM dbstat WHERE name = 'jobs' ORDER BY path"
+        ).fetchall()
+    first: dict[str, int] = {}  # a leaf's path: the index of its first id
+    on_pages: set[int] = set()
+    for path, page, kind, cells in tree:
+        assert kind != "internal" or page not in pages, "damage an interior page elsewhere"
+        if kind == "leaf":
+            first[path] = sum(n for p, _, k, n in tree if k == "leaf" and p < path)
+            on_pages |= set(ids[first[path] : first[path] + cells]) if page in pages else set()
+        elif kind == "overflow" and page in pages:
+            leaf, cell = path.rsplit("/", 1)
+            on_pages.add(ids[first[f"{leaf}/"] + int(cell.split("+")[0], 16)])
+    return on_pages
+
+
+def _scatter(journal: Path, start: int) -> None:
+    """SCATTER random bytes (always the same) written over the journal at `start`."""
+    with open(journal, "r+b") as file:
+        file.seek(start)
+        file.write(random.Random(7).randbytes(SCATTER))
+
+
+def test_salvage_keeps_every_job_off_the_damaged_pages(make_daemon, gsup, home):
+    ids = _journal_of_done_jobs(make_daemon, gsup, home)
+    journal = home / "journal.sqlite"
+    start = journal.stat().st_size // 2 // PAGE * PAGE  # a page in the middle: a leaf
+    damaged = set(range(start // PAGE + 1, (start + SCATTER - 1) // PAGE + 2))
+    lost = _jobs_on_pages(home, damaged)
+    assert 0 < len(lost) < 5  # a few jobs: the page of a leaf or two
+    _scatter(journal, start)
+    result = gsup("journal", "salvage")
+    kept = {job for (job,) in journal_rows(home, "SELECT id FROM jobs")}
+    assert kept == set(ids) - lost
+    assert result.stdout == (
+        f"salvaged the journal: {len(kept)} jobs kept, {len(lost)} lost;"
+        f" the damaged journal is at {home / 'journal.sqlite.damaged'}\n"
+    )
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_journal_check_says_each_finding_on_a_line_of_its_own(make_daemon, gsup, home, full):
+    _journal_of_done_jobs(make_daemon, gsup, home)
+    journal = home / "journal.sqlite"
+    [(page,)] = journal_rows(  # an index's page: SQLite's check says it in one finding
+        home, "SELECT pageno FROM dbstat WHERE name = 'event_job' AND pagetype = 'leaf'"
+        " ORDER BY path DESC LIMIT 1",
+    )  # fmt: skip
+    _scatter(journal, (page - 1) * PAGE)
+    check = "integrity_check" if full else "quick_check"
+    found = []  # SQLite's findings, then the error that ended them, if one did
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
+        try:
+            for (finding,) in db.execute(f"PRAGMA {check}"):
+                found.append(finding)
+        except sqlite3.DatabaseError as exc:
+            found.append(str(exc))
+    assert full or found[0].startswith("*** in database main ***\n")  # lines in one
+    lines = [line for finding in found for line in finding.splitlines()
+             if not line.startswith("*** in database ")]  # fmt: skip
+    result = gsup("journal", "check", *(["--full"] if full else []), check=False)
+    assert (result.returncode, result.stdout) == (1, "".join(f"{line}\n" for line in lines))
+    assert result.stderr == (
+        f"gsup: error: the journal {journal} is damaged ({lines[0]}); run `gsup journal"
+        " salvage` to copy what is readable into a new journal\n"
+    )
+
+
+TRUNCATED = "it is 0 bytes long: it was truncated"
+
+
+def test_a_journal_of_0_bytes_is_refused_at_start_with_one_line(make_daemon, gsup, home, env):
+    make_daemon()
+    gsup("stop")
+    journal = home / "journal.sqlite"
+    os.truncate(journal, 0)  # a state dir whose journal lost everything: not a new one
+    result = run_daemon_expecting_exit(env)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == _refusal(home, TRUNCATED) + "\n"
+    assert journal.stat().st_size == 0
+
+
+def test_a_journal_of_0_bytes_is_damage_to_check_and_salvage_makes_a_new_one(make_daemon, gsup,
+                                                                             home):  # fmt: skip
+    make_daemon()
+    gsup("stop")
+    journal = home / "journal.sqlite"
+    os.truncate(journal, 0)
+    check = gsup("journal", "check", check=False)
+    assert (check.returncode, check.stdout, check.stderr) == (
+        1,
+        f"{TRUNCATED}\n",
+        f"gsup: error: the journal {journal} is damaged ({TRUNCATED}); run `gsup journal"
+        " salvage` to copy what is readable into a new journal\n",
+    )
+    aside = home / "journal.sqlite.damaged"
+    assert gsup("journal", "salvage").stdout == (
+        "salvaged the journal: it was empty (0 bytes), so nothing was kept;"
+        f" the damaged journal is at {aside}\n"
+    )
+    assert aside.stat().st_size == 0
+    make_daemon()
+    assert gsup.run("jobs:add", "20", "22") == "done"
+
+
+def test_a_first_start_killed_before_its_journal_was_made_leaves_no_journal(make_daemon, gsup,
+                                                                            home):  # fmt: skip
+    make_daemon()
+    gsup("stop")
+    for suffix in ("", "-wal", "-shm"):  # a state dir whose first start was killed at once
+        with contextlib.suppress(FileNotFoundError):
+            (home / f"journal.sqlite{suffix}").unlink()
+    (home / "journal.sqlite.new").write_bytes(b"")  # where it was making the journal
+    make_daemon()
+    assert gsup.run("jobs:add", "20", "22") == "done"
+    assert not (home / "journal.sqlite.new").exists()
+
+
+def test_salvage_of_a_healthy_journal_changes_nothing(make_daemon, gsup, home):
+    make_daemon()
+    assert gsup.run("jobs:add", "20", "22") == "done"
+    gsup("stop")
+    journal = home / "journal.sqlite"
+    before = journal.read_bytes()
+    result = gsup("journal", "salvage")
+    assert result.stdout == (
+        f"the journal {journal} is healthy (it passed SQLite's integrity_check):"
+        " nothing to salvage\n"
+    )
+    assert journal.read_bytes() == before  # in place, untouched, and nothing set aside
+    assert {path.name for path in home.glob("journal.sqlite*")} <= {
+        "journal.sqlite",
+        "journal.sqlite-wal",  # SQLite's, as any reader of the journal leaves them
+        "journal.sqlite-shm",
+    }

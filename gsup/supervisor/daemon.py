@@ -28,7 +28,7 @@ from gsup import recovery
 from gsup.access import Access
 from gsup.executors.base import Executor
 from gsup.executors.local.executor import LocalPool
-from gsup.journal.health import damage_line
+from gsup.journal.health import TRUNCATED, damage_line, make_journal, truncated
 from gsup.journal.migrations import JournalError, open_journal
 from gsup.journal.queries import is_damage
 from gsup.journal.writer import JournalStalled, JournalSyncFailed, Writer
@@ -108,6 +108,13 @@ class Supervisor:
 
     def _open(self) -> None:
         """The journal (upgraded if it is older), the parts, and recovery's decisions."""
+        journal = self.paths.journal
+        if truncated(journal):  # not a new journal: one that lost all it held
+            raise DaemonError(damage_line(journal, [TRUNCATED]))
+        try:
+            make_journal(journal)  # none yet: a first start
+        except (OSError, sqlite3.Error) as exc:
+            raise DaemonError(f"cannot make the journal {journal}: {exc}") from None
         try:
             conn, upgraded = open_journal(self.paths.journal)
         except JournalError as exc:

@@ -46,11 +46,14 @@ def check(
 def salvage(home: Home = None) -> None:
     """With the daemon down: copy what is readable of a damaged journal into a new one
     that takes its place, and say how many jobs were kept and lost. The damaged
-    journal is kept aside (journal.sqlite.damaged)."""
-    from gsup.journal.health import SalvageError
+    journal is kept aside (journal.sqlite.damaged). A journal that passes SQLite's full
+    check is left as it is."""
+    from gsup.journal.health import SalvageError, healthy_line
     from gsup.journal.health import salvage as salvage_journal
 
+    paths = Paths(resolve_home(home))
     try:
-        print(salvage_journal(Paths(resolve_home(home))).line())
+        salvaged = salvage_journal(paths)
     except SalvageError as exc:
         raise GsupError(str(exc)) from None
+    print(salvaged.line() if salvaged else healthy_line(paths.journal))
