@@ -28,11 +28,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-import multiprocess
-
 from gsup.config import Paths
 from gsup.executors.base import Attempt, AttemptEnd, Executor, Loop, Reports, Timer
 from gsup.executors.local.channel import FrameReader, frame, report_limit
+from gsup.executors.local.forked import Forked
 from gsup.executors.local.pool import pool_main
 from gsup.imports import import_context
 from gsup.lifecycle import Ending
@@ -69,7 +68,7 @@ class PoolProcessHandle:
     def __init__(self, pool: LocalPool, context: Context) -> None:
         self.pool = pool
         self.context = context
-        self.process: Any = None
+        self.process: Forked | None = None
         self.sock: socket.socket | None = None
         self.pidfd: int | None = None
         self.reader = FrameReader(report_limit(pool.settings.max_result))
@@ -103,17 +102,9 @@ class PoolProcessHandle:
         ours, theirs = socket.socketpair()
         pool = self.pool
         try:
-            process = multiprocess.get_context("fork").Process(
-                target=pool_main,
-                args=(
-                    pool.settings,
-                    theirs,
-                    str(pool.paths.home),
-                    [*self.loop.private_fds(), ours.fileno()],
-                    list(self.context),
-                ),
-                name=f"gsup-pool-{pool.name}",
-            )
+            # It closes every descriptor but `theirs` and its stdio (see descriptors.py).
+            args = (pool.settings, theirs, str(pool.paths.home), list(self.context))
+            process = Forked(pool_main, args)
             process.start()
         except BaseException:
             ours.close()

@@ -1,0 +1,107 @@
+"""What a pool process holds and keeps: its descriptors, its stdio, its restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from conftest import wait_until
+
+FDS_MODULE = """
+import os, stat
+
+def fds():
+    seen = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            seen[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:  # the listing's own descriptor, closed since
+            pass
+    return seen
+"""
+
+
+def _fds(pid: int) -> dict[int, str]:
+    return {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+
+
+def test_a_job_sees_only_its_pools_stdio_and_channel(daemon, gsup, workdir):
+    """Not the journal's files, the selector, the lock, other pools' sockets: a job
+    could write into any of them through /proc/self/fd."""
+    (workdir / "fds.py").write_text(FDS_MODULE)
+    job = gsup.add("fds:fds")  # a process of its own: forked after the pools' first two
+    assert gsup.wait(job) == {job: "done"}
+    seen = {int(fd): target for fd, target in json.loads(gsup.show(job)["result"]).items()}
+    supervisor = _fds(daemon.pid)
+    stdio = ["/dev/null", supervisor[1], supervisor[2]]
+    assert [seen.get(fd) for fd in (0, 1, 2)] == stdio
+    others = [target for fd, target in seen.items() if fd > 2]
+    channel = [target for target in others if target.startswith("socket:[")]
+    assert len(channel) == 1 and channel[0] not in supervisor.values()  # its own end
+    copies = [target for target in others if target not in channel]
+    assert sorted(copies) == sorted(stdio)  # kept to put back a stdio a job closed
+
+
+CLOSER_MODULE = """
+import os, sys, time
+
+def close_stdio(folder=None):
+    for fd in (0, 1, 2):
+        os.close(fd)
+    if folder:  # hold them closed while other jobs of its pool run
+        open(os.path.join(folder, "closed"), "w").close()
+        while not os.path.exists(os.path.join(folder, "go")):
+            time.sleep(0.01)
+    return os.getpid()
+
+def speak(label):
+    print(label, "out")
+    print(label, "err", file=sys.stderr)
+    os.system(f"echo {label} from a shell")  # to the pool's stdout: the daemon's log
+    return os.getpid()
+
+def write_to_fd_1(label):
+    print(label, "out")
+    print(label, "err", file=sys.stderr)
+    try:
+        os.write(1, b"not in this job's log\\n")
+    except OSError:  # closed: the job that closed it still runs
+        pass
+    return os.getpid()
+"""
+
+
+def _speaks(gsup, daemon, label: str, pid: str) -> None:
+    """A job of process `pid` prints to its own log, and its shell to the daemon's."""
+    job = gsup.add("closer:speak", label)
+    assert gsup.wait(job) == {job: "done"}
+    assert gsup.show(job)["result"] == pid
+    logged = gsup("logs", str(job))
+    assert (logged.stdout, logged.stderr) == (f"{label} out\n", f"{label} err\n")
+    assert daemon.said(f"{label} from a shell")
+
+
+def test_jobs_after_one_that_closed_its_pools_stdio_print_to_their_own_logs(daemon, gsup, workdir):
+    (workdir / "closer.py").write_text(CLOSER_MODULE)
+    closer = gsup.add("closer:close_stdio")
+    assert gsup.wait(closer) == {closer: "done"}
+    for label in ("one", "two"):
+        _speaks(gsup, daemon, label, gsup.show(closer)["result"])
+    command = gsup.add("--cmd", "--", "echo", "ran")
+    assert gsup.wait(command) == {command: "done"}
+    assert gsup("logs", str(command)).stdout == "ran\n"
+
+
+def test_a_jobs_log_never_takes_the_stdio_another_job_holds_closed(daemon, gsup, workdir):
+    (workdir / "closer.py").write_text(CLOSER_MODULE)
+    closer = gsup.add("closer:close_stdio", str(workdir))
+    wait_until(lambda: (workdir / "closed").exists(), what="the job to close 0, 1 and 2")
+    beside = gsup.add("closer:write_to_fd_1", "beside")
+    assert gsup.wait(beside) == {beside: "done"}
+    logged = gsup("logs", str(beside))
+    assert (logged.stdout, logged.stderr) == ("beside out\n", "beside err\n")
+    (workdir / "go").touch()
+    assert gsup.wait(closer) == {closer: "done"}
+    pid = gsup.show(closer)["result"]
+    assert gsup.show(beside)["result"] == pid
+    _speaks(gsup, daemon, "after", pid)
