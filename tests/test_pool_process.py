@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 from conftest import wait_until
 
@@ -105,3 +106,44 @@ def test_a_jobs_log_never_takes_the_stdio_another_job_holds_closed(daemon, gsup,
     pid = gsup.show(closer)["result"]
     assert gsup.show(beside)["result"] == pid
     _speaks(gsup, daemon, "after", pid)
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return {int(child) for child in children.read().split()}
+
+
+def _kill_each_restart(daemon, known: set[int], until: str) -> int:
+    """SIGKILL each process the daemon forks, at once, till it says `until`: how many."""
+    kills = 0
+    while until not in daemon.output:
+        started = wait_until(
+            lambda seen=known: (_children(daemon.pid) - seen) or until in daemon.output,
+            what="a restart, or the line",
+        )
+        if isinstance(started, set):
+            for pid in started:
+                os.kill(pid, signal.SIGKILL)
+            known |= started
+            kills += 1
+    return kills
+
+
+def test_a_pool_that_keeps_dying_at_start_is_restarted_ever_later_saying_why(daemon, gsup):
+    """Killed each time it starts, as by a broken environment or a killer in a loop: each
+    restart waits twice as long as the one before, and each death is one line."""
+    command = gsup.add("--cmd", "--", "sh", "-c", 'cut -d" " -f4 "/proc/$PPID/stat"')
+    assert gsup.wait(command) == {command: "done"}
+    served = int(gsup("logs", str(command)).stdout)  # the user pool (its guardian's parent)
+    known = _children(daemon.pid)
+    os.kill(served, signal.SIGKILL)  # it ran a job: it did not die at start
+    last = "keeps dying at start (killed by SIGKILL; 3 times in a row): restarting it in 2s"
+    assert _kill_each_restart(daemon, known, until=f"pool user {last}") == 3
+    said = [line.split("gsup: pool user ", 1)[1] for line in daemon.lines if "pool user" in line]
+    assert said == [
+        "died (killed by SIGKILL); restarting it\n",
+        "died at start (killed by SIGKILL); restarting it in 0.5s\n",
+        "keeps dying at start (killed by SIGKILL; 2 times in a row): restarting it in 1s\n",
+        f"{last}\n",
+    ]
+    assert gsup.run("--cmd", "--", "true") == "done"  # it lives again, two seconds later
