@@ -26,8 +26,8 @@ def _fds(pid: int) -> dict[int, str]:
     return {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
 
 
-def test_a_job_sees_only_its_pools_stdio_and_channel(daemon, gsup, workdir):
-    """Not the journal's files, the selector, the lock, other pools' sockets: a job
+def test_a_job_sees_only_its_pools_stdio_and_channel(daemon, gsup, home, workdir):
+    """Not the journal or its WAL, the selector, the lock, other pools' sockets: a job
     could write into any of them through /proc/self/fd."""
     (workdir / "fds.py").write_text(FDS_MODULE)
     job = gsup.add("fds:fds")  # a process of its own: forked after the pools' first two
@@ -39,8 +39,31 @@ def test_a_job_sees_only_its_pools_stdio_and_channel(daemon, gsup, workdir):
     others = [target for fd, target in seen.items() if fd > 2]
     channel = [target for target in others if target.startswith("socket:[")]
     assert len(channel) == 1 and channel[0] not in supervisor.values()  # its own end
-    copies = [target for target in others if target not in channel]
-    assert sorted(copies) == sorted(stdio)  # kept to put back a stdio a job closed
+    # The copies it puts back a stdio a job closed with, and SQLite's WAL index, which
+    # SQLite's memory, copied by the fork, shares with a connection a job would open.
+    kept = sorted([*stdio, f"{home}/journal.sqlite-shm"])
+    assert sorted(target for target in others if target not in channel) == kept
+
+
+READER_MODULE = """
+import os, sqlite3
+
+def count(state):
+    journal = f"file:{os.environ['GSUP_HOME']}/journal.sqlite?mode=ro"
+    with sqlite3.connect(journal, uri=True, timeout=1) as conn:
+        query = "SELECT count(*) FROM jobs WHERE state = ?"
+        return [conn.execute(query, (state,)).fetchone()[0] for _ in range(3)]
+"""
+
+
+def test_a_job_reads_the_journal_through_sqlite(daemon, gsup):
+    """As gsup's API does for a result: SQLite in a pool process keeps what the fork
+    copied of the supervisor's, which refers to the WAL index's descriptor."""
+    (gsup.cwd / "reader.py").write_text(READER_MODULE)
+    for n in (1, 2):  # in a new process, then in one that has served a job
+        job = gsup.add("reader:count", "done")
+        assert gsup.wait(job) == {job: "done"}
+        assert json.loads(gsup.show(job)["result"]) == [n - 1] * 3
 
 
 CLOSER_MODULE = """

@@ -4,7 +4,12 @@ A pool is forked from the supervisor, which holds the journal's files, its selec
 clients' and other pools' sockets, the checker's pipes...: a job could reach any of
 them through /proc/self/fd. So the pool closes every descriptor but its stdio and its
 channel at once, whatever the supervisor holds (a list of what to close would miss
-what is added later).
+what is added later). One kind is kept: SQLite's WAL indexes (`-shm` files). SQLite
+shares one per database among the connections of a process, in memory the fork
+copied, with its descriptor: a job that opens the journal (gsup's API does, to read
+a result) would use that descriptor, closed or taken by another file. The index holds
+no data (the journal and its WAL are closed), and it is mapped into the process
+anyway.
 
 A job may close 0, 1 or 2 (`os.close(1)`); the next `open` in the process would then
 take that number, and whatever writes to "stdout" (a command a later job runs without
@@ -14,6 +19,7 @@ job (`Stdio.restore`), and opens its own files above 2 (`above_stdio`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -51,6 +57,17 @@ def _highest_fd() -> int:
         return max(int(name) for name in os.listdir("/proc/self/fd"))
     except (OSError, ValueError):
         return os.sysconf("SC_OPEN_MAX")
+
+
+def wal_indexes() -> set[int]:
+    """The descriptors of SQLite WAL indexes (see the module's doc)."""
+    found = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{name}").endswith("-shm"):
+                    found.add(int(name))
+    return found
 
 
 def close_all_but(keep: set[int]) -> None:

@@ -36,6 +36,7 @@ from gsup.executors.local.descriptors import (
     Stdio,
     channel_above_stdio,
     close_all_but,
+    wal_indexes,
 )
 from gsup.executors.local.output import OutputRouter
 from gsup.executors.local.runner import (
@@ -355,7 +356,7 @@ def pool_main(settings: PoolSettings, sock: socket.socket, home: str,
     """Entry point of the forked pool process, serving jobs whose import path is `context`."""
     # First: the supervisor's journal, sockets, selector... are no job's to reach.
     sock = channel_above_stdio(sock)
-    close_all_but({*STDIO, sock.fileno()})
+    close_all_but({*STDIO, sock.fileno(), *wal_indexes()})
     stdio = Stdio()
     _die_with_parent()
     with contextlib.suppress(OSError):
