@@ -213,6 +213,10 @@ class PoolProcessHandle:
         self.unsent.clear()
         self.outbox.clear()
         self.process.join(1)
+        if self.process.exitcode is None:  # its channel closed, yet it lives: of no use
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.join(5)
         self.pool.process_ended(self, self.broken or _describe_exit(self.process.exitcode))
 
     def stop_restarting(self) -> None:

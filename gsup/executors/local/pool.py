@@ -354,7 +354,8 @@ class PoolProcess:
 def pool_main(settings: PoolSettings, sock: socket.socket, home: str,
               context: list[str]) -> None:  # fmt: skip
     """Entry point of the forked pool process, serving jobs whose import path is `context`."""
-    # First: the supervisor's journal, sockets, selector... are no job's to reach.
+    signal.set_wakeup_fd(-1)  # the supervisor's: before it is closed, or its number reused
+    # The supervisor's journal, sockets, selector... are no job's to reach.
     sock = channel_above_stdio(sock)
     close_all_but({*STDIO, sock.fileno(), *wal_indexes()})
     stdio = Stdio()
@@ -364,7 +365,6 @@ def pool_main(settings: PoolSettings, sock: socket.socket, home: str,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
         signal.signal(number, signal.SIG_DFL)  # not the supervisor's: a pool dies of them
-    signal.set_wakeup_fd(-1)  # the supervisor's, closed above
     if os.getppid() == 1:
         os._exit(0)  # the supervisor died before PDEATHSIG was set
     PoolProcess(settings, sock, Paths(Path(home)), context, stdio).serve()
