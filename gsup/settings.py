@@ -73,13 +73,21 @@ def _positive_int(value: object, what: str, most: int = MAX_THREADS) -> int:
 
 
 def _read_toml(path: Path) -> dict:
-    if not path.exists():
+    """The config file's table; none is an empty one. Any other failure is one line (a
+    name too long, a file even root may not read, bytes that are not UTF-8)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
         return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read {path}: not UTF-8 text ({exc.reason})") from None
     import tomllib
 
     try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sysconfig
 
 import pytest
 from conftest import Daemon, run_daemon_expecting_exit
@@ -211,3 +212,24 @@ def test_a_folder_that_holds_other_files_is_no_state_dir(env, home):
     ))  # fmt: skip
     assert stat.S_IMODE(home.stat().st_mode) == 0o755
     assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
+
+
+def test_recover_in_a_state_dir_one_cannot_enter_says_so_in_one_line(home, env):
+    """Root enters any folder, so the command runs as another user."""
+    home.mkdir(mode=0o700)
+    home.parent.chmod(0o711)
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    assert python, "a system python3 is needed to act as another user"
+    # This gsup and the packages of the interpreter running the tests (pure Python).
+    path = os.pathsep.join([env["PYTHONPATH"], sysconfig.get_paths()["purelib"]])
+    result = subprocess.run(
+        [python, "-P", "-m", "gsup", "recover", "--dry-run"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": path, "GSUP_HOME": str(home)},
+        user=NOBODY, group=NOBODY, extra_groups=[], cwd="/",
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        "",
+        f"gsup: error: cannot read {home}/gsup.toml: Permission denied\n",
+    )

@@ -258,6 +258,16 @@ def test_a_bad_config_is_one_clear_line(env, home, toml, message):
     assert len(lines) == 1 and message.format(file=home / "gsup.toml") in lines[0]
 
 
+def test_a_config_that_is_not_utf8_is_one_clear_line(env, home):
+    home.mkdir(mode=0o700)
+    (home / "gsup.toml").write_bytes(b"grace = '\xff'\n")
+    result = run_daemon_expecting_exit(env)
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"gsup: error: cannot read {home}/gsup.toml: not UTF-8 text (invalid start byte)\n",
+    )
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import wait_until
 
 TALKER = """
@@ -117,3 +118,38 @@ def test_a_jobs_log_is_cut_at_max_log_mb_saying_so(make_daemon, env, gsup, home,
         text = (home / "logs" / f"{job}.{attempt['id']}.out").read_text()
         assert len(text) == 1_000_000 + len(CUT_LINE)
         assert text.endswith(CUT_LINE)
+
+
+def _unreadable_even_for_root() -> str:
+    """A file no one may read, root included (a write-only sysctl: root's permission
+    over it is its mode's owner bits, not CAP_DAC_OVERRIDE)."""
+    path = "/proc/sys/vm/drop_caches"
+    try:
+        open(path, "rb").close()
+    except PermissionError:
+        return path
+    pytest.skip(f"{path} is readable here: no file to stand for an unreadable log")
+
+
+def test_logs_of_an_unreadable_log_file_say_so_in_one_line(daemon, gsup, home):
+    job = gsup.add("--cmd", "--", "echo", "hi")
+    assert gsup.wait(job) == {job: "done"}
+    (log,) = (home / "logs").glob(f"{job}.*.out")
+    log.unlink()
+    log.symlink_to(_unreadable_even_for_root())
+    for follow in ([], ["-f"]):
+        result = gsup("logs", *follow, str(job), check=False)
+        assert (result.returncode, result.stdout, result.stderr) == (
+            1,
+            "",
+            f"gsup: error: cannot read {log}: Permission denied\n",
+        )
+
+
+def test_logs_and_recover_of_a_home_whose_name_is_too_long_say_so_in_one_line(gsup, home):
+    home = home.parent / ("x" * 256)  # a file name has 255 bytes at most
+    journal = f"gsup: error: cannot read the journal {home}/journal.sqlite: File name too long\n"
+    config = f"gsup: error: cannot read {home}/gsup.toml: File name too long\n"
+    for command, error in ((["logs", "1"], journal), (["recover", "--dry-run"], config)):
+        result = gsup(*command, "--home", str(home), check=False)
+        assert (result.returncode, result.stdout, result.stderr) == (1, "", error)

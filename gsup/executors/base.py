@@ -90,9 +90,6 @@ class Loop(Protocol):
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         """Call `callback()` in the first turn at or after monotonic time `when`."""
 
-    def private_fds(self) -> list[int]:
-        """The supervisor's own descriptors, which a forked child must close."""
-
     def say(self, message: str) -> None:
         """A line for the operator."""
 

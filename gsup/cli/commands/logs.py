@@ -69,6 +69,8 @@ def _copy(path: Path, offset: int, sink: IO[str]) -> int:
             data = file.read()
     except FileNotFoundError:
         return offset
+    except OSError as exc:  # not readable, a folder, a name too long...
+        raise GsupError(f"cannot read {path}: {exc.strerror or exc}") from None
     if data:
         sink.buffer.write(data)
         sink.flush()

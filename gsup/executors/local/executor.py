@@ -28,11 +28,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-import multiprocess
-
 from gsup.config import Paths
 from gsup.executors.base import Attempt, AttemptEnd, Executor, Loop, Reports, Timer
 from gsup.executors.local.channel import FrameReader, frame, report_limit
+from gsup.executors.local.forked import Forked
 from gsup.executors.local.pool import pool_main
 from gsup.imports import import_context
 from gsup.lifecycle import Ending
@@ -40,6 +39,12 @@ from gsup.settings import PoolSettings
 
 QUICK_DEATH = 1.0  # a pool that dies this soon after its start is restarted this much later
 START_RETRY = 10.0  # seconds between starts of a pool that reported it cannot start
+# A process that dies this soon after its fork, having run no job, died "at start": its
+# restarts back off (FIRST_BACKOFF seconds, doubled at each such death in a row, at
+# most MAX_BACKOFF), as a broken environment or a killer in a loop will do it again.
+AT_START = 5.0
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 60.0
 Context = tuple[str, ...]  # an import path
 
 
@@ -69,7 +74,7 @@ class PoolProcessHandle:
     def __init__(self, pool: LocalPool, context: Context) -> None:
         self.pool = pool
         self.context = context
-        self.process: Any = None
+        self.process: Forked | None = None
         self.sock: socket.socket | None = None
         self.pidfd: int | None = None
         self.reader = FrameReader(report_limit(pool.settings.max_result))
@@ -77,6 +82,8 @@ class PoolProcessHandle:
         self.unsent = bytearray()
         self.jobs: set[int] = set()  # sent to it and not ended
         self.started_at = 0.0
+        self.served = False  # a job has started in the current process
+        self.deaths_at_start = 0  # in a row: see AT_START
         self.last_used = 0.0
         self.recycling = False  # the supervisor killed it on purpose
         self.retiring = False  # it takes no more jobs, and is not restarted
@@ -103,17 +110,9 @@ class PoolProcessHandle:
         ours, theirs = socket.socketpair()
         pool = self.pool
         try:
-            process = multiprocess.get_context("fork").Process(
-                target=pool_main,
-                args=(
-                    pool.settings,
-                    theirs,
-                    str(pool.paths.home),
-                    [*self.loop.private_fds(), ours.fileno()],
-                    list(self.context),
-                ),
-                name=f"gsup-pool-{pool.name}",
-            )
+            # It closes every descriptor but `theirs` and its stdio (see descriptors.py).
+            args = (pool.settings, theirs, str(pool.paths.home), list(self.context))
+            process = Forked(pool_main, args)
             process.start()
         except BaseException:
             ours.close()
@@ -133,6 +132,7 @@ class PoolProcessHandle:
         self.process, self.sock, self.pidfd = process, ours, pidfd
         self.reader = FrameReader(report_limit(self.pool.settings.max_result))
         self.started_at, self.recycling, self.broken = self.loop.now(), False, None
+        self.served = False
         self.last_used = self.started_at
         self.loop.watch(ours, self._on_io)
         self.loop.watch(pidfd, lambda mask: self.exited())
@@ -213,6 +213,10 @@ class PoolProcessHandle:
         self.unsent.clear()
         self.outbox.clear()
         self.process.join(1)
+        if self.process.exitcode is None:  # its channel closed, yet it lives: of no use
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.join(5)
         self.pool.process_ended(self, self.broken or _describe_exit(self.process.exitcode))
 
     def stop_restarting(self) -> None:
@@ -411,6 +415,7 @@ class LocalPool(Executor):
             held = self.held.get(job)
             if held is not None and held.process is handle:
                 held.started = True
+                handle.served = True
                 self.reports.started(self, job, f"Worker_{worker}", at)
         elif kind == "end":
             _, job, ending, why, outcome, usage = message
@@ -491,16 +496,36 @@ class LocalPool(Executor):
     def process_ended(self, handle: PoolProcessHandle, death: str) -> None:
         """Settle the jobs of a process that ended; restart it unless it was retiring."""
         self.retiring.discard(handle)
-        expected = handle.recycling or handle.retiring or self.halted or self.cannot_start
-        if not expected:
-            self.loop.say(f"pool {self.name} died ({death}); restarting it")
+        lived = self.loop.now() - handle.started_at
+        at_start = not handle.served and lived < AT_START and not handle.recycling
+        handle.deaths_at_start = handle.deaths_at_start + 1 if at_start else 0
+        delay = self._restart_delay(handle, lived)
+        if not (handle.recycling or handle.retiring or self.halted or self.cannot_start):
+            self.loop.say(self._death_line(handle.deaths_at_start, death, delay))
         for job in sorted(handle.jobs):
             self._end(job, *self._fate(self.held[job], handle, death))
         if handle.retiring or self.halted:
             return
-        quick = self.loop.now() - handle.started_at < QUICK_DEATH and not handle.recycling
-        delay = START_RETRY if self.cannot_start else QUICK_DEATH if quick else 0.0
         handle.restart = self.loop.call_at(self.loop.now() + delay, handle.spawn)
+
+    def _restart_delay(self, handle: PoolProcessHandle, lived: float) -> float:
+        if self.cannot_start:
+            return START_RETRY
+        if handle.deaths_at_start:
+            return backoff(handle.deaths_at_start)
+        return QUICK_DEATH if lived < QUICK_DEATH and not handle.recycling else 0.0
+
+    def _death_line(self, deaths_at_start: int, death: str, delay: float) -> str:
+        """One line per death; a pool that keeps dying at start says so, and when it
+        is tried again (each line comes later than the one before: see backoff)."""
+        if deaths_at_start > 1:
+            return (
+                f"pool {self.name} keeps dying at start ({death}; {deaths_at_start} times"
+                f" in a row): restarting it in {delay:g}s"
+            )
+        if deaths_at_start == 1:
+            return f"pool {self.name} died at start ({death}); restarting it in {delay:g}s"
+        return f"pool {self.name} died ({death}); restarting it"
 
     def _fate(self, held: Held, handle: PoolProcessHandle, death: str) -> tuple[Ending, str]:
         """What became of a job its process held when the process ended."""
@@ -513,6 +538,12 @@ class LocalPool(Executor):
         if handle.recycling:
             return Ending.INTERRUPTED, "its pool was recycled"
         return Ending.LOST, f"pool died ({death})"
+
+
+def backoff(deaths_at_start: int) -> float:
+    """Seconds before the restart of a process that died at start so many times in a row."""
+    doublings = min(deaths_at_start - 1, 32)  # a day of deaths must not overflow a float
+    return min(FIRST_BACKOFF * 2**doublings, MAX_BACKOFF)
 
 
 def _describe_exit(code: int | None) -> str:

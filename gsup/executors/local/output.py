@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from gsup.executors.local.descriptors import open_above_stdio
 from gsup.executors.local.guard import LogBudget
 
 
@@ -44,7 +45,8 @@ class RoutedStream(io.TextIOBase):
         file = self._files.get(thread)
         if file is None:
             # Kept open across writes; `detach` closes it when the job ends.
-            file = open(self._path_of(*job), "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            file = open(self._path_of(*job), "a", encoding="utf-8", buffering=1,  # noqa: SIM115
+                        opener=open_above_stdio)  # fmt: skip
             self._files[thread] = file
         return file
 

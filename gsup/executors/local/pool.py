@@ -31,6 +31,13 @@ from typing import Any
 
 from gsup.config import Paths
 from gsup.executors.local.channel import FrameReader, frames
+from gsup.executors.local.descriptors import (
+    STDIO,
+    Stdio,
+    channel_above_stdio,
+    close_all_but,
+    wal_indexes,
+)
 from gsup.executors.local.output import OutputRouter
 from gsup.executors.local.runner import (
     JobStopped,
@@ -108,8 +115,9 @@ class Reporter:
 
 class PoolProcess:
     def __init__(self, settings: PoolSettings, sock: socket.socket, paths: Paths,
-                 context: list[str]) -> None:  # fmt: skip
+                 context: list[str], stdio: Stdio) -> None:  # fmt: skip
         self.settings = settings
+        self.stdio = stdio
         user_entries, self.notes = use_import_path(context)
         self.loaded = LoadedFiles(user_entries)
         self.retiring: str | None = None  # why it takes no more jobs, once a file changed
@@ -249,6 +257,7 @@ class PoolProcess:
             started = time.time()
             self.report("start", job.id, worker.index, started)
             outcome = self._run(worker, job)
+            self.stdio.restore()  # a job that closed 0, 1 or 2 does not break the next
             # What it imported as it ran, before its end is told: a client may edit a
             # file as soon as it sees the end, and that edit must count as a change.
             self.loaded.note(since=started)
@@ -342,19 +351,20 @@ class PoolProcess:
                 stop_command(process)
 
 
-def pool_main(settings: PoolSettings, sock: socket.socket, home: str, close: list[int],
+def pool_main(settings: PoolSettings, sock: socket.socket, home: str,
               context: list[str]) -> None:  # fmt: skip
     """Entry point of the forked pool process, serving jobs whose import path is `context`."""
+    signal.set_wakeup_fd(-1)  # the supervisor's: before it is closed, or its number reused
+    # The supervisor's journal, sockets, selector... are no job's to reach.
+    sock = channel_above_stdio(sock)
+    close_all_but({*STDIO, sock.fileno(), *wal_indexes()})
+    stdio = Stdio()
     _die_with_parent()
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # its own group: a Ctrl-C at the terminal is for the supervisor
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
         signal.signal(number, signal.SIG_DFL)  # not the supervisor's: a pool dies of them
-    signal.set_wakeup_fd(-1)  # the supervisor's, inherited
-    for fd in close:  # the supervisor's listener, lock, clients and other pools' sockets
-        with contextlib.suppress(OSError):
-            os.close(fd)
     if os.getppid() == 1:
         os._exit(0)  # the supervisor died before PDEATHSIG was set
-    PoolProcess(settings, sock, Paths(Path(home)), context).serve()
+    PoolProcess(settings, sock, Paths(Path(home)), context, stdio).serve()
