@@ -77,7 +77,7 @@ class Supervisor:
 
     def run(self) -> int:
         lifetime.prepare_home(self.paths, self.access)
-        self.loop.keep_private(lifetime.take_lock(self.paths))
+        self.lock = lifetime.take_lock(self.paths)  # held while this descriptor is open
         # One that comes while it starts is taken in the first turn.
         self.loop.catch_signals(STOP_SIGNALS + STATE_SIGNALS)
         self._open()

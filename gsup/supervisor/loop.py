@@ -101,7 +101,6 @@ class Loop:
         self.selector = selectors.DefaultSelector()
         self.timers = Timers()
         self.signals: list[int] = []
-        self._private: list[int] = []
         self._wakeup_r = -1
 
     def now(self) -> float:
@@ -123,13 +122,6 @@ class Loop:
         if key.events != events:
             self.selector.modify(fileobj, events, key.data)
 
-    def keep_private(self, fd: int) -> None:
-        """A descriptor of the supervisor's that no child may keep (the state dir's lock)."""
-        self._private.append(fd)
-
-    def private_fds(self) -> list[int]:
-        return [key.fd for key in self.selector.get_map().values()] + self._private
-
     def say(self, message: str) -> None:
         say(message)
 
@@ -138,7 +130,6 @@ class Loop:
     def catch_signals(self, numbers: tuple[int, ...]) -> None:
         """Note these signals for `take_signals`; a signal wakes the loop through a pipe."""
         self._wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.keep_private(wakeup_w)
         signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
         for number in numbers:
             signal.signal(number, lambda number, frame: self.signals.append(number))

@@ -27,7 +27,6 @@ watched as watchdog sees it made, which is at once, but not synchronously.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import selectors
 import signal
@@ -38,11 +37,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import multiprocess
-
 from gsup.executors.base import Loop
 from gsup.executors.local.channel import FrameReader, frame, frames
-from gsup.executors.local.pool import _die_with_parent
+from gsup.executors.local.forked import Forked, leave_supervisor
 
 UNWATCH_GRACE = 2.0  # seconds a folder is still watched once it is no longer needed
 RESTART_PAUSE = 1.0  # seconds before a watcher that died is started again, doubling
@@ -56,7 +53,7 @@ class Landings:
     def __init__(self, loop: Loop, landed: Landed) -> None:
         self.loop = loop
         self.landed = landed
-        self.process: Any = None
+        self.process: Forked | None = None
         self.sock: socket.socket | None = None
         self.pidfd: int | None = None
         self.pause = RESTART_PAUSE
@@ -69,11 +66,7 @@ class Landings:
     def start(self) -> None:
         ours, theirs = socket.socketpair()
         try:
-            process = multiprocess.get_context("fork").Process(
-                target=_watch_main,
-                args=(theirs,),
-                name="gsup-watcher",
-            )
+            process = Forked(_watch_main, (theirs,))
             process.start()
         except OSError as exc:  # out of processes or descriptors: try again later
             ours.close()
@@ -86,7 +79,7 @@ class Landings:
             self.pidfd = os.pidfd_open(process.pid)
         except OSError as exc:
             os.kill(process.pid, signal.SIGKILL)
-            process.join()
+            process.join(5)
             ours.close()
             self.loop.say(f"cannot follow the outputs' watcher: {exc}")
             self._restart_later()
@@ -204,27 +197,10 @@ class Landings:
 
 # --- the watcher process ------------------------------------------------------------
 
-_PR_SET_NAME = 15
-
-
-def _name_process(name: bytes) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name)
-
 
 def _watch_main(sock: socket.socket) -> None:
     """Entry point of the forked watcher: reports until its socket closes."""
-    _die_with_parent()
-    _name_process(b"gsup-watcher")  # as ps and /proc/PID/comm show it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the terminal is for the supervisor
-    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
-        signal.signal(number, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)  # the supervisor's, inherited
-    # Only its socket and stdio: not the journal's files, the epoll, the pools' sockets.
-    os.closerange(3, sock.fileno())
-    os.closerange(sock.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
-    if os.getppid() == 1:
-        os._exit(0)  # the supervisor died before PDEATHSIG was set
+    sock = leave_supervisor(sock, b"gsup-watcher")
     from watchdog.events import (
         FileClosedEvent,
         FileDeletedEvent,

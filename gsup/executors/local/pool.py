@@ -21,7 +21,6 @@ import ctypes
 import heapq
 import json
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -31,13 +30,8 @@ from typing import Any
 
 from gsup.config import Paths
 from gsup.executors.local.channel import FrameReader, frames
-from gsup.executors.local.descriptors import (
-    STDIO,
-    Stdio,
-    channel_above_stdio,
-    close_all_but,
-    wal_indexes,
-)
+from gsup.executors.local.descriptors import Stdio, wal_indexes
+from gsup.executors.local.forked import leave_supervisor
 from gsup.executors.local.output import OutputRouter
 from gsup.executors.local.runner import (
     JobStopped,
@@ -51,16 +45,6 @@ from gsup.executors.local.runner import (
 from gsup.imports import LoadedFiles, use_import_path
 from gsup.lifecycle import Ending
 from gsup.settings import PoolSettings
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: end-of-file on the socket still ends the pool
 
 
 def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
@@ -354,17 +338,6 @@ class PoolProcess:
 def pool_main(settings: PoolSettings, sock: socket.socket, home: str,
               context: list[str]) -> None:  # fmt: skip
     """Entry point of the forked pool process, serving jobs whose import path is `context`."""
-    signal.set_wakeup_fd(-1)  # the supervisor's: before it is closed, or its number reused
-    # The supervisor's journal, sockets, selector... are no job's to reach.
-    sock = channel_above_stdio(sock)
-    close_all_but({*STDIO, sock.fileno(), *wal_indexes()})
+    sock = leave_supervisor(sock, b"gsup-pool", keep=wal_indexes())
     stdio = Stdio()
-    _die_with_parent()
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)  # its own group: a Ctrl-C at the terminal is for the supervisor
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
-        signal.signal(number, signal.SIG_DFL)  # not the supervisor's: a pool dies of them
-    if os.getppid() == 1:
-        os._exit(0)  # the supervisor died before PDEATHSIG was set
     PoolProcess(settings, sock, Paths(Path(home)), context, stdio).serve()
