@@ -110,7 +110,8 @@ def _lost(job: Unfinished, why: str, handed: bool = False) -> Decision:
     poison (this death counts towards it)."""
     policy = replace(job.policy, lost_count=job.policy.lost_count + 1)
     if should_retry(State.LOST, policy):
-        deaths = f"in flight during {policy.lost_count} of {POISON_AFTER_LOST} deaths"
+        count = policy.lost_count
+        deaths = f"{count} death{'s' * (count != 1)} in flight; {POISON_AFTER_LOST} make it poison"
         return Decision(job, REQUEUE, f"{why} ({deaths})", handed)
     return Decision(job, ENDS_LOST, lost_reason(policy, why), handed)
 

@@ -57,7 +57,7 @@ def test_recover_dry_run_shows_what_the_next_start_decides(make_daemon, gsup):
     out = gsup("recover", "--dry-run").stdout.splitlines()
     assert out == [
         f"recovery: 0 queued kept, 1 running requeued ({first}), 1 running ended lost ({second})",
-        f"  job {first} (user): requeue: lost with the daemon (in flight during 1 of 3 deaths)",
+        f"  job {first} (user): requeue: lost with the daemon (1 death in flight; 3 make it poison)",
         f"  job {second} (user): ends lost: lost with the daemon; on_lost=fail",
     ]
     assert gsup.show(first)["state"] == "running"  # a dry run changes nothing
@@ -124,7 +124,7 @@ def test_jobs_a_pool_held_when_the_daemon_died_may_have_started_and_say_so(
     restarted = make_daemon()
     assert (
         f"job {held} (user): requeue: handed to its executor when the daemon died;"
-        " it may have started (in flight during 1 of 3 deaths)"
+        " it may have started (1 death in flight; 3 make it poison)"
     ) in restarted.output
     flag.touch()
     assert gsup.wait(busy, held) == {busy: "done", held: "done"}
@@ -218,7 +218,7 @@ def test_a_job_that_keeps_killing_the_daemon_is_quarantined(make_daemon, gsup, w
     for death in (1, 2):
         assert daemon.process.wait(60) == -9
         daemon = make_daemon()
-        deaths = f"in flight during {death} of 3 deaths"
+        deaths = f"{death} death{'s' * (death != 1)} in flight; 3 make it poison"
         assert f"job {job} (user): requeue: lost with the daemon ({deaths})" in daemon.output
     assert daemon.process.wait(60) == -9
     daemon = make_daemon()
