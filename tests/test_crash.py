@@ -57,7 +57,8 @@ def test_recover_dry_run_shows_what_the_next_start_decides(make_daemon, gsup):
     out = gsup("recover", "--dry-run").stdout.splitlines()
     assert out == [
         f"recovery: 0 queued kept, 1 running requeued ({first}), 1 running ended lost ({second})",
-        f"  job {first} (user): requeue: lost with the daemon (1 death in flight; 3 make it poison)",
+        f"  job {first} (user): requeue: lost with the daemon"
+        " (1 death in flight; 3 make it poison)",
         f"  job {second} (user): ends lost: lost with the daemon; on_lost=fail",
     ]
     assert gsup.show(first)["state"] == "running"  # a dry run changes nothing

@@ -333,9 +333,13 @@ BAD_FILES = [
         HEAD + 'cmd = ["true"]\nunits = [1]\nfiles_per_unit = 2  # <-\n',
         "transform 'gen': files_per_unit is given without files",
     ),
-    (
-        HEAD + 'cmd = ["true"]\nunits = [1]\noutputs = ["out/../../x"]  # <-\n',
-        "transform 'gen': outputs: 'out/../../x' is not a glob relative to a unit's folder (no ..)",
+    *(
+        (
+            HEAD + f'cmd = ["true"]\nunits = [1]\noutputs = ["{glob}"]  # <-\n',
+            f"transform 'gen': outputs: '{glob}' is not a glob relative to a unit's folder"
+            " (no /, . or .. parts)",
+        )
+        for glob in ("out/../../x", ".", "./", "/etc/*", "a//b", "")
     ),
     (
         HEAD + 'cmd = ["true"]\nunits = [1]\nretries = -1  # <-\n',

@@ -559,3 +559,49 @@ def test_retry_failed_runs_the_units_an_abort_skipped(daemon, gsup, home, task_d
     )
     assert gsup("task", "wait", str(task)).returncode == 0
     assert [t["units"]["done"] for t in _shown(gsup, task)["transforms"]] == [30, 30]
+
+
+def test_an_output_that_is_no_regular_file_fails_its_unit(daemon, gsup, home, task_dir):
+    text = """
+[task]
+name = "odd"
+
+[[transform]]
+name = "make"
+cmd = ["sh", "-c", "case $0 in 0) mkfifo out.csv;; 1) mkdir out.csv;; 2) ln -s /etc/passwd out.csv;; *) printf 'n\\\\n3\\\\n' > out.csv;; esac"]
+units = [["0"], ["1"], ["2"], ["3"]]
+outputs = ["out.csv"]
+merger = {kind = "csv", ignore_failed = true}
+"""  # noqa: E501
+    task = _submit(gsup, task_dir, text)
+    assert gsup("task", "wait", str(task), check=False).returncode == 1
+    shown = _shown(gsup, task)["transforms"][0]
+    assert shown["failures"] == [
+        {"unit": n, "reason": "output out.csv is not a regular file"} for n in (0, 1, 2)
+    ]
+    assert (home / "tasks" / str(task) / "make" / "merged.csv").read_text() == "n\n3\n"
+
+
+def test_a_merge_that_ends_lost_at_a_start_fails_and_retry_merge_runs_it(
+    make_daemon, gsup, home, task_dir
+):
+    (task_dir / "mergejobs.py").write_text(MERGE_JOBS.replace(
+        'raise ValueError("no merge today")',
+        "while not Path(__file__).with_name('go-merge').exists(): pass\n"
+        "    Path(out).write_text('merged')",
+    ))  # fmt: skip
+    daemon = make_daemon()
+    task = _submit(gsup, task_dir, MERGED.format(units=[[0]], merger='"mergejobs:concat"'))
+    for _ in range(3):  # three deaths of the daemon while the merge runs: it is poison
+        wait_until(lambda: journal_rows(home, "SELECT state FROM jobs WHERE id = 2")
+                   == [("running",)], what="the merge to run")  # fmt: skip
+        daemon.kill()
+        daemon = make_daemon()
+    result = gsup("task", "wait", str(task), check=False)
+    assert result.stdout.splitlines()[-1].startswith(
+        f"task {task} completed_with_failures (make: merge failed: job 2 lost: poison:"
+    )
+    (task_dir / "go-merge").touch()
+    gsup("task", "retry-merge", str(task))
+    assert gsup("task", "wait", str(task)).returncode == 0
+    assert (home / "tasks" / str(task) / "make" / "merged").read_text() == "merged"

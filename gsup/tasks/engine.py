@@ -21,6 +21,7 @@ import fnmatch
 import json
 import os
 import shlex
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,11 @@ class TaskEngine:
             "SELECT id FROM tasks WHERE state IN (?, ?)", (TaskState.RUNNING, TaskState.PAUSED)
         ).fetchall():
             self._load_task(task_id)
+        for job in self.merging.merge_of_job:  # a merge that ended at recovery
+            (state,) = self.journal.reader.execute(
+                "SELECT state FROM jobs WHERE id = ?", (job,)).fetchone()  # fmt: skip
+            if state in END_STATES:
+                self._ends.append((job, State(state)))
         for unit, task, transform, idx, job, job_state in self.journal.reader.execute(
             "SELECT u.id, u.task, u.transform, u.idx, u.job, j.state FROM units u"
             " JOIN jobs j ON j.id = u.job WHERE u.state = 'submitted'"
@@ -742,10 +748,16 @@ def _missing_output(folder: str, outputs: tuple[str, ...]) -> str | None:
         return None
     outdir = Path(folder)
     for pattern in outputs:
-        found = sorted(outdir.glob(pattern)) if outdir.is_dir() else []
+        try:
+            found = sorted(outdir.glob(pattern)) if outdir.is_dir() else []
+        except (OSError, ValueError, IndexError, AttributeError) as exc:  # never the daemon's end
+            return f"output {pattern} cannot be looked for: {type(exc).__name__}: {exc}"
         if not found:
             return f"missing output {pattern}"
-        empty = next((p for p in found if p.is_file() and p.stat().st_size == 0), None)
-        if empty is not None:
-            return f"empty output {empty.relative_to(outdir)}"
+        for path in found:
+            mode = path.lstat()
+            if not stat.S_ISREG(mode.st_mode):  # a FIFO would block its merge; a link
+                return f"output {path.relative_to(outdir)} is not a regular file"
+            if not mode.st_size:
+                return f"empty output {path.relative_to(outdir)}"
     return None

@@ -136,7 +136,8 @@ class Landings:
         self.loop.want_write(self.sock, bool(self.unsent))
 
     def _on_io(self, mask: int) -> None:
-        assert self.sock is not None
+        if self.sock is None:  # its death was handled first, in the same turn
+            return
         if mask & selectors.EVENT_WRITE:
             self._send()
         if not mask & selectors.EVENT_READ:

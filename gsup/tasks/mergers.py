@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import secrets
@@ -217,7 +218,7 @@ class JsonlMerger(_IncrementalMerger):
 
 class TarMerger(_IncrementalMerger):
     """An uncompressed tar (pax format) of regular-file members `<unit>/<relative name>`
-    (see Part.root), each file's content and mode as read (a symlink's target's),
+    (see Part.root), each file's content and mode as read (symlinks are refused),
     owned by 0:0, and exactly two zero blocks at the end, unpadded: append() overwrites
     those two blocks with the new members, so it reads two blocks of `out`, not its
     members. It checks that `out` ends so, and trusts (as its contract says) that
@@ -424,10 +425,18 @@ def _where(part: Part, file: Path) -> str:
 
 
 def _open_input(part: Part, file: Path) -> BinaryIO:
+    """A unit's file, if it is a regular file: not a symlink (to a file outside its
+    folder, or to the merged file itself), a FIFO (whose open would block the merge
+    until a writer came) or a device."""
     try:
-        return file.open("rb")
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise MergeError(f"{_where(part, file)}: cannot read: {exc.strerror}") from None
+        why = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        raise MergeError(f"{_where(part, file)}: cannot read: {why}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise MergeError(f"{_where(part, file)}: not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 def _read_header(source: BinaryIO) -> bytes:

@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, NoReturn
 
 from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, POOL_NAMES
@@ -372,9 +372,11 @@ def _globs_problems(key: str, what: str, globs: Any) -> Iterator[tuple[str, str]
         yield key, f"{label} must be a list of globs, not {shown(globs)}"
         return
     for glob in globs:
-        relative = isinstance(glob, str) and glob and not glob.startswith("/")
-        if not relative or ".." in PurePosixPath(glob).parts:
-            yield key, f"{label}: {shown(glob)} is not a glob relative to a unit's folder (no ..)"
+        # Each part a name or a pattern: ".", "..", "" (a leading, doubled or trailing /)
+        # would name the folder itself, or climb out of it.
+        if not isinstance(glob, str) or {"", ".", ".."} & set(glob.split("/")):
+            yield key, (f"{label}: {shown(glob)} is not a glob relative to a unit's folder"
+                        " (no /, . or .. parts)")  # fmt: skip
 
 
 def _option_problems(t: Transform) -> Iterator[tuple[str, str]]:
