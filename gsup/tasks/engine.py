@@ -618,18 +618,25 @@ class TaskEngine:
         self._dirty.add(task.id)
 
     def _fill(self, task: LiveTask) -> None:
-        """Submit waiting units, in transform then index order, up to the task's float."""
+        """Submit waiting units up to the task's float: later transforms' first, so that
+        results flow through a chain, each in index order; none of a transform whose
+        folder the outputs' watcher has not taken yet."""
         room = task.spec.float - task.in_flight
         if task.paused or room <= 0:
             return
-        unwatched = [t.id for t in task.transforms if t.spec.outputs
-                     and not self.landings.ready(self._folder(task, t))]  # fmt: skip
-        rows = self.journal.reader.execute(
-            "SELECT id, transform, idx, call FROM units WHERE task = ? AND state = 'waiting'"
-            f" AND call != 'null' AND transform NOT IN ({', '.join('?' * len(unwatched))})"
-            " ORDER BY transform DESC, idx LIMIT ?",  # later stages first: results flow
-            (task.id, *unwatched, room),
-        ).fetchall()
+        rows: list[tuple] = []
+        for transform in reversed(task.transforms):
+            if len(rows) == room:
+                break
+            if not transform.counts[UnitState.WAITING] or (
+                transform.spec.outputs and not self.landings.ready(self._folder(task, transform))
+            ):  # fmt: skip
+                continue
+            rows += self.journal.reader.execute(  # along the index units_waiting
+                "SELECT id, transform, idx, call FROM units WHERE task = ? AND transform = ?"
+                " AND state = 'waiting' AND call != 'null' ORDER BY idx LIMIT ?",
+                (task.id, transform.id, room - len(rows)),
+            ).fetchall()
         if not rows:
             return
         units = [UnitRow(row[0], task.id, row[1], row[2], json.loads(row[3])) for row in rows]
