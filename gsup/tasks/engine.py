@@ -394,14 +394,18 @@ class TaskEngine:
     def settle(self) -> None:
         """Record the units this turn's job ends ran; chain, submit and end what follows."""
         ends, self._ends = self._ends, []
+        ended: list[tuple[str, str | None, int]] = []  # the units' new states, written at once
         for job, state in ends:
             unit = self.unit_of_job.pop(job, None)
             if unit is not None:
-                self._unit_ended(unit, job, state)
+                ended.append(self._unit_ended(unit, job, state))
             elif (merge := self.merging.merge_of_job.get(job)) is not None:
                 task = self.tasks[merge[0]]
                 self.merging.ended(job, state, self._transform(task, merge[1]))
                 self._dirty.add(task.id)
+        if ended:  # before what follows reads units by state
+            self.journal.write("UPDATE units SET state = ?, reason = ? WHERE id = ?", ended,
+                               many=True)  # fmt: skip
         while self._dirty:
             task = self.tasks.get(self._dirty.pop())
             if task is not None:
@@ -410,7 +414,8 @@ class TaskEngine:
                 self._fill(task)
                 self._end_task(task)
 
-    def _unit_ended(self, unit: UnitRow, job: int, state: State) -> None:
+    def _unit_ended(self, unit: UnitRow, job: int, state: State) -> tuple[str, str | None, int]:
+        """What the unit's job's end makes of it: its new state, why, and its id."""
         task = self.tasks[unit.task]
         transform = self._transform(task, unit.transform)
         outdir = self._outdir(task, transform, unit.idx)
@@ -419,19 +424,18 @@ class TaskEngine:
             after, why = (UnitState.FAILED, missing) if missing else (UnitState.DONE, None)
         else:
             after, why = UnitState.FAILED, f"job {job} ended {state}: {self._job_reason(job)}"
-        self.journal.write("UPDATE units SET state = ?, reason = ? WHERE id = ?",
-                           (after, why, unit.id))  # fmt: skip
         transform.counts[UnitState.SUBMITTED] -= 1
         transform.counts[after] += 1
         self._dirty.add(task.id)
         if after == UnitState.DONE:
             self.merging.unit_done(transform, unit.idx)
             self._chain_each(task, transform, unit, outdir)
-            return
-        name = f"{transform.spec.name}/{unit.idx}"
-        self._skip_awaiting(task, [unit.id], None, f"the unit it comes from, {name}, failed")
-        if _over_budget(transform):
-            self._abort(task, transform)
+        else:
+            name = f"{transform.spec.name}/{unit.idx}"
+            self._skip_awaiting(task, [unit.id], None, f"the unit it comes from, {name}, failed")
+            if _over_budget(transform):
+                self._abort(task, transform)
+        return after, why, unit.id
 
     def _job_reason(self, job: int) -> str:
         row = queries.job_row(self.journal.reader, job)
