@@ -605,3 +605,10 @@ def test_a_merge_that_ends_lost_at_a_start_fails_and_retry_merge_runs_it(
     gsup("task", "retry-merge", str(task))
     assert gsup("task", "wait", str(task)).returncode == 0
     assert (home / "tasks" / str(task) / "make" / "merged").read_text() == "merged"
+
+
+def test_a_task_id_that_is_none_is_a_usage_error(gsup):
+    result = gsup("task", "show", "abc", check=False)
+    assert (result.returncode, result.stderr) == (
+        2, "gsup: error: 'abc' is not a task id (ids are whole numbers from 1)"
+        " (see: gsup task show --help)\n")  # fmt: skip

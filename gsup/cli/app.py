@@ -38,10 +38,10 @@ def command_group(name: str, help: str) -> typer.Typer:
     return group
 
 
-def job_id(text: str) -> int:
-    """A job id from the command line; one line naming it if it is none."""
+def job_id(text: str, what: str = "job") -> int:
+    """A job's (or a task's) id from the command line; one line naming it if it is none."""
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_JOB_ID:
-        raise UsageError(f"{text!r} is not a job id (ids are whole numbers from 1)")
+        raise UsageError(f"{text!r} is not a {what} id (ids are whole numbers from 1)")
     return int(text)
 
 

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gsup.cli.app import command_group, print_json
+from gsup.cli.app import command_group, job_id, print_json
 from gsup.cli.options import Home, Json
-from gsup.config import MAX_JOB_ID
 from gsup.errors import GsupError
 
 if TYPE_CHECKING:
@@ -24,9 +23,7 @@ BAR = 24  # characters of a progress bar
 
 
 def _task_id(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_JOB_ID:
-        raise GsupError(f"{text!r} is not a task id (ids are whole numbers from 1)")
-    return int(text)
+    return job_id(text, "task")
 
 
 Progress = tuple[dict[str, Any], list["TransformProgress"]]  # a task's row, its transforms'
