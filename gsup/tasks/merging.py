@@ -11,6 +11,9 @@ The journal says what the file holds: a unit is in it once the merge whose id is
 if it finds another size (its own earlier run landed before a crash, or a hand changed
 the file), it writes nothing and says so, and the next merge writes the file anew from
 every unit it should hold: no unit is ever in it twice, or missing, after a crash.
+What makes the file hold what it should not (a merged unit reset, the file renamed
+.partial) is journaled as a `stale` merge of no unit (job 0): the next merge, after a
+restart too, writes the file anew.
 
 A merge that fails (a merger that raises, an output gone before it was merged) stops
 the transform's merging and is told with its error, in one line (its job keeps the
