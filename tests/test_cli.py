@@ -378,3 +378,14 @@ def test_ctrl_c_during_a_batch_says_which_jobs_were_added_and_the_key(gsup, home
         err,
     )
     assert key is not None, err
+
+
+def test_a_group_builds_the_subcommand_named_and_helps_with_all(gsup):
+    listed = gsup("task", "--help").stdout
+    assert all(f"  {name} " in listed for name in (
+        "submit", "list", "show", "wait", "pause", "resume", "retry-failed", "retry-merge",
+        "reset"))  # fmt: skip
+    result = gsup("task", "nosuch", check=False)
+    assert (result.returncode, result.stderr) == (
+        2, "gsup: error: No such command 'nosuch'. (see: gsup task --help)\n")  # fmt: skip
+    assert gsup("task", "show", "--help").stdout.startswith("Usage: gsup task show [OPTIONS] ID")

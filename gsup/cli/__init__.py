@@ -13,7 +13,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from gsup.cli import adapt
-from gsup.cli.app import UsageError, app
+from gsup.cli.app import UsageError, app, keep_only
 from gsup.errors import GsupError
 
 
@@ -47,6 +47,8 @@ def load_commands(words: list[str]) -> None:
         return  # the app's own option: no command needed
     if name.isidentifier() and (Path(commands.__path__[0]) / f"{name}.py").is_file():
         importlib.import_module(f"gsup.cli.commands.{name}")
+        if len(words) > 1:
+            keep_only(name, words[1])
         return
     import pkgutil  # for --help and completion only
 

@@ -31,11 +31,27 @@ class UsageError(GsupError):
     that does not read as its option's): exit 2 with one line, as typer's own."""
 
 
+GROUPS: dict[str, typer.Typer] = {}  # the command groups, by name
+
+
 def command_group(name: str, help: str) -> typer.Typer:
     """`gsup NAME SUBCOMMAND`: a group of subcommands, with -h as --help."""
     group = typer.Typer(help=help, context_settings=HELP_OPTIONS)
     app.add_typer(group, name=name)
+    GROUPS[name] = group
     return group
+
+
+def keep_only(group: str, subcommand: str) -> None:
+    """Of a group's subcommands, keep the one a command line names (if it names one):
+    typer then builds one command, not all of them (~1 ms each)."""
+    found = GROUPS.get(group)
+    if found is None:
+        return
+    named = [c for c in found.registered_commands
+             if (c.name or c.callback.__name__.replace("_", "-")) == subcommand]  # fmt: skip
+    if named:
+        found.registered_commands = named
 
 
 def job_id(text: str, what: str = "job") -> int:

@@ -182,7 +182,8 @@ def resume(task_id: TaskId, home: Home = None) -> None:
 
 @task.command("retry-failed")
 def retry_failed(task_id: TaskId, home: Home = None) -> None:
-    """Run its failed units again (an ended task runs again)."""
+    """Run its failed and skipped units again, and the units they fed (an ended task
+    runs again)."""
     _control(task_id, "retry_failed", home)
 
 
