@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gsup.config import Paths
+from gsup.durable import fsync_path
 from gsup.journal.queries import Unreadable, check_journal_file, is_damage
 
 PROBLEMS_SHOWN = 20  # lines of a check's findings printed
@@ -139,17 +140,9 @@ def make_journal(path: Path) -> None:
         conn.execute("PRAGMA journal_mode = wal")  # writes the first page, header and all
     finally:
         conn.close()
-    fd = os.open(partial, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(partial)
     os.replace(partial, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)  # the rename too
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)  # the rename too
 
 
 # --- salvage -------------------------------------------------------------------------

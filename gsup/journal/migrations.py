@@ -19,6 +19,7 @@ from pathlib import Path
 import peewee as pw
 from playhouse.migrate import SqliteMigrator, migrate
 
+from gsup.durable import fsync_path
 from gsup.journal.health import damage_line
 from gsup.journal.queries import is_damage, journal_version
 from gsup.journal.schema import MODELS, SCHEMA_VERSION, database
@@ -118,11 +119,7 @@ def _copy(conn: sqlite3.Connection, destination: Path) -> None:
             copy.execute("PRAGMA journal_mode = DELETE")  # one file, as a copy should be
         finally:
             copy.close()
-        fd = os.open(partial, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(partial)
         partial.replace(destination)
     except BaseException:
         partial.unlink(missing_ok=True)  # on a full disk, give the room back

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from gsup.durable import fsync_path
 from gsup.errors import GsupError
 from gsup.targets import TargetError, resolve
 
@@ -301,14 +302,14 @@ def _replace_atomically(out: Path, produce: Callable[[Path], None], overwrite: b
     temporary = _temporary_name(out)
     try:
         produce(temporary)
-        size = _fsync_file(temporary)
+        size = fsync_path(temporary)
         _publish(temporary, out, overwrite)
     except BaseException as exc:
         _remove_quietly(temporary)
         if isinstance(exc, OSError):
             raise MergeError(f"merging into {out} failed: {exc}") from exc
         raise
-    _fsync_folder(out.parent)  # the rename itself survives a crash once this returns
+    fsync_path(out.parent)  # the rename itself survives a crash once this returns
     return size
 
 
@@ -336,23 +337,6 @@ def _publish(temporary: Path, out: Path, overwrite: bool) -> None:
 
 def _exists(out: Path) -> MergeError:
     return MergeError(f"{out} exists; set overwrite")
-
-
-def _fsync_file(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        return os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_quietly(path: Path) -> None:
