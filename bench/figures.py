@@ -258,7 +258,7 @@ def notes(plan: Plan) -> list[str]:
         "a blocking get, one after another.",
         f"task: a task of {plan.drain_jobs:,} no-op units (one transform), float "
         f"{plan.task_float}, submitted with the user pool frozen; clock from "
-        "`queues.unfreeze()` until its state in the journal (read every 5 ms) has ended.",
+        "`queues.unfreeze()` until the daemon answers the task's `wait` (as a drain's).",
         f"csv task: {plan.drain_jobs:,} units (float {plan.task_float}) each writing a "
         "one-row out.csv with the time just before its close; the csv merger. Noticed: the "
         "journal's `units.landed` (the supervisor's wall time when the watcher's report "

@@ -124,15 +124,11 @@ def drain_rate(ws: Workspace, jobs: int, pending_waits: int = 0) -> float:
         return jobs / elapsed
 
 
-TASK_POLL = 0.005  # seconds between looks at the task's state in the journal
-
-
 def task_rate(ws: Workspace, units: int, in_flight: int) -> float:
     """Units/s of a task of `units` no-op units with float `in_flight`: from unfreezing
-    the user pool (the task's first units submitted, held there) to the task's end, read
-    from the journal every TASK_POLL seconds."""
+    the user pool (the task's first units submitted, held there) to the daemon's answer
+    that the task has ended (`wait`, as a drain's end is awaited)."""
     from gsup.tasks.api import Tasks
-    from gsup.tasks.records import TASK_END_STATES
     from gsup.tasks.spec import Task, Transform
 
     with running_daemon(new_home(ws.root)) as daemon:
@@ -142,8 +138,7 @@ def task_rate(ws: Workspace, units: int, in_flight: int) -> float:
         handle = Tasks(daemon.home).submit(Task("bench", [work], float=in_flight, base=ws.code))
         start = time.perf_counter()
         queues.unfreeze("user")
-        while (state := handle.state) not in TASK_END_STATES:
-            time.sleep(TASK_POLL)
+        state = handle.wait(WAIT_TIMEOUT)
         elapsed = time.perf_counter() - start
         if state != "completed":
             raise RuntimeError(f"the bench's task ended {state}")

@@ -418,6 +418,10 @@ class Client:
         states = self._waiting().request("wait", timeout=timeout, jobs=jobs)["states"]
         return {int(job): state for job, state in states.items()}
 
+    def wait_task(self, task: int, timeout: float | None = None) -> str:
+        """Block until task `task` has ended; its end state (as `wait` does for jobs)."""
+        return self._waiting().request("task_wait", timeout=timeout, task=task)["state"]
+
     def _waiting(self) -> Client:
         """This thread's connection for requests that block until jobs end."""
         waiter = getattr(self._waiters, "client", None)

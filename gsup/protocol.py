@@ -473,13 +473,18 @@ def _task_submit(message: dict[str, Any]) -> dict[str, Any]:
     return {"task": task, "context": {"cwd": cwd, "path": path, "env": env}}
 
 
-def _task_control(message: dict[str, Any]) -> dict[str, Any]:
-    """`action` on task `task`; `unit` (TRANSFORM/INDEX) for a reset."""
-    task, action, unit = message.get("task"), message.get("action"), message.get("unit")
+def _task_id(message: dict[str, Any]) -> int:
+    task = message.get("task")
     _check(
         _is_int(task) and 0 < task <= MAX_JOB_ID,
         f"task id must be a positive integer, not {shown(task)}",
     )
+    return task
+
+
+def _task_control(message: dict[str, Any]) -> dict[str, Any]:
+    """`action` on task `task`; `unit` (TRANSFORM/INDEX) for a reset."""
+    task, action, unit = _task_id(message), message.get("action"), message.get("unit")
     _check(action in TASK_ACTIONS, "action must be one of " + ", ".join(TASK_ACTIONS))
     _check((unit is not None) == (action == "reset"), "a reset, and only a reset, names a unit")
     _check(
@@ -487,6 +492,11 @@ def _task_control(message: dict[str, Any]) -> dict[str, Any]:
         "unit must be TRANSFORM/INDEX",
     )
     return {"task": task, "action": action, "unit": unit}
+
+
+def _task_wait(message: dict[str, Any]) -> dict[str, Any]:
+    """Answer with task `task`'s end state once it has one."""
+    return {"task": _task_id(message)}
 
 
 _REQUESTS = {
@@ -502,5 +512,6 @@ _REQUESTS = {
     "prune": _prune,
     "task_submit": _task_submit,
     "task_control": _task_control,
+    "task_wait": _task_wait,
 }
 MUTATING = {"add", "cancel", "retry", "purge", "freeze", "prune", "task_submit", "task_control"}

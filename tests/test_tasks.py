@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import journal_rows, wait_until
 
+from gsup.client import Client
+from gsup.errors import GsupError
+
 TASK_JOBS = textwrap.dedent(
     """
     import json
@@ -152,6 +155,34 @@ def test_float_bounds_the_units_in_flight(daemon, gsup, home, task_dir):
     assert journal_rows(home, "SELECT count(*) FROM jobs") == [(3,)]
     gsup("unfreeze")
     assert gsup("task", "wait", str(task), check=False).returncode == 1
+
+
+def test_task_wait_is_answered_by_the_daemon_as_the_task_ends(daemon, gsup, home, task_dir):
+    gsup("freeze")
+    task = _submit(gsup, task_dir, SWEEP.format(units=[[1]]))
+    result = gsup("task", "wait", str(task), "--timeout", "0.5", check=False)
+    assert (result.returncode, result.stderr) == (
+        1, f"gsup: error: task {task} is still running after 0.5s\n")  # fmt: skip
+    with Client(home) as client:
+        pending = client.send("task_wait", task=task)
+        with pytest.raises(GsupError) as unknown:
+            client.request("task_wait", task=task + 1)
+        assert str(unknown.value) == f"no task {task + 1}"
+        gsup("unfreeze")
+        assert pending.reply(60)["state"] == "completed"
+        assert client.request("task_wait", task=task)["state"] == "completed"  # at once
+
+
+def test_a_task_wait_pending_at_a_stop_hears_that_the_daemon_stopped(daemon, gsup, task_dir):
+    gsup("freeze")
+    task = _submit(gsup, task_dir, SWEEP.format(units=[[1]]))
+    with Client(daemon.home) as client:
+        pending = client.send("task_wait", task=task)
+        client.request("ping")  # the wait has been taken
+        daemon.stop()
+        with pytest.raises(GsupError) as stopped:
+            pending.reply(10)
+    assert str(stopped.value) == "daemon stopped"
 
 
 def test_pause_resume_and_retry_failed(daemon, gsup, home, task_dir):

@@ -29,6 +29,7 @@ from gsup.supervisor.loop import report_bug
 from gsup.supervisor.pruning import Pruner
 from gsup.tasks import spec as task_spec
 from gsup.tasks.engine import TaskEngine, TaskRequestError
+from gsup.tasks.records import TASK_END_STATES, task_row
 
 Reply = dict[str, Any] | None
 
@@ -69,6 +70,7 @@ class Handlers:
             "prune": self.prune,
             "task_submit": self.task_submit,
             "task_control": self.task_control,
+            "task_wait": self.task_wait,
         }
 
     def request(self, conn: Connection, message: dict[str, Any]) -> None:
@@ -269,6 +271,16 @@ class Handlers:
         except TaskRequestError as exc:
             raise RequestError(str(exc)) from None
         return {"said": said}
+
+    def task_wait(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        """Answered with the task's end state once it has one."""
+        row = task_row(self.journal.reader, fields["task"])
+        if row is None:
+            raise RequestError(f"no task {fields['task']}")
+        if row["state"] in TASK_END_STATES:
+            return {"state": row["state"]}
+        self.book.wait_task(conn, request_id, fields["task"])
+        return None
 
 
 def _journal_mb(specs: list[JobSpec]) -> float:

@@ -507,8 +507,16 @@ class JobBook:
         """A job reached its final state: tell the subscribers, answer who waits for it."""
         for hook in self.end_hooks:
             hook(job, state)
-        for waiter in self.waiters.job_ended(job, state.value):
+        for waiter in self.waiters.ended(job, state.value):
             self.answer(waiter.conn, waiter.request_id, self._waited(waiter))
+
+    def wait_task(self, conn: Any, request_id: Any, task: int) -> None:
+        """Answer `request_id` on `conn` once task `task` has ended (`task_ended`)."""
+        self.waiters.add(Waiter(conn, request_id, {("task", task)}))
+
+    def task_ended(self, task: int, state: str) -> None:
+        for waiter in self.waiters.ended(("task", task), state):
+            self.answer(waiter.conn, waiter.request_id, {"ok": True, "state": state})
 
     def _waited(self, waiter: Waiter) -> dict[str, Any]:
         if waiter.then_get is None:

@@ -1,25 +1,28 @@
-"""Clients waiting for jobs to end (`wait`, and a `get` that waits), indexed by job and
-by connection: a job's end costs its own waiters, not every waiter's (40,000 pending
-waits must not slow a drain), and a client that leaves takes only its own."""
+"""Clients waiting for jobs to end (`wait`, and a `get` that waits) or for a task to
+end (`task_wait`), indexed by what they wait for and by connection: a job's end costs
+its own waiters, not every waiter's (40,000 pending waits must not slow a drain), and a
+client that leaves takes only its own."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+Awaited = int | tuple[str, int]  # a job's id, or ("task", a task's id)
+
 
 @dataclass(eq=False)  # one per request: kept in sets, by identity
 class Waiter:
     conn: Any
     request_id: Any
-    pending: set[int]
-    states: dict[int, str] = field(default_factory=dict)
+    pending: set[Awaited]
+    states: dict[Awaited, str] = field(default_factory=dict)
     then_get: int | None = None  # a `get` that waited: answer with this job's summary
 
 
 class Waiters:
     def __init__(self) -> None:
-        self._by_job: dict[int, set[Waiter]] = {}
+        self._by_job: dict[Awaited, set[Waiter]] = {}
         self._by_conn: dict[int, set[Waiter]] = {}  # by id(): connections are not hashable
 
     def add(self, waiter: Waiter) -> None:
@@ -27,8 +30,8 @@ class Waiters:
             self._by_job.setdefault(job, set()).add(waiter)
         self._by_conn.setdefault(id(waiter.conn), set()).add(waiter)
 
-    def job_ended(self, job: int, state: str) -> list[Waiter]:
-        """Note `job`'s end state; the waiters it was the last job of (now removed)."""
+    def ended(self, job: Awaited, state: str) -> list[Waiter]:
+        """Note `job`'s end state; the waiters it was the last one of (now removed)."""
         answered = []
         for waiter in self._by_job.pop(job, ()):
             waiter.pending.discard(job)

@@ -9,7 +9,6 @@ a checked task, follow it through the journal.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from gsup.client import Client, DaemonFacade
@@ -17,7 +16,7 @@ from gsup.errors import GsupError, WaitTimeout
 from gsup.journal import queries
 from gsup.specs import cli_import_path, python_path
 from gsup.tasks import spec as specs
-from gsup.tasks.records import POLL, TASK_END_STATES, TransformProgress, progress, task_row
+from gsup.tasks.records import TransformProgress, progress, task_row
 
 
 class TaskHandle:
@@ -48,13 +47,12 @@ class TaskHandle:
             return progress(conn, self.id)
 
     def wait(self, timeout: float | None = None) -> str:
-        """Its end state, once it has one; WaitTimeout after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (state := self.state) not in TASK_END_STATES:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"task {self.id} is still {state} after {timeout:g}s")
-            time.sleep(POLL)
-        return state
+        """Its end state, once it has one (the daemon answers as it ends); WaitTimeout
+        after `timeout` seconds."""
+        try:
+            return self._client.wait_task(self.id, timeout)
+        except WaitTimeout:
+            raise WaitTimeout(f"task {self.id} is still {self.state} after {timeout:g}s") from None
 
     def control(self, action: str, unit: str | None = None) -> str:
         """pause, resume, retry_failed, retry_merge, reset (of `unit`, TRANSFORM/INDEX):

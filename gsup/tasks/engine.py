@@ -599,6 +599,7 @@ class TaskEngine:
         self.journal.write("UPDATE tasks SET state = ?, ended = ?, reason = ? WHERE id = ?",
                            (state, self.book.wall(), reason, task.id))  # fmt: skip
         del self.tasks[task.id]
+        self.book.task_ended(task.id, state)
         say(f"task {task.id} ({task.spec.name}) ended {state}")
 
     # --- submitting units ----------------------------------------------------------

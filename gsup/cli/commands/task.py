@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -138,23 +139,28 @@ def wait(
     home: Home = None,
 ) -> None:
     """Wait for a task to end, showing its progress on a terminal; exits 0 only if it
-    completed."""
+    completed. The daemon answers as it ends."""
+    from gsup.client import Client
+    from gsup.errors import WaitTimeout
     from gsup.tasks.records import POLL, TASK_END_STATES
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    shown = 0
+    client, on_terminal, shown = Client(home), sys.stdout.isatty(), 0
     while True:
         row, transforms = _read(task_id, home)
-        if sys.stdout.isatty():
+        if on_terminal:
             lines = _progress_lines(transforms, row)
             sys.stdout.write(f"\x1b[{shown}F\x1b[J" if shown else "")
             print("\n".join(lines), flush=True)
             shown = len(lines)
         if row["state"] in TASK_END_STATES:
             break
-        if deadline is not None and time.monotonic() >= deadline:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
             raise GsupError(f"task {row['id']} is still {row['state']} after {timeout:g}s")
-        time.sleep(POLL)
+        step = min(POLL, left or POLL) if on_terminal else left  # a terminal's bars move
+        with contextlib.suppress(WaitTimeout):
+            client.wait_task(row["id"], step)
     print(f"task {row['id']} {row['state']}" + _reason(row))
     if row["state"] != "completed":
         raise typer.Exit(1)
