@@ -89,6 +89,8 @@ def measure_comparative(
     })  # fmt: skip
     interleave(samples, plan.reps, "task", {
         "gsup": lambda: gsup_side.task_rate(ws, plan.drain_jobs, plan.task_float),
+        "jobs": lambda: gsup_side.jobs_rate(ws, plan.drain_jobs),
+        "frozen": lambda: gsup_side.task_rate(ws, plan.drain_jobs, plan.task_float, True),
     })  # fmt: skip
     measure_merge(samples, plan, ws)
     by_results = sides("drain_results", plan.drain_jobs, huey_side.drain_by_results_rate)

@@ -111,9 +111,11 @@ def comparative_rows(s: Samples, plan: Plan) -> list[Row]:
              0, ">= 3x huey", _at_least(3), before=m("drain.before")),
         _row(f"drain {n:,} jobs, {plan.pending_waits:,} other waits pending (jobs/s) vs none",
              m("drain_waits.gsup"), m("drain.gsup"), 0, ">= 0.8x", _at_least(0.8)),
-        _row(f"task of {n:,} no-op units, float {plan.task_float} (units/s) vs drain of"
-             f" {n:,} jobs", m("task.gsup"), m("drain.gsup"), 0, ">= 0.67x",
+        _row(f"task of {n:,} no-op units, float {plan.task_float}, submit to end (units/s) vs"
+             f" {n:,} plain jobs, add to end", m("task.gsup"), m("task.jobs"), 0, ">= 0.67x",
              _at_least(1 / 1.5)),
+        _row("  the task from its frozen pool's unfreeze (units/s) vs drain", m("task.frozen"),
+             m("drain.gsup"), 0),
         _row(f"task of {n:,} CSV units, float {plan.task_float}: an output's close to the"
              " daemon noticing it, median (ms)", m("merge.landed"), None, 1, "<= 100 ms",
              _at_most_value(100)),
@@ -257,8 +259,11 @@ def notes(plan: Plan) -> list[str]:
         "store holds them all (counted every 5 ms), or until each result has been read with "
         "a blocking get, one after another.",
         f"task: a task of {plan.drain_jobs:,} no-op units (one transform), float "
-        f"{plan.task_float}, submitted with the user pool frozen; clock from "
-        "`queues.unfreeze()` until the daemon answers the task's `wait` (as a drain's).",
+        f"{plan.task_float}; clock from its submit request (its units journaled, then run) "
+        "until the daemon answers the task's `wait`; plain jobs: as many no-op jobs, clock "
+        "from their `add_many` until the daemon answers one `wait` on them all. From "
+        "unfreeze: the task submitted with the user pool frozen, clock from "
+        "`queues.unfreeze()`, as the drain's.",
         f"csv task: {plan.drain_jobs:,} units (float {plan.task_float}) each writing a "
         "one-row out.csv with the time just before its close; the csv merger. Noticed: the "
         "journal's `units.landed` (the supervisor's wall time when the watcher's report "

@@ -124,25 +124,42 @@ def drain_rate(ws: Workspace, jobs: int, pending_waits: int = 0) -> float:
         return jobs / elapsed
 
 
-def task_rate(ws: Workspace, units: int, in_flight: int) -> float:
-    """Units/s of a task of `units` no-op units with float `in_flight`: from unfreezing
-    the user pool (the task's first units submitted, held there) to the daemon's answer
-    that the task has ended (`wait`, as a drain's end is awaited)."""
+def task_rate(ws: Workspace, units: int, in_flight: int, frozen: bool = False) -> float:
+    """Units/s of a task of `units` no-op units with float `in_flight`, to the daemon's
+    answer that it has ended (its `wait`, as a drain's end is awaited): from its submit
+    request, or (`frozen`) from unfreezing the user pool it was submitted to frozen."""
     from gsup.tasks.api import Tasks
     from gsup.tasks.spec import Task, Transform
 
     with running_daemon(new_home(ws.root)) as daemon:
         queues = daemon.queues()
-        queues.freeze("user")
+        if frozen:
+            queues.freeze("user")
         work = Transform("noop", target=ws.target, units=[[]] * units)
-        handle = Tasks(daemon.home).submit(Task("bench", [work], float=in_flight, base=ws.code))
         start = time.perf_counter()
-        queues.unfreeze("user")
+        handle = Tasks(daemon.home).submit(Task("bench", [work], float=in_flight, base=ws.code))
+        if frozen:
+            start = time.perf_counter()
+            queues.unfreeze("user")
         state = handle.wait(WAIT_TIMEOUT)
         elapsed = time.perf_counter() - start
         if state != "completed":
             raise RuntimeError(f"the bench's task ended {state}")
         return units / elapsed
+
+
+def jobs_rate(ws: Workspace, jobs: int) -> float:
+    """Jobs/s of `jobs` plain no-op jobs, from their `add_many` to the daemon's answer
+    to one `wait` on them all: what a task of as many units is held to."""
+    with running_daemon(new_home(ws.root)) as daemon:
+        queues = daemon.queues()
+        queues.client.request("ping")  # connected before the clock
+        start = time.perf_counter()
+        ids = [handle.id for handle in queues.add_many(ws.noop, [()] * jobs)]
+        states = queues.client.wait(ids, WAIT_TIMEOUT)
+        elapsed = time.perf_counter() - start
+        check_done(states, jobs)
+        return jobs / elapsed
 
 
 CSV_SOURCE = """\

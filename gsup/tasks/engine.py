@@ -23,6 +23,7 @@ import os
 import shlex
 import stat
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,13 @@ class LiveTransform:
     def open_units(self) -> int:
         return self.counts[UnitState.WAITING] + self.counts[UnitState.SUBMITTED]
 
+    @cached_property
+    def job_options(self) -> dict[str, Any]:
+        """What the jobs of all its units have alike."""
+        spec = self.spec
+        return dict(pool=spec.queue, priority=spec.priority, timeout=spec.timeout,
+                    retries=spec.retries, retry_on=_retry_on(spec))  # fmt: skip
+
 
 @dataclass
 class LiveTask:
@@ -68,7 +76,12 @@ class LiveTask:
     context: dict[str, Any]  # cwd, path (for calls), env (for commands) of the submitter
     paused: bool
     awaiting: int = 0  # units waiting for units they come from to run again (call 'null')
-    transforms: list[LiveTransform] = field(default_factory=list)
+    transforms: list[LiveTransform] = field(default_factory=list)  # in order
+    by_id: dict[int, LiveTransform] = field(default_factory=dict)
+
+    def add(self, transform: LiveTransform) -> None:
+        self.transforms.append(transform)
+        self.by_id[transform.id] = transform
 
     @property
     def in_flight(self) -> int:
@@ -138,7 +151,7 @@ class TaskEngine:
             "SELECT id, position, state FROM transforms WHERE task = ? ORDER BY position",
             (task_id,),
         ).fetchall():
-            task.transforms.append(LiveTransform(
+            task.add(LiveTransform(
                 transform_id, task.spec.transforms[position], dict.fromkeys(UnitState, 0),
                 ended=transform_state != TaskState.RUNNING,
             ))  # fmt: skip
@@ -151,13 +164,12 @@ class TaskEngine:
         return task
 
     def _count_units(self, task: LiveTask) -> None:
-        by_id = {t.id: t for t in task.transforms}
         for transform, state, count, top in self.journal.reader.execute(
             "SELECT transform, state, count(*), max(idx) FROM units WHERE task = ?"
             " GROUP BY transform, state",
             (task.id,),
         ):
-            live = by_id[transform]
+            live = task.by_id[transform]
             live.counts[UnitState(state)] = count
             live.next_index = max(live.next_index, top + 1)
 
@@ -179,7 +191,7 @@ class TaskEngine:
             )
             counts = dict.fromkeys(UnitState, 0)
             merge = TransformMerge() if transform.merger is not None else None
-            live.transforms.append(LiveTransform(row.lastrowid, transform, counts, merge=merge))
+            live.add(LiveTransform(row.lastrowid, transform, counts, merge=merge))
         for transform in live.transforms:
             units = specs.expand_units(task, transform.spec)
             self._add_units(live, transform, [
@@ -236,7 +248,7 @@ class TaskEngine:
         fed = [row for row in self._fed_by(task, rows) if row[0] not in ids]
         running = next((row for row in fed if row[3] == UnitState.SUBMITTED), None)
         if running is not None:
-            name = f"{self._transform(task, running[1]).spec.name}/{running[2]}"
+            name = f"{task.by_id[running[1]].spec.name}/{running[2]}"
             raise TaskRequestError(f"unit {name} runs on its outputs; cancel its job first")
         self._wait_again(task, rows, "reset" if only is not None else "failed")
         self._wait_again(task, fed, "reset", awaiting=True)
@@ -288,9 +300,8 @@ class TaskEngine:
                     awaiting: bool = False) -> None:  # fmt: skip
         """Units wait again, their folders moved aside (IDX.`why`-N); `awaiting`: for
         their inputs too (made again as the units they come from end)."""
-        by_id = {t.id: t for t in task.transforms}
         for unit, transform, idx, state in rows:
-            live = by_id[transform]
+            live = task.by_id[transform]
             self._move_aside(self._outdir(task, live, idx), why)
             if state == UnitState.DONE:
                 self.merging.unit_reset(live, unit)
@@ -340,12 +351,12 @@ class TaskEngine:
 
     def _changed(self, change: StateChange) -> None:
         """A unit's job failed and is retried: its partial outputs go aside first."""
+        if change.after != State.QUEUED or change.before in (None, State.RUNNING, State.QUEUED):
+            return
         unit = self.unit_of_job.get(change.job)
-        if unit is not None and change.after == State.QUEUED and change.before not in (
-            None, State.RUNNING, State.QUEUED
-        ):  # fmt: skip
+        if unit is not None:
             task = self.tasks[unit.task]
-            self._move_aside(self._outdir(task, self._transform(task, unit.transform), unit.idx))
+            self._move_aside(self._outdir(task, task.by_id[unit.transform], unit.idx))
 
     # --- what the outputs' watcher reports (gsup/tasks/landing.py) -------------------
 
@@ -374,7 +385,7 @@ class TaskEngine:
         matched = {p for p in outputs if fnmatch.fnmatchcase(name, p)}
         if kind == "gone":
             live = self.tasks.get(int(task))
-            merge = live and self._transform(live, transform_id).merge
+            merge = live and live.by_id[transform_id].merge
             if matched and merge and idx in merge.waiting:
                 say(f"task {task}: {transform}/{idx}/{name} disappeared before it was merged")
             return
@@ -401,7 +412,7 @@ class TaskEngine:
                 ended.append(self._unit_ended(unit, job, state))
             elif (merge := self.merging.merge_of_job.get(job)) is not None:
                 task = self.tasks[merge[0]]
-                self.merging.ended(job, state, self._transform(task, merge[1]))
+                self.merging.ended(job, state, task.by_id[merge[1]])
                 self._dirty.add(task.id)
         if ended:  # before what follows reads units by state
             self.journal.write("UPDATE units SET state = ?, reason = ? WHERE id = ?", ended,
@@ -409,7 +420,7 @@ class TaskEngine:
         while self._dirty:
             task = self.tasks.get(self._dirty.pop())
             if task is not None:
-                self.merging.start(task, self.folder / str(task.id))
+                self.merging.start(task, self.folder)
                 self._end_transforms(task)
                 self._fill(task)
                 self._end_task(task)
@@ -417,7 +428,7 @@ class TaskEngine:
     def _unit_ended(self, unit: UnitRow, job: int, state: State) -> tuple[str, str | None, int]:
         """What the unit's job's end makes of it: its new state, why, and its id."""
         task = self.tasks[unit.task]
-        transform = self._transform(task, unit.transform)
+        transform = task.by_id[unit.transform]
         outdir = self._outdir(task, transform, unit.idx)
         if state == State.DONE:
             missing = _missing_output(outdir, transform.spec.outputs)
@@ -486,7 +497,7 @@ class TaskEngine:
                 upstream or (transform_id,),
             ).fetchall()
             for _, transform in rows:
-                live = self._transform(task, transform)
+                live = task.by_id[transform]
                 live.counts[UnitState.WAITING] -= 1
                 live.counts[UnitState.SKIPPED] += 1
             self.journal.write("UPDATE units SET state = 'skipped', reason = ? WHERE id = ?",
@@ -644,19 +655,20 @@ class TaskEngine:
             ).fetchall()
         if not rows:
             return
-        units = [UnitRow(row[0], task.id, row[1], row[2], json.loads(row[3])) for row in rows]
-        specs_ = [self._job_spec(task, self._transform(task, u.transform), u) for u in units]
+        units = [UnitRow(unit, task.id, transform, idx, json.loads(call))
+                 for unit, transform, idx, call in rows]  # fmt: skip
+        specs_ = [self._job_spec(task, task.by_id[u.transform], u) for u in units]
         jobs = self.journal.insert_jobs(specs_, self.book.wall())
         self.journal.write(
             "UPDATE units SET state = 'submitted', job = ?, jobs = jobs + 1 WHERE id = ?",
             [(job, unit.id) for job, unit in zip(jobs, units, strict=True)],
             many=True,
         )
-        for job, unit in zip(jobs, units, strict=True):
-            self.unit_of_job[job] = unit
-            transform = self._transform(task, unit.transform)
-            transform.counts[UnitState.WAITING] -= 1
-            transform.counts[UnitState.SUBMITTED] += 1
+        self.unit_of_job.update(zip(jobs, units, strict=True))
+        for unit in units:
+            counts = task.by_id[unit.transform].counts
+            counts[UnitState.WAITING] -= 1
+            counts[UnitState.SUBMITTED] += 1
         self.book.added(specs_)
 
     def _job_spec(self, task: LiveTask, transform: LiveTransform, unit: UnitRow) -> JobSpec:
@@ -664,11 +676,8 @@ class TaskEngine:
         outdir = self._outdir(task, transform, unit.idx)  # the executor makes it
         name = f"{task.spec.name}/{spec.name}/{unit.idx}"
         inputs = unit.call["inputs"]
-        options: dict[str, Any] = dict(
-            pool=spec.queue, priority=spec.priority, timeout=spec.timeout, retries=spec.retries,
-            retry_on=_retry_on(spec), name=name,
-            unit={"name": name, "outdir": outdir, "inputs": inputs},
-        )  # fmt: skip
+        options = {**transform.job_options, "name": name,
+                   "unit": {"name": name, "outdir": outdir, "inputs": inputs}}  # fmt: skip
         args, kwargs = tuple(unit.call["args"]), unit.call["kwargs"]
         if spec.cmd is not None:  # its arguments are words after the command's own
             argv = [*spec.cmd, *map(str, args), *(f"--{k}={v}" for k, v in kwargs.items())]
@@ -683,10 +692,6 @@ class TaskEngine:
         )  # fmt: skip
 
     # --- helpers ----------------------------------------------------------------------
-
-    @staticmethod
-    def _transform(task: LiveTask, transform_id: int) -> LiveTransform:
-        return next(t for t in task.transforms if t.id == transform_id)
 
     def _folder(self, task: LiveTask, transform: LiveTransform) -> Path:
         return self.folder / str(task.id) / transform.spec.name

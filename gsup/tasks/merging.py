@@ -150,14 +150,14 @@ class Merging:
 
     # --- each turn ----------------------------------------------------------------------
 
-    def start(self, task: LiveTask, folder: Path) -> None:
+    def start(self, task: LiveTask, tasks_folder: Path) -> None:
         """A merge for each transform that has units waiting and none running."""
         for transform in task.transforms:
             merge = transform.merge
             if transform.ended or merge is None or merge.running is not None or merge.error:
                 continue
             if merge.waiting or (merge.anew and transform.counts[UnitState.DONE]):
-                self._submit(task, transform, folder / transform.spec.name)
+                self._submit(task, transform, tasks_folder / str(task.id) / transform.spec.name)
 
     def _submit(self, task: LiveTask, transform: LiveTransform, folder: Path) -> None:
         merge, merger = transform.merge, transform.spec.merger
