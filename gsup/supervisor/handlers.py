@@ -262,7 +262,7 @@ class Handlers:
         except task_spec.TaskError as exc:
             raise RequestError(str(exc)) from None
         self.journal.log_command("task_submit", {"name": task.name}, conn.uid, conn.pid)
-        return {"task": self.engine.submit(task, fields["context"], time.time())}
+        return {"task": self.engine.submit(task, fields["task"], fields["context"], time.time())}
 
     def task_control(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
         self.journal.log_command("task_control", fields, conn.uid, conn.pid)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gsup.journal import queries
-from gsup.journal.writer import Writer
+from gsup.journal.writer import Writer, json_dumps
 from gsup.lifecycle import RECURRING, StateChange
 from gsup.protocol import JobSpec
 from gsup.states import END_STATES, State
@@ -175,14 +175,14 @@ class TaskEngine:
 
     # --- requests ---------------------------------------------------------------------
 
-    def submit(self, task: specs.Task, context: dict[str, Any], now: float) -> int:
-        """Journal a checked task and its first units; they are submitted this turn."""
+    def submit(self, task: specs.Task, text: str, context: dict[str, Any], now: float) -> int:
+        """Journal a checked task (`text`: the JSON that task_from_json read it from) and
+        its first units; they are submitted this turn."""
         cursor = self.journal.write(
             "INSERT INTO tasks (name, spec, context, state, float, created)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (task.name, specs.task_to_json(task), json.dumps(context), TaskState.RUNNING,
-             task.float, now),
-        )  # fmt: skip
+            (task.name, text, json.dumps(context), TaskState.RUNNING, task.float, now),
+        )
         live = LiveTask(cursor.lastrowid, task, context, paused=False)
         for position, transform in enumerate(task.transforms):
             row = self.journal.write(
@@ -627,7 +627,7 @@ class TaskEngine:
         self.journal.write(
             "INSERT INTO units (task, transform, idx, state, call, upstream, jobs)"
             " VALUES (?, ?, ?, 'waiting', ?, ?, 0)",
-            [(task.id, transform.id, first + n, json.dumps(call), upstream)
+            [(task.id, transform.id, first + n, json_dumps(call), upstream)
              for n, (call, upstream) in enumerate(units)],
             many=True,
         )  # fmt: skip
