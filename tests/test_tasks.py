@@ -330,6 +330,14 @@ def test_a_merged_file_changed_by_hand_is_written_anew(daemon, gsup, home, task_
     assert merged.read_text() == "n\n0\n1\n"
 
 
+def test_show_names_the_merged_file_and_its_units(daemon, gsup, home, task_dir):
+    task = _merge_task(gsup, task_dir, [0], '"csv"')
+    assert gsup("task", "wait", str(task)).returncode == 0
+    merged = home / "tasks" / str(task) / "make" / "merged.csv"
+    assert gsup("task", "show", str(task)).stdout.splitlines()[-1] == (
+        f"  make merged: {merged} (1 unit)")  # fmt: skip
+
+
 def test_a_reset_unit_is_merged_once(daemon, gsup, home, task_dir):
     (task_dir / "go-1").touch()
     task = _merge_task(gsup, task_dir, [0, 1], '"csv"')

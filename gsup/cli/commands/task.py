@@ -123,7 +123,8 @@ def _detail_lines(transforms: list[TransformProgress]) -> list[str]:
     for t in transforms:
         if t.merge is not None:
             m = t.merge
-            held = f"{m.file} ({m.merged} units)" if m.file else "no file yet"
+            units = f"{m.merged} unit{'s' * (m.merged != 1)}"
+            held = f"{m.file} ({units})" if m.file else "no file yet"
             lines.append(f"  {t.name} merged: {held}"
                          + (f"; last merge {m.state}: {m.error}" if m.error else ""))  # fmt: skip
         lines += [f"  {t.name}/{idx} failed: {why}" for idx, why in t.failures]
