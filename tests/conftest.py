@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import slurm_cluster
 
 import gsup as gsup_under_test
 
@@ -294,3 +295,16 @@ def alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slurm_cluster.SlurmCluster]:
+    """One real single-node Slurm cluster for the session; its `env` reaches it."""
+    missing = slurm_cluster.missing_programs()
+    how = "`python3 tests/slurm_cluster.py install` installs it"
+    if "sinfo" in missing:
+        pytest.skip(f"Slurm is not installed (no sinfo): {how}")
+    if missing:
+        pytest.skip(f"Slurm is incomplete (no {', '.join(missing)}): {how}")
+    with slurm_cluster.SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
