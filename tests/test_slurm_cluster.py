@@ -12,7 +12,6 @@ Plain `sacct` (no -c) fails there: "Slurm accounting storage is disabled". ExitC
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -85,21 +84,3 @@ def test_one_squeue_call_lists_every_queued_job(slurm: SlurmCluster):
         assert {job: states.get(job) for job in jobs} == dict.fromkeys(jobs, "PENDING")
     finally:
         slurm.run("scancel", *jobs)
-
-
-@pytest.mark.slow
-def test_100_trivial_jobs_all_complete(slurm: SlurmCluster, capsys: pytest.CaptureFixture[str]):
-    """For the record (not asserted): how long 100 `sbatch --wrap true` take to finish."""
-    start = time.monotonic()
-    jobs = [submit(slurm, "--output=/dev/null", "--wrap", "true") for _ in range(100)]
-    submitted = time.monotonic() - start
-
-    def all_ended() -> bool:
-        queued = slurm.run("squeue", "-h", "-o", "%i").stdout.split()
-        return not set(jobs) & set(queued)
-
-    wait_until(all_ended, 600, "100 jobs to end")
-    finished = time.monotonic() - start
-    with capsys.disabled():
-        print(f"\n100 `sbatch --wrap true`: sent in {submitted:.1f} s, ended in {finished:.1f} s")
-    assert [finish(slurm, job)[0] for job in jobs] == ["COMPLETED"] * 100
