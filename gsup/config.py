@@ -19,6 +19,7 @@ MAX_MESSAGE = 8 * 1024 * 1024  # bytes in one socket message
 MAX_JOB_ID = 2**63 - 1  # SQLite's largest integer
 MB = 1_000_000
 DAY = 86_400.0
+TASKS_LISTED = 20  # tasks `gsup task list` (and `tasks` at a prompt) show, newest first
 
 
 def resolve_home(home: str | Path | None = None) -> Path:

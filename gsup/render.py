@@ -270,3 +270,19 @@ def queues_for(paths: Any) -> str:
     with read_journal(paths.home) as conn:
         lines = queues_view(queries.queues_snapshot(conn), up, Style(terminal=False))
     return "\n".join(lines) + "\n"
+
+
+def tasks_view(rows: list[dict[str, Any]], style: Style) -> list[str]:
+    """The `gsup task list` table of task rows (gsup.tasks.records.task_rows)."""
+    cells = [(str(r["id"]), r["name"], style.state(r["state"]), str(r["float"])) for r in rows]
+    return table(("ID", "NAME", "STATE", "FLOAT"), cells, style, flexible=1)
+
+
+def tasks_for(paths: Any, limit: int) -> str:
+    """The `gsup task list` view of a state dir, read from its journal, as plain text."""
+    from gsup.journal.queries import read_journal
+    from gsup.tasks.records import task_rows
+
+    with read_journal(paths.home) as conn:
+        rows = task_rows(conn, limit)
+    return "\n".join(tasks_view(rows, Style(terminal=False))) + "\n"

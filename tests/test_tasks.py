@@ -277,6 +277,20 @@ def test_a_task_built_in_python(daemon, env, task_dir):
     )
 
 
+def test_tasks_at_a_prompt_is_the_table_of_gsup_task_list(daemon, gsup, env, task_dir):
+    first = _submit(gsup, task_dir, SWEEP.format(units=[[1]]))
+    assert gsup("task", "wait", str(first)).returncode == 0
+    gsup("freeze")
+    _submit(gsup, task_dir, SWEEP.format(units=[[2]]))
+    shown = subprocess.run([sys.executable, "-c", "from gsup import tasks; print(repr(tasks))"],
+                           env=env, cwd=task_dir, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    listed = gsup("task", "list").stdout
+    assert (shown.returncode, shown.stdout) == (0, listed + "\n")
+    assert [line.split()[:3] for line in listed.splitlines()[1:]] == [
+        [str(first + 1), "sweep", "running"], [str(first), "sweep", "completed"]]  # fmt: skip
+
+
 MERGE_JOBS = textwrap.dedent(
     """
     from pathlib import Path

@@ -62,7 +62,8 @@ class TaskHandle:
 
 
 class Tasks(DaemonFacade):
-    """The daemon's tasks: `tasks.submit(task)`, `tasks.get(id)`."""
+    """The daemon's tasks: `tasks.submit(task)`, `tasks.get(id)`; at a prompt, the
+    `gsup task list` table."""
 
     def submit(self, task: specs.Task) -> TaskHandle:
         """Check a task (its targets imported as `gsup add --check` does) and submit it."""
@@ -74,6 +75,18 @@ class Tasks(DaemonFacade):
         handle = TaskHandle(self.client, task)
         handle.state  # noqa: B018 (GsupError if there is none)
         return handle
+
+    def __repr__(self) -> str:
+        from gsup.config import TASKS_LISTED, Paths, resolve_home
+        from gsup.render import tasks_for
+
+        try:
+            return tasks_for(Paths(resolve_home(self._home)), TASKS_LISTED)
+        except Exception as exc:  # a repr must not raise at a prompt
+            return f"<gsup tasks: {exc}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
 
 
 def submit(client: Client, task: specs.Task, import_path: list[str]) -> int:

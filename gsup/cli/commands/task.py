@@ -12,6 +12,7 @@ import typer
 
 from gsup.cli.app import command_group, job_id, print_json
 from gsup.cli.options import Home, Json
+from gsup.config import TASKS_LISTED
 from gsup.errors import GsupError
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def submit(
 
 @task.command("list")
 def list_tasks(
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N")] = TASKS_LISTED,
     as_json: Json = False,
     home: Home = None,
 ) -> None:
@@ -74,11 +75,9 @@ def list_tasks(
     if as_json:
         print_json(rows)
         return
-    from gsup.render import Style, print_lines, table
+    from gsup.render import Style, print_lines, tasks_view
 
-    style = Style()
-    cells = [(str(r["id"]), r["name"], style.state(r["state"]), str(r["float"])) for r in rows]
-    print_lines(table(("ID", "NAME", "STATE", "FLOAT"), cells, style, flexible=1))
+    print_lines(tasks_view(rows, Style()))
 
 
 @task.command()
