@@ -439,19 +439,28 @@ def test_a_custom_merger_that_cannot_be_imported_is_refused_at_submit(daemon, gs
         " has no attribute 'nothere'\n"))  # fmt: skip
 
 
-def test_an_output_is_noticed_as_it_lands_before_its_job_ends(daemon, gsup, home, task_dir):
-    text = """
+LANDING = """
 [task]
 name = "land"
 
 [[transform]]
 name = "write"
-cmd = ["sh", "-c", "echo x > out.txt; while [ ! -e $0 ]; do sleep 0.01; done", "{go}"]
+cmd = ["sh", "-c", "{script}", "{go}"]
 units = [[]]
 outputs = ["out.txt"]
 """
+WAIT_FOR_GO = "while [ ! -e $0 ]; do sleep 0.01; done"  # $0: the file `go`
+
+
+def _landing_task(gsup, task_dir: Path, script: str) -> tuple[int, Path]:
+    """A one-unit task whose command runs `script` (it waits for the file `go` with
+    WAIT_FOR_GO) and declares out.txt; its id, and `go`."""
     go = task_dir / "go"
-    task = _submit(gsup, task_dir, text.format(go=go))
+    return _submit(gsup, task_dir, LANDING.format(script=script, go=go)), go
+
+
+def test_an_output_is_noticed_as_it_lands_before_its_job_ends(daemon, gsup, home, task_dir):
+    task, go = _landing_task(gsup, task_dir, f"echo x > out.txt; {WAIT_FOR_GO}")
     landed = "SELECT state, landed IS NOT NULL FROM units"
     wait_until(lambda: journal_rows(home, landed) == [("submitted", 1)],
                what="out.txt to be seen landing while its unit runs")  # fmt: skip
@@ -472,18 +481,7 @@ def _inotify_watches(pid: int) -> int:
 
 def test_a_watcher_that_dies_is_started_again_and_told_its_folders(daemon, gsup, home, task_dir):
     assert _watchers(daemon) == []  # none until a task has outputs to watch
-    text = """
-[task]
-name = "land"
-
-[[transform]]
-name = "write"
-cmd = ["sh", "-c", "while [ ! -e $0 ]; do sleep 0.01; done; echo x > out.txt", "{go}"]
-units = [[]]
-outputs = ["out.txt"]
-"""
-    go = task_dir / "go"
-    task = _submit(gsup, task_dir, text.format(go=go))
+    task, go = _landing_task(gsup, task_dir, f"{WAIT_FOR_GO}; echo x > out.txt")
     wait_until(lambda: journal_rows(home, "SELECT state FROM units") == [("submitted",)])
     (first,) = _watchers(daemon)
     os.kill(first, signal.SIGKILL)

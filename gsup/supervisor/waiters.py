@@ -22,18 +22,18 @@ class Waiter:
 
 class Waiters:
     def __init__(self) -> None:
-        self._by_job: dict[Awaited, set[Waiter]] = {}
+        self._by_awaited: dict[Awaited, set[Waiter]] = {}
         self._by_conn: dict[int, set[Waiter]] = {}  # by id(): connections are not hashable
 
     def add(self, waiter: Waiter) -> None:
         for job in waiter.pending:
-            self._by_job.setdefault(job, set()).add(waiter)
+            self._by_awaited.setdefault(job, set()).add(waiter)
         self._by_conn.setdefault(id(waiter.conn), set()).add(waiter)
 
     def ended(self, job: Awaited, state: str) -> list[Waiter]:
         """Note `job`'s end state; the waiters it was the last one of (now removed)."""
         answered = []
-        for waiter in self._by_job.pop(job, ()):
+        for waiter in self._by_awaited.pop(job, ()):
             waiter.pending.discard(job)
             waiter.states[job] = state
             if not waiter.pending:
@@ -49,7 +49,7 @@ class Waiters:
     def take_all(self) -> list[Waiter]:
         """Every waiter, removed."""
         waiters = [waiter for mine in self._by_conn.values() for waiter in mine]
-        self._by_job.clear()
+        self._by_awaited.clear()
         self._by_conn.clear()
         return waiters
 
@@ -58,11 +58,11 @@ class Waiters:
 
     def _discard(self, waiter: Waiter) -> None:
         for job in waiter.pending:
-            waiting = self._by_job.get(job)
+            waiting = self._by_awaited.get(job)
             if waiting is not None:
                 waiting.discard(waiter)
                 if not waiting:
-                    del self._by_job[job]
+                    del self._by_awaited[job]
         mine = self._by_conn[id(waiter.conn)]
         mine.discard(waiter)
         if not mine:
