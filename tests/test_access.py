@@ -8,9 +8,14 @@ import shutil
 import stat
 import subprocess
 import sysconfig
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import Daemon, run_daemon_expecting_exit
+
+import gsup
 
 NOBODY = 65534  # uid of nobody and gid of nogroup on Debian
 
@@ -214,17 +219,31 @@ def test_a_folder_that_holds_other_files_is_no_state_dir(env, home):
     assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
 
 
-def test_recover_in_a_state_dir_one_cannot_enter_says_so_in_one_line(home, env):
+@pytest.fixture
+def readable_install() -> Iterator[str]:
+    """This gsup and the packages of the interpreter running the tests (pure Python),
+    copied where another user can read them, as an install would be: the checkout may
+    sit in a folder only root can enter (a `mktemp -d`)."""
+    root = Path(tempfile.mkdtemp(prefix="gsup-install-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        skip = shutil.ignore_patterns("__pycache__", "pip", "pip-*", "setuptools", "setuptools-*")
+        shutil.copytree(Path(gsup.__file__).parent, root / "gsup", ignore=skip)
+        shutil.copytree(sysconfig.get_paths()["purelib"], root / "site", ignore=skip)
+        yield os.pathsep.join([str(root), str(root / "site")])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_recover_in_a_state_dir_one_cannot_enter_says_so_in_one_line(home, readable_install):
     """Root enters any folder, so the command runs as another user."""
     home.mkdir(mode=0o700)
     home.parent.chmod(0o711)
     python = shutil.which("python3", path="/usr/bin:/bin")
     assert python, "a system python3 is needed to act as another user"
-    # This gsup and the packages of the interpreter running the tests (pure Python).
-    path = os.pathsep.join([env["PYTHONPATH"], sysconfig.get_paths()["purelib"]])
     result = subprocess.run(
         [python, "-P", "-m", "gsup", "recover", "--dry-run"],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": path, "GSUP_HOME": str(home)},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": readable_install, "GSUP_HOME": str(home)},
         user=NOBODY, group=NOBODY, extra_groups=[], cwd="/",
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
