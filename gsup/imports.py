@@ -52,7 +52,7 @@ def use_import_path(path: list[str]) -> tuple[list[str], list[str]]:
     sys.path[:] = [*path, *(entry for entry in own if entry not in path)]
     sys.path_importer_cache.clear()
     importlib.invalidate_caches()
-    users = [entry for entry in path if entry not in own]
+    users = user_entries(path, own)
     return users, shadowed(users)
 
 
@@ -61,18 +61,43 @@ def use_import_path(path: list[str]) -> tuple[list[str], list[str]]:
 OWN_PACKAGE = __name__.partition(".")[0]
 
 
-def shadowed(entries: list[str]) -> list[str]:
-    """A warning for each module imported already (and so used, as `python -c` uses
-    the modules the interpreter imported at its start) that a file in `entries`
-    would have provided had it not been."""
+def _top_names(entries: list[str]) -> set[str]:
+    """The names of the files and folders in `entries` as module names (not gsup's)."""
     names: set[str] = set()
     for entry in entries:
         try:
             names.update(name.partition(".")[0] for name in os.listdir(entry or "."))
         except OSError:
             continue
+    return names - {OWN_PACKAGE}
+
+
+def user_entries(path: list[str], own: list[str] | None = None) -> list[str]:
+    """The entries of a job's import path that are its own, not the interpreter's
+    (`own`: interpreter_path(), read before sys.path was changed)."""
+    own = interpreter_path() if own is None else own
+    return [entry for entry in path if entry not in own]
+
+
+def may_shadow_installed(entries: list[str]) -> bool:
+    """Whether a file in `entries` has the name of a module the interpreter has built in
+    or could import from its own entries: only such a file can shadow a module a pool
+    process imported before any job (a pool imports nothing from a job's folder)."""
+    own = interpreter_path()
+    finder = importlib.machinery.PathFinder
+    return any(
+        name in sys.builtin_module_names or finder.find_spec(name, own) is not None
+        for name in _top_names(entries)
+        if name.isidentifier()
+    )
+
+
+def shadowed(entries: list[str]) -> list[str]:
+    """A warning for each module imported already (and so used, as `python -c` uses
+    the modules the interpreter imported at its start) that a file in `entries`
+    would have provided had it not been."""
     warnings = []
-    for name in sorted(names - {OWN_PACKAGE}):
+    for name in sorted(_top_names(entries)):
         loaded = sys.modules.get(name)
         if loaded is None or "." in name:
             continue
