@@ -69,7 +69,7 @@ def _top_names(entries: list[str]) -> set[str]:
             names.update(name.partition(".")[0] for name in os.listdir(entry or "."))
         except OSError:
             continue
-    return names - {OWN_PACKAGE}
+    return names - {OWN_PACKAGE, "__pycache__"}  # bytecode: a folder no job imports
 
 
 def user_entries(path: list[str], own: list[str] | None = None) -> list[str]:

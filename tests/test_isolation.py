@@ -195,3 +195,21 @@ def test_a_gsup_checkout_beside_the_code_is_not_warned_about(daemon, gsup, workd
     job, state = _run(gsup, folder, "usesgsup:f")
     assert (state, _result(gsup, job)) == ("done", gsup_package.__version__)
     assert gsup("logs", str(job)).stderr == ""
+
+
+def test_only_a_folder_file_named_as_an_installed_module_makes_the_check_import_a_pools_modules(
+    tmp_path,
+):
+    from gsup.imports import may_shadow_installed
+
+    folder = _folder(
+        tmp_path, "project", {"mymod.py": "", "__pycache__/mymod.pyc": "", "x.txt": ""}
+    )
+    assert not may_shadow_installed([str(folder)])  # the check skips the daemon's imports
+    for folder_name, file in (
+        ("stdlib", "json.py"),
+        ("builtin", "sys.py"),
+        ("site", "peewee/a.py"),
+    ):
+        named = _folder(tmp_path, folder_name, {file: "", "mymod.py": ""})
+        assert may_shadow_installed([str(named)]), file
