@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 from gsup.client import Client, DaemonFacade, Pending
-from gsup.config import DEFAULT_POOL, MAX_JOB_ID, Paths, resolve_home
+from gsup.config import MAX_JOB_ID, Paths, pool_for, resolve_home
 from gsup.errors import BadOptions, GsupError, WaitTimeout
 from gsup.protocol import JobSpec, ProtocolError, check_batch_key
 from gsup.specs import call_specs, python_path
@@ -27,7 +27,8 @@ class JobOptions(TypedDict, total=False):
 
     priority: int  # 0-9, 0 runs first; FIFO among equals
     timeout: float | None  # seconds before the job is stopped
-    queue: str  # the pool: "user" or "monitoring"
+    queue: str  # the local backend's pool: "user" or "monitoring"
+    backend: str  # "local" or "process"; neither this nor queue: the daemon's default
     name: str | None  # a name to show, 1,000 characters at most
     retries: int  # how many times it runs again after a failure or timeout
     retry_delay: float  # seconds before the first retry
@@ -47,7 +48,10 @@ def _job_options(options: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise BadOptions(f"unknown job options: {', '.join(sorted(unknown))}")
     fields = dict(options)
-    fields["pool"] = fields.pop("queue", DEFAULT_POOL)
+    try:
+        fields["pool"] = pool_for(fields.pop("backend", None), fields.pop("queue", None))
+    except ValueError as exc:
+        raise BadOptions(str(exc)) from None
     return fields
 
 

@@ -12,7 +12,13 @@ from pathlib import Path
 
 from gsup.errors import GsupError
 
-POOL_NAMES = ("user", "monitoring")
+# Backends run jobs; a job's `pool` names the executor that runs it. The local backend
+# runs jobs in the threads of its two pools; the process backend's pool runs each job in
+# a process of its own. `--queue` picks a local pool, `--backend` a backend.
+LOCAL_POOLS = ("user", "monitoring")
+PROCESS_POOL = "process"
+POOL_NAMES = (*LOCAL_POOLS, PROCESS_POOL)  # every pool the daemon runs
+BACKENDS = ("local", "process")
 DEFAULT_POOL = "user"
 DEFAULT_PRIORITY = 5
 MAX_MESSAGE = 8 * 1024 * 1024  # bytes in one socket message
@@ -20,6 +26,39 @@ MAX_JOB_ID = 2**63 - 1  # SQLite's largest integer
 MB = 1_000_000
 DAY = 86_400.0
 TASKS_LISTED = 20  # tasks `gsup task list` (and `tasks` at a prompt) show, newest first
+
+
+class PlacementError(ValueError):
+    """A backend or queue that cannot be used; `key` names which."""
+
+    def __init__(self, key: str, message: str, value: object = None) -> None:
+        if value is not None:  # a client's value, shown short whatever its size
+            from gsup.protocol import shown
+
+            message = message.format(shown(value))
+        super().__init__(message)
+        self.key = key
+
+
+def pool_for(backend: str | None, queue: str | None) -> str | None:
+    """The pool of a job from its backend and queue (each None when not given): None
+    when neither is (the daemon's default backend runs it). PlacementError for an
+    unknown one, or a queue given with a backend other than local (whose pools they are)."""
+    if queue is not None and queue not in LOCAL_POOLS:
+        raise PlacementError(
+            "queue", "unknown queue {}; choose from " + ", ".join(LOCAL_POOLS), queue
+        )
+    if backend is not None and backend not in BACKENDS:
+        raise PlacementError(
+            "backend", "unknown backend {}; choose from " + ", ".join(BACKENDS), backend
+        )
+    if backend not in (None, "local") and queue is not None:
+        raise PlacementError(
+            "queue", f"queue {queue} is a pool of the local backend, not of {backend}"
+        )
+    if backend == "local":
+        return queue or DEFAULT_POOL
+    return queue if backend is None else backend
 
 
 def resolve_home(home: str | Path | None = None) -> Path:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_JOB_ID, MAX_MESSAGE, POOL_NAMES
+from gsup.config import DEFAULT_PRIORITY, MAX_JOB_ID, MAX_MESSAGE, POOL_NAMES
 
 KINDS = ("call", "cmd")
 ON_LOST = ("requeue", "fail")
@@ -152,7 +152,7 @@ class JobSpec:
     cwd: str = "/"
     path: list[str] = field(default_factory=list)  # prepended to sys.path for imports
     env: dict[str, str] | None = None  # kind == "cmd": the client's environment
-    pool: str = DEFAULT_POOL
+    pool: str | None = None  # None: the daemon's default backend runs it
     priority: int = DEFAULT_PRIORITY
     timeout: float | None = None
     retries: int = 0
@@ -237,7 +237,7 @@ def batch_digest(jobs: list[JobSpec]) -> str:
 
     digest = hashlib.blake2b(digest_size=16)
     for job in jobs:
-        words = (job.kind, job.target, job.display, job.arguments or "", job.cwd, job.pool,
+        words = (job.kind, job.target, job.display, job.arguments or "", job.cwd, job.pool or "",
                  job.name or "", *job.argv)  # fmt: skip
         digest.update("\0".join(words).encode("utf-8", "replace") + b"\1")
     return digest.hexdigest()
@@ -309,7 +309,7 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "env must map names to UTF-8 strings without NUL",
     ),
     "pool": (
-        lambda v: v in POOL_NAMES,
+        lambda v: v is None or v in POOL_NAMES,
         "unknown queue {value}; choose from " + ", ".join(POOL_NAMES),
     ),
     "priority": (lambda v: _is_int(v) and 0 <= v <= 9, "priority must be 0-9, not {value}"),

@@ -8,9 +8,26 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gsup.config import DAY, MAX_MESSAGE, MB, POOL_NAMES, Paths
+from gsup.config import (
+    BACKENDS,
+    DAY,
+    DEFAULT_POOL,
+    MAX_MESSAGE,
+    MB,
+    POOL_NAMES,
+    PROCESS_POOL,
+    Paths,
+    pool_for,
+)
 
 DEFAULT_THREADS = 5  # as Ganga's queues
+
+
+def default_threads(pool: str) -> int:
+    """As Ganga's queues; the process backend's pool: a job per core at once."""
+    return (os.cpu_count() or 1) if pool == PROCESS_POOL else DEFAULT_THREADS
+
+
 MAX_THREADS = 1024  # of a pool (and jobs a pool holds ahead of them: see queue_size)
 
 
@@ -39,13 +56,22 @@ class PoolSettings:
     max_log: int = int(DEFAULT_MAX_LOG_MB * MB)  # bytes of each of a job's log files
     min_free: int = int(DEFAULT_MIN_FREE_MB * MB)  # bytes of disk no log output may take
 
+    @property
+    def isolated(self) -> bool:
+        """Each job runs in a process of its own (the process backend), not a thread."""
+        return self.name == PROCESS_POOL
+
 
 @dataclass(frozen=True)
 class Settings:
     paths: Paths
     pools: tuple[PoolSettings, ...] = field(
-        default_factory=lambda: tuple(PoolSettings(name) for name in POOL_NAMES)
+        default_factory=lambda: tuple(
+            PoolSettings(name, default_threads(name), default_queue_size(default_threads(name)))
+            for name in POOL_NAMES
+        )
     )
+    backend: str = "local"  # what runs a job that names no backend nor queue
     grace: float = 10.0  # seconds running jobs get when the daemon stops
     stop_grace: float = 2.0  # seconds a stopped thread gets before its pool is recycled
     max_message: int = MAX_MESSAGE
@@ -60,6 +86,11 @@ class Settings:
 
     def pool(self, name: str) -> PoolSettings:
         return next(p for p in self.pools if p.name == name)
+
+    @property
+    def default_pool(self) -> str:
+        """The pool of a job that names none: the default backend's."""
+        return pool_for(self.backend, None) or DEFAULT_POOL
 
 
 def _positive_int(value: object, what: str, most: int = MAX_THREADS) -> int:
@@ -120,13 +151,16 @@ def load_settings(
         _known(section, POOL_KEYS, f"pools.{name}.", file)
         count = _positive_int(*_pick(
             (threads or {}).get(name), f"--{name}-threads", f"GSUP_{name.upper()}_THREADS",
-            section, f"pools.{name}.threads", DEFAULT_THREADS, file,
+            section, f"pools.{name}.threads", default_threads(name), file,
         ))  # fmt: skip
         queue = _positive_int(*_pick(
             None, "", "", section, f"pools.{name}.queue_size", default_queue_size(count), file
         ), most=100 * MAX_THREADS)  # fmt: skip
         pools.append(PoolSettings(name, count, queue, int(max_result_mb * MB),
                                   int(max_log_mb * MB), int(min_free_mb * MB)))  # fmt: skip
+    backend, where = _pick(None, "", "GSUP_BACKEND", toml, "backend", "local", file)
+    if backend not in BACKENDS:
+        raise ConfigError(f"{where} must be one of {', '.join(BACKENDS)}, not {backend!r}")
     group, where = _pick(None, "", "GSUP_GROUP", toml, "group", None, file)
     if group is not None:
         _check_group(group, where)
@@ -138,6 +172,7 @@ def load_settings(
         max_message=_positive_int(
             *_pick(None, "", "", toml, "max_message", MAX_MESSAGE, file), most=1 << 30
         ),
+        backend=backend,
         group=group,
         min_free_mb=min_free_mb,
         max_result_mb=max_result_mb,
@@ -177,7 +212,7 @@ def _pick(
     return default, key
 
 
-TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools",
+TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools", "backend",
             "max_result_mb", "max_log_mb", "keep_days"}  # fmt: skip
 POOL_KEYS = {"threads", "queue_size"}
 

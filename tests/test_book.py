@@ -65,6 +65,7 @@ class Bench:
         self.answered.append((conn, request_id))
 
     def add(self, *arguments: Any, **options: Any) -> int:
+        options.setdefault("pool", "user")  # as the daemon's add fills it in
         spec = call_spec("jobs:add", arguments or (1,), path=["/nowhere"], **options)
         (job,) = self.journal.insert_jobs([spec], self.clocks.wall)
         self.book.added([spec])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -226,7 +227,8 @@ def test_status_tells_whether_the_daemon_is_up(make_daemon, gsup, home):
     assert up[0].startswith(f"gsup {gsup_version()}: running, pid {daemon.pid}, up ")
     assert up[1:] == [
         f"home:  {home}",
-        "pools: user 5 threads (0 in flight), monitoring 5 threads (0 in flight)",
+        "pools: user 5 threads (0 in flight), monitoring 5 threads (0 in flight),"
+        f" process {os.cpu_count()} threads (0 in flight)",
         "jobs:  1 done",
     ]
     info = json.loads(gsup("status", "--json").stdout)

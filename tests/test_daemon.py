@@ -13,6 +13,8 @@ from pathlib import Path
 
 from conftest import alive, journal_rows, run_daemon_expecting_exit, wait_until
 
+from gsup.config import POOL_NAMES
+
 
 def _pool_pids(daemon_pid: int) -> list[int]:
     children = subprocess.run(
@@ -41,7 +43,7 @@ def test_sigterm_stops_cleanly_and_queued_jobs_wait_for_the_next_start(make_daem
     gsup("freeze")
     queued = [gsup.add("jobs:add", str(i)) for i in range(3)]
     pools = _pool_pids(daemon.pid)
-    assert len(pools) == 2
+    assert len(pools) == len(POOL_NAMES)
     assert daemon.stop(signal.SIGTERM) == 0
     assert daemon.said("gsup: stopped")
     assert not any(alive(pid) for pid in pools)

@@ -14,6 +14,7 @@ import pytest
 from conftest import Daemon, wait_until
 
 from gsup.client import Client, GsupError
+from gsup.config import POOL_NAMES
 from gsup.specs import call_spec, command_spec
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="mounting a tmpfs needs root")
@@ -106,7 +107,7 @@ def test_a_turn_that_cannot_be_written_waits_for_room_then_goes_on(small_home, e
             assert str(refused.value).startswith("the daemon cannot write its journal (")
             filler.unlink()
             unfreeze.join(30)
-            assert replies == [{"user": False, "monitoring": False}]
+            assert replies == [dict.fromkeys(POOL_NAMES, False)]
             wait_until(lambda: "the journal is writable again" in daemon.output, what="the line")
             assert client.wait([job], timeout=60) == {job: "done"}
     finally:

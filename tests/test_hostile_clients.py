@@ -15,6 +15,7 @@ import pytest
 from conftest import wait_until
 
 from gsup.client import Client
+from gsup.config import POOL_NAMES
 from gsup.errors import GsupError
 from gsup.supervisor import connections
 
@@ -151,7 +152,9 @@ def _open_fds(pid: int) -> int:
 
 
 def test_idle_clients_cannot_take_the_descriptors_a_pool_restart_needs(daemon, gsup, home):
-    pools = wait_until(lambda: len(_children(daemon.pid)) == 2 and _children(daemon.pid))
+    pools = wait_until(
+        lambda: len(_children(daemon.pid)) == len(POOL_NAMES) and _children(daemon.pid)
+    )
     limit = _open_fds(daemon.pid) + 100
     resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (limit, limit))
     idle, refusal = [], None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from conftest import journal_rows, wait_until
 
@@ -34,9 +35,10 @@ def test_queues_shows_a_running_job_with_its_timeout(daemon, gsup, workdir):
 
 def test_thread_counts_come_from_flags_and_environment(make_daemon, gsup, env):
     env["GSUP_MONITORING_THREADS"] = "2"
-    make_daemon("--user-threads", "3")
+    env["GSUP_PROCESS_THREADS"] = "9"
+    make_daemon("--user-threads", "3", "--process-threads", "4")
     pools = {p["name"]: p["threads"] for p in json.loads(gsup("queues", "--json").stdout)["pools"]}
-    assert pools == {"user": 3, "monitoring": 2}
+    assert pools == {"user": 3, "monitoring": 2, "process": 4}
 
 
 def test_thread_counts_come_from_gsup_toml(make_daemon, gsup, home):
@@ -44,7 +46,7 @@ def test_thread_counts_come_from_gsup_toml(make_daemon, gsup, home):
     (home / "gsup.toml").write_text("[pools.user]\nthreads = 2\n")
     make_daemon()
     pools = {p["name"]: p["threads"] for p in json.loads(gsup("queues", "--json").stdout)["pools"]}
-    assert pools == {"user": 2, "monitoring": 5}
+    assert pools == {"user": 2, "monitoring": 5, "process": os.cpu_count()}
 
 
 def test_frozen_pool_starts_nothing_and_the_freeze_survives_a_restart(make_daemon, gsup):
@@ -52,6 +54,7 @@ def test_frozen_pool_starts_nothing_and_the_freeze_survives_a_restart(make_daemo
     assert gsup("freeze", "--queue", "user").stdout.splitlines() == [
         "user: frozen",
         "monitoring: running",
+        "process: running",
     ]
     job = gsup.add("jobs:add", "1")
     other = gsup.add("jobs:add", "2", "--queue", "monitoring")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY
+from gsup.config import DEFAULT_PRIORITY
 from gsup.tasks.spec import (
     InputsFrom,
     Merger,
@@ -87,7 +87,12 @@ def test_the_example_loads_into_the_expected_dataclasses():
     assert (gen.target, gen.units, gen.outputs, gen.retries) == (
         "mymod:generate", [[1], [2], [3]], ("*.csv",), 2
     )  # fmt: skip
-    assert (gen.queue, gen.priority, gen.timeout) == (DEFAULT_POOL, DEFAULT_PRIORITY, None)
+    assert (gen.queue, gen.backend, gen.priority, gen.timeout) == (
+        None,
+        None,
+        DEFAULT_PRIORITY,
+        None,
+    )
     assert fit.inputs_from == InputsFrom(transform="gen", mode="each", include=(), exclude=())
     assert (fit.merger, gen.merger) == (Merger("jsonl"), Merger("csv", False, False))
 
@@ -358,6 +363,14 @@ BAD_FILES = [
     (
         HEAD + 'cmd = ["true"]\nunits = [1]\nqueue = "gpu"  # <-\n',
         "transform 'gen': unknown queue 'gpu'; choose from user, monitoring",
+    ),
+    (
+        HEAD + 'cmd = ["true"]\nunits = [1]\nbackend = "cloud"  # <-\n',
+        "transform 'gen': unknown backend 'cloud'; choose from local, process",
+    ),
+    (
+        HEAD + 'cmd = ["true"]\nunits = [1]\nbackend = "process"\nqueue = "user"  # <-\n',
+        "transform 'gen': queue user is a pool of the local backend, not of process",
     ),
     (
         HEAD + 'cmd = ["true"]\nunits = [1]\npriority = 10  # <-\n',

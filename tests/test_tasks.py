@@ -245,6 +245,18 @@ outputs = ["all.txt"]
     assert merged == "a\ncmds/make/0\nb\ncmds/make/1\n"
 
 
+def test_a_local_stage_chains_into_a_process_stage(daemon, gsup, home, task_dir):
+    units = [1, 2, 4]
+    text = SWEEP.format(units=[[n] for n in units])
+    task = _submit(gsup, task_dir, text.replace('merger = "jsonl"', 'backend = "process"'))
+    assert gsup("task", "wait", str(task)).stdout.splitlines()[-1] == f"task {task} completed"
+    pools = journal_rows(home, "SELECT DISTINCT substr(name, 7, 3), pool FROM jobs"
+                               " WHERE name GLOB 'sweep/*/[0-9]*' ORDER BY 1")  # fmt: skip
+    assert pools == [("fit", "process"), ("gen", "user")]
+    fits = [home / "tasks" / str(task) / "fit" / str(idx) / "fit.json" for idx in range(3)]
+    assert sorted(json.loads(fit.read_text())["sum"] for fit in fits) == [n * n for n in units]
+
+
 def test_a_bad_task_file_is_refused_with_its_line(daemon, gsup, task_dir):
     (task_dir / "bad.toml").write_text('[task]\nname = "x"\nflaot = 3\n')
     result = gsup("task", "submit", "bad.toml", check=False)

@@ -140,7 +140,10 @@ def test_lost_reasons_say_poison_or_on_lost():
         ({"verb": "get", "job": True}, "job id must be a positive integer, not True"),
         ({"verb": "wait", "jobs": []}, "wait needs a non-empty list of job ids"),
         ({"verb": "freeze", "frozen": "yes"}, "frozen must be true or false"),
-        ({"verb": "purge", "pool": "batch"}, "unknown queue 'batch'; choose from user, monitoring"),
+        (
+            {"verb": "purge", "pool": "batch"},
+            "unknown queue 'batch'; choose from user, monitoring, process",
+        ),
         ({"verb": "stop", "now": 1}, "now must be true or false"),
     ],
 )

@@ -8,9 +8,11 @@ from typing import Annotated
 
 import typer
 
-from gsup.config import POOL_NAMES
+from gsup.config import BACKENDS, LOCAL_POOLS, POOL_NAMES
 
 Queue = Enum("Queue", {name: name for name in POOL_NAMES}, type=str)  # type: ignore[misc]
+LocalQueue = Enum("LocalQueue", {name: name for name in LOCAL_POOLS}, type=str)  # type: ignore[misc]
+Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
 
 Home = Annotated[
     Path | None,

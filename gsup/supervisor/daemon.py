@@ -156,7 +156,8 @@ class Supervisor:
                             self.connections.reply)  # fmt: skip
         self.pruner = Pruner(self.settings, self.journal, self.loop, self.connections.reply)
         self.landings = Landings(self.loop, lambda events: self.engine.landed(events))
-        self.engine = TaskEngine(self.journal, self.book, self.paths.tasks, self.landings)
+        self.engine = TaskEngine(self.journal, self.book, self.paths.tasks, self.landings,
+                                 self.settings.default_pool)  # fmt: skip
         self.handlers = Handlers(self.settings, self.journal, self.book, self.connections.reply,
                                  self.pruner, self._stop_asked, self.engine)  # fmt: skip
         report = recovery.plan(self.journal.reader, self.executors)

@@ -145,6 +145,9 @@ class Handlers:
             if known is not None:
                 return {"ids": known}  # a part sent again: it was added before
         self._check_room(specs)
+        default = self.settings.default_pool
+        for spec in specs:
+            spec.pool = spec.pool or default
         detail = {"jobs": len(specs)} if batch is None else {"jobs": len(specs), "key": batch.key}
         self.journal.log_command("add", detail, conn.uid, conn.pid)
         now = time.time()

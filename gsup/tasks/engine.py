@@ -27,6 +27,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from gsup.config import pool_for
 from gsup.journal import queries
 from gsup.journal.writer import Writer, json_dumps
 from gsup.lifecycle import RECURRING, StateChange
@@ -51,6 +52,7 @@ class TaskRequestError(Exception):
 class LiveTransform:
     id: int
     spec: specs.Transform
+    pool: str  # where its units' jobs run: its backend's, or queue's
     counts: dict[str, int]  # its units by state
     ended: bool = False
     aborted: bool = False
@@ -65,7 +67,7 @@ class LiveTransform:
     def job_options(self) -> dict[str, Any]:
         """What the jobs of all its units have alike."""
         spec = self.spec
-        return dict(pool=spec.queue, priority=spec.priority, timeout=spec.timeout,
+        return dict(pool=self.pool, priority=spec.priority, timeout=spec.timeout,
                     retries=spec.retries, retry_on=_retry_on(spec))  # fmt: skip
 
 
@@ -101,8 +103,10 @@ class UnitRow:
 
 
 class TaskEngine:
-    def __init__(self, journal: Writer, book: JobBook, folder: Path, landings: Landings) -> None:
+    def __init__(self, journal: Writer, book: JobBook, folder: Path, landings: Landings,
+                 default_pool: str) -> None:  # fmt: skip
         self.journal = journal
+        self.default_pool = default_pool  # of transforms that name no backend nor queue
         self.landings = landings  # told the folders of live transforms that declare outputs
         self.book = book
         self.folder = folder  # <state dir>/tasks: each unit's output folder is below it
@@ -151,8 +155,9 @@ class TaskEngine:
             "SELECT id, position, state FROM transforms WHERE task = ? ORDER BY position",
             (task_id,),
         ).fetchall():
+            spec = task.spec.transforms[position]
             task.add(LiveTransform(
-                transform_id, task.spec.transforms[position], dict.fromkeys(UnitState, 0),
+                transform_id, spec, self._pool(spec), dict.fromkeys(UnitState, 0),
                 ended=transform_state != TaskState.RUNNING,
             ))  # fmt: skip
         self._count_units(task)
@@ -191,7 +196,8 @@ class TaskEngine:
             )
             counts = dict.fromkeys(UnitState, 0)
             merge = TransformMerge() if transform.merger is not None else None
-            live.add(LiveTransform(row.lastrowid, transform, counts, merge=merge))
+            pool = self._pool(transform)
+            live.add(LiveTransform(row.lastrowid, transform, pool, counts, merge=merge))
         for transform in live.transforms:
             units = specs.expand_units(task, transform.spec)
             self._add_units(live, transform, [
@@ -692,6 +698,9 @@ class TaskEngine:
         )  # fmt: skip
 
     # --- helpers ----------------------------------------------------------------------
+
+    def _pool(self, transform: specs.Transform) -> str:
+        return pool_for(transform.backend, transform.queue) or self.default_pool
 
     def _folder(self, task: LiveTask, transform: LiveTransform) -> Path:
         return self.folder / str(task.id) / transform.spec.name

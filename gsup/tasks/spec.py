@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gsup.config import DEFAULT_POOL, DEFAULT_PRIORITY, POOL_NAMES
+from gsup.config import DEFAULT_PRIORITY, PlacementError, pool_for
 from gsup.errors import GsupError
 from gsup.protocol import (
     MAX_RETRIES,
@@ -106,7 +106,8 @@ class Transform:
     retry_recurring: bool = False  # resubmit failures that will recur (TargetError) too
     abort_after: int | str | None = None  # failed units, or a percentage such as "5%"
     merger: Merger | None = None
-    queue: str = DEFAULT_POOL
+    queue: str | None = None  # a local pool; neither this nor backend: the daemon's default
+    backend: str | None = None
     priority: int = DEFAULT_PRIORITY
     timeout: float | None = None
 
@@ -393,8 +394,7 @@ def _option_problems(t: Transform) -> Iterator[tuple[str, str]]:
         rule = "a count from 1 or a percentage such as '5%' (over 0, up to 100)"
         yield "abort_after", f"abort_after must be {rule}, not {shown(t.abort_after)}"
     yield from _merger_problems(t.merger)
-    if t.queue not in POOL_NAMES:
-        yield "queue", f"unknown queue {shown(t.queue)}; choose from {', '.join(POOL_NAMES)}"
+    yield from _placement_problems(t.backend, t.queue)
     if not (_is_int(t.priority) and 0 <= t.priority <= 9):
         yield "priority", f"priority must be 0-9, not {shown(t.priority)}"
     if t.timeout is not None and not (_is_number(t.timeout) and 0 < t.timeout <= MAX_SECONDS):
@@ -477,6 +477,14 @@ def _chain_errors(transforms: list[Transform]) -> Iterator[TaskError]:
 
 
 ARGUMENT_TYPES = "str, int, finite float, bool, lists and tables"  # what JSON gives back equal
+
+
+def _placement_problems(backend: Any, queue: Any) -> Iterator[tuple[str, str]]:
+    """What runs a transform's units: a backend, or a pool of the local one."""
+    try:
+        pool_for(backend, queue)
+    except PlacementError as exc:
+        yield exc.key, str(exc)
 
 
 def _value_problems(key: str, values: list[Any]) -> Iterator[tuple[str, str]]:

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from gsup.cli.app import UsageError, app
-from gsup.cli.options import Home, Queue
-from gsup.config import DEFAULT_PRIORITY
+from gsup.cli.options import Backend, Home, LocalQueue
+from gsup.config import DEFAULT_PRIORITY, pool_for
 from gsup.errors import GsupError, PartlyAdded
 from gsup.protocol import MAX_RETRIES, MAX_SECONDS, RETRY_CAUSES, JobSpec, is_retry_cause
 from gsup.targets import TargetError, parse_keyword, parse_target, parse_value
@@ -46,7 +46,19 @@ def add(
     as_str: Annotated[
         bool, typer.Option("--str", help="Pass every ARG and --kw value as a string, not a literal")
     ] = False,
-    queue: Annotated[Queue, typer.Option("--queue", "-q", help="The pool to run in")] = Queue.user,
+    queue: Annotated[
+        LocalQueue | None,
+        typer.Option("--queue", "-q", help="The local pool to run in [default: user]"),
+    ] = None,
+    backend: Annotated[
+        Backend | None,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="What runs it: local (a pool thread) or process (its own)"
+            " [default: the daemon's, local unless gsup.toml says otherwise]",
+        ),
+    ] = None,
     priority: Annotated[
         int,
         typer.Option(
@@ -137,8 +149,12 @@ def add(
     _check_retry_on(retry_on or [])
     batch_key = key and _batch_key(key)
     keywords = {} if cmd else _keywords(kw or [], as_str)
+    try:
+        pool = pool_for(backend and backend.value, queue and queue.value)
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
     options = dict(
-        pool=queue.value, priority=priority, timeout=timeout, name=name, retries=retries,
+        pool=pool, priority=priority, timeout=timeout, name=name, retries=retries,
         retry_delay=retry_delay, backoff=backoff, retry_on=retry_on, on_lost=on_lost.value,
     )  # fmt: skip
     from gsup.client import Client

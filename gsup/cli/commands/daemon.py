@@ -22,6 +22,12 @@ def daemon(
         int | None,
         typer.Option(min=1, metavar="N", help="Threads of the monitoring pool [default: 5]"),
     ] = None,
+    process_threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1, metavar="N", help="Jobs the process backend runs at once [default: cores]"
+        ),
+    ] = None,
     grace: Annotated[
         float | None,
         typer.Option(
@@ -37,7 +43,7 @@ def daemon(
     try:
         settings = load_settings(
             trusted_home(resolve_home(home)),
-            {"user": user_threads, "monitoring": monitoring_threads},
+            {"user": user_threads, "monitoring": monitoring_threads, "process": process_threads},
             grace,
         )
     except (ConfigError, DaemonError) as exc:

@@ -263,7 +263,10 @@ class LocalPool(Executor):
         return max(0, self.settings.threads + self.settings.queue_size - len(self.held))
 
     def submit(self, attempt: Attempt) -> None:
-        context = import_context(attempt.spec) if attempt.kind == "call" else None
+        # A call that runs in a process of its own imports in that process: any pool
+        # process runs it, as a command.
+        in_thread = attempt.kind == "call" and not self.settings.isolated
+        context = import_context(attempt.spec) if in_thread else None
         self.held[attempt.job] = Held(attempt, context)
         if context is not None:
             self.contexts[context] += 1

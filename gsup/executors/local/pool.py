@@ -39,6 +39,7 @@ from gsup.executors.local.runner import (
     PoolJob,
     describe,
     run_call,
+    run_call_in_process,
     run_command,
     stop_command,
 )
@@ -299,7 +300,8 @@ class PoolProcess:
                     if os.getpid() != self.pid:  # a process the job forked came back here
                         os._exit(0 if outcome.ending == Ending.DONE else 1)
                 with self.lock:
-                    if worker.stopping and job.kind == "cmd" and outcome.ending != Ending.RECALLED:
+                    stopped = worker.stopping and self._in_process(job)
+                    if stopped and outcome.ending != Ending.RECALLED:
                         outcome = Outcome(Ending.STOPPED, "stopped", outcome.fields, outcome.usage)
                     worker.job, worker.process, worker.live = None, None, False
                     _raise_in_thread(worker.thread_id, None)  # drop a stop that came too late
@@ -313,10 +315,14 @@ class PoolProcess:
                 self.confirmed.wait()
             if not worker.confirmed or worker.stopping:
                 return Outcome(Ending.RECALLED, "stopped before it ran")
-            worker.live = job.kind == "call"
+            worker.live = not self._in_process(job)  # a stop raises in its thread
         try:
             if job.kind == "cmd":
                 return run_command(
+                    job, self.paths, self.settings, lambda p: self._spawned(worker, p)
+                )
+            if self.settings.isolated:
+                return run_call_in_process(
                     job, self.paths, self.settings, lambda p: self._spawned(worker, p)
                 )
             return run_call(
@@ -327,6 +333,11 @@ class PoolProcess:
         except Exception as exc:  # what the daemon let through must not kill the thread
             why = f"gsup could not run it: {describe(exc)}"
             return Outcome(Ending.FAILED, why, {"error": why})
+
+    def _in_process(self, job: PoolJob) -> bool:
+        """Whether the job runs in a process of its own (a command, or any job of the
+        process backend's pool), which a stop kills, rather than in its thread."""
+        return job.kind == "cmd" or self.settings.isolated
 
     def _spawned(self, worker: Worker, process: subprocess.Popen) -> None:
         with self.lock:

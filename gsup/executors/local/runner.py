@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,32 +153,37 @@ def run_call(
     imported: Callable[[], None],
     max_result: int = MAX_RESULT,
 ) -> Outcome:
-    """Import and call the job's target; what either prints goes to the job's log,
-    after `notes` (warnings about its import path). `imported` is told once the
-    target's modules are in. A result over `max_result` bytes fails the job."""
-    spec = job.spec
+    """Import and call the job's target in this thread; what either prints goes to the
+    job's log, after `notes` (warnings about its import path). `imported` is told once
+    the target's modules are in. A result over `max_result` bytes fails the job."""
     with router.capture(job.id, job.attempt):
         for note in notes:
             print(note, file=sys.stderr)
-        try:
-            func, args, kwargs = load_call(job.target, spec.get("arguments"), spec.get("pickled"))
-        except TargetError as exc:
-            error = f"TargetError: {exc}"
-            causes = ["TargetError", RECURRING]
-            return Outcome(Ending.FAILED, str(exc), {"error": error, "causes": causes})
-        finally:
-            imported()
-        cpu = time.thread_time()
-        try:
-            _make_outdir(spec)
-            with running(job.id, job.attempt, spec.get("unit")):
-                value = func(*args, **kwargs)
-        except JobStopped:
-            raise
-        except BaseException as exc:  # SystemExit and KeyboardInterrupt end the job, not the thread
-            outcome = _failure(exc)
-            outcome.usage["cpu_seconds"] = time.thread_time() - cpu
-            return outcome
+        return call_target(job, imported, max_result)
+
+
+def call_target(job: PoolJob, imported: Callable[[], None], max_result: int) -> Outcome:
+    """Import the job's target and call it: how it ended, and its thread's CPU time."""
+    spec = job.spec
+    try:
+        func, args, kwargs = load_call(job.target, spec.get("arguments"), spec.get("pickled"))
+    except TargetError as exc:
+        error = f"TargetError: {exc}"
+        causes = ["TargetError", RECURRING]
+        return Outcome(Ending.FAILED, str(exc), {"error": error, "causes": causes})
+    finally:
+        imported()
+    cpu = time.thread_time()
+    try:
+        _make_outdir(spec)
+        with running(job.id, job.attempt, spec.get("unit")):
+            value = func(*args, **kwargs)
+    except JobStopped:
+        raise
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt end the job, not the thread
+        outcome = _failure(exc)
+        outcome.usage["cpu_seconds"] = time.thread_time() - cpu
+        return outcome
     usage = {"cpu_seconds": time.thread_time() - cpu}
     return _returned(value, usage, max_result)
 
@@ -267,6 +272,36 @@ def run_command(
     if code < 0 and "cpu_seconds" not in usage:  # the guardian reports before it goes
         why = f"its guardian was {why}; the command was killed with it"
     return Outcome(Ending.FAILED, why, {**fields, "error": why, "causes": ["exit"]}, usage)
+
+
+def run_call_in_process(
+    job: PoolJob,
+    paths: Paths,
+    settings: PoolSettings,
+    on_spawn: Callable[[subprocess.Popen], None],
+) -> Outcome:
+    """Run a call job in a process of its own (gsup/executors/child.py), under a guardian
+    as a command is: its ending is what the child wrote, its usage the process's."""
+    from gsup.executors import child
+
+    call_file, outcome_file = (
+        paths.job_output(job.id, part, job.attempt) for part in ("call", "outcome")
+    )
+    try:
+        child.write_call(call_file, job, settings.max_result)
+        argv = [sys.executable, "-P", "-m", child.MODULE, str(call_file), str(outcome_file)]
+        spec = {"argv": argv, "cwd": job.spec.get("cwd"), "unit": job.spec.get("unit")}
+        ran = run_command(replace(job, kind="cmd", spec=spec), paths, settings, on_spawn)
+        outcome = child.read_outcome(outcome_file)
+    finally:
+        for file in (call_file, outcome_file):
+            with contextlib.suppress(OSError):
+                file.unlink()
+    if outcome is None:  # killed, or its interpreter could not start: the process says
+        why = f"its process ended before the call did: {ran.why}"
+        return Outcome(Ending.FAILED, why, {"error": why, "causes": ["exit"]}, ran.usage)
+    outcome.usage.update(ran.usage)  # the whole process's CPU time, peak memory, exit
+    return outcome
 
 
 def _kill_session(guardian: int) -> None:
