@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import gsup_side, huey_side, scale
+from bench import gsup_side, huey_side, scale, slurm_side
 from bench.figures import Samples, all_rows, notes
 from bench.measure import gaps, median, percentile
 from bench.plan import FULL, SMOKE, Plan
@@ -160,6 +160,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def measure_slurm(samples: Samples, plan: Plan, root: Path) -> None:
+    if not slurm_side.available():
+        log("Slurm is not installed (python3 tests/slurm_cluster.py install): no slurm figures")
+        return
+    log(f"slurm: {plan.slurm_jobs:,} jobs through gsup and through sbatch in a loop")
+    figures = samples.slurm = slurm_side.measure(root, plan.slurm_jobs, plan.slurm_followed)
+    log(f"slurm: gsup {figures.gsup_seconds:.1f} s, sbatch {figures.sbatch_seconds:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     # A SIGTERM ends the run through the finally blocks that stop daemons and consumers.
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
@@ -180,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         hw = huey_side.make_workspace(root) if has_huey else None
         measure_comparative(samples, plan, ws, hw, before)
         measure_scale(samples, plan, ws)
+        measure_slurm(samples, plan, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows = all_rows(samples, plan)

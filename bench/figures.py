@@ -11,6 +11,7 @@ from bench.measure import median, percentile
 from bench.plan import GAP_SECONDS, HUEY_FAST_POLLING, WORKERS, Plan
 from bench.report import Row
 from bench.scale import CliTimes, PrunedVsFresh, RssReading
+from bench.slurm_side import SlurmFigures
 from gsup.settings import default_queue_size
 
 MS = 1000.0
@@ -25,6 +26,7 @@ class Samples:
     cli: CliTimes | None = None
     rss: list[RssReading] = field(default_factory=list)
     pruned: PrunedVsFresh | None = None
+    slurm: SlurmFigures | None = None
 
     def add(self, key: str, value: float) -> None:
         self.values[key].append(value)
@@ -222,7 +224,20 @@ def _rss_rows(readings: list[RssReading]) -> list[Row]:
 
 
 def all_rows(s: Samples, plan: Plan) -> list[Row]:
-    return comparative_rows(s, plan) + scale_rows(s, plan)
+    return comparative_rows(s, plan) + scale_rows(s, plan) + slurm_rows(s, plan)
+
+
+def slurm_rows(s: Samples, plan: Plan) -> list[Row]:
+    f = s.slurm
+    return [
+        _row(f"slurm: {plan.slurm_jobs:,} true jobs through gsup, add to end (s) vs sbatch"
+             " --wrap in a loop, squeue every 2 s", f and f.gsup_seconds,
+             f and f.sbatch_seconds, 1, "<= 1.2x", _at_most_ratio(1.2)),
+        _row("  squeue calls per poll interval (2 s) meanwhile", f and f.squeue_per_poll,
+             1, 2, "<= 1.2x", _at_most_ratio(1.2)),
+        _row(f"slurm: squeue calls per poll interval, {plan.slurm_followed:,} jobs followed",
+             f and f.followed_per_poll, 1, 2, "<= 1.2x", _at_most_ratio(1.2)),
+    ]  # fmt: skip
 
 
 def notes(plan: Plan) -> list[str]:

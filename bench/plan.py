@@ -43,6 +43,8 @@ class Plan:
     rss_checkpoints: tuple[int, int]  # processed jobs at which the daemon's RSS is read
     prune_total: int  # jobs a journal has run before it is pruned...
     prune_keep: int  # ...to this many, compared with a fresh journal of as many
+    slurm_jobs: int  # `true` jobs through gsup's slurm backend, against sbatch in a loop
+    slurm_followed: int  # Slurm jobs gsup follows at once while its squeue calls are counted
 
 
 FULL = Plan(
@@ -65,6 +67,8 @@ FULL = Plan(
     rss_checkpoints=(100_000, 1_000_000),
     prune_total=1_000_000,
     prune_keep=10_000,
+    slurm_jobs=1_000,
+    slurm_followed=2_000,
 )
 
 SMOKE = Plan(
@@ -87,4 +91,6 @@ SMOKE = Plan(
     rss_checkpoints=(2_000, 20_000),
     prune_total=20_000,
     prune_keep=2_000,
+    slurm_jobs=20,
+    slurm_followed=40,
 )

@@ -28,7 +28,8 @@ class JobOptions(TypedDict, total=False):
     priority: int  # 0-9, 0 runs first; FIFO among equals
     timeout: float | None  # seconds before the job is stopped
     queue: str  # the local backend's pool: "user" or "monitoring"
-    backend: str  # "local" or "process"; neither this nor queue: the daemon's default
+    backend: str  # "local", "process" or "slurm"; neither this nor queue: the daemon's default
+    sbatch: list[str] | None  # options of its sbatch, with backend="slurm": ["--partition=x"]
     name: str | None  # a name to show, 1,000 characters at most
     retries: int  # how many times it runs again after a failure or timeout
     retry_delay: float  # seconds before the first retry

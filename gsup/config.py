@@ -18,7 +18,9 @@ from gsup.errors import GsupError
 LOCAL_POOLS = ("user", "monitoring")
 PROCESS_POOL = "process"
 POOL_NAMES = (*LOCAL_POOLS, PROCESS_POOL)  # every pool the daemon runs
-BACKENDS = ("local", "process")
+SLURM = "slurm"  # the Slurm backend's one executor
+EXECUTOR_NAMES = (*POOL_NAMES, SLURM)  # what a job's `pool` may name
+BACKENDS = ("local", "process", SLURM)
 DEFAULT_POOL = "user"
 DEFAULT_PRIORITY = 5
 MAX_MESSAGE = 8 * 1024 * 1024  # bytes in one socket message
@@ -57,7 +59,7 @@ def pool_for(backend: str | None, queue: str | None) -> str | None:
             "queue", f"queue {queue} is a pool of the local backend, not of {backend}"
         )
     if backend == "local":
-        return queue or DEFAULT_POOL
+        return queue or DEFAULT_POOL  # the others' executor is named as they are
     return queue if backend is None else backend
 
 

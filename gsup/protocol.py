@@ -16,7 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gsup.config import DEFAULT_PRIORITY, MAX_JOB_ID, MAX_MESSAGE, POOL_NAMES
+from gsup.config import (
+    DEFAULT_PRIORITY,
+    EXECUTOR_NAMES,
+    MAX_JOB_ID,
+    MAX_MESSAGE,
+    POOL_NAMES,
+    SLURM,
+)
 
 KINDS = ("call", "cmd")
 ON_LOST = ("requeue", "fail")
@@ -162,6 +169,7 @@ class JobSpec:
     on_lost: str = "requeue"
     name: str | None = None
     unit: dict[str, Any] | None = None  # a unit of a task: name, outdir, inputs (the daemon's)
+    sbatch: list[str] | None = None  # options of its sbatch (the slurm backend's jobs)
 
     def to_wire(self) -> dict[str, Any]:
         """The fields that differ from their defaults (the daemon fills in the rest)."""
@@ -173,7 +181,7 @@ class JobSpec:
         a command's environment can be hundreds of kilobytes."""
         texts = [self.target, self.display, self.arguments, self.pickled, self.cwd, self.name]
         size = sum(len(text) for text in texts if text)
-        size += sum(len(item) for item in (*self.argv, *self.path))
+        size += sum(len(item) for item in (*self.argv, *self.path, *(self.sbatch or ())))
         return size + sum(len(key) + len(value) for key, value in (self.env or {}).items())
 
     @classmethod
@@ -192,6 +200,10 @@ class JobSpec:
             )
         if spec.timeout is not None:
             spec.timeout = float(spec.timeout)
+        _check(
+            not spec.sbatch or spec.pool in (None, SLURM),
+            f"sbatch options are for jobs of the slurm backend, not of {spec.pool}",
+        )
         return spec
 
 
@@ -241,6 +253,20 @@ def batch_digest(jobs: list[JobSpec]) -> str:
                  job.name or "", *job.argv)  # fmt: skip
         digest.update("\0".join(words).encode("utf-8", "replace") + b"\1")
     return digest.hexdigest()
+
+
+# What gsup's own sbatch command line says (commands.sbatch_argv): a job may not change.
+GSUP_SBATCH = ("--output", "--error", "--chdir", "--hold", "--parsable", "--wrap", "--array",
+               "--wait", "--test-only", "--job-name")  # fmt: skip
+
+
+def is_sbatch_option(option: str) -> bool:
+    """`--name=value` or `--flag`, long names only: a short one (-o) could hide one of
+    GSUP_SBATCH, and a word without dashes would be taken as the script."""
+    name = option.partition("=")[0]
+    return (
+        option.startswith("--") and name[2:].replace("-", "").isalnum() and name not in GSUP_SBATCH
+    )
 
 
 def _check_fields(data: Any) -> None:
@@ -309,8 +335,8 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "env must map names to UTF-8 strings without NUL",
     ),
     "pool": (
-        lambda v: v is None or v in POOL_NAMES,
-        "unknown queue {value}; choose from " + ", ".join(POOL_NAMES),
+        lambda v: v is None or v in EXECUTOR_NAMES,
+        "unknown queue {value}; choose from " + ", ".join(EXECUTOR_NAMES),
     ),
     "priority": (lambda v: _is_int(v) and 0 <= v <= 9, "priority must be 0-9, not {value}"),
     "timeout": (
@@ -336,6 +362,11 @@ _SPEC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"name must be a string of at most {MAX_NAME:,} characters",
     ),
     "unit": (lambda v: v is None, "unit is set by the daemon's task engine, not by a client"),
+    "sbatch": (
+        lambda v: v is None or (_is_os_text_list(v) and all(map(is_sbatch_option, v))),
+        "sbatch options must look like --name=value, and not be one gsup sets"
+        f" ({', '.join(GSUP_SBATCH)}); not {{value}}",
+    ),
 }
 
 

@@ -63,6 +63,16 @@ class PoolSettings:
 
 
 @dataclass(frozen=True)
+class SlurmSettings:
+    """`[backends.slurm]` in gsup.toml."""
+
+    slots: int = 10_000  # Slurm jobs gsup keeps submitted at once (Slurm's MaxJobCount)
+    poll: float = 2.0  # seconds between two squeue calls (one for all jobs followed)
+    sbatch: tuple[str, ...] = ()  # options given to every sbatch: --partition=, --account=...
+    max_result: int = int(DEFAULT_MAX_RESULT_MB * MB)  # bytes (UTF-8) of a result, at most
+
+
+@dataclass(frozen=True)
 class Settings:
     paths: Paths
     pools: tuple[PoolSettings, ...] = field(
@@ -72,6 +82,7 @@ class Settings:
         )
     )
     backend: str = "local"  # what runs a job that names no backend nor queue
+    slurm: SlurmSettings = SlurmSettings()
     grace: float = 10.0  # seconds running jobs get when the daemon stops
     stop_grace: float = 2.0  # seconds a stopped thread gets before its pool is recycled
     max_message: int = MAX_MESSAGE
@@ -158,6 +169,7 @@ def load_settings(
         ), most=100 * MAX_THREADS)  # fmt: skip
         pools.append(PoolSettings(name, count, queue, int(max_result_mb * MB),
                                   int(max_log_mb * MB), int(min_free_mb * MB)))  # fmt: skip
+    slurm = _slurm_settings(toml, file, int(max_result_mb * MB))
     backend, where = _pick(None, "", "GSUP_BACKEND", toml, "backend", "local", file)
     if backend not in BACKENDS:
         raise ConfigError(f"{where} must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -173,6 +185,7 @@ def load_settings(
             *_pick(None, "", "", toml, "max_message", MAX_MESSAGE, file), most=1 << 30
         ),
         backend=backend,
+        slurm=slurm,
         group=group,
         min_free_mb=min_free_mb,
         max_result_mb=max_result_mb,
@@ -180,6 +193,21 @@ def load_settings(
         keep_days=keep_days,
         prune_every=prune_every,
     )
+
+
+def _slurm_settings(toml: dict, file: str, max_result: int) -> SlurmSettings:
+    backends = _table(toml.get("backends"), "backends", file)
+    _known(backends, {"slurm"}, "backends.", file)
+    section = _table(backends.get("slurm"), "backends.slurm", file)
+    _known(section, {"slots", "poll", "sbatch"}, "backends.slurm.", file)
+    default = SlurmSettings()
+    slots = _positive_int(*_pick(None, "", "", section, "backends.slurm.slots", default.slots,
+                                 file), most=1_000_000)  # fmt: skip
+    poll = _positive(*_pick(None, "", "", section, "backends.slurm.poll", default.poll, file))
+    sbatch, where = _pick(None, "", "", section, "backends.slurm.sbatch", [], file)
+    if not (isinstance(sbatch, list) and all(isinstance(o, str) and o for o in sbatch)):
+        raise ConfigError(f"{where} must be a list of sbatch options, not {sbatch!r}")
+    return SlurmSettings(slots, poll, tuple(sbatch), max_result)
 
 
 def _positive(value: object, what: str) -> float:
@@ -213,6 +241,7 @@ def _pick(
 
 
 TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools", "backend",
+            "backends",
             "max_result_mb", "max_log_mb", "keep_days"}  # fmt: skip
 POOL_KEYS = {"threads", "queue_size"}
 

@@ -173,7 +173,9 @@ def test_the_api_takes_a_backend_and_refuses_an_unknown_one(
     job = queues.add(f"{proc}:count", backend="process")
     assert (job.result(timeout=60), job.state) == (1, "done")
     assert journal_rows(home, "SELECT pool FROM jobs WHERE id = ?", (job.id,)) == [("process",)]
-    with pytest.raises(BadOptions, match=r"^unknown backend 'cloud'; choose from local, process$"):
+    with pytest.raises(
+        BadOptions, match=r"^unknown backend 'cloud'; choose from local, process, slurm$"
+    ):
         queues.add(f"{proc}:count", backend="cloud")
     with pytest.raises(BadOptions, match=r"^queue user is a pool of the local backend, not of"):
         queues.add(f"{proc}:count", backend="process", queue="user")
@@ -195,7 +197,8 @@ def test_an_unknown_default_backend_stops_the_daemon_at_start_in_one_line(env, h
     ended = run_daemon_expecting_exit(env)
     assert ended.returncode != 0
     assert ended.stderr == (
-        f"gsup: error: backend in {home}/gsup.toml must be one of local, process, not 'cloud'\n"
+        f"gsup: error: backend in {home}/gsup.toml must be one of local, process, slurm,"
+        " not 'cloud'\n"
     )
 
 

@@ -244,7 +244,7 @@ def test_a_shared_folder_is_not_taken_as_a_state_dir(env, home):
         ("[pools.user]\nthreads = 2.5\n", "pools.user.threads in {file} must be a whole number"),
         ("max_result_mb = true\n", "max_result_mb in {file} must be a number above 0, not True"),
         ("not toml at all", "cannot read {file}"),
-        ("graec = 3\n", "unknown setting graec in {file}; known: backend, grace, group,"),
+        ("graec = 3\n", "unknown setting graec in {file}; known: backend, backends, grace, group,"),
         ("[pools.user]\nthread = 3\n", "unknown setting pools.user.thread in {file}"),
         ("[pools.batch]\nthreads = 3\n", "unknown setting pools.batch in {file}"),
     ],

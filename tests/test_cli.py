@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from conftest import wait_until
 
 import gsup
 from gsup.cli import commands
+from gsup.executors.slurm.commands import TOOLS as SLURM_TOOLS
 
 COMMANDS = sorted(
     path.stem for path in Path(commands.__path__[0]).glob("*.py") if path.stem != "__init__"
@@ -216,6 +218,12 @@ def test_retry_on_a_dotted_path_is_checked_and_honoured(daemon, gsup, workdir):
     assert gsup.show(job)["attempts"] == 2
 
 
+def _slurm_missing() -> str:
+    """What status says of Slurm's tools: the test runs with or without Slurm."""
+    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+    return f"; {', '.join(missing)} not found on the daemon's PATH" if missing else ""
+
+
 def test_status_tells_whether_the_daemon_is_up(make_daemon, gsup, home):
     down = gsup("status", check=False)
     assert down.returncode == 1
@@ -229,6 +237,7 @@ def test_status_tells_whether_the_daemon_is_up(make_daemon, gsup, home):
         f"home:  {home}",
         "pools: user 5 threads (0 in flight), monitoring 5 threads (0 in flight),"
         f" process {os.cpu_count()} threads (0 in flight)",
+        "slurm: 0 jobs (at most 10000)" + _slurm_missing(),
         "jobs:  1 done",
     ]
     info = json.loads(gsup("status", "--json").stdout)

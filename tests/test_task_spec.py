@@ -366,7 +366,15 @@ BAD_FILES = [
     ),
     (
         HEAD + 'cmd = ["true"]\nunits = [1]\nbackend = "cloud"  # <-\n',
-        "transform 'gen': unknown backend 'cloud'; choose from local, process",
+        "transform 'gen': unknown backend 'cloud'; choose from local, process, slurm",
+    ),
+    (
+        HEAD + 'cmd = ["true"]\nunits = [1]\nsbatch = ["--partition=x"]  # <-\n',
+        "transform 'gen': sbatch options go with backend = \"slurm\"",
+    ),
+    (
+        HEAD + 'cmd = ["true"]\nunits = [1]\nbackend = "slurm"\nsbatch = ["--output=x"]  # <-\n',
+        "transform 'gen': sbatch: '--output=x' is no option gsup passes on (--name=value)",
     ),
     (
         HEAD + 'cmd = ["true"]\nunits = [1]\nbackend = "process"\nqueue = "user"  # <-\n',

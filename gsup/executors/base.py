@@ -69,6 +69,10 @@ class Reports(Protocol):
     def ended(self, executor: Executor, job: int, end: AttemptEnd) -> None:
         """The attempt of `job` has ended; the executor holds it no more."""
 
+    def noted(self, executor: Executor, job: int, text: str) -> None:
+        """What the executor says of the started attempt of `job` (Slurm's state:
+        `PENDING (Resources)`), shown as its attempt's reason until it ends."""
+
 
 class Timer(Protocol):
     def cancel(self) -> None: ...
@@ -101,6 +105,9 @@ class Executor(abc.ABC):
     # Attempts share a process, so that one can kill the others: a job that was in
     # flight when the executor died then runs alone (see the dispatcher).
     shared_fate: ClassVar[bool] = False
+    # Its started attempts run on without the daemon (batch jobs): a stop does not wait
+    # for them, `halt` leaves them running, and the next start re-attaches them.
+    outlives_daemon: ClassVar[bool] = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -118,6 +125,12 @@ class Executor(abc.ABC):
     @property
     def trouble(self) -> str | None:
         """Why it cannot run attempts now, for `gsup status`; None when it can."""
+        return None
+
+    @property
+    def unusable(self) -> str | None:
+        """Why it can never run attempts while the daemon runs (its tools are missing):
+        new jobs for it are refused. None when it can."""
         return None
 
     @abc.abstractmethod
@@ -156,7 +169,8 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def halt(self, why: str) -> None:
         """End every attempt now (the daemon is stopping): each ends `interrupted`, or
-        `recalled` if it had not started, reported before this returns."""
+        `recalled` if it had not started, reported before this returns. An executor
+        that `outlives_daemon` leaves its started attempts running, unreported."""
 
     def close(self) -> None:  # noqa: B027 (an optional step)
         """Release what is left once halted (wait for processes to end)."""

@@ -92,6 +92,7 @@ class Unfinished:
     backend: str | None
     external_id: str | None
     started: float | None
+    kind: str = "call"
 
 
 def unfinished(conn: sqlite3.Connection) -> tuple[int, list[Unfinished], list[Unfinished]]:
@@ -102,7 +103,7 @@ def unfinished(conn: sqlite3.Connection) -> tuple[int, list[Unfinished], list[Un
     policy = ", ".join(f"j.{column}" for column in POLICY_COLUMNS.split(", "))
     columns = (
         "SELECT j.id, j.pool, j.priority, j.timeout, a.id, a.executor, a.backend,"
-        f" a.external_id, a.started, {policy}"
+        f" a.external_id, a.started, j.kind, {policy}"
     )
     running = conn.execute(
         f"{columns} FROM jobs j {RUNNING_INDEX} LEFT JOIN attempts a ON a.id = j.attempt"
@@ -112,5 +113,5 @@ def unfinished(conn: sqlite3.Connection) -> tuple[int, list[Unfinished], list[Un
         f"{columns} FROM jobs j {QUEUED_INDEX} JOIN attempts a ON a.job = j.id"
         f" WHERE j.{QUEUED} AND a.ended IS NULL AND a.started IS NULL ORDER BY j.id"
     ).fetchall()
-    return queued, *([Unfinished(*r[:4], policy_of(r[9:]), *r[4:9]) for r in rows]
+    return queued, *([Unfinished(*r[:4], policy_of(r[10:]), *r[4:10]) for r in rows]
                      for rows in (running, handed))  # fmt: skip

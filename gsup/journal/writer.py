@@ -64,6 +64,8 @@ def _runnable_json(spec: JobSpec, cache: dict[tuple, str]) -> str:
     arguments, pickled = _json_text(spec.arguments), _json_text(spec.pickled)
     if spec.unit is not None:
         shared = f'"unit": {json_dumps(spec.unit)}, {shared}'
+    if spec.sbatch:
+        shared = f'"sbatch": {json_dumps(spec.sbatch)}, {shared}'
     return f'{{"arguments": {arguments}, "pickled": {pickled}, {shared}'
 
 
@@ -519,6 +521,14 @@ class Writer:
         self._write(
             "UPDATE attempts SET external_id = ?, started = ? WHERE id = ?",
             (storable(external_id), started, attempt),
+            lazy=True,
+        )
+
+    def note_attempt(self, attempt: int, text: str) -> None:
+        """A running attempt's reason: its executor's word on it until it ends."""
+        self._write(
+            "UPDATE attempts SET reason = ? WHERE id = ? AND ended IS NULL",
+            (storable(text), attempt),
             lazy=True,
         )
 

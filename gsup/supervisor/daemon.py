@@ -26,8 +26,10 @@ from typing import Any
 
 from gsup import recovery
 from gsup.access import Access
+from gsup.config import SLURM
 from gsup.executors.base import Executor
 from gsup.executors.local.executor import LocalPool
+from gsup.executors.slurm.executor import SlurmExecutor
 from gsup.journal.health import TRUNCATED, damage_line, make_journal, truncated
 from gsup.journal.migrations import JournalError, open_journal
 from gsup.journal.queries import is_damage
@@ -52,11 +54,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STATE_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 
 
-def local_executors(settings: Settings) -> dict[str, Executor]:
-    """One local pool per configured pool."""
-    return {
+def make_executors(settings: Settings) -> dict[str, Executor]:
+    """One local pool per configured pool (the local and process backends), and the
+    Slurm backend's executor."""
+    executors: dict[str, Executor] = {
         pool.name: LocalPool(pool, settings.paths, settings.stop_grace) for pool in settings.pools
     }
+    executors[SLURM] = SlurmExecutor(SLURM, settings.slurm, settings.paths)
+    return executors
 
 
 class Supervisor:
@@ -65,7 +70,7 @@ class Supervisor:
         self.paths = settings.paths
         self.access = Access.for_group(settings.group)
         self.loop = Loop()
-        self.executors = local_executors(settings)
+        self.executors = make_executors(settings)
         self.systemd = Notifier()
         self.done = False
         self.dispatching = False  # until the journal's check at start has passed
@@ -272,7 +277,9 @@ class Supervisor:
             f" {sum(not f.started for f in lane.flights.values())} handed over"
             f"{', frozen' if lane.frozen else ''})"
             for name, lane in self.book.lanes.items()
+            if name != SLURM
         )
+        pools += f"; slurm {len(self.book.lanes[SLURM].flights)} jobs"
         state = "stopping" if self.book.stopping else "running"
         if self.journal.failure is not None:
             state += f", journal not writable ({self.journal.failure})"

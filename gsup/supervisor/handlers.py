@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gsup import __version__
+from gsup.config import POOL_NAMES, SLURM
 from gsup.journal import queries
 from gsup.journal.writer import Writer
 from gsup.lifecycle import Stop
@@ -125,10 +126,13 @@ class Handlers:
         pools = [
             {"name": name, "threads": self.settings.pool(name).threads, "frozen": lane.frozen,
              "in_flight": len(lane.flights), "trouble": lane.executor.trouble}
-            for name, lane in self.book.lanes.items()
+            for name, lane in self.book.lanes.items() if name in POOL_NAMES
         ]  # fmt: skip
+        slurm = self.book.lanes[SLURM]
+        backends = {SLURM: {"slots": self.settings.slurm.slots, "in_flight": len(slurm.flights),
+                            "trouble": slurm.executor.trouble}}  # fmt: skip
         return {"pid": os.getpid(), "version": __version__, "started": self.started,
-                "stopping": self.book.stopping, "pools": pools}  # fmt: skip
+                "stopping": self.book.stopping, "pools": pools, "backends": backends}  # fmt: skip
 
     def stop(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
         """Stop as SIGTERM does; the client sees the daemon go by its connection closing."""
@@ -145,9 +149,7 @@ class Handlers:
             if known is not None:
                 return {"ids": known}  # a part sent again: it was added before
         self._check_room(specs)
-        default = self.settings.default_pool
-        for spec in specs:
-            spec.pool = spec.pool or default
+        self._place(specs)
         detail = {"jobs": len(specs)} if batch is None else {"jobs": len(specs), "key": batch.key}
         self.journal.log_command("add", detail, conn.uid, conn.pid)
         now = time.time()
@@ -168,6 +170,20 @@ class Handlers:
                 f"the batch key {batch.key} was given to other jobs before; give these a new key"
             )
         return ids
+
+    def _place(self, specs: list[JobSpec]) -> None:
+        """Give jobs that name no pool the default backend's; refuse jobs for a backend
+        that cannot run any (its tools missing), rather than keep them queued forever."""
+        default = self.settings.default_pool
+        for spec in specs:
+            spec.pool = spec.pool or default
+            if spec.sbatch and spec.pool != SLURM:
+                raise RequestError(
+                    f"sbatch options are for jobs of the slurm backend, not {spec.pool}"
+                )
+        slurm = self.book.lanes[SLURM].executor
+        if slurm.unusable and any(spec.pool == SLURM for spec in specs):
+            raise RequestError(f"the slurm backend cannot run jobs: {slurm.unusable}")
 
     def _check_room(self, specs: list[JobSpec]) -> None:
         """Refuse new jobs when they would leave the disk nearly full: the room left is
@@ -235,10 +251,10 @@ class Handlers:
         frozen, pool = fields["frozen"], fields["pool"]
         self.journal.log_command("freeze" if frozen else "unfreeze", {"pool": pool},
                                  conn.uid, conn.pid)  # fmt: skip
-        for name in [pool] if pool else list(self.book.lanes):
+        for name in [pool] if pool else POOL_NAMES:  # pools: Slurm's queue is Slurm's
             self.journal.set_frozen(name, frozen)
-        self.book.set_frozen(pool, frozen)
-        return {"pools": {name: lane.frozen for name, lane in self.book.lanes.items()}}
+            self.book.set_frozen(name, frozen)
+        return {"pools": {name: self.book.lanes[name].frozen for name in POOL_NAMES}}
 
     def wait(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
         jobs = fields["jobs"]

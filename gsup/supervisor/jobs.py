@@ -138,7 +138,13 @@ class JobBook:
             hook(change)
 
     def in_flight(self) -> int:
-        return sum(f.started for lane in self.lanes.values() for f in lane.flights.values())
+        """Attempts running that a stop waits for (not batch jobs, which outlive it)."""
+        return sum(
+            f.started
+            for lane in self.lanes.values()
+            if not lane.executor.outlives_daemon
+            for f in lane.flights.values()
+        )
 
     def flight(self, job: int, pool: str) -> Flight | None:
         lane = self.lanes.get(pool)
@@ -394,6 +400,11 @@ class JobBook:
         why = f"started on {executor.name}/{external_id}" if external_id else "started"
         self.transition(flight.job, flight.pool, State.QUEUED, State.RUNNING, why, at, charge=1,
                         attempt=flight.attempt)  # fmt: skip
+
+    def noted(self, executor: Executor, job: int, text: str) -> None:
+        flight = self.lanes[executor.name].flights.get(job)
+        if flight is not None and flight.started:
+            self.journal.note_attempt(flight.attempt, text)
 
     def ended(self, executor: Executor, job: int, end: AttemptEnd) -> None:
         flight = self.lanes[executor.name].flights.pop(job, None)

@@ -68,7 +68,8 @@ class LiveTransform:
         """What the jobs of all its units have alike."""
         spec = self.spec
         return dict(pool=self.pool, priority=spec.priority, timeout=spec.timeout,
-                    retries=spec.retries, retry_on=_retry_on(spec))  # fmt: skip
+                    retries=spec.retries, retry_on=_retry_on(spec),
+                    sbatch=list(spec.sbatch) or None)  # fmt: skip
 
 
 @dataclass

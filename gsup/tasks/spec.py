@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gsup.config import DEFAULT_PRIORITY, PlacementError, pool_for
+from gsup.config import DEFAULT_PRIORITY, SLURM, PlacementError, pool_for
 from gsup.errors import GsupError
 from gsup.protocol import (
     MAX_RETRIES,
@@ -30,6 +30,7 @@ from gsup.protocol import (
     _is_int,
     _is_number,
     is_retry_cause,
+    is_sbatch_option,
     shown,
 )
 from gsup.targets import TargetError, parse_target, reference_of
@@ -108,6 +109,7 @@ class Transform:
     merger: Merger | None = None
     queue: str | None = None  # a local pool; neither this nor backend: the daemon's default
     backend: str | None = None
+    sbatch: tuple[str, ...] = ()  # options of its jobs' sbatch (backend "slurm")
     priority: int = DEFAULT_PRIORITY
     timeout: float | None = None
 
@@ -119,6 +121,7 @@ class Transform:
         self.cmd = _as_tuple(self.cmd)
         self.outputs = _as_tuple(self.outputs)
         self.retry_on = _as_tuple(self.retry_on)
+        self.sbatch = _as_tuple(self.sbatch) or ()
         if isinstance(self.units, list | tuple | range):
             self.units = [list(u) if isinstance(u, list | tuple) else [u] for u in self.units]
         if isinstance(self.params, dict):
@@ -395,6 +398,7 @@ def _option_problems(t: Transform) -> Iterator[tuple[str, str]]:
         yield "abort_after", f"abort_after must be {rule}, not {shown(t.abort_after)}"
     yield from _merger_problems(t.merger)
     yield from _placement_problems(t.backend, t.queue)
+    yield from _sbatch_problems(t.sbatch, t.backend)
     if not (_is_int(t.priority) and 0 <= t.priority <= 9):
         yield "priority", f"priority must be 0-9, not {shown(t.priority)}"
     if t.timeout is not None and not (_is_number(t.timeout) and 0 < t.timeout <= MAX_SECONDS):
@@ -485,6 +489,17 @@ def _placement_problems(backend: Any, queue: Any) -> Iterator[tuple[str, str]]:
         pool_for(backend, queue)
     except PlacementError as exc:
         yield exc.key, str(exc)
+
+
+def _sbatch_problems(options: Any, backend: Any) -> Iterator[tuple[str, str]]:
+    if not options:
+        return
+    if not (isinstance(options, tuple) and all(isinstance(o, str) for o in options)):
+        yield "sbatch", f"sbatch must be a list of options, not {shown(options)}"
+    elif bad := [o for o in options if not is_sbatch_option(o)]:
+        yield "sbatch", f"sbatch: {shown(bad[0])} is no option gsup passes on (--name=value)"
+    elif backend != SLURM:
+        yield "sbatch", 'sbatch options go with backend = "slurm"'
 
 
 def _value_problems(key: str, values: list[Any]) -> Iterator[tuple[str, str]]:

@@ -55,8 +55,17 @@ def add(
         typer.Option(
             "--backend",
             "-b",
-            help="What runs it: local (a pool thread) or process (its own)"
-            " [default: the daemon's, local unless gsup.toml says otherwise]",
+            help="What runs it: local (a pool thread), process (a process of its own) or"
+            " slurm (a Slurm batch job) [default: the daemon's, local unless gsup.toml says"
+            " otherwise]",
+        ),
+    ] = None,
+    sbatch: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sbatch-opt",
+            metavar="--NAME=VALUE",
+            help="An option of its sbatch, with --backend slurm (repeatable)",
         ),
     ] = None,
     priority: Annotated[
@@ -153,9 +162,12 @@ def add(
         pool = pool_for(backend and backend.value, queue and queue.value)
     except ValueError as exc:
         raise UsageError(f"--{exc}") from None
+    if sbatch and pool != "slurm":
+        raise UsageError("--sbatch-opt goes with --backend slurm")
     options = dict(
-        pool=pool, priority=priority, timeout=timeout, name=name, retries=retries,
-        retry_delay=retry_delay, backoff=backoff, retry_on=retry_on, on_lost=on_lost.value,
+        pool=pool, sbatch=sbatch or None, priority=priority, timeout=timeout, name=name,
+        retries=retries, retry_delay=retry_delay, backoff=backoff, retry_on=retry_on,
+        on_lost=on_lost.value,
     )  # fmt: skip
     from gsup.client import Client
     from gsup.specs import command_spec

@@ -22,7 +22,7 @@ def recover(
     from gsup import recovery
     from gsup.client import daemon_is_up
     from gsup.settings import ConfigError, load_settings
-    from gsup.supervisor.daemon import local_executors
+    from gsup.supervisor.daemon import make_executors
 
     paths = Paths(resolve_home(home))
     if not dry_run:
@@ -30,7 +30,7 @@ def recover(
     if daemon_is_up(paths):
         raise GsupError(f"a daemon is running for {paths.home}; it recovered when it started")
     try:
-        executors = local_executors(load_settings(paths.home))
+        executors = make_executors(load_settings(paths.home))
     except ConfigError as exc:
         raise GsupError(str(exc)) from None
     with read_journal(paths.home) as conn:

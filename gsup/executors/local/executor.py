@@ -231,6 +231,7 @@ class LocalPool(Executor):
 
     def __init__(self, settings: PoolSettings, paths: Paths, stop_grace: float) -> None:
         super().__init__(settings.name)
+        self.backend = "process" if settings.isolated else "local"  # type: ignore[misc]
         self.settings = settings
         self.paths = paths
         self.stop_grace = stop_grace

@@ -1,0 +1,419 @@
+"""The Slurm backend: each attempt is a Slurm batch job; Slurm runs it, gsup follows it.
+
+An attempt goes: held here (`waiting`), then `sbatch` (a few at once), then Slurm's:
+it is reported started as soon as Slurm has its id (PENDING is running, seen from gsup;
+Slurm's own state and reason are kept as its `detail`). Every `poll` seconds one
+`squeue` lists all the daemon's user's jobs; a followed job it no longer lists has
+ended, and one `sacct -c` for all of those says how. A call's job writes its outcome
+into the job's log folder (gsup/executors/child.py): its result, or its exception; a
+command's outcome is its exit code.
+
+Batch jobs outlive the daemon: a stop leaves them running (`outlives_daemon`), and the
+next start follows them again by the Slurm id its attempt recorded (`reattach`).
+Every Slurm command runs as a child of the supervisor, never waited for (commands.Run).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gsup.config import Paths
+from gsup.executors.base import Attempt, AttemptEnd, Executor, Loop, Reports, Timer
+from gsup.executors.child import read_outcome, write_call
+from gsup.executors.local.output import tail
+from gsup.executors.local.runner import Outcome, PoolJob
+from gsup.executors.slurm import commands
+from gsup.executors.slurm.commands import Run
+from gsup.journal.pending import Unfinished
+from gsup.lifecycle import Ending
+from gsup.settings import SlurmSettings
+
+SUBMITTING = 8  # sbatch commands running at once
+RETRY_SUBMIT = 10.0  # seconds before a submission the controller did not take is tried again
+FORGOTTEN_AFTER = 5  # polls after which a job neither squeue nor sacct knows is lost
+STOP_POLL = 0.5  # seconds after a scancel before squeue is asked again
+CANCELS = 500  # Slurm ids one scancel command takes
+
+
+@dataclass
+class SlurmJob:
+    job: int
+    attempt: int
+    kind: str
+    runs_once: bool = False
+    priority: int = 0
+    spec: dict[str, Any] = field(default_factory=dict)
+    target: str = ""
+    slurm_id: str | None = None
+    submitting: bool = False
+    released: bool = True  # a runs-once job is submitted held, released once confirmed
+    confirmed: bool = False
+    stopping: bool = False
+    listed_at: float = 0.0  # monotonic time of its sbatch's answer: a squeue must start after
+    unknown: int = 0  # polls in a row that found it neither listed nor finished
+    detail: str = ""  # Slurm's state (and reason), as last seen
+
+
+class SlurmExecutor(Executor):
+    backend = "slurm"
+    outlives_daemon = True
+
+    def __init__(self, name: str, settings: SlurmSettings, paths: Paths) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.paths = paths
+        self.jobs: dict[int, SlurmJob] = {}
+        self.waiting: list[tuple[int, int]] = []  # (priority, job) not yet submitted
+        self.submitting = 0
+        self.to_release: list[SlurmJob] = []  # confirmed: released at the durable flush
+        self.to_cancel: list[str] = []  # Slurm ids: one scancel for all, at the next flush
+        self.poll_timer: Timer | None = None
+        self.polling = False
+        self.controller: str | None = None  # why the controller did not take a job
+        self.retry_timer: Timer | None = None
+        self.poll_timer_when = 0.0
+        self.missing: list[str] = []
+        self.halted = False
+        self.completion_log = False  # sacct -c: once plain sacct has failed
+        self.bad_lines = 0  # squeue lines not understood in the last poll
+
+    # --- the contract --------------------------------------------------------------
+
+    def start(self, loop: Loop, reports: Reports) -> None:
+        self.loop, self.reports = loop, reports
+        self.missing = commands.missing_tools()  # said by `gsup status`, not at each start
+        self._poll_soon(self.settings.poll)  # reattached jobs are followed from the start
+
+    @property
+    def unusable(self) -> str | None:
+        if self.missing:
+            return f"{', '.join(self.missing)} not found on the daemon's PATH"
+        return None
+
+    @property
+    def trouble(self) -> str | None:
+        if self.missing:
+            return self.unusable
+        if self.controller is not None:
+            return f"the controller did not take jobs ({self.controller}); trying again"
+        return None
+
+    def capacity(self) -> int:
+        if self.missing:
+            return 0
+        return max(0, self.settings.slots - len(self.jobs))
+
+    def submit(self, attempt: Attempt) -> None:
+        spec = json.loads(attempt.spec)
+        self.jobs[attempt.job] = SlurmJob(
+            attempt.job, attempt.attempt, attempt.kind, attempt.runs_once, attempt.priority,
+            spec, attempt.target, released=not attempt.runs_once,
+        )  # fmt: skip
+        heapq.heappush(self.waiting, (attempt.priority, attempt.job))
+
+    def confirm(self, job: int) -> None:
+        found = self.jobs.get(job)
+        if found is not None and not found.confirmed:
+            found.confirmed = True
+            self.to_release.append(found)
+
+    def stop(self, job: int) -> None:
+        found = self.jobs.get(job)
+        if found is None or found.stopping:
+            return
+        found.stopping = True
+        if found.slurm_id is None and not found.submitting:
+            self._later(
+                lambda: self._end(found, Ending.RECALLED, "stopped before it was submitted")
+            )
+        elif found.slurm_id is not None:
+            self._cancel(found)  # else when sbatch answers
+
+    def recall(self, job: int) -> None:
+        found = self.jobs.get(job)
+        if found is not None and found.slurm_id is None and not found.submitting:
+            found.stopping = True
+            self._later(
+                lambda: self._end(found, Ending.RECALLED, "given back before it was submitted")
+            )
+
+    def reattach(self, unfinished: Unfinished) -> bool:
+        slurm_id = unfinished.external_id
+        if unfinished.attempt is None or not slurm_id or not slurm_id.isdigit():
+            return False
+        self.jobs[unfinished.job] = SlurmJob(
+            unfinished.job, unfinished.attempt, unfinished.kind, slurm_id=slurm_id,
+            listed_at=-1.0,  # listed by Slurm before this daemon started
+        )  # fmt: skip
+        return True
+
+    def flush(self, durable: bool) -> None:
+        for start in range(0, len(self.to_cancel), CANCELS):  # thousands at a `gsup purge`
+            Run(self.loop, ["scancel", *self.to_cancel[start : start + CANCELS]], self._ignore)
+        self.to_cancel.clear()
+        if durable:
+            for found in self.to_release:
+                if found.slurm_id is not None and not found.released and not found.stopping:
+                    found.released = True
+                    Run(self.loop, ["scontrol", "release", found.slurm_id], self._released)
+            self.to_release = [f for f in self.to_release if f.slurm_id is None]
+        self._submit_waiting()
+
+    def halt(self, why: str) -> None:
+        """Jobs Slurm has go on running (the next start follows them again); those it
+        does not have yet are given back."""
+        for found in list(self.jobs.values()):
+            if found.slurm_id is None and not found.submitting:
+                self._end(found, Ending.RECALLED, why)
+            elif found.slurm_id is None:  # its sbatch may yet succeed: it may run
+                self._end(found, Ending.INTERRUPTED, why)
+        self.halted = True
+
+    # --- submitting -----------------------------------------------------------------
+
+    def _submit_waiting(self) -> None:
+        if self.halted or self.retry_timer is not None:
+            return
+        while self.waiting and self.submitting < SUBMITTING:
+            _, job = heapq.heappop(self.waiting)
+            found = self.jobs.get(job)
+            if found is None or found.stopping or found.slurm_id is not None:
+                continue
+            self._sbatch(found)
+
+    def _sbatch(self, found: SlurmJob) -> None:
+        try:
+            argv = self._prepare(found)
+        except OSError as exc:
+            why = f"cannot write its job script: {exc.strerror or exc}"
+            self._later(lambda: self._end(found, Ending.FAILED, why, {"error": why}))
+            return
+        found.submitting = True
+        self.submitting += 1
+        Run(self.loop, argv, lambda code, out, err: self._submitted(found, code, out, err),
+            env=self._environment(found))  # fmt: skip
+
+    def _prepare(self, found: SlurmJob) -> list[str]:
+        """Write the job's script (and a call's attempt file) into its log folder; the
+        sbatch command line that submits it."""
+        logs = self.paths.logs
+        logs.mkdir(parents=True, exist_ok=True)
+        call, outcome = self._files(found, "call"), self._files(found, "outcome")
+        if found.kind == "call":
+            job = PoolJob(found.job, found.attempt, "call", found.target, found.spec)
+            write_call(call, job, self.settings.max_result)
+        script = self._files(found, "sh")
+        script.write_text(commands.job_script(found.kind, found.spec, str(call), str(outcome)))
+        out, err = (str(self.paths.job_output(found.job, s, found.attempt)) for s in ("out", "err"))
+        options = [*self.settings.sbatch, *found.spec.get("sbatch", ())]
+        cwd = found.spec.get("cwd") or "/"
+        name = f"gsup-{found.job}"
+        return commands.sbatch_argv(name, str(script), out, err, cwd, not found.released, options)
+
+    def _environment(self, found: SlurmJob) -> dict[str, str] | None:
+        """A command's job gets the environment of its `gsup add`, as it would locally
+        (with the daemon's Slurm settings, which sbatch needs); a call, the daemon's."""
+        env = found.spec.get("env")
+        if found.kind != "cmd" or env is None:
+            return None
+        return {**env, **{k: v for k, v in os.environ.items() if k.startswith("SLURM_CONF")}}
+
+    def _submitted(self, found: SlurmJob, code: int, stdout: str, stderr: str) -> None:
+        self.submitting -= 1
+        found.submitting = False
+        slurm_id = commands.parse_sbatch(stdout) if code == 0 else None
+        if found.job not in self.jobs:  # halted meanwhile
+            if slurm_id is not None:
+                self.to_cancel.append(slurm_id)
+            return
+        if slurm_id is None:
+            self._not_submitted(found, code, stderr or stdout)
+        else:
+            self.controller = None
+            found.slurm_id, found.listed_at = slurm_id, self.loop.now()
+            self.reports.started(self, found.job, slurm_id, time.time())
+            self._note(found, "PENDING")
+            if found.stopping:
+                self._cancel(found)
+            elif found.confirmed and not found.released:
+                self.to_release.append(found)
+            self._poll_soon(self.settings.poll)
+        self._submit_waiting()
+
+    def _not_submitted(self, found: SlurmJob, code: int, message: str) -> None:
+        said = commands.one_line(message)
+        if found.stopping:
+            self._end(found, Ending.RECALLED, "stopped before Slurm took it")
+        elif code != 127 and commands.unreachable(message):  # try again, later
+            if self.controller is None:
+                self.loop.say(f"backend slurm: sbatch failed, trying again: {said}")
+            self.controller = said
+            heapq.heappush(self.waiting, (found.priority, found.job))
+            if self.retry_timer is None:
+                self.retry_timer = self.loop.call_at(self.loop.now() + RETRY_SUBMIT, self._retry)
+        else:
+            why = f"sbatch failed: {said}"
+            self._end(found, Ending.FAILED, why, {"error": why, "causes": ["SlurmError"]})
+
+    def _retry(self) -> None:
+        self.retry_timer = None
+        self._submit_waiting()
+
+    def _released(self, code: int, stdout: str, stderr: str) -> None:
+        if code != 0:
+            self.loop.say(f"backend slurm: scontrol release failed: {commands.one_line(stderr)}")
+
+    def _cancel(self, found: SlurmJob) -> None:
+        assert found.slurm_id is not None
+        self.to_cancel.append(found.slurm_id)
+        self._poll_soon(STOP_POLL)
+
+    def _ignore(self, code: int, stdout: str, stderr: str) -> None:
+        pass
+
+    # --- following ------------------------------------------------------------------
+
+    def _poll_soon(self, delay: float) -> None:
+        if self.poll_timer is not None:
+            if self.poll_timer_when <= self.loop.now() + delay:
+                return
+            self.poll_timer.cancel()
+        self.poll_timer_when = self.loop.now() + delay
+        self.poll_timer = self.loop.call_at(self.poll_timer_when, self._poll)
+
+    def _poll(self) -> None:
+        self.poll_timer = None
+        followed = [f for f in self.jobs.values() if f.slurm_id is not None]
+        if self.polling or not followed or self.missing:
+            if followed and not self.missing:
+                self._poll_soon(self.settings.poll)
+            return
+        self.polling = True
+        began = self.loop.now()
+        ids = [found.slurm_id for found in followed if found.slurm_id]
+        Run(self.loop, commands.squeue_argv(ids),
+            lambda code, out, err: self._listed(began, code, out, err))  # fmt: skip
+
+    def _listed(self, began: float, code: int, stdout: str, stderr: str) -> None:
+        if commands.forgotten(code, stderr):
+            code, stdout = 0, ""
+        if code != 0:
+            self.polling = False
+            self.loop.say(f"backend slurm: squeue failed: {commands.one_line(stderr)}")
+            self._poll_soon(self.settings.poll)
+            return
+        listed, bad = commands.parse_squeue(stdout)
+        if bad and not self.bad_lines:  # said once, not at every poll
+            self.loop.say(
+                f"backend slurm: {len(bad)} squeue lines not understood: {bad[0][:200]!r}"
+            )
+        self.bad_lines = len(bad)
+        gone = []
+        for found in self.jobs.values():
+            if found.slurm_id is None:
+                continue
+            seen = listed.get(found.slurm_id)
+            if seen is not None and seen.state in commands.LIVE_STATES:
+                found.unknown = 0
+                self._note(found, seen.state if seen.reason in ("None", "") else
+                           f"{seen.state} ({seen.reason})")  # fmt: skip
+            elif found.listed_at < began:  # submitted before squeue looked
+                gone.append(found)
+        if not gone:
+            self.polling = False
+            self._poll_soon(self.settings.poll)
+            return
+        self._sacct(gone)
+
+    def _sacct(self, gone: list[SlurmJob]) -> None:
+        ids = [found.slurm_id for found in gone if found.slurm_id]
+        Run(self.loop, commands.sacct_argv(ids, self.completion_log),
+            lambda code, out, err: self._accounted(gone, code, out, err))  # fmt: skip
+
+    def _accounted(self, gone: list[SlurmJob], code: int, stdout: str, stderr: str) -> None:
+        if code != 0 and not self.completion_log:  # no slurmdbd: the completion log
+            self.completion_log = True
+            self._sacct(gone)
+            return
+        self.polling = False
+        finished = commands.parse_sacct(stdout) if code == 0 else {}
+        for found in gone:
+            if self.jobs.get(found.job) is not found:
+                continue
+            end = finished.get(found.slurm_id or "")
+            if end is not None:
+                self._finish(found, end)
+                continue
+            outcome = read_outcome(self._files(found, "outcome"))
+            found.unknown += 1
+            if outcome is not None and found.unknown > 1:  # sacct is late: its call said
+                self._end(found, outcome.ending, outcome.why, outcome.fields, outcome.usage)
+            elif found.unknown >= FORGOTTEN_AFTER:
+                why = f"Slurm no longer knows job {found.slurm_id}"
+                self._end(found, Ending.LOST, why)
+        self._poll_soon(self.settings.poll)
+
+    def _finish(self, found: SlurmJob, end: commands.Finished) -> None:
+        usage = {"exit_status": end.exit_code}
+        if found.stopping and end.state == "CANCELLED":
+            self._end(found, Ending.STOPPED, "stopped", {}, usage)
+            return
+        if end.state in ("NODE_FAIL", "BOOT_FAIL", "PREEMPTED"):
+            self._end(found, Ending.LOST, f"Slurm: {end.state}", {}, usage)
+            return
+        outcome = self._outcome(found, end)
+        outcome.usage.update(usage)
+        self._end(found, outcome.ending, outcome.why, outcome.fields, outcome.usage)
+
+    def _outcome(self, found: SlurmJob, end: commands.Finished) -> Outcome:
+        code = end.exit_code
+        why = (
+            f"Slurm: {end.state}, exit code {code}"
+            if code >= 0
+            else f"Slurm: {end.state}, signal {-code}"
+        )
+        if found.kind == "call":
+            outcome = read_outcome(self._files(found, "outcome"))
+            if outcome is not None:
+                return outcome
+            why = f"its process ended before the call did: {why}"
+            return Outcome(Ending.FAILED, why, {"error": why, "causes": ["exit"]})
+        out, err = (self.paths.job_output(found.job, s, found.attempt) for s in ("out", "err"))
+        result = {"exit_code": code, "stdout": tail(out), "stderr": tail(err)}
+        fields = {"result": json.dumps(result), "result_type": "json"}
+        if end.state == "COMPLETED" and code == 0:
+            return Outcome(Ending.DONE, "exit code 0", fields)
+        return Outcome(Ending.FAILED, why, {**fields, "error": why, "causes": ["exit"]})
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _note(self, found: SlurmJob, detail: str) -> None:
+        """Slurm's state of a job, journaled when it changes (not at every poll)."""
+        if detail != found.detail:
+            found.detail = detail
+            self.reports.noted(self, found.job, f"Slurm: {detail}")
+
+    def _files(self, found: SlurmJob, part: str) -> Path:
+        return self.paths.job_output(found.job, part, found.attempt)
+
+    def _later(self, callback: Callable[[], None]) -> None:
+        """Report from a timer: never inside a call the supervisor makes."""
+        self.loop.call_at(self.loop.now(), callback)
+
+    def _end(
+        self, found: SlurmJob, ending: Ending, why: str,
+        outcome: dict[str, Any] | None = None, usage: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        if self.jobs.get(found.job) is not found:
+            return
+        del self.jobs[found.job]
+        for part in ("call", "outcome", "sh"):
+            self._files(found, part).unlink(missing_ok=True)
+        self.reports.ended(self, found.job, AttemptEnd(ending, why, outcome or {}, usage or {}))
