@@ -113,6 +113,12 @@ class Paths:
         return self.home / "tasks"
 
     @property
+    def slurm(self) -> Path:
+        """Slurm jobs' scripts, and their calls' attempt and outcome files:
+        JOB.ATTEMPT.sh, .call, .outcome (the nodes must share it)."""
+        return self.home / "slurm"
+
+    @property
     def config(self) -> Path:
         return self.home / "gsup.toml"
 

@@ -157,13 +157,7 @@ def test_a_batch_job_outlives_the_daemon_and_is_followed_again(
 
 
 def test_one_squeue_follows_every_job(slurm_env, fast_poll, make_daemon, gsup, workdir, home):
-    shims = workdir.parent / "shims"
-    shims.mkdir()
-    calls = workdir.parent / "squeue.calls"
-    real = wait_until(lambda: _which("squeue"))
-    (shims / "squeue").write_text(f'#!/bin/sh\necho x >> {calls}\nexec {real} "$@"\n')
-    (shims / "squeue").chmod(0o755)
-    slurm_env["PATH"] = f"{shims}:{slurm_env['PATH']}"
+    calls = _shim(workdir, slurm_env, "squeue")
     make_daemon()
     flag = workdir / "go"
     jobs = [gsup.add("-b", "slurm", "jobs:wait_for_file", str(flag)) for _ in range(20)]
@@ -257,3 +251,45 @@ def test_a_local_stage_chains_into_a_slurm_stage(
     listed = slurm.run("squeue", "-h", "-t", "all", "-o", "%k|%o").stdout.splitlines()
     comments = [line.split("|")[0] for line in listed if line.split("|")[1].startswith(str(home))]
     assert comments == ["gsup-chain"] * 3  # the transform's sbatch options
+
+
+def test_a_calls_end_is_seen_as_its_outcome_lands_not_at_the_next_poll(
+    slurm_env, make_daemon, gsup, home
+):
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "gsup.toml").write_text("[backends.slurm]\npoll = 30\n")  # no poll meanwhile
+    make_daemon()
+    gsup.run("-b", "slurm", "jobs:add", "1")  # the first one watches the Slurm folder
+    started = time.monotonic()
+    job = gsup.add("-b", "slurm", "jobs:add", "2")
+    assert gsup.wait(job) == {job: "done"}
+    assert time.monotonic() - started < 20  # not the 30 s poll
+    assert json.loads(gsup.show(job)["result"]) == 2
+    assert not list((home / "slurm").iterdir())  # its script and call files are gone
+
+
+def test_a_job_that_must_not_run_twice_is_held_in_slurm_until_its_start_is_journaled(
+    slurm_env, fast_poll, make_daemon, gsup, slurm, workdir
+):
+    calls = _shim(workdir, slurm_env, "sbatch")
+    make_daemon()
+    once = gsup.add("-b", "slurm", "--on-lost", "fail", "jobs:add", "3")
+    again = gsup.add("-b", "slurm", "jobs:add", "4")
+    assert gsup.wait(once, again) == {once: "done", again: "done"}
+    slurm_id = _slurm_id(gsup, once)
+    assert _sacct(slurm, slurm_id) == f"{slurm_id}|COMPLETED|0:0"  # released, then ran
+    held = {job: "--hold" in line for line in calls.read_text().splitlines()
+            for job in (once, again) if f"--job-name=gsup-{job} " in line}  # fmt: skip
+    assert held == {once: True, again: False}
+
+
+def _shim(workdir: Path, env: dict[str, str], program: str) -> Path:
+    """`program` on the daemon's PATH, writing its arguments to the returned file."""
+    shims = workdir.parent / "shims"
+    shims.mkdir(exist_ok=True)
+    calls = workdir.parent / f"{program}.calls"
+    real = _which(program)
+    (shims / program).write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {real} "$@"\n')
+    (shims / program).chmod(0o755)
+    env["PATH"] = f"{shims}:{env['PATH']}"
+    return calls

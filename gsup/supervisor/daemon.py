@@ -160,7 +160,10 @@ class Supervisor:
         self.book = JobBook(self.journal, self.executors.values(), self.loop,
                             self.connections.reply)  # fmt: skip
         self.pruner = Pruner(self.settings, self.journal, self.loop, self.connections.reply)
-        self.landings = Landings(self.loop, lambda events: self.engine.landed(events))
+        self.landings = Landings(self.loop, self._landed)
+        slurm = self.executors[SLURM]
+        assert isinstance(slurm, SlurmExecutor)
+        slurm.watch_with(self.landings)
         self.engine = TaskEngine(self.journal, self.book, self.paths.tasks, self.landings,
                                  self.settings.default_pool)  # fmt: skip
         self.handlers = Handlers(self.settings, self.journal, self.book, self.connections.reply,
@@ -223,6 +226,13 @@ class Supervisor:
         self.book.halt("daemon stopped before it ended")
         self._settle_turn()
         self.done = True
+
+    def _landed(self, events: list[tuple[str, str, Any]]) -> None:
+        """What the watcher told: tasks' outputs, and Slurm calls' outcomes."""
+        self.engine.landed(events)
+        slurm = self.executors[SLURM]
+        assert isinstance(slurm, SlurmExecutor)
+        slurm.landed(events)
 
     def _close(self) -> None:
         self.landings.close()

@@ -34,12 +34,14 @@ from gsup.executors.slurm.commands import Run
 from gsup.journal.pending import Unfinished
 from gsup.lifecycle import Ending
 from gsup.settings import SlurmSettings
+from gsup.tasks.landing import Landings
 
 SUBMITTING = 8  # sbatch commands running at once
 RETRY_SUBMIT = 10.0  # seconds before a submission the controller did not take is tried again
 FORGOTTEN_AFTER = 5  # polls after which a job neither squeue nor sacct knows is lost
 STOP_POLL = 0.5  # seconds after a scancel before squeue is asked again
 CANCELS = 500  # Slurm ids one scancel command takes
+LANDED_POLL = 0.2  # seconds after a call's outcome lands before squeue is asked
 
 
 @dataclass
@@ -83,6 +85,7 @@ class SlurmExecutor(Executor):
         self.halted = False
         self.completion_log = False  # sacct -c: once plain sacct has failed
         self.bad_lines = 0  # squeue lines not understood in the last poll
+        self.landings: Landings | None = None
 
     # --- the contract --------------------------------------------------------------
 
@@ -203,8 +206,10 @@ class SlurmExecutor(Executor):
     def _prepare(self, found: SlurmJob) -> list[str]:
         """Write the job's script (and a call's attempt file) into its log folder; the
         sbatch command line that submits it."""
-        logs = self.paths.logs
-        logs.mkdir(parents=True, exist_ok=True)
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        self.paths.slurm.mkdir(parents=True, exist_ok=True)
+        if self.landings is not None:
+            self.landings.watch(self.paths.slurm)  # once: it is watched from then on
         call, outcome = self._files(found, "call"), self._files(found, "outcome")
         if found.kind == "call":
             job = PoolJob(found.job, found.attempt, "call", found.target, found.spec)
@@ -392,6 +397,21 @@ class SlurmExecutor(Executor):
             return Outcome(Ending.DONE, "exit code 0", fields)
         return Outcome(Ending.FAILED, why, {**fields, "error": why, "causes": ["exit"]})
 
+    # --- outcomes landing ----------------------------------------------------------------
+
+    def watch_with(self, landings: Landings) -> None:
+        """The watcher that tells when a call's outcome lands in the Slurm folder (shared
+        with the nodes): its job's end is looked for then, not at the next poll."""
+        self.landings = landings
+
+    def landed(self, events: list[tuple[str, str, Any]]) -> None:
+        prefix = f"{self.paths.slurm}/"
+        for kind, path, _ in events:
+            if kind == "landed" and path.startswith(prefix) and path.endswith(".outcome"):
+                job = path[len(prefix) :].partition(".")[0]
+                if job.isdigit() and int(job) in self.jobs:
+                    self._poll_soon(LANDED_POLL)
+
     # --- helpers ----------------------------------------------------------------------
 
     def _note(self, found: SlurmJob, detail: str) -> None:
@@ -401,7 +421,8 @@ class SlurmExecutor(Executor):
             self.reports.noted(self, found.job, f"Slurm: {detail}")
 
     def _files(self, found: SlurmJob, part: str) -> Path:
-        return self.paths.job_output(found.job, part, found.attempt)
+        """The job's script, attempt and outcome files, in the Slurm folder."""
+        return self.paths.slurm / f"{found.job}.{found.attempt}.{part}"
 
     def _later(self, callback: Callable[[], None]) -> None:
         """Report from a timer: never inside a call the supervisor makes."""
