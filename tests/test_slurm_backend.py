@@ -293,3 +293,18 @@ def _shim(workdir: Path, env: dict[str, str], program: str) -> Path:
     (shims / program).chmod(0o755)
     env["PATH"] = f"{shims}:{env['PATH']}"
     return calls
+
+
+def test_a_job_waits_while_slurm_cannot_be_reached_and_goes_once_it_can(
+    env, slurm, fast_poll, make_daemon, gsup
+):
+    env.pop("SLURM_CONF", None)  # sbatch finds no configuration: no controller
+    daemon = make_daemon()
+    job = gsup.add("-b", "slurm", "jobs:add", "5")
+    wait_until(lambda: "Could not establish a configuration source" in gsup("status").stdout)
+    assert gsup.show(job)["state"] == "queued"
+    daemon.stop(signal.SIGTERM)
+    env.update(slurm.env)
+    make_daemon()
+    assert gsup.wait(job) == {job: "done"}
+    assert json.loads(gsup.show(job)["result"]) == 5

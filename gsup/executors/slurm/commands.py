@@ -31,9 +31,11 @@ LIVE_STATES = frozenset({
     "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
     "RESV_DEL_HOLD",
 })  # fmt: skip
-# Said by Slurm's clients when the controller cannot be reached: a submission is tried
-# again later rather than failed.
+# Said by Slurm's clients when the controller cannot be reached, or found (no slurm.conf,
+# no SLURM_CONF): a submission is tried again later rather than failed.
 UNREACHABLE = (
+    "Could not establish a configuration source",
+    "Unable to process configuration file",
     "Unable to contact slurm controller",
     "Socket timed out",
     "Connection refused",
