@@ -308,3 +308,16 @@ def test_a_job_waits_while_slurm_cannot_be_reached_and_goes_once_it_can(
     make_daemon()
     assert gsup.wait(job) == {job: "done"}
     assert json.loads(gsup.show(job)["result"]) == 5
+
+
+def test_a_job_script_that_cannot_be_written_fails_its_job_in_one_line(
+    slurm_env, fast_poll, make_daemon, gsup, home
+):
+    daemon = make_daemon()
+    (home / "slurm").write_text("a file where the folder goes")
+    job = gsup.add("-b", "slurm", "jobs:add", "1")
+    assert gsup.wait(job) == {job: "failed"}
+    assert gsup.show(job)["error"] == (f"cannot write its job script in {home}/slurm: File exists")
+    (home / "slurm").unlink()
+    assert gsup.run("-b", "slurm", "jobs:add", "1") == "done"
+    assert daemon.process.poll() is None

@@ -15,6 +15,7 @@ Every Slurm command runs as a child of the supervisor, never waited for (command
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import os
@@ -195,7 +196,7 @@ class SlurmExecutor(Executor):
         try:
             argv = self._prepare(found)
         except OSError as exc:
-            why = f"cannot write its job script: {exc.strerror or exc}"
+            why = f"cannot write its job script in {self.paths.slurm}: {exc.strerror or exc}"
             self._later(lambda: self._end(found, Ending.FAILED, why, {"error": why}))
             return
         found.submitting = True
@@ -436,5 +437,6 @@ class SlurmExecutor(Executor):
             return
         del self.jobs[found.job]
         for part in ("call", "outcome", "sh"):
-            self._files(found, part).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # never written, or the folder is no folder
+                self._files(found, part).unlink()
         self.reports.ended(self, found.job, AttemptEnd(ending, why, outcome or {}, usage or {}))
