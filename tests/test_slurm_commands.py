@@ -40,3 +40,18 @@ def test_sbatch_parsable_output_and_an_unreachable_controller():
     assert commands.unreachable(down)
     assert not commands.unreachable("sbatch: error: invalid partition specified: nope")
     assert commands.one_line("a\n\n b \n") == "a; b"
+
+
+def test_a_bug_in_a_callback_is_said_and_does_not_reach_the_loop(capsys):
+    said = []
+
+    class Loop:
+        def say(self, message: str) -> None:
+            said.append(message)
+
+    def buggy() -> None:
+        raise KeyError("unforeseen")
+
+    commands.guarded(Loop(), buggy)  # type: ignore[arg-type]
+    assert said == ["backend slurm: KeyError: 'unforeseen' (a bug: please report it)"]
+    assert "Traceback" in capsys.readouterr().err

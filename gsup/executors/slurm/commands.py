@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -160,6 +161,16 @@ def parse_sacct(stdout: str) -> dict[str, Finished]:
 # --- running a command without blocking -------------------------------------------------
 
 
+def guarded(loop: Loop, callback: Callable[[], None]) -> None:
+    """Run one of the executor's callbacks: a bug in it (what Slurm printed that no one
+    foresaw) is said with its traceback, and does not take the daemon down."""
+    try:
+        callback()
+    except Exception as exc:
+        traceback.print_exc()
+        loop.say(f"backend slurm: {type(exc).__name__}: {exc} (a bug: please report it)")
+
+
 class Run:
     """One Slurm command, run without blocking the supervisor's loop: its output goes to
     temporary files (a pipe could fill and stall it), its end is seen on its pidfd, and
@@ -201,7 +212,7 @@ class Run:
         code = self.process.wait()
         stdout, stderr = (self._read(file) for file in (self.out, self.err))
         self._close()
-        self.done(code, stdout, stderr)
+        guarded(self.loop, lambda: self.done(code, stdout, stderr))
 
     @staticmethod
     def _read(file: Any) -> str:

@@ -292,7 +292,9 @@ class SlurmExecutor(Executor):
                 return
             self.poll_timer.cancel()
         self.poll_timer_when = self.loop.now() + delay
-        self.poll_timer = self.loop.call_at(self.poll_timer_when, self._poll)
+        self.poll_timer = self.loop.call_at(
+            self.poll_timer_when, lambda: commands.guarded(self.loop, self._poll)
+        )
 
     def _poll(self) -> None:
         self.poll_timer = None
@@ -427,7 +429,7 @@ class SlurmExecutor(Executor):
 
     def _later(self, callback: Callable[[], None]) -> None:
         """Report from a timer: never inside a call the supervisor makes."""
-        self.loop.call_at(self.loop.now(), callback)
+        self.loop.call_at(self.loop.now(), lambda: commands.guarded(self.loop, callback))
 
     def _end(
         self, found: SlurmJob, ending: Ending, why: str,
