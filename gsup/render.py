@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gsup.journal.queries import PoolSnapshot
+from gsup.journal.queries import PoolSnapshot, SlurmSnapshot
 
 STATE_COLOURS = {  # ANSI SGR codes
     "queued": "36",
@@ -167,6 +167,21 @@ def queues_view(pools: list[PoolSnapshot], daemon_up: bool, style: Style) -> lis
     lines.append("")
     for pool in pools:
         lines += _pending_lines(pool, style)
+    return lines
+
+
+def slurm_view(slurm: SlurmSnapshot, style: Style) -> list[str]:
+    """The Slurm backend's jobs, when it has or awaits any: Slurm's id and state of each."""
+    if not slurm.running_count and not slurm.queued_count:
+        return []
+    head = f"gsup slurm: {slurm.running_count} in Slurm, {slurm.queued_count} queued"
+    lines = ["", style.paint(head, "1")]
+    for job in slurm.running:
+        state = (job["state"] or "").removeprefix("Slurm: ") or "submitted"
+        line = f"  #{job['id']} Slurm {job['slurm_id']} {state}: {visible(job['display'])}"
+        lines.append(line if style.width is None else _cut(line, style.width))
+    if slurm.running_count > len(slurm.running):
+        lines.append(f"  … and {slurm.running_count - len(slurm.running)} more")
     return lines
 
 

@@ -95,6 +95,11 @@ def test_a_pending_job_is_running_for_gsup_with_slurms_reason_shown(
     wait_until(lambda: _reason(gsup, job) == "Slurm: PENDING (BeginTime)")
     assert gsup.show(job)["state"] == "running"
     assert "Slurm: PENDING (BeginTime)" in gsup("show", str(job)).stdout
+    slurm_id = _slurm_id(gsup, job)
+    assert gsup("queues").stdout.endswith(
+        f"\ngsup slurm: 1 in Slurm, 0 queued\n  #{job} Slurm {slurm_id} PENDING (BeginTime):"
+        " jobs:add(1)\n"
+    )
     gsup("cancel", str(job))
     assert gsup.wait(job) == {job: "cancelled"}
 

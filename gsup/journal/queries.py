@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gsup.config import POOL_NAMES, Paths, resolve_home
+from gsup.config import POOL_NAMES, SLURM, Paths, resolve_home
 from gsup.errors import GsupError
 from gsup.peers import untrusted_journal
 from gsup.states import State
@@ -230,6 +230,33 @@ class PoolSnapshot:
     running: list[dict[str, Any]]  # jobs a worker has started
     pending: list[dict[str, Any]]  # the first queued jobs, in the order they will run
     pending_count: int
+
+
+@dataclass
+class SlurmSnapshot:
+    running: list[dict[str, Any]]  # the first jobs Slurm has: id, display, Slurm id, state
+    running_count: int
+    queued_count: int  # waiting in gsup for room in Slurm (slots)
+
+
+def slurm_snapshot(conn: sqlite3.Connection, limit: int = 10) -> SlurmSnapshot:
+    """The Slurm backend's jobs, for `gsup queues`: Slurm's state of each is its running
+    attempt's reason (`Slurm: PENDING (Resources)`)."""
+    running = _dicts(
+        conn.execute(
+            "SELECT j.id, j.display, a.external_id AS slurm_id, a.reason AS state FROM jobs j"
+            f" JOIN attempts a ON a.id = j.attempt WHERE j.{RUNNING} AND j.pool = ?"
+            " ORDER BY j.id LIMIT ?",
+            (SLURM, limit),
+        )
+    )
+    (running_count,) = conn.execute(
+        f"SELECT count(*) FROM jobs WHERE {RUNNING} AND pool = ?", (SLURM,)
+    ).fetchone()
+    (queued_count,) = conn.execute(
+        f"SELECT count(*) FROM jobs WHERE {QUEUED} AND pool = ?", (SLURM,)
+    ).fetchone()
+    return SlurmSnapshot(running, running_count, queued_count)
 
 
 def queues_snapshot(conn: sqlite3.Connection, pending_limit: int = 10) -> list[PoolSnapshot]:

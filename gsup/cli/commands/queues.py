@@ -20,10 +20,12 @@ def queues(as_json: Json = False, home: Home = None) -> None:
     up = daemon_is_up(paths)
     with read_journal(home) as conn:
         pools = queries.queues_snapshot(conn)
+        slurm = queries.slurm_snapshot(conn)
     if as_json:
         print_json({"daemon": "running" if up else "not running",
-                    "pools": [asdict(pool) for pool in pools]})  # fmt: skip
+                    "pools": [asdict(pool) for pool in pools], "slurm": asdict(slurm)})  # fmt: skip
     else:
-        from gsup.render import Style, print_lines, queues_view
+        from gsup.render import Style, print_lines, queues_view, slurm_view
 
-        print_lines(queues_view(pools, up, Style()))
+        style = Style()
+        print_lines(queues_view(pools, up, style) + slurm_view(slurm, style))
