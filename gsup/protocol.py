@@ -262,10 +262,13 @@ GSUP_SBATCH = ("--output", "--error", "--chdir", "--hold", "--parsable", "--wrap
 
 def is_sbatch_option(option: str) -> bool:
     """`--name=value` or `--flag`, long names only: a short one (-o) could hide one of
-    GSUP_SBATCH, and a word without dashes would be taken as the script."""
+    GSUP_SBATCH, as could an abbreviation (sbatch takes --arr for --array), and a word
+    without dashes would be taken as the script."""
     name = option.partition("=")[0]
     return (
-        option.startswith("--") and name[2:].replace("-", "").isalnum() and name not in GSUP_SBATCH
+        option.startswith("--")
+        and name[2:].replace("-", "").isalnum()
+        and not any(reserved.startswith(name) for reserved in GSUP_SBATCH)
     )
 
 

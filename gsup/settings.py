@@ -62,11 +62,16 @@ class PoolSettings:
         return self.name == PROCESS_POOL
 
 
+MAX_POLL = 3600.0  # seconds: a longer poll would leave jobs' ends unseen for hours
+
+
 @dataclass(frozen=True)
 class SlurmSettings:
     """`[backends.slurm]` in gsup.toml."""
 
-    slots: int = 10_000  # Slurm jobs gsup keeps submitted at once (Slurm's MaxJobCount)
+    # Slurm jobs gsup keeps submitted at once, at most: Slurm's MaxJobCount, and as many
+    # ids as one squeue argument takes (128 KiB)
+    slots: int = 10_000
     poll: float = 2.0  # seconds between two squeue calls (one for all jobs followed)
     sbatch: tuple[str, ...] = ()  # options given to every sbatch: --partition=, --account=...
     max_result: int = int(DEFAULT_MAX_RESULT_MB * MB)  # bytes (UTF-8) of a result, at most
@@ -202,11 +207,22 @@ def _slurm_settings(toml: dict, file: str, max_result: int) -> SlurmSettings:
     _known(section, {"slots", "poll", "sbatch"}, "backends.slurm.", file)
     default = SlurmSettings()
     slots = _positive_int(*_pick(None, "", "", section, "backends.slurm.slots", default.slots,
-                                 file), most=1_000_000)  # fmt: skip
-    poll = _positive(*_pick(None, "", "", section, "backends.slurm.poll", default.poll, file))
+                                 file), most=default.slots)  # fmt: skip
+    poll, where = _pick(None, "", "", section, "backends.slurm.poll", default.poll, file)
+    poll = _positive(poll, where)
+    if poll > MAX_POLL:
+        raise ConfigError(f"{where} must be at most {MAX_POLL:g} seconds, not {poll!r}")
     sbatch, where = _pick(None, "", "", section, "backends.slurm.sbatch", [], file)
+    from gsup.protocol import GSUP_SBATCH, is_sbatch_option
+
     if not (isinstance(sbatch, list) and all(isinstance(o, str) and o for o in sbatch)):
         raise ConfigError(f"{where} must be a list of sbatch options, not {sbatch!r}")
+    for option in sbatch:
+        if not is_sbatch_option(option):
+            raise ConfigError(
+                f"{where}: {option!r} must look like --name=value, and not be one gsup sets"
+                f" ({', '.join(GSUP_SBATCH)})"
+            )
     return SlurmSettings(slots, poll, tuple(sbatch), max_result)
 
 

@@ -6,6 +6,7 @@ without submitting it twice; one squeue serves every job followed."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -123,7 +124,7 @@ def test_an_sbatch_error_fails_the_job_with_slurms_message(slurm_env, fast_poll,
 
 def test_sbatch_options_gsup_sets_itself_are_refused(slurm_env, make_daemon, gsup):
     make_daemon()
-    for option in ("--output=/tmp/x", "-o/tmp/x", "partition=x"):
+    for option in ("--output=/tmp/x", "-o/tmp/x", "partition=x", "--arr=1-3", "--outp=/tmp/x"):
         refused = gsup("add", "-b", "slurm", f"--sbatch-opt={option}", "jobs:add", check=False)
         assert refused.returncode == 1
         assert refused.stderr.startswith("gsup: error: sbatch options must look like --name=value")
@@ -283,8 +284,9 @@ def test_a_job_that_must_not_run_twice_is_held_in_slurm_until_its_start_is_journ
     assert gsup.wait(once, again) == {once: "done", again: "done"}
     slurm_id = _slurm_id(gsup, once)
     assert _sacct(slurm, slurm_id) == f"{slurm_id}|COMPLETED|0:0"  # released, then ran
-    held = {job: "--hold" in line for line in calls.read_text().splitlines()
-            for job in (once, again) if f"--job-name=gsup-{job} " in line}  # fmt: skip
+    named = (re.search(r"--job-name=gsup-\w+-(\d+)-\d+ ", line) for line in
+             calls.read_text().splitlines())  # fmt: skip
+    held = {int(m.group(1)): "--hold" in m.string for m in named if m}
     assert held == {once: True, again: False}
 
 
@@ -326,3 +328,83 @@ def test_a_job_script_that_cannot_be_written_fails_its_job_in_one_line(
     (home / "slurm").unlink()
     assert gsup.run("-b", "slurm", "jobs:add", "1") == "done"
     assert daemon.process.poll() is None
+
+
+def test_sbatch_variables_of_the_adding_shell_do_not_reach_sbatch(
+    slurm_env, fast_poll, make_daemon, gsup, workdir
+):
+    make_daemon()
+    slurm_env["SBATCH_ARRAY_INX"] = "1-4"  # the shell of `gsup add`, not the daemon's
+    runs = workdir / "runs"
+    job = gsup.add("-b", "slurm", "--cmd", "--", "sh", "-c", f"echo ran >> {runs}")
+    assert gsup.wait(job) == {job: "done"}
+    assert runs.read_text() == "ran\n"
+
+
+def test_where_slurm_keeps_no_accounting_a_job_ends_by_its_own_word(
+    slurm_env, fast_poll, make_daemon, gsup, workdir
+):
+    shims = workdir.parent / "shims"
+    shims.mkdir()
+    (shims / "sacct").write_text(
+        "#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n"
+    )
+    (shims / "sacct").chmod(0o755)
+    slurm_env["PATH"] = f"{shims}:{slurm_env['PATH']}"
+    make_daemon()
+    command = gsup.add("-b", "slurm", "--cmd", "--", "sh", "-c", "exit 3")
+    call = gsup.add("-b", "slurm", "jobs:add", "6")
+    assert gsup.wait(command, call) == {command: "failed", call: "done"}
+    assert gsup.show(command)["error"] == "Slurm: FAILED, exit code 3"
+    assert json.loads(gsup.show(call)["result"]) == 6
+
+
+def test_a_slurm_job_of_this_state_dir_that_no_attempt_follows_is_cancelled_at_start(
+    slurm_env, fast_poll, make_daemon, gsup, home, slurm
+):
+    import hashlib
+
+    tag = hashlib.sha1(str(home).encode()).hexdigest()[:6]
+    orphan = slurm.run("sbatch", "--parsable", f"--job-name=gsup-{tag}-99-99",
+                       "--output=/dev/null", "--wrap", "sleep 300").stdout.strip()  # fmt: skip
+    other = slurm.run("sbatch", "--parsable", "--job-name=gsup-other-99-99",
+                      "--output=/dev/null", "--wrap", "sleep 300").stdout.strip()  # fmt: skip
+    daemon = make_daemon()
+    daemon.said("backend slurm: cancelling 1 Slurm jobs no attempt follows")
+    wait_until(lambda: _squeue_state(slurm, orphan) in ("", "CANCELLED"))
+    assert _squeue_state(slurm, other) in ("PENDING", "RUNNING")  # not this state dir's
+    slurm.run("scancel", other)
+
+
+def test_a_release_that_fails_is_tried_again(slurm_env, fast_poll, make_daemon, gsup, workdir):
+    shims = workdir.parent / "shims"
+    shims.mkdir()
+    once = workdir.parent / "failed-once"
+    real = _which("scontrol")
+    (shims / "scontrol").write_text(
+        f"#!/bin/sh\nif [ ! -e {once} ]; then touch {once}; "
+        "echo 'Unable to contact slurm controller' >&2; exit 1; fi\n"
+        f'exec {real} "$@"\n'
+    )
+    (shims / "scontrol").chmod(0o755)
+    slurm_env["PATH"] = f"{shims}:{slurm_env['PATH']}"
+    make_daemon()
+    job = gsup.add("-b", "slurm", "--on-lost", "fail", "jobs:add", "7")
+    assert gsup.wait(job) == {job: "done"}
+    assert once.exists()
+
+
+def test_a_task_for_a_backend_that_cannot_run_is_refused(make_daemon, gsup, env, workdir):
+    empty = workdir.parent / "empty"
+    empty.mkdir()
+    env["PATH"] = str(empty)
+    make_daemon()
+    (workdir / "t.toml").write_text(
+        '[task]\nname = "t"\n[[transform]]\nname = "a"\nbackend = "slurm"\n'
+        'target = "jobs:add"\nunits = [[1]]\n'
+    )
+    refused = gsup("task", "submit", "t.toml", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        "gsup: error: transform 'a': the slurm backend cannot run jobs: sbatch, squeue"
+    )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gsup import __version__
-from gsup.config import POOL_NAMES, SLURM
+from gsup.config import POOL_NAMES, SLURM, pool_for
 from gsup.journal import queries
 from gsup.journal.writer import Writer
 from gsup.lifecycle import Stop
@@ -280,6 +280,12 @@ class Handlers:
             task_spec.check(task)
         except task_spec.TaskError as exc:
             raise RequestError(str(exc)) from None
+        for transform in task.transforms:  # its units would stay queued forever
+            pool = pool_for(transform.backend, transform.queue) or self.settings.default_pool
+            unusable = self.book.lanes[pool].executor.unusable
+            if unusable:
+                raise RequestError(f"transform {transform.name!r}: the {pool} backend cannot"
+                                   f" run jobs: {unusable}")  # fmt: skip
         self.journal.log_command("task_submit", {"name": task.name}, conn.uid, conn.pid)
         return {"task": self.engine.submit(task, fields["task"], fields["context"], time.time())}
 

@@ -137,7 +137,7 @@ def tail(path: Path, limit: int = 64 * 1024) -> str:
             size = file.tell()
             file.seek(max(0, size - limit))
             data = file.read()
-    except FileNotFoundError:
+    except OSError:  # none, or not readable (a folder in its place): no output to keep
         return ""
     text = data.decode("utf-8", "replace")
     if size <= limit:

@@ -46,10 +46,12 @@ UNREACHABLE = (
 )
 
 
-def missing_tools(path: str | None = None) -> list[str]:
+def find_tools() -> dict[str, str]:
+    """Slurm's commands found on the daemon's PATH, by name: their absolute paths."""
     import shutil
 
-    return [tool for tool in TOOLS if shutil.which(tool, path=path) is None]
+    found = {tool: shutil.which(tool) for tool in TOOLS}
+    return {tool: os.path.abspath(path) for tool, path in found.items() if path}
 
 
 # --- the job script and sbatch ---------------------------------------------------------
@@ -57,20 +59,34 @@ def missing_tools(path: str | None = None) -> list[str]:
 
 def job_script(kind: str, spec: dict[str, Any], call_file: str, outcome_file: str) -> str:
     """A call runs as the daemon's interpreter (its absolute path: a job gets the
-    submitter's PATH, not its virtualenv) running gsup's child; a command, as it is."""
+    submitter's PATH, not its virtualenv) running gsup's child, which writes its outcome;
+    a command runs as it is, and its exit code is written to OUTCOME_FILE (whole, or not
+    at all): its end is known where Slurm keeps no accounting."""
     if kind == "call":
         argv = [sys.executable, "-P", "-m", CHILD_MODULE, call_file, outcome_file]
-    else:
-        argv = list(spec["argv"])
-    return f"#!/bin/sh\nexec {shlex.join(argv)}\n"
+        return f"#!/bin/sh\nexec {shlex.join(argv)}\n"
+    partial = shlex.quote(outcome_file + ".partial")
+    return (
+        f"#!/bin/sh\n{shlex.join(spec['argv'])}\ncode=$?\n"
+        f"echo $code > {partial} && mv {partial} {shlex.quote(outcome_file)}\nexit $code\n"
+    )
+
+
+def read_exit_code(path: str) -> int | None:
+    """A command's exit code, as its job script wrote it; None if it wrote none."""
+    try:
+        with open(path) as file:
+            return int(file.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def sbatch_argv(
     name: str, script: str, out: str, err: str, cwd: str, hold: bool, options: list[str]
 ) -> list[str]:
-    head = ["sbatch", "--parsable", f"--job-name={name}", f"--output={out}", f"--error={err}"]
+    own = ["--parsable", f"--job-name={name}", f"--output={out}", f"--error={err}"]
     held = ["--hold"] if hold else []
-    return [*head, f"--chdir={cwd}", *held, *options, script]
+    return ["sbatch", *options, *own, f"--chdir={cwd}", *held, script]  # gsup's last: they win
 
 
 def parse_sbatch(stdout: str) -> str | None:
@@ -112,6 +128,26 @@ class Listed:
     reason: str  # why it waits, e.g. Resources; "None" when it does not
 
 
+def named_argv(name: str) -> list[str]:
+    """The id of a job by its name, ended or not (until Slurm forgets it)."""
+    return ["squeue", "--noheader", "--states=all", "--format", "%i", "--name", name]
+
+
+def ours_argv() -> list[str]:
+    """Every job of the daemon's user that Slurm still lists, with its name."""
+    return ["squeue", "--noheader", "--me", "--format", "%i|%j"]
+
+
+def parse_ours(stdout: str, prefix: str) -> list[tuple[str, str]]:
+    """(id, the name after `prefix`) of each listed job whose name starts with it."""
+    ours = []
+    for line in stdout.splitlines():
+        slurm_id, _, name = line.strip().partition("|")
+        if slurm_id.isdigit() and name.startswith(prefix):
+            ours.append((slurm_id, name[len(prefix) :]))
+    return ours
+
+
 def parse_squeue(stdout: str) -> tuple[dict[str, Listed], list[str]]:
     """Jobs by id, and the lines that could not be read (said, not fatal)."""
     jobs, bad = {}, []
@@ -124,6 +160,11 @@ def parse_squeue(stdout: str) -> tuple[dict[str, Listed], list[str]]:
             continue
         jobs[parts[0]] = Listed(parts[1], parts[2])
     return jobs, bad
+
+
+def accounting_disabled(stderr: str) -> bool:
+    """sacct's answer on a cluster without slurmdbd: the completion log may serve."""
+    return "accounting storage is disabled" in stderr.lower()
 
 
 def sacct_argv(ids: list[str], completion_log: bool) -> list[str]:

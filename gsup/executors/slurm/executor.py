@@ -16,6 +16,7 @@ Every Slurm command runs as a child of the supervisor, never waited for (command
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import heapq
 import json
 import os
@@ -56,6 +57,7 @@ class SlurmJob:
     target: str = ""
     slurm_id: str | None = None
     submitting: bool = False
+    uncertain: bool = False  # an sbatch that failed may have reached the controller
     released: bool = True  # a runs-once job is submitted held, released once confirmed
     confirmed: bool = False
     stopping: bool = False
@@ -87,13 +89,34 @@ class SlurmExecutor(Executor):
         self.completion_log = False  # sacct -c: once plain sacct has failed
         self.bad_lines = 0  # squeue lines not understood in the last poll
         self.landings: Landings | None = None
+        # Slurm job names: gsup-TAG-JOB-ATTEMPT, TAG telling this state dir's from others'
+        self.prefix = f"gsup-{hashlib.sha1(str(paths.home).encode()).hexdigest()[:6]}-"
+        self.tools: dict[str, str] = {}  # absolute paths: a command's PATH may lack them
 
     # --- the contract --------------------------------------------------------------
 
     def start(self, loop: Loop, reports: Reports) -> None:
         self.loop, self.reports = loop, reports
-        self.missing = commands.missing_tools()  # said by `gsup status`, not at each start
+        self.tools = commands.find_tools()
+        self.missing = [tool for tool in commands.TOOLS if tool not in self.tools]  # said by
+        if self.missing:  # `gsup status`, not at each start
+            return
         self._poll_soon(self.settings.poll)  # reattached jobs are followed from the start
+        self._run(commands.ours_argv(), self._cancel_orphans)
+
+    def _cancel_orphans(self, code: int, stdout: str, stderr: str) -> None:
+        """Slurm jobs of this state dir that no attempt follows: submitted by a daemon
+        that died (or stopped) before it could journal them. Their attempts were run
+        again or given back: these must not run too."""
+        orphans = []
+        for slurm_id, name in commands.parse_ours(stdout, self.prefix):
+            job, _, attempt = name.partition("-")
+            found = self.jobs.get(int(job)) if job.isdigit() else None
+            if found is None or str(found.attempt) != attempt:
+                orphans.append(slurm_id)
+        if orphans:
+            self.loop.say(f"backend slurm: cancelling {len(orphans)} Slurm jobs no attempt follows")
+            self.to_cancel += orphans
 
     @property
     def unusable(self) -> str | None:
@@ -160,13 +183,13 @@ class SlurmExecutor(Executor):
 
     def flush(self, durable: bool) -> None:
         for start in range(0, len(self.to_cancel), CANCELS):  # thousands at a `gsup purge`
-            Run(self.loop, ["scancel", *self.to_cancel[start : start + CANCELS]], self._ignore)
+            self._run(["scancel", *self.to_cancel[start : start + CANCELS]], self._ignore)
         self.to_cancel.clear()
         if durable:
             for found in self.to_release:
                 if found.slurm_id is not None and not found.released and not found.stopping:
                     found.released = True
-                    Run(self.loop, ["scontrol", "release", found.slurm_id], self._released)
+                    self._release(found)
             self.to_release = [f for f in self.to_release if f.slurm_id is None]
         self._submit_waiting()
 
@@ -193,6 +216,12 @@ class SlurmExecutor(Executor):
             self._sbatch(found)
 
     def _sbatch(self, found: SlurmJob) -> None:
+        if found.uncertain:  # look for it before submitting it again
+            found.submitting = True
+            self.submitting += 1
+            self._run(commands.named_argv(self._name(found)),
+                      lambda code, out, err: self._looked_up(found, code, out, err))  # fmt: skip
+            return
         try:
             argv = self._prepare(found)
         except OSError as exc:
@@ -201,8 +230,22 @@ class SlurmExecutor(Executor):
             return
         found.submitting = True
         self.submitting += 1
-        Run(self.loop, argv, lambda code, out, err: self._submitted(found, code, out, err),
-            env=self._environment(found))  # fmt: skip
+        self._run(argv, lambda code, out, err: self._submitted(found, code, out, err),
+                  env=self._environment(found))  # fmt: skip
+
+    def _looked_up(self, found: SlurmJob, code: int, stdout: str, stderr: str) -> None:
+        """What squeue knows of a job whose sbatch failed: its id if the controller took
+        it after all (it is followed, not submitted twice); else it is submitted."""
+        ids = stdout.split() if code == 0 else []
+        if code != 0:
+            self._submitted(found, code, "", stderr)  # still unreachable: later again
+        elif ids:
+            self._submitted(found, 0, ids[0], "")
+        else:
+            found.uncertain = False
+            self.submitting -= 1
+            found.submitting = False
+            self._sbatch(found)
 
     def _prepare(self, found: SlurmJob) -> list[str]:
         """Write the job's script (and a call's attempt file) into its log folder; the
@@ -220,8 +263,18 @@ class SlurmExecutor(Executor):
         out, err = (str(self.paths.job_output(found.job, s, found.attempt)) for s in ("out", "err"))
         options = [*self.settings.sbatch, *found.spec.get("sbatch", ())]
         cwd = found.spec.get("cwd") or "/"
-        name = f"gsup-{found.job}"
-        return commands.sbatch_argv(name, str(script), out, err, cwd, not found.released, options)
+        argv = commands.sbatch_argv(
+            self._name(found), str(script), out, err, cwd, not found.released, options
+        )
+        return [self.tools["sbatch"], *argv[1:]]
+
+    def _name(self, found: SlurmJob) -> str:
+        return f"{self.prefix}{found.job}-{found.attempt}"
+
+    def _run(self, argv: list[str], done: Callable[[int, str, str], None],
+             env: dict[str, str] | None = None) -> None:  # fmt: skip
+        """A Slurm command, by the tool's absolute path."""
+        Run(self.loop, [self.tools.get(argv[0], argv[0]), *argv[1:]], done, env)
 
     def _environment(self, found: SlurmJob) -> dict[str, str] | None:
         """A command's job gets the environment of its `gsup add`, as it would locally
@@ -229,7 +282,8 @@ class SlurmExecutor(Executor):
         env = found.spec.get("env")
         if found.kind != "cmd" or env is None:
             return None
-        return {**env, **{k: v for k, v in os.environ.items() if k.startswith("SLURM_CONF")}}
+        own = {k: v for k, v in env.items() if not k.startswith(("SBATCH_", "SLURM_"))}
+        return {**own, **{k: v for k, v in os.environ.items() if k.startswith("SLURM_CONF")}}
 
     def _submitted(self, found: SlurmJob, code: int, stdout: str, stderr: str) -> None:
         self.submitting -= 1
@@ -261,6 +315,7 @@ class SlurmExecutor(Executor):
             if self.controller is None:
                 self.loop.say(f"backend slurm: sbatch failed, trying again: {said}")
             self.controller = said
+            found.uncertain = True  # a timeout may come after the controller took it
             heapq.heappush(self.waiting, (found.priority, found.job))
             if self.retry_timer is None:
                 self.retry_timer = self.loop.call_at(self.loop.now() + RETRY_SUBMIT, self._retry)
@@ -272,9 +327,18 @@ class SlurmExecutor(Executor):
         self.retry_timer = None
         self._submit_waiting()
 
-    def _released(self, code: int, stdout: str, stderr: str) -> None:
-        if code != 0:
-            self.loop.say(f"backend slurm: scontrol release failed: {commands.one_line(stderr)}")
+    def _release(self, found: SlurmJob) -> None:
+        assert found.slurm_id is not None
+        self._run(["scontrol", "release", found.slurm_id],
+                  lambda code, out, err: self._released(found, code, out, err))  # fmt: skip
+
+    def _released(self, found: SlurmJob, code: int, stdout: str, stderr: str) -> None:
+        if code != 0 and self.jobs.get(found.job) is found and not found.stopping:
+            said = commands.one_line(stderr)
+            self.loop.say(f"backend slurm: scontrol release failed, trying again: {said}")
+            found.released = False
+            self.to_release.append(found)  # at the flush of the turn the timer brings
+            self.loop.call_at(self.loop.now() + RETRY_SUBMIT, lambda: None)
 
     def _cancel(self, found: SlurmJob) -> None:
         assert found.slurm_id is not None
@@ -306,8 +370,8 @@ class SlurmExecutor(Executor):
         self.polling = True
         began = self.loop.now()
         ids = [found.slurm_id for found in followed if found.slurm_id]
-        Run(self.loop, commands.squeue_argv(ids),
-            lambda code, out, err: self._listed(began, code, out, err))  # fmt: skip
+        self._run(commands.squeue_argv(ids),
+                  lambda code, out, err: self._listed(began, code, out, err))  # fmt: skip
 
     def _listed(self, began: float, code: int, stdout: str, stderr: str) -> None:
         if commands.forgotten(code, stderr):
@@ -342,12 +406,12 @@ class SlurmExecutor(Executor):
 
     def _sacct(self, gone: list[SlurmJob]) -> None:
         ids = [found.slurm_id for found in gone if found.slurm_id]
-        Run(self.loop, commands.sacct_argv(ids, self.completion_log),
-            lambda code, out, err: self._accounted(gone, code, out, err))  # fmt: skip
+        self._run(commands.sacct_argv(ids, self.completion_log),
+                  lambda code, out, err: self._accounted(gone, code, out, err))  # fmt: skip
 
     def _accounted(self, gone: list[SlurmJob], code: int, stdout: str, stderr: str) -> None:
-        if code != 0 and not self.completion_log:  # no slurmdbd: the completion log
-            self.completion_log = True
+        if code != 0 and not self.completion_log and commands.accounting_disabled(stderr):
+            self.completion_log = True  # no slurmdbd: the job completion log, if kept
             self._sacct(gone)
             return
         self.polling = False
@@ -355,18 +419,31 @@ class SlurmExecutor(Executor):
         for found in gone:
             if self.jobs.get(found.job) is not found:
                 continue
-            end = finished.get(found.slurm_id or "")
+            end = finished.get(found.slurm_id or "") or self._own_word(found)
             if end is not None:
                 self._finish(found, end)
                 continue
-            outcome = read_outcome(self._files(found, "outcome"))
             found.unknown += 1
-            if outcome is not None and found.unknown > 1:  # sacct is late: its call said
-                self._end(found, outcome.ending, outcome.why, outcome.fields, outcome.usage)
-            elif found.unknown >= FORGOTTEN_AFTER:
+            if found.unknown >= FORGOTTEN_AFTER:
                 why = f"Slurm no longer knows job {found.slurm_id}"
                 self._end(found, Ending.LOST, why)
         self._poll_soon(self.settings.poll)
+
+    def _own_word(self, found: SlurmJob) -> commands.Finished | None:
+        """How the job ended by what it wrote (where Slurm keeps no accounting, or is
+        slow to): a command's exit code, a call's outcome."""
+        outcome_file = self._files(found, "outcome")
+        if found.kind == "cmd":
+            code = commands.read_exit_code(str(outcome_file))
+            return (
+                None
+                if code is None
+                else commands.Finished("COMPLETED" if code == 0 else "FAILED", code)
+            )
+        outcome = read_outcome(outcome_file)
+        if outcome is None:
+            return None
+        return commands.Finished("COMPLETED", 0 if outcome.ending == Ending.DONE else 1)
 
     def _finish(self, found: SlurmJob, end: commands.Finished) -> None:
         usage = {"exit_status": end.exit_code}
