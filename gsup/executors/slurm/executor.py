@@ -1,16 +1,17 @@
 """The Slurm backend: each attempt is a Slurm batch job; Slurm runs it, gsup follows it.
 
-An attempt goes: held here (`waiting`), then `sbatch` (a few at once), then Slurm's:
-it is reported started as soon as Slurm has its id (PENDING is running, seen from gsup;
-Slurm's own state and reason are kept as its `detail`). Every `poll` seconds one
-`squeue` lists all the daemon's user's jobs; a followed job it no longer lists has
-ended, and one `sacct -c` for all of those says how. A call's job writes its outcome
-into the job's log folder (gsup/executors/child.py): its result, or its exception; a
-command's outcome is its exit code.
+An attempt goes: held here (`waiting`), then `sbatch` (a few at once) as a job named
+gsup-TAG-JOB-ATTEMPT, then Slurm's: it is reported started as soon as Slurm has its id
+(PENDING is running, seen from gsup; Slurm's state and reason are journaled as the
+attempt's reason, `noted`). Every `poll` seconds one `squeue` lists the jobs followed,
+and one more runs as soon as a job's outcome lands in the Slurm folder; a followed job
+it no longer lists has ended, and one `sacct` for all of those says how (else what the
+job wrote: a call's outcome, gsup/executors/child.py, or a command's exit code).
 
-Batch jobs outlive the daemon: a stop leaves them running (`outlives_daemon`), and the
-next start follows them again by the Slurm id its attempt recorded (`reattach`).
-Every Slurm command runs as a child of the supervisor, never waited for (commands.Run).
+Batch jobs outlive the daemon: a stop leaves them running (`outlives_daemon`), the next
+start follows them again by the Slurm id its attempt recorded (`reattach`) and cancels
+this state dir's jobs that no attempt follows. Every Slurm command runs as a child of
+the supervisor, by its absolute path, never waited for (commands.Run).
 """
 
 from __future__ import annotations
