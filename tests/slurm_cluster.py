@@ -140,7 +140,23 @@ class SlurmCluster:
         for name in ("slurmd", "slurmctld", "munged"):
             if process := self.processes.pop(name, None):
                 _terminate(process)
+        self._kill_step_daemons()
         shutil.rmtree(self.munge_dir, ignore_errors=True)
+
+    def _kill_step_daemons(self) -> None:
+        """A slurmstepd of a job cancelled as the cluster stops can outlive slurmd (seen
+        after thousands of jobs): those of this cluster (their SLURM_CONF) are killed."""
+        mine = f"SLURM_CONF={self.conf}".encode()
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    if not cmdline.read().startswith(b"slurmstepd"):
+                        continue
+                with open(f"/proc/{entry}/environ", "rb") as environ:
+                    if mine in environ.read().split(b"\0"):
+                        os.kill(int(entry), signal.SIGKILL)
+            except (OSError, ValueError):
+                continue  # gone meanwhile, or not a process
 
     def __enter__(self) -> SlurmCluster:
         return self.start()
