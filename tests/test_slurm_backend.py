@@ -144,13 +144,14 @@ def test_a_batch_job_outlives_the_daemon_and_is_followed_again(
     flag = workdir / "go"
     job = gsup.add("-b", "slurm", "jobs:wait_for_file", str(flag))
     slurm_id = wait_until(lambda: gsup.running(job) and _slurm_id(gsup, job))
+    wait_until(lambda: _squeue_state(slurm, slurm_id) == "RUNNING", what="Slurm to run it")
     if how == "sigkill":
         daemon.kill()
     else:
         started = time.monotonic()
         gsup("stop")
         assert time.monotonic() - started < 10  # a batch job is not waited for (grace: 10 s)
-    assert _squeue_state(slurm, slurm_id) in ("PENDING", "RUNNING")  # it goes on
+    assert _squeue_state(slurm, slurm_id) == "RUNNING"  # it goes on without the daemon
     restarted = make_daemon()
     restarted.said(f"1 still running, followed again ({job})")
     flag.touch()
@@ -369,10 +370,13 @@ def test_a_slurm_job_of_this_state_dir_that_no_attempt_follows_is_cancelled_at_s
                        "--output=/dev/null", "--wrap", "sleep 300").stdout.strip()  # fmt: skip
     other = slurm.run("sbatch", "--parsable", "--job-name=gsup-other-99-99",
                       "--output=/dev/null", "--wrap", "sleep 300").stdout.strip()  # fmt: skip
+    for started in (orphan, other):
+        wait_until(lambda job=started: _squeue_state(slurm, job) == "RUNNING")
     daemon = make_daemon()
     daemon.said("backend slurm: cancelling 1 Slurm jobs no attempt follows")
-    wait_until(lambda: _squeue_state(slurm, orphan) in ("", "CANCELLED"))
-    assert _squeue_state(slurm, other) in ("PENDING", "RUNNING")  # not this state dir's
+    wait_until(lambda: _sacct(slurm, orphan) == f"{orphan}|CANCELLED|0:0")
+    assert _squeue_state(slurm, other) == "RUNNING"  # not this state dir's
+    assert _sacct(slurm, other) == ""
     slurm.run("scancel", other)
 
 

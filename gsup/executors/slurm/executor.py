@@ -52,7 +52,6 @@ class SlurmJob:
     job: int
     attempt: int
     kind: str
-    runs_once: bool = False
     priority: int = 0
     spec: dict[str, Any] = field(default_factory=dict)
     target: str = ""
@@ -141,8 +140,8 @@ class SlurmExecutor(Executor):
     def submit(self, attempt: Attempt) -> None:
         spec = json.loads(attempt.spec)
         self.jobs[attempt.job] = SlurmJob(
-            attempt.job, attempt.attempt, attempt.kind, attempt.runs_once, attempt.priority,
-            spec, attempt.target, released=not attempt.runs_once,
+            attempt.job, attempt.attempt, attempt.kind, attempt.priority, spec, attempt.target,
+            released=not attempt.runs_once,
         )  # fmt: skip
         heapq.heappush(self.waiting, (attempt.priority, attempt.job))
 
