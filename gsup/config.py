@@ -14,13 +14,15 @@ from gsup.errors import GsupError
 
 # Backends run jobs; a job's `pool` names the executor that runs it. The local backend
 # runs jobs in the threads of its two pools; the process backend's pool runs each job in
-# a process of its own. `--queue` picks a local pool, `--backend` a backend.
+# a process of its own; Slurm and Dask each have one executor. `--queue` picks a local
+# pool, `--backend` a backend.
 LOCAL_POOLS = ("user", "monitoring")
 PROCESS_POOL = "process"
 POOL_NAMES = (*LOCAL_POOLS, PROCESS_POOL)  # every pool the daemon runs
 SLURM = "slurm"  # the Slurm backend's one executor
-EXECUTOR_NAMES = (*POOL_NAMES, SLURM)  # what a job's `pool` may name
-BACKENDS = ("local", "process", SLURM)
+DASK = "dask"  # the Dask backend's one executor
+EXECUTOR_NAMES = (*POOL_NAMES, SLURM, DASK)  # what a job's `pool` may name
+BACKENDS = ("local", "process", SLURM, DASK)
 DEFAULT_POOL = "user"
 DEFAULT_PRIORITY = 5
 MAX_MESSAGE = 8 * 1024 * 1024  # bytes in one socket message
@@ -89,6 +91,14 @@ class Paths:
     @property
     def socket(self) -> Path:
         return self.home / "gsup.sock"
+
+    @property
+    def tag(self) -> str:
+        """Six hex digits that tell this state dir's jobs from others' on a shared
+        engine (Slurm's job names, Dask's keys)."""
+        import hashlib
+
+        return hashlib.sha1(str(self.home).encode()).hexdigest()[:6]
 
     @property
     def journal(self) -> Path:

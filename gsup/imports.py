@@ -121,6 +121,7 @@ class LoadedFiles:
         self.seen = set(sys.modules)  # what the process had before any job: not a job's
         self.count = len(sys.modules)
         self.files: dict[str, int] = {}
+        self.modules: list[str] = []  # the names of those modules, as they came in
         self.lock = threading.Lock()
 
     def note(self, since: float | None = None) -> None:
@@ -136,6 +137,7 @@ class LoadedFiles:
                 self.seen.add(name)
                 file = getattr(sys.modules.get(name), "__file__", None)
                 if isinstance(file, str) and file.startswith(self.roots):
+                    self.modules.append(name)
                     mtime = _mtime(file)
                     fresh = since is None or mtime < (since - CLOCK_SLACK) * 1e9
                     self.files[file] = mtime if fresh else CHANGED

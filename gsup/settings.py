@@ -78,6 +78,15 @@ class SlurmSettings:
 
 
 @dataclass(frozen=True)
+class DaskSettings:
+    """`[backends.dask]` in gsup.toml."""
+
+    address: str | None = None  # the scheduler's, as Client() takes it: tcp://host:8786
+    slots: int = 10_000  # calls gsup keeps submitted to Dask at once, at most
+    connect: float = 10.0  # seconds a connection to the scheduler may take
+
+
+@dataclass(frozen=True)
 class Settings:
     paths: Paths
     pools: tuple[PoolSettings, ...] = field(
@@ -88,6 +97,7 @@ class Settings:
     )
     backend: str = "local"  # what runs a job that names no backend nor queue
     slurm: SlurmSettings = SlurmSettings()
+    dask: DaskSettings = DaskSettings()
     grace: float = 10.0  # seconds running jobs get when the daemon stops
     stop_grace: float = 2.0  # seconds a stopped thread gets before its pool is recycled
     max_message: int = MAX_MESSAGE
@@ -175,6 +185,7 @@ def load_settings(
         pools.append(PoolSettings(name, count, queue, int(max_result_mb * MB),
                                   int(max_log_mb * MB), int(min_free_mb * MB)))  # fmt: skip
     slurm = _slurm_settings(toml, file, int(max_result_mb * MB))
+    dask = _dask_settings(toml, file)
     backend, where = _pick(None, "", "GSUP_BACKEND", toml, "backend", "local", file)
     if backend not in BACKENDS:
         raise ConfigError(f"{where} must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -191,6 +202,7 @@ def load_settings(
         ),
         backend=backend,
         slurm=slurm,
+        dask=dask,
         group=group,
         min_free_mb=min_free_mb,
         max_result_mb=max_result_mb,
@@ -200,10 +212,29 @@ def load_settings(
     )
 
 
-def _slurm_settings(toml: dict, file: str, max_result: int) -> SlurmSettings:
+def _backend_section(toml: dict, name: str, file: str) -> dict:
     backends = _table(toml.get("backends"), "backends", file)
-    _known(backends, {"slurm"}, "backends.", file)
-    section = _table(backends.get("slurm"), "backends.slurm", file)
+    _known(backends, {"slurm", "dask"}, "backends.", file)
+    return _table(backends.get(name), f"backends.{name}", file)
+
+
+def _dask_settings(toml: dict, file: str) -> DaskSettings:
+    section = _backend_section(toml, "dask", file)
+    _known(section, {"address", "slots", "connect"}, "backends.dask.", file)
+    default = DaskSettings()
+    address, where = _pick(None, "", "GSUP_DASK_ADDRESS", section, "backends.dask.address",
+                           None, file)  # fmt: skip
+    if address is not None and not (isinstance(address, str) and address.strip()):
+        raise ConfigError(f"{where} must be an address such as tcp://host:8786, not {address!r}")
+    slots = _positive_int(*_pick(None, "", "", section, "backends.dask.slots", default.slots,
+                                 file), most=default.slots)  # fmt: skip
+    connect = _positive(*_pick(None, "", "", section, "backends.dask.connect", default.connect,
+                               file))  # fmt: skip
+    return DaskSettings(address, slots, connect)
+
+
+def _slurm_settings(toml: dict, file: str, max_result: int) -> SlurmSettings:
+    section = _backend_section(toml, "slurm", file)
     _known(section, {"slots", "poll", "sbatch"}, "backends.slurm.", file)
     default = SlurmSettings()
     slots = _positive_int(*_pick(None, "", "", section, "backends.slurm.slots", default.slots,

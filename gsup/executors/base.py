@@ -45,6 +45,8 @@ class Attempt:
     # The job must not run twice: it starts only once `confirm` says the journal holds
     # its start, so that a crash can never leave a run the journal does not know of.
     runs_once: bool = False
+    timeout: float | None = None  # seconds: the supervisor stops it then; an executor that
+    # cannot stop a running attempt (Dask) enforces it where the attempt runs
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class Executor(abc.ABC):
     # Its started attempts run on without the daemon (batch jobs): a stop does not wait
     # for them, `halt` leaves them running, and the next start re-attaches them.
     outlives_daemon: ClassVar[bool] = False
+    kinds: ClassVar[tuple[str, ...]] = ("call", "cmd")  # the kinds of job it runs
 
     def __init__(self, name: str) -> None:
         self.name = name

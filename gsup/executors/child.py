@@ -37,7 +37,7 @@ def read_outcome(path: Path) -> Outcome | None:
         return None
 
 
-def _write_outcome(path: Path, outcome: Outcome) -> None:
+def write_outcome(path: Path, outcome: Outcome) -> None:
     saved = {"ending": outcome.ending.value, "why": outcome.why}
     text = json.dumps({**saved, "fields": outcome.fields, "usage": outcome.usage})
     partial = path.with_name(path.name + ".partial")
@@ -52,7 +52,7 @@ def main(call_file: str, outcome_file: str) -> int:
     outcome = call_target(job, lambda: None, call["max_result"])
     sys.stdout.flush()
     sys.stderr.flush()
-    _write_outcome(Path(outcome_file), outcome)
+    write_outcome(Path(outcome_file), outcome)
     return 0 if outcome.ending == Ending.DONE else 1
 
 

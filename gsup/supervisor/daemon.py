@@ -22,12 +22,14 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from gsup import recovery
 from gsup.access import Access
-from gsup.config import SLURM
+from gsup.config import DASK, DEFAULT_POOL, SLURM
 from gsup.executors.base import Executor
+from gsup.executors.dask.executor import DaskPool
 from gsup.executors.local.executor import LocalPool
 from gsup.executors.slurm.executor import SlurmExecutor
 from gsup.journal.health import TRUNCATED, damage_line, make_journal, truncated
@@ -56,11 +58,14 @@ STATE_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 
 def make_executors(settings: Settings) -> dict[str, Executor]:
     """One local pool per configured pool (the local and process backends), and the
-    Slurm backend's executor."""
+    Slurm and Dask backends' executors."""
     executors: dict[str, Executor] = {
         pool.name: LocalPool(pool, settings.paths, settings.stop_grace) for pool in settings.pools
     }
     executors[SLURM] = SlurmExecutor(SLURM, settings.slurm, settings.paths)
+    limits = settings.pool(DEFAULT_POOL)  # of results and logs: the same for every pool
+    dask = replace(limits, name=DASK, threads=settings.dask.slots, queue_size=settings.dask.slots)
+    executors[DASK] = DaskPool(settings.dask, dask, settings.paths, settings.stop_grace)
     return executors
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gsup import __version__
-from gsup.config import POOL_NAMES, SLURM, pool_for
+from gsup.config import DASK, POOL_NAMES, SLURM, pool_for
 from gsup.journal import queries
 from gsup.journal.writer import Writer
 from gsup.lifecycle import Stop
@@ -128,9 +128,12 @@ class Handlers:
              "in_flight": len(lane.flights), "trouble": lane.executor.trouble}
             for name, lane in self.book.lanes.items() if name in POOL_NAMES
         ]  # fmt: skip
-        slurm = self.book.lanes[SLURM]
-        backends = {SLURM: {"slots": self.settings.slurm.slots, "in_flight": len(slurm.flights),
-                            "trouble": slurm.executor.trouble}}  # fmt: skip
+        slots = {SLURM: self.settings.slurm.slots, DASK: self.settings.dask.slots}
+        backends = {
+            name: {"slots": most, "in_flight": len(self.book.lanes[name].flights),
+                   "trouble": self.book.lanes[name].executor.trouble}
+            for name, most in slots.items()
+        }  # fmt: skip
         return {"pid": os.getpid(), "version": __version__, "started": self.started,
                 "stopping": self.book.stopping, "pools": pools, "backends": backends}  # fmt: skip
 
@@ -181,9 +184,15 @@ class Handlers:
                 raise RequestError(
                     f"sbatch options are for jobs of the slurm backend, not {spec.pool}"
                 )
-        slurm = self.book.lanes[SLURM].executor
-        if slurm.unusable and any(spec.pool == SLURM for spec in specs):
-            raise RequestError(f"the slurm backend cannot run jobs: {slurm.unusable}")
+        for pool, kind in {(spec.pool, spec.kind) for spec in specs}:
+            self._check_runs(pool, kind)
+
+    def _check_runs(self, pool: str, kind: str, where: str = "") -> None:
+        executor = self.book.lanes[pool].executor
+        if executor.unusable:
+            raise RequestError(f"{where}the {pool} backend cannot run jobs: {executor.unusable}")
+        if kind not in executor.kinds:
+            raise RequestError(f"{where}the {pool} backend runs calls, not commands")
 
     def _check_room(self, specs: list[JobSpec]) -> None:
         """Refuse new jobs when they would leave the disk nearly full: the room left is
@@ -282,10 +291,8 @@ class Handlers:
             raise RequestError(str(exc)) from None
         for transform in task.transforms:  # its units would stay queued forever
             pool = pool_for(transform.backend, transform.queue) or self.settings.default_pool
-            unusable = self.book.lanes[pool].executor.unusable
-            if unusable:
-                raise RequestError(f"transform {transform.name!r}: the {pool} backend cannot"
-                                   f" run jobs: {unusable}")  # fmt: skip
+            kind = "cmd" if transform.cmd else "call"
+            self._check_runs(pool, kind, f"transform {transform.name!r}: ")
         self.journal.log_command("task_submit", {"name": task.name}, conn.uid, conn.pid)
         return {"task": self.engine.submit(task, fields["task"], fields["context"], time.time())}
 

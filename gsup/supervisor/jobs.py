@@ -309,11 +309,9 @@ class JobBook:
         attempt = self.journal.open_attempt(job.id, executor.name, executor.backend, self.wall())
         flight = Flight(job.id, executor.name, job.priority, job.timeout, job.policy, attempt)
         lane.flights[job.id] = flight
-        executor.submit(
-            Attempt(
-                job.id, attempt, job.kind, job.target, job.spec, job.priority, job.policy.runs_once
-            )
-        )
+        runs_once = job.policy.runs_once
+        executor.submit(Attempt(job.id, attempt, job.kind, job.target, job.spec, job.priority,
+                                runs_once, job.timeout))  # fmt: skip
         if suspect:
             lane.maybe_queued = True
             return None

@@ -55,9 +55,9 @@ def add(
         typer.Option(
             "--backend",
             "-b",
-            help="What runs it: local (a pool thread), process (a process of its own) or"
-            " slurm (a Slurm batch job) [default: the daemon's, local unless gsup.toml says"
-            " otherwise]",
+            help="What runs it: local (a pool thread), process (a process of its own),"
+            " slurm (a Slurm batch job) or dask (a call on a Dask cluster) [default: the"
+            " daemon's, local unless gsup.toml says otherwise]",
         ),
     ] = None,
     sbatch: Annotated[

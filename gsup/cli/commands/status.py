@@ -41,16 +41,17 @@ def _status_text(info: dict[str, Any]) -> str:
         f"{', frozen' if p['frozen'] else ''}{', ' + p['trouble'] if p.get('trouble') else ''})"
         for p in info["pools"]
     )
-    slurm = info["backends"]["slurm"]
-    slurm_line = f"{slurm['in_flight']} jobs (at most {slurm['slots']})"
-    if slurm["trouble"]:
-        slurm_line += f"; {slurm['trouble']}"
+    backends = "".join(
+        f"\n{f'{name}:':6} {b['in_flight']} jobs (at most {b['slots']})"
+        + (f"; {b['trouble']}" if b["trouble"] else "")
+        for name, b in info["backends"].items()
+    )
     jobs = ", ".join(f"{count} {state}" for state, count in sorted(info["jobs"].items()))
     state = "stopping" if info["stopping"] else "running"
     return (
         f"gsup {info['version']}: {state}, pid {info['pid']}, up"
         f" {_duration(time.time() - info['started'])}\n"
-        f"home:  {info['home']}\npools: {pools}\nslurm: {slurm_line}\njobs:  {jobs or 'none'}"
+        f"home:  {info['home']}\npools: {pools}{backends}\njobs:  {jobs or 'none'}"
     )
 
 

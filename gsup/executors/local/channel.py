@@ -8,7 +8,7 @@ supervisor -> pool: ("run", job_id, attempt_id, kind, target, spec_json, priorit
                     ("stop", job_id)            stop it, whether it has started or not
                     ("recall", job_id)          give it back if it has not started
 pool -> supervisor: ("ready", pid)
-                    ("start", job_id, worker_index, at)
+                    ("start", job_id, where, at)   where: "Worker_3", a Dask key
                     ("end", job_id, ending, why, outcome, usage)
                     where ending is an Ending's value (gsup.lifecycle)
                     ("stale", why)              a file its jobs imported changed: it

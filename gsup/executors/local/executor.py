@@ -111,8 +111,7 @@ class PoolProcessHandle:
         pool = self.pool
         try:
             # It closes every descriptor but `theirs` and its stdio (see descriptors.py).
-            args = (pool.settings, theirs, str(pool.paths.home), list(self.context))
-            process = Forked(pool_main, args)
+            process = Forked(pool.process_main, pool.process_args(theirs, self.context))
             process.start()
         except BaseException:
             ours.close()
@@ -229,6 +228,8 @@ class LocalPool(Executor):
     backend = "local"
     shared_fate = True
 
+    process_main = staticmethod(pool_main)  # what its forked processes run
+
     def __init__(self, settings: PoolSettings, paths: Paths, stop_grace: float) -> None:
         super().__init__(settings.name)
         self.backend = "process" if settings.isolated else "local"  # type: ignore[misc]
@@ -251,6 +252,14 @@ class LocalPool(Executor):
     @property
     def alive(self) -> bool:
         return any(handle.alive for handle in self.processes.values())
+
+    def process_args(self, channel: socket.socket, context: Context) -> tuple[Any, ...]:
+        """The arguments of `process_main` in the process for `context`."""
+        return (self.settings, channel, str(self.paths.home), list(context))
+
+    def most_processes(self) -> int:
+        """Processes kept at once: one per thread at most (each context needs one)."""
+        return self.settings.threads
 
     # --- the contract --------------------------------------------------------------
 
@@ -355,9 +364,10 @@ class LocalPool(Executor):
         handle.jobs.add(a.job)
         handle.last_used = self.loop.now()
         self.sent += 1
-        handle.outbox.append(
-            ("run", a.job, a.attempt, a.kind, a.target, a.spec, a.priority, a.runs_once)
-        )
+        handle.outbox.append(self.run_message(a))
+
+    def run_message(self, a: Attempt) -> tuple[Any, ...]:
+        return ("run", a.job, a.attempt, a.kind, a.target, a.spec, a.priority, a.runs_once)
 
     def _hand_ahead_to(self, held: Held) -> PoolProcessHandle | None:
         """Where `held` may go ahead of a free thread: only while every attempt held is of
@@ -384,7 +394,7 @@ class LocalPool(Executor):
         return handle if handle is not None and handle.alive else None
 
     def _new_process(self, context: Context) -> PoolProcessHandle | None:
-        if len(self.processes) >= self.settings.threads and not self._retire_idle():
+        if len(self.processes) >= self.most_processes() and not self._retire_idle():
             return None
         handle = self.processes[context] = PoolProcessHandle(self, context)
         handle.spawn()
@@ -415,12 +425,12 @@ class LocalPool(Executor):
     def message(self, handle: PoolProcessHandle, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "start":
-            _, job, worker, at = message
+            _, job, where, at = message
             held = self.held.get(job)
             if held is not None and held.process is handle:
                 held.started = True
                 handle.served = True
-                self.reports.started(self, job, f"Worker_{worker}", at)
+                self.reports.started(self, job, where, at)
         elif kind == "end":
             _, job, ending, why, outcome, usage = message
             held = self.held.get(job)

@@ -81,9 +81,12 @@ class Reporter:
         self._sent = 0  # reports sent so far
 
     def report(self, *message: Any) -> None:
+        self.report_all([message])
+
+    def report_all(self, messages: list[tuple[Any, ...]]) -> None:
         with self._queue_lock:
-            self._queued.append(message)
-            self._tickets += 1
+            self._queued.extend(messages)
+            self._tickets += len(messages)
             ticket = self._tickets
         with self._send_lock:
             if self._sent >= ticket:
@@ -240,7 +243,7 @@ class PoolProcess:
                 continue
             # In the socket before any of the job's code runs (see the module's doc).
             started = time.time()
-            self.report("start", job.id, worker.index, started)
+            self.report("start", job.id, f"Worker_{worker.index}", started)
             outcome = self._run(worker, job)
             self.stdio.restore()  # a job that closed 0, 1 or 2 does not break the next
             # What it imported as it ran, before its end is told: a client may edit a

@@ -168,11 +168,22 @@ def call_target(job: PoolJob, imported: Callable[[], None], max_result: int) -> 
     try:
         func, args, kwargs = load_call(job.target, spec.get("arguments"), spec.get("pickled"))
     except TargetError as exc:
-        error = f"TargetError: {exc}"
-        causes = ["TargetError", RECURRING]
-        return Outcome(Ending.FAILED, str(exc), {"error": error, "causes": causes})
+        return unloadable(exc)
     finally:
         imported()
+    return invoke(job, func, args, kwargs, max_result)
+
+
+def unloadable(exc: TargetError) -> Outcome:
+    """A target that cannot be imported or called so: it will not be better on a retry."""
+    error = f"TargetError: {exc}"
+    return Outcome(Ending.FAILED, str(exc), {"error": error, "causes": ["TargetError", RECURRING]})
+
+
+def invoke(job: PoolJob, func: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
+           max_result: int) -> Outcome:  # fmt: skip
+    """Call a loaded target in this thread: how it ended, and its thread's CPU time."""
+    spec = job.spec
     cpu = time.thread_time()
     try:
         _make_outdir(spec)

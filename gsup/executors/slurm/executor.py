@@ -17,7 +17,6 @@ the supervisor, by its absolute path, never waited for (commands.Run).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import heapq
 import json
 import os
@@ -90,7 +89,7 @@ class SlurmExecutor(Executor):
         self.bad_lines = 0  # squeue lines not understood in the last poll
         self.landings: Landings | None = None
         # Slurm job names: gsup-TAG-JOB-ATTEMPT, TAG telling this state dir's from others'
-        self.prefix = f"gsup-{hashlib.sha1(str(paths.home).encode()).hexdigest()[:6]}-"
+        self.prefix = f"gsup-{paths.tag}-"
         self.tools: dict[str, str] = {}  # absolute paths: a command's PATH may lack them
 
     # --- the contract --------------------------------------------------------------

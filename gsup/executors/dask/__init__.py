@@ -1,0 +1,1 @@
+"""The Dask backend: calls on a `distributed` scheduler (the `gsup[dask]` extra)."""

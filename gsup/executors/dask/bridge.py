@@ -1,0 +1,326 @@
+"""A Dask bridge: the process that hands one import context's calls to a Dask scheduler.
+
+A Dask client runs its event loop in a thread, and the supervisor keeps threads out of
+itself: so the Dask backend (executor.py) forks a bridge per import context, as the
+local backend forks a pool process per context, and speaks to it over the same
+channel (channel.py; a "run" carries the job's timeout last). The bridge imports a
+job's target in its context as a pool process would, retiring once one of those files
+has changed, then submits the call by value (see remote.py): cloudpickle, with the
+context's own modules registered by value.
+
+A job is reported started once it is handed to Dask, and ended when its future is:
+finished (the call's outcome, and its output written to the job's logs), cancelled
+without a stop of ours (the scheduler restarted, or the connection to it dropped) or
+erred (the workers running it died): lost, and so resubmitted by the supervisor.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import json
+import marshal
+import os
+import pickle
+import socket
+import sys
+import threading
+import time
+import traceback
+import types
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from gsup.config import Paths
+from gsup.executors.dask import remote
+from gsup.executors.local.channel import FrameReader
+from gsup.executors.local.descriptors import wal_indexes
+from gsup.executors.local.forked import leave_supervisor
+from gsup.executors.local.pool import Reporter
+from gsup.executors.local.runner import Outcome, PoolJob, describe, unloadable
+from gsup.imports import LoadedFiles, use_import_path
+from gsup.lifecycle import Ending
+from gsup.settings import DaskSettings, PoolSettings
+from gsup.targets import TargetError, load_call
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, but code keeps its file name (cloudpickle writes <dynamic-code>), so
+    that a traceback from a worker names the job's files and, where it can read them,
+    shows their lines. marshal's format is the interpreter's: a worker must run the
+    daemon's Python version, as it must for cloudpickle's code objects anyway."""
+
+    dispatch_table = collections.ChainMap(
+        {types.CodeType: lambda code: (marshal.loads, (marshal.dumps(code),))},
+        cloudpickle.Pickler.dispatch_table,
+    )
+
+
+def dumps(value: Any) -> bytes:
+    out = io.BytesIO()
+    _Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return out.getvalue()
+
+
+LOST = "Dask lost it: the scheduler restarted, or the connection to it dropped"
+Prepared = tuple[PoolJob, bytes, dict[str, Any]]  # a job, its call's bytes, remote.run's meta
+
+
+class Bridge:
+    def __init__(self, dask: DaskSettings, pool: PoolSettings, sock: socket.socket,
+                 paths: Paths, context: list[str]) -> None:  # fmt: skip
+        self.dask, self.pool, self.paths = dask, pool, paths
+        entries, self.notes = use_import_path(context)
+        self.loaded = LoadedFiles(entries)
+        self.registered = 0  # of loaded.modules, registered to be pickled by value
+        self.reporter = Reporter(sock, self.exit)
+        self.sock = sock
+        self.prefix = f"gsup-{paths.tag}-"
+        self.client: Any = None
+        # Guarded by `lock`: what Dask holds (job -> future), the runs-once jobs that wait
+        # for their go-ahead, and futures that are done and not yet settled.
+        self.lock = threading.Lock()
+        self.futures: dict[int, Any] = {}
+        self.jobs_of: dict[str, int] = {}  # a future's key -> its job
+        self.unconfirmed: dict[int, Prepared] = {}
+        self.done: list[Any] = []
+        self.done_ready = threading.Condition(self.lock)
+        self.retiring: str | None = None
+
+    # --- the main thread: the supervisor's messages -----------------------------------
+
+    def serve(self) -> None:
+        try:
+            from distributed import Client
+
+            self.client = Client(self.dask.address, timeout=self.dask.connect,
+                                 set_as_default=False)  # fmt: skip
+        except Exception as exc:  # unreachable, a bad address, a refused handshake
+            why = f"cannot reach the Dask scheduler at {self.dask.address}: {describe(exc)}"
+            self.reporter.report("unstartable", why)
+            os._exit(0)
+        self.reporter.report("ready", os.getpid())
+        threading.Thread(target=self._settle_forever, name="settle", daemon=True).start()
+        reader = FrameReader()
+        while data := self._receive():
+            batch: list[Prepared] = []
+            replies: list[tuple[Any, ...]] = []
+            for message in reader.feed(data):
+                self._handle(message, batch, replies)
+            self.reporter.report_all(replies)
+            self._submit(batch)
+        self.exit()
+
+    def _receive(self) -> bytes:
+        try:
+            return self.sock.recv(1 << 16)
+        except OSError:
+            return b""
+
+    def _handle(self, message: tuple[Any, ...], batch: list[Prepared],
+                replies: list[tuple[Any, ...]]) -> None:  # fmt: skip
+        kind = message[0]
+        if kind == "run":
+            _, job_id, attempt, _, target, spec, _, runs_once, timeout = message
+            job = PoolJob(job_id, attempt, "call", target, json.loads(spec), runs_once)
+            self._take(job, timeout, batch, replies)
+        elif kind == "go":
+            with self.lock:
+                prepared = self.unconfirmed.pop(message[1], None)
+            if prepared is not None:
+                batch.append(prepared)
+        elif kind == "stop":
+            replies.extend(self._stop(message[1]))
+        # "recall": every job it was sent is handed to Dask (started) at once: it runs
+
+    def _take(self, job: PoolJob, timeout: float | None, batch: list[Prepared],
+              replies: list[tuple[Any, ...]]) -> None:  # fmt: skip
+        changed = self.loaded.changed()
+        if self.retiring is None and changed is not None:
+            self._retire(f"given back: {changed} changed since it was imported", replies)
+        if self.retiring is not None:
+            replies.append(("end", job.id, Ending.RECALLED.value, self.retiring, {}, {}))
+            return
+        replies.append(("start", job.id, self._key(job), time.time()))
+        prepared = self._prepare(job, timeout)
+        if isinstance(prepared, Outcome):
+            replies.append(("end", job.id, prepared.ending.value, prepared.why, prepared.fields,
+                            prepared.usage))  # fmt: skip
+        elif job.runs_once:
+            with self.lock:
+                self.unconfirmed[job.id] = prepared
+        else:
+            batch.append(prepared)
+
+    def _prepare(self, job: PoolJob, timeout: float | None) -> Prepared | Outcome:
+        """Import the target here, and make the bytes that carry it to a worker."""
+        spec = job.spec
+        try:
+            func, args, kwargs = load_call(job.target, spec.get("arguments"), spec.get("pickled"))
+        except TargetError as exc:
+            return unloadable(exc)
+        finally:
+            self.loaded.note()
+            self._by_value()
+        try:
+            payload = dumps((func, args, kwargs))
+        except Exception as exc:  # a lock, an open file among the arguments...
+            why = f"cannot send the call to Dask: {describe(exc)}"
+            return Outcome(Ending.FAILED, why, {"error": why})
+        if self.notes:  # warnings about its import path, as a pool would print them
+            self._write_log(job.id, job.attempt, "err", "".join(f"{note}\n" for note in self.notes))
+        meta = {"job": job.id, "attempt": job.attempt, "target": job.target,
+                "unit": spec.get("unit"), "timeout": timeout,
+                "max_result": self.pool.max_result, "max_log": self.pool.max_log}  # fmt: skip
+        return job, payload, meta
+
+    def _by_value(self) -> None:
+        """The context's own modules travel with each call, never by name: a worker
+        would import another folder's module of that name, or none."""
+        modules = self.loaded.modules
+        while self.registered < len(modules):
+            module = sys.modules.get(modules[self.registered])
+            if module is not None:
+                cloudpickle.register_pickle_by_value(module)
+            self.registered += 1
+
+    def _key(self, job: PoolJob) -> str:
+        return f"{self.prefix}{job.id}-{job.attempt}"
+
+    def _submit(self, batch: list[Prepared]) -> None:
+        """One map for all the calls of a turn: one message to the scheduler."""
+        if not batch:
+            return
+        keys = [self._key(job) for job, _, _ in batch]
+        payloads = [payload for _, payload, _ in batch]
+        metas = [meta for _, _, meta in batch]
+        futures = self.client.map(remote.run, payloads, metas, key=keys, pure=False)
+        with self.lock:
+            for (job, _, _), key, future in zip(batch, keys, futures, strict=True):
+                self.futures[job.id] = future
+                self.jobs_of[key] = job.id
+        for future in futures:
+            future.add_done_callback(self._done)
+
+    def _stop(self, job_id: int) -> list[tuple[Any, ...]]:
+        """A stopped job's future is cancelled: it ends at once. Dask cannot interrupt a
+        running task: its worker ends it at its timeout (see remote.py), or lets it end."""
+        with self.lock:
+            if self.unconfirmed.pop(job_id, None) is not None:
+                return [("end", job_id, Ending.RECALLED.value, "stopped before it ran", {}, {})]
+            future = self.futures.pop(job_id, None)
+            if future is None:
+                return []  # ended already
+            self.jobs_of.pop(future.key, None)
+        with contextlib.suppress(Exception):  # the scheduler gone: the future is lost anyway
+            future.cancel()
+        return [("end", job_id, Ending.STOPPED.value, "stopped", {}, {})]
+
+    def _retire(self, why: str, replies: list[tuple[Any, ...]]) -> None:
+        """A file of its context changed: it gives back the jobs not handed to Dask, and
+        exits once Dask has none of its jobs left (see _settle)."""
+        self.retiring = why
+        replies.append(("stale", why))
+        with self.lock:
+            given_back, self.unconfirmed = list(self.unconfirmed), {}
+        replies.extend(("end", job, Ending.RECALLED.value, why, {}, {}) for job in given_back)
+
+    def exit(self) -> None:
+        os._exit(0)  # the scheduler forgets this client's futures: Dask stops what it can
+
+    # --- the settling thread: futures that are done ---------------------------------------
+
+    def _done(self, future: Any) -> None:
+        """From Dask's callback thread: quick, the settling thread does the work."""
+        with self.done_ready:
+            self.done.append(future)
+            self.done_ready.notify()
+
+    def _settle_forever(self) -> None:
+        """Settle what is done; on a bug here, exit (its jobs are lost and resubmitted)
+        rather than leave them unsettled."""
+        try:
+            self._settle_until_retired()
+        except BaseException:
+            traceback.print_exc()
+        self.exit()
+
+    def _settle_until_retired(self) -> None:
+        while True:
+            with self.done_ready:
+                while not self.done:
+                    self.done_ready.wait()
+                done, self.done = self.done, []
+            self.reporter.report_all(self._settle(done))
+            with self.lock:
+                idle = self.retiring is not None and not self.futures and not self.unconfirmed
+            if idle:
+                return
+
+    def _settle(self, done: list[Any]) -> list[tuple[Any, ...]]:
+        with self.lock:
+            ours = [(self.jobs_of.pop(f.key), f) for f in done if f.key in self.jobs_of]
+            for job, _ in ours:
+                del self.futures[job]
+        finished = [future for _, future in ours if future.status == "finished"]
+        results = dict(zip([f.key for f in finished], self._gather(finished), strict=True))
+        ends = []
+        for job, future in ours:
+            if future.key in results:
+                ends.append(self._finished(job, future.key, results[future.key]))
+            else:
+                ends.append(("end", job, *self._failed(future)))
+        return ends
+
+    def _gather(self, futures: list[Any]) -> list[Any]:
+        """Their results in one round trip; one by one if that fails (a result lost
+        meanwhile: that one is None)."""
+        try:
+            return self.client.gather(futures)
+        except Exception:
+            return [self._result(future) for future in futures]
+
+    def _result(self, future: Any) -> Any:
+        try:
+            return future.result()
+        except Exception:
+            return None
+
+    def _finished(self, job: int, key: str, result: Any) -> tuple[Any, ...]:
+        if not isinstance(result, dict):
+            return ("end", job, Ending.LOST.value, LOST, {}, {})
+        attempt = int(key.rsplit("-", 1)[1])
+        for stream, text in result["output"].items():
+            if text:
+                self._write_log(job, attempt, stream, text)
+        return ("end", job, result["ending"], result["why"], result["fields"], result["usage"])
+
+    def _failed(self, future: Any) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
+        """A future that did not finish: cancelled by no stop of ours, or erred."""
+        if future.status != "error":
+            return Ending.LOST.value, LOST, {}, {}
+        try:
+            exc = future.exception()
+        except Exception as raised:
+            exc = raised
+        why = f"Dask: {describe(exc)}"
+        if type(exc).__name__ == "KilledWorker":  # the workers that ran it died
+            return Ending.LOST.value, why, {}, {}
+        return Ending.FAILED.value, why, {"error": why}, {}
+
+    def _write_log(self, job: int, attempt: int, stream: str, text: str) -> None:
+        file = self.paths.job_output(job, stream, attempt)
+        with contextlib.suppress(OSError), open(file, "a") as log:  # a full disk loses
+            log.write(text)  # output, never the job
+
+
+def bridge_main(dask: DaskSettings, pool: PoolSettings, sock: socket.socket, home: str,
+                context: list[str]) -> None:  # fmt: skip
+    """Entry point of a forked bridge, for the calls whose import path is `context`."""
+    sock = leave_supervisor(sock, b"gsup-dask", keep=wal_indexes())
+    paths = Paths(Path(home))
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    Bridge(dask, pool, sock, paths, context).serve()
