@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import gsup_side, huey_side, scale, slurm_side
+from bench import dask_side, gsup_side, huey_side, scale, slurm_side
 from bench.figures import Samples, all_rows, notes
 from bench.measure import gaps, median, percentile
 from bench.plan import FULL, SMOKE, Plan
@@ -169,6 +169,18 @@ def measure_slurm(samples: Samples, plan: Plan, root: Path) -> None:
     log(f"slurm: gsup {figures.gsup_seconds:.1f} s, sbatch {figures.sbatch_seconds:.1f} s")
 
 
+def measure_dask(samples: Samples, plan: Plan, ws: gsup_side.Workspace) -> None:
+    if not dask_side.available():
+        log("distributed is not installed (pip install '.[dask]'): no dask figures")
+        return
+    log(f"dask: {plan.dask_calls:,} no-op calls through gsup and through client.map")
+    figures = dask_side.measure(ws, plan.dask_calls, plan.reps)
+    for gsup_seconds, map_seconds in zip(figures.gsup_seconds, figures.map_seconds, strict=True):
+        samples.add("dask.gsup", gsup_seconds)
+        samples.add("dask.map", map_seconds)
+        log(f"dask: gsup {gsup_seconds:.2f} s, client.map {map_seconds:.2f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     # A SIGTERM ends the run through the finally blocks that stop daemons and consumers.
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
@@ -190,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         measure_comparative(samples, plan, ws, hw, before)
         measure_scale(samples, plan, ws)
         measure_slurm(samples, plan, root)
+        measure_dask(samples, plan, ws)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows = all_rows(samples, plan)

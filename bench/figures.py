@@ -224,7 +224,9 @@ def _rss_rows(readings: list[RssReading]) -> list[Row]:
 
 
 def all_rows(s: Samples, plan: Plan) -> list[Row]:
-    return comparative_rows(s, plan) + scale_rows(s, plan) + slurm_rows(s, plan)
+    return (
+        comparative_rows(s, plan) + scale_rows(s, plan) + slurm_rows(s, plan) + dask_rows(s, plan)
+    )
 
 
 def slurm_rows(s: Samples, plan: Plan) -> list[Row]:
@@ -237,6 +239,14 @@ def slurm_rows(s: Samples, plan: Plan) -> list[Row]:
              " outcomes land", f and f.squeue_per_poll, 1, 2),
         _row(f"slurm: squeue calls per poll interval, {plan.slurm_followed:,} jobs followed",
              f and f.followed_per_poll, 1, 2, "<= 1.2x", _at_most_ratio(1.2)),
+    ]  # fmt: skip
+
+
+def dask_rows(s: Samples, plan: Plan) -> list[Row]:
+    return [
+        _row(f"dask: {plan.dask_calls:,} no-op calls through gsup, add to end (s) vs"
+             " client.map and gather", s.median("dask.gsup"), s.median("dask.map"), 2,
+             "<= 2x", _at_most_ratio(2.0)),
     ]  # fmt: skip
 
 
@@ -325,6 +335,7 @@ def notes(plan: Plan) -> list[str]:
         "no-op jobs have run, added with add_many 10,000 at a time, the next batch added "
         "while the last one runs.",
         SLURM_NOTE.format(jobs=plan.slurm_jobs, followed=plan.slurm_followed),
+        DASK_NOTE.format(calls=plan.dask_calls),
     ]
 
 
@@ -336,4 +347,12 @@ SLURM_NOTE = (
     "`squeue --me` every 2 s until it lists none. squeue calls are counted by a wrapper "
     "on the daemon's PATH; the last row over 10 s while gsup follows {followed:,} "
     "`sleep 120` jobs (32 run, the rest pend), cancelled after."
+)
+
+DASK_NOTE = (
+    "dask: one LocalCluster at Dask's defaults (a worker process per core, no dashboard) "
+    "for the run. Plain Dask: `client.map(noop, range({calls:,}))` then `client.gather`; "
+    'gsup: `queues.add_many(noop, range({calls:,}), backend="dask")` to the answer of '
+    "one wait on them all, the daemon at its defaults (a fresh one each time); the two "
+    "alternate."
 )

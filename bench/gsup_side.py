@@ -23,7 +23,7 @@ from typing import Any
 from bench.measure import gaps, idle_cpu_percent, run_seconds
 from bench.processes import Spawned, console_script
 
-NOOP_SOURCE = "def noop():\n    return None\n"
+NOOP_SOURCE = "def noop(*args):\n    return None\n"
 WAIT_TIMEOUT = 900.0  # seconds; only a broken daemon takes this long
 SETTLE = 1.0  # seconds an idle daemon gets before its CPU is sampled
 REPOSITORY = Path(__file__).resolve().parent.parent

@@ -45,6 +45,7 @@ class Plan:
     prune_keep: int  # ...to this many, compared with a fresh journal of as many
     slurm_jobs: int  # `true` jobs through gsup's slurm backend, against sbatch in a loop
     slurm_followed: int  # Slurm jobs gsup follows at once while its squeue calls are counted
+    dask_calls: int  # no-op calls through gsup's dask backend, against client.map
 
 
 FULL = Plan(
@@ -69,6 +70,7 @@ FULL = Plan(
     prune_keep=10_000,
     slurm_jobs=1_000,
     slurm_followed=2_000,
+    dask_calls=10_000,
 )
 
 SMOKE = Plan(
@@ -93,4 +95,5 @@ SMOKE = Plan(
     prune_keep=2_000,
     slurm_jobs=20,
     slurm_followed=40,
+    dask_calls=200,
 )

@@ -174,7 +174,7 @@ def test_the_api_takes_a_backend_and_refuses_an_unknown_one(
     assert (job.result(timeout=60), job.state) == (1, "done")
     assert journal_rows(home, "SELECT pool FROM jobs WHERE id = ?", (job.id,)) == [("process",)]
     with pytest.raises(
-        BadOptions, match=r"^unknown backend 'cloud'; choose from local, process, slurm$"
+        BadOptions, match=r"^unknown backend 'cloud'; choose from local, process, slurm, dask$"
     ):
         queues.add(f"{proc}:count", backend="cloud")
     with pytest.raises(BadOptions, match=r"^queue user is a pool of the local backend, not of"):
@@ -197,7 +197,7 @@ def test_an_unknown_default_backend_stops_the_daemon_at_start_in_one_line(env, h
     ended = run_daemon_expecting_exit(env)
     assert ended.returncode != 0
     assert ended.stderr == (
-        f"gsup: error: backend in {home}/gsup.toml must be one of local, process, slurm,"
+        f"gsup: error: backend in {home}/gsup.toml must be one of local, process, slurm, dask,"
         " not 'cloud'\n"
     )
 

@@ -366,7 +366,7 @@ BAD_FILES = [
     ),
     (
         HEAD + 'cmd = ["true"]\nunits = [1]\nbackend = "cloud"  # <-\n',
-        "transform 'gen': unknown backend 'cloud'; choose from local, process, slurm",
+        "transform 'gen': unknown backend 'cloud'; choose from local, process, slurm, dask",
     ),
     (
         HEAD + 'cmd = ["true"]\nunits = [1]\nsbatch = ["--partition=x"]  # <-\n',
