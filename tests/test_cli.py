@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -224,6 +225,13 @@ def _slurm_missing() -> str:
     return f"; {', '.join(missing)} not found on the daemon's PATH" if missing else ""
 
 
+def _dask_unusable() -> str:
+    """What status says of the dask backend, which has no address here."""
+    if importlib.util.find_spec("distributed") is None:
+        return "the distributed package is not installed: pip install 'gsup[dask]'"
+    return "no scheduler address: set [backends.dask] address in gsup.toml (or GSUP_DASK_ADDRESS)"
+
+
 def test_status_tells_whether_the_daemon_is_up(make_daemon, gsup, home):
     down = gsup("status", check=False)
     assert down.returncode == 1
@@ -238,6 +246,7 @@ def test_status_tells_whether_the_daemon_is_up(make_daemon, gsup, home):
         "pools: user 5 threads (0 in flight), monitoring 5 threads (0 in flight),"
         f" process {os.cpu_count()} threads (0 in flight)",
         "slurm: 0 jobs (at most 10000)" + _slurm_missing(),
+        "dask:  0 jobs (at most 10000); " + _dask_unusable(),
         "jobs:  1 done",
     ]
     info = json.loads(gsup("status", "--json").stdout)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Cli, alive, wait_until
+from conftest import Cli, alive, journal_rows, wait_until
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
@@ -162,8 +162,11 @@ def test_a_job_dask_forgot_in_a_scheduler_restart_is_submitted_again(
         first.close()
     with _cluster(port):
         assert gsup.wait(job) == {job: "done"}
-    attempts = gsup.show(job)["attempts_list"]
-    assert [a["outcome"] for a in attempts] == ["lost", "done"]
+    first, second = gsup.show(job)["attempts_list"]
+    assert (first["outcome"], first["charged"], second["outcome"]) == ("queued", 0, "done")
+    assert first["reason"] == (
+        "Dask forgot it: the scheduler restarted, or the connection to it dropped"
+    )
 
 
 def test_a_daemon_killed_under_a_running_dask_job_submits_it_again(
@@ -215,3 +218,62 @@ def test_jobs_wait_while_the_scheduler_is_unreachable_and_run_once_it_is(
     assert line == f"dask:  0 jobs (at most 10000); {trouble}: {timed_out}"
     with _cluster(port):
         assert gsup.wait(job) == {job: "done"}
+
+
+CHAIN = """
+[task]
+name = "chain"
+
+[[transform]]
+name = "gen"
+target = "chainjobs:gen"
+units = [[1], [2], [3]]
+outputs = ["n.txt"]
+
+[[transform]]
+name = "square"
+backend = "dask"
+target = "chainjobs:square"
+inputs_from = "gen"
+outputs = ["sq.txt"]
+merger = "text"
+"""
+
+CHAIN_JOBS = """
+from gsup import current
+
+def gen(n):
+    (current().outdir / "n.txt").write_text(str(n))
+
+def square():
+    run = current()
+    n = int(run.inputs[0].read_text())
+    (run.outdir / "sq.txt").write_text(f"{n * n}\\n")
+"""
+
+
+def test_a_local_stage_chains_into_a_dask_stage(dask_env, make_daemon, gsup, home):
+    make_daemon()
+    (gsup.cwd / "chainjobs.py").write_text(CHAIN_JOBS)
+    (gsup.cwd / "chain.toml").write_text(CHAIN)
+    task = int(gsup("task", "submit", "chain.toml").stdout)
+    waited = gsup("task", "wait", str(task), timeout=120)
+    assert waited.stdout.splitlines()[-1] == f"task {task} completed"
+    pools = journal_rows(home, "SELECT DISTINCT substr(name, 7, 3), pool FROM jobs"
+                               " WHERE name GLOB 'chain/*/[0-9]*' ORDER BY 1")  # fmt: skip
+    assert pools == [("gen", "user"), ("squ", "dask")]
+    merged = home / "tasks" / str(task) / "square" / "merged.txt"
+    assert sorted(merged.read_text().split()) == ["1", "4", "9"]
+
+
+def test_a_task_of_commands_for_dask_is_refused(dask_env, make_daemon, gsup):
+    make_daemon()
+    (gsup.cwd / "t.toml").write_text(
+        '[task]\nname = "t"\n[[transform]]\nname = "a"\nbackend = "dask"\n'
+        'cmd = ["true"]\nunits = [[1]]\n'
+    )
+    refused = gsup("task", "submit", "t.toml", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().endswith(
+        "transform 'a': the dask backend runs calls, not commands"
+    )

@@ -253,7 +253,7 @@ def test_a_refusal_quotes_a_huge_value_short(daemon):
     assert [reply["error"] for reply in refusals] == [
         f"job id must be a positive integer, not {quoted}",
         f"unknown request {quoted}",
-        f"unknown queue {quoted}; choose from user, monitoring, process, slurm",
+        f"unknown queue {quoted}; choose from user, monitoring, process, slurm, dask",
     ]
 
 

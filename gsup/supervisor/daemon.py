@@ -27,7 +27,7 @@ from typing import Any
 
 from gsup import recovery
 from gsup.access import Access
-from gsup.config import DASK, DEFAULT_POOL, SLURM
+from gsup.config import DASK, DEFAULT_POOL, POOL_NAMES, SLURM
 from gsup.executors.base import Executor
 from gsup.executors.dask.executor import DaskPool
 from gsup.executors.local.executor import LocalPool
@@ -292,9 +292,10 @@ class Supervisor:
             f" {sum(not f.started for f in lane.flights.values())} handed over"
             f"{', frozen' if lane.frozen else ''})"
             for name, lane in self.book.lanes.items()
-            if name != SLURM
+            if name in POOL_NAMES
         )
-        pools += f"; slurm {len(self.book.lanes[SLURM].flights)} jobs"
+        for backend in (SLURM, DASK):
+            pools += f"; {backend} {len(self.book.lanes[backend].flights)} jobs"
         state = "stopping" if self.book.stopping else "running"
         if self.journal.failure is not None:
             state += f", journal not writable ({self.journal.failure})"

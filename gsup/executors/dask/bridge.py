@@ -10,8 +10,9 @@ context's own modules registered by value.
 
 A job is reported started once it is handed to Dask, and ended when its future is:
 finished (the call's outcome, and its output written to the job's logs), cancelled
-without a stop of ours (the scheduler restarted, or the connection to it dropped) or
-erred (the workers running it died): lost, and so resubmitted by the supervisor.
+without a stop of ours (the scheduler restarted, or the connection to it dropped:
+interrupted, and resubmitted uncharged) or erred (the workers that ran it died: lost,
+and resubmitted as the job's policy says).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def dumps(value: Any) -> bytes:
     return out.getvalue()
 
 
-LOST = "Dask lost it: the scheduler restarted, or the connection to it dropped"
+FORGOTTEN = "Dask forgot it: the scheduler restarted, or the connection to it dropped"
 Prepared = tuple[PoolJob, bytes, dict[str, Any]]  # a job, its call's bytes, remote.run's meta
 
 
@@ -79,6 +80,8 @@ class Bridge:
         self.reporter = Reporter(sock, self.exit)
         self.sock = sock
         self.prefix = f"gsup-{paths.tag}-"
+        # A call's output comes back in its result: no more of it than of a result
+        self.max_output = min(pool.max_log, pool.max_result)
         self.client: Any = None
         # Guarded by `lock`: what Dask holds (job -> future), the runs-once jobs that wait
         # for their go-ahead, and futures that are done and not yet settled.
@@ -174,7 +177,7 @@ class Bridge:
             self._write_log(job.id, job.attempt, "err", "".join(f"{note}\n" for note in self.notes))
         meta = {"job": job.id, "attempt": job.attempt, "target": job.target,
                 "unit": spec.get("unit"), "timeout": timeout,
-                "max_result": self.pool.max_result, "max_log": self.pool.max_log}  # fmt: skip
+                "max_result": self.pool.max_result, "max_log": self.max_output}  # fmt: skip
         return job, payload, meta
 
     def _by_value(self) -> None:
@@ -197,7 +200,10 @@ class Bridge:
         keys = [self._key(job) for job, _, _ in batch]
         payloads = [payload for _, payload, _ in batch]
         metas = [meta for _, _, meta in batch]
-        futures = self.client.map(remote.run, payloads, metas, key=keys, pure=False)
+        try:
+            futures = self.client.map(remote.run, payloads, metas, key=keys, pure=False)
+        except Exception as exc:  # the client closed: it could not reconnect in time
+            self._scheduler_lost(exc)
         with self.lock:
             for (job, _, _), key, future in zip(batch, keys, futures, strict=True):
                 self.futures[job.id] = future
@@ -228,6 +234,13 @@ class Bridge:
             given_back, self.unconfirmed = list(self.unconfirmed), {}
         replies.extend(("end", job, Ending.RECALLED.value, why, {}, {}) for job in given_back)
 
+    def _scheduler_lost(self, exc: Exception | None) -> None:
+        """The client gave up reconnecting: the bridge goes, and its jobs with it (they
+        end interrupted, and are resubmitted once a new bridge reaches the scheduler)."""
+        why = f"lost the Dask scheduler at {self.dask.address}"
+        self.reporter.report("unstartable", f"{why}: {describe(exc)}" if exc else why)
+        self.exit()
+
     def exit(self) -> None:
         os._exit(0)  # the scheduler forgets this client's futures: Dask stops what it can
 
@@ -255,6 +268,8 @@ class Bridge:
                     self.done_ready.wait()
                 done, self.done = self.done, []
             self.reporter.report_all(self._settle(done))
+            if self.client.status in ("closing", "closed"):
+                self._scheduler_lost(None)
             with self.lock:
                 idle = self.retiring is not None and not self.futures and not self.unconfirmed
             if idle:
@@ -291,7 +306,7 @@ class Bridge:
 
     def _finished(self, job: int, key: str, result: Any) -> tuple[Any, ...]:
         if not isinstance(result, dict):
-            return ("end", job, Ending.LOST.value, LOST, {}, {})
+            return ("end", job, Ending.INTERRUPTED.value, FORGOTTEN, {}, {})
         attempt = int(key.rsplit("-", 1)[1])
         for stream, text in result["output"].items():
             if text:
@@ -299,9 +314,10 @@ class Bridge:
         return ("end", job, result["ending"], result["why"], result["fields"], result["usage"])
 
     def _failed(self, future: Any) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
-        """A future that did not finish: cancelled by no stop of ours, or erred."""
+        """A future that did not finish: cancelled by no stop of ours (no fault of the
+        job's: it runs again, uncharged), or erred."""
         if future.status != "error":
-            return Ending.LOST.value, LOST, {}, {}
+            return Ending.INTERRUPTED.value, FORGOTTEN, {}, {}
         try:
             exc = future.exception()
         except Exception as raised:
