@@ -308,3 +308,40 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slurm_cluster.Sl
         pytest.skip(f"Slurm is incomplete (no {', '.join(missing)}): {how}")
     with slurm_cluster.SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
         yield cluster
+
+
+CHAIN_JOBS = """
+from gsup import current
+
+def gen(n):
+    (current().outdir / "n.txt").write_text(str(n))
+
+def square():
+    run = current()
+    n = int(run.inputs[0].read_text())
+    (run.outdir / "sq.txt").write_text(f"{n * n}\\n")
+"""
+
+
+def chain_task(backend: str, extra: str = "") -> str:
+    """A task file whose local stage makes 1, 2, 3 and whose second stage, on `backend`
+    (with the `extra` lines), squares them into merged.txt; its jobs in CHAIN_JOBS."""
+    return f"""
+[task]
+name = "chain"
+
+[[transform]]
+name = "gen"
+target = "chainjobs:gen"
+units = [[1], [2], [3]]
+outputs = ["n.txt"]
+
+[[transform]]
+name = "square"
+backend = "{backend}"
+{extra}
+target = "chainjobs:square"
+inputs_from = "gen"
+outputs = ["sq.txt"]
+merger = "text"
+"""

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Cli, alive, journal_rows, wait_until
+from conftest import CHAIN_JOBS, Cli, alive, chain_task, journal_rows, wait_until
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
@@ -220,42 +220,10 @@ def test_jobs_wait_while_the_scheduler_is_unreachable_and_run_once_it_is(
         assert gsup.wait(job) == {job: "done"}
 
 
-CHAIN = """
-[task]
-name = "chain"
-
-[[transform]]
-name = "gen"
-target = "chainjobs:gen"
-units = [[1], [2], [3]]
-outputs = ["n.txt"]
-
-[[transform]]
-name = "square"
-backend = "dask"
-target = "chainjobs:square"
-inputs_from = "gen"
-outputs = ["sq.txt"]
-merger = "text"
-"""
-
-CHAIN_JOBS = """
-from gsup import current
-
-def gen(n):
-    (current().outdir / "n.txt").write_text(str(n))
-
-def square():
-    run = current()
-    n = int(run.inputs[0].read_text())
-    (run.outdir / "sq.txt").write_text(f"{n * n}\\n")
-"""
-
-
 def test_a_local_stage_chains_into_a_dask_stage(dask_env, make_daemon, gsup, home):
     make_daemon()
     (gsup.cwd / "chainjobs.py").write_text(CHAIN_JOBS)
-    (gsup.cwd / "chain.toml").write_text(CHAIN)
+    (gsup.cwd / "chain.toml").write_text(chain_task("dask"))
     task = int(gsup("task", "submit", "chain.toml").stdout)
     waited = gsup("task", "wait", str(task), timeout=120)
     assert waited.stdout.splitlines()[-1] == f"task {task} completed"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Cli, journal_rows, wait_until
+from conftest import CHAIN_JOBS, Cli, chain_task, journal_rows, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -208,45 +208,12 @@ def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-CHAIN = """
-[task]
-name = "chain"
-
-[[transform]]
-name = "gen"
-target = "chainjobs:gen"
-units = [[1], [2], [3]]
-outputs = ["n.txt"]
-
-[[transform]]
-name = "square"
-backend = "slurm"
-sbatch = ["--comment=gsup-chain"]
-target = "chainjobs:square"
-inputs_from = "gen"
-outputs = ["sq.txt"]
-merger = "text"
-"""
-
-CHAIN_JOBS = """
-from gsup import current
-
-def gen(n):
-    (current().outdir / "n.txt").write_text(str(n))
-
-def square():
-    run = current()
-    n = int(run.inputs[0].read_text())
-    (run.outdir / "sq.txt").write_text(f"{n * n}\\n")
-"""
-
-
 def test_a_local_stage_chains_into_a_slurm_stage(
     slurm_env, fast_poll, make_daemon, gsup, home, slurm
 ):
     make_daemon()
     (gsup.cwd / "chainjobs.py").write_text(CHAIN_JOBS)
-    (gsup.cwd / "chain.toml").write_text(CHAIN)
+    (gsup.cwd / "chain.toml").write_text(chain_task("slurm", 'sbatch = ["--comment=gsup-chain"]'))
     task = int(gsup("task", "submit", "chain.toml").stdout)
     waited = gsup("task", "wait", str(task), timeout=120)
     assert waited.stdout.splitlines()[-1] == f"task {task} completed"

@@ -37,15 +37,14 @@ import cloudpickle
 
 from gsup.config import Paths
 from gsup.executors.dask import remote
-from gsup.executors.local.channel import FrameReader
+from gsup.executors.local.channel import FrameReader, receive
 from gsup.executors.local.descriptors import wal_indexes
 from gsup.executors.local.forked import leave_supervisor
 from gsup.executors.local.pool import Reporter
-from gsup.executors.local.runner import Outcome, PoolJob, describe, unloadable
+from gsup.executors.local.runner import Outcome, PoolJob, describe, load_target
 from gsup.imports import LoadedFiles, use_import_path
 from gsup.lifecycle import Ending
 from gsup.settings import DaskSettings, PoolSettings
-from gsup.targets import TargetError, load_call
 
 
 class _Pickler(cloudpickle.Pickler):
@@ -108,7 +107,7 @@ class Bridge:
         self.reporter.report("ready", os.getpid())
         threading.Thread(target=self._settle_forever, name="settle", daemon=True).start()
         reader = FrameReader()
-        while data := self._receive():
+        while data := receive(self.sock):
             batch: list[Prepared] = []
             replies: list[tuple[Any, ...]] = []
             for message in reader.feed(data):
@@ -116,12 +115,6 @@ class Bridge:
             self.reporter.report_all(replies)
             self._submit(batch)
         self.exit()
-
-    def _receive(self) -> bytes:
-        try:
-            return self.sock.recv(1 << 16)
-        except OSError:
-            return b""
 
     def _handle(self, message: tuple[Any, ...], batch: list[Prepared],
                 replies: list[tuple[Any, ...]]) -> None:  # fmt: skip
@@ -160,29 +153,25 @@ class Bridge:
 
     def _prepare(self, job: PoolJob, timeout: float | None) -> Prepared | Outcome:
         """Import the target here, and make the bytes that carry it to a worker."""
-        spec = job.spec
+        loaded = load_target(job, self._imported)
+        if isinstance(loaded, Outcome):
+            return loaded
         try:
-            func, args, kwargs = load_call(job.target, spec.get("arguments"), spec.get("pickled"))
-        except TargetError as exc:
-            return unloadable(exc)
-        finally:
-            self.loaded.note()
-            self._by_value()
-        try:
-            payload = dumps((func, args, kwargs))
+            payload = dumps(loaded)
         except Exception as exc:  # a lock, an open file among the arguments...
             why = f"cannot send the call to Dask: {describe(exc)}"
             return Outcome(Ending.FAILED, why, {"error": why})
         if self.notes:  # warnings about its import path, as a pool would print them
             self._write_log(job.id, job.attempt, "err", "".join(f"{note}\n" for note in self.notes))
         meta = {"job": job.id, "attempt": job.attempt, "target": job.target,
-                "unit": spec.get("unit"), "timeout": timeout,
+                "unit": job.spec.get("unit"), "timeout": timeout,
                 "max_result": self.pool.max_result, "max_log": self.max_output}  # fmt: skip
         return job, payload, meta
 
-    def _by_value(self) -> None:
+    def _imported(self) -> None:
         """The context's own modules travel with each call, never by name: a worker
         would import another folder's module of that name, or none."""
+        self.loaded.note()
         modules = self.loaded.modules
         while self.registered < len(modules):
             module = sys.modules.get(modules[self.registered])

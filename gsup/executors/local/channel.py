@@ -18,6 +18,7 @@ pool -> supervisor: ("ready", pid)
 from __future__ import annotations
 
 import pickle
+import socket
 import struct
 from typing import Any
 
@@ -72,3 +73,11 @@ class FrameReader:
             else:
                 del self._buffer[:end]
         return messages
+
+
+def receive(sock: socket.socket) -> bytes:
+    """What the other side sent next, blocking; b"" once it has closed or broken."""
+    try:
+        return sock.recv(1 << 16)
+    except OSError:
+        return b""

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gsup.config import Paths
-from gsup.executors.local.channel import FrameReader, frames
+from gsup.executors.local.channel import FrameReader, frames, receive
 from gsup.executors.local.descriptors import Stdio, wal_indexes
 from gsup.executors.local.forked import leave_supervisor
 from gsup.executors.local.output import OutputRouter
@@ -137,7 +137,7 @@ class PoolProcess:
         self._start_workers()
         self.report("ready", os.getpid())
         reader = FrameReader()
-        while data := self._receive():
+        while data := receive(self.sock):
             for message in reader.feed(data):
                 self._handle(message)
         self.exit()
@@ -155,12 +155,6 @@ class PoolProcess:
                 why = f"{len(self.workers)} threads, but thread {worker.index + 1} failed: {exc}"
                 self.report("unstartable", why)
                 self.exit()
-
-    def _receive(self) -> bytes:
-        try:
-            return self.sock.recv(1 << 16)
-        except OSError:
-            return b""
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]

@@ -32,6 +32,9 @@ MAX_ERROR = 16 * 1024  # characters of an exception's message kept (a cut says s
 MAX_TRACEBACK = 64 * 1024  # characters of a traceback kept, from its end (a cut says so)
 
 
+Call = tuple[Callable[..., Any], tuple, dict[str, Any]]  # a callable, its args and kwargs
+
+
 class JobStopped(BaseException):
     """Raised asynchronously in a job's thread when the supervisor stops the job.
 
@@ -164,14 +167,22 @@ def run_call(
 
 def call_target(job: PoolJob, imported: Callable[[], None], max_result: int) -> Outcome:
     """Import the job's target and call it: how it ended, and its thread's CPU time."""
+    loaded = load_target(job, imported)
+    if isinstance(loaded, Outcome):
+        return loaded
+    return invoke(job, *loaded, max_result)
+
+
+def load_target(job: PoolJob, imported: Callable[[], None]) -> Call | Outcome:
+    """The job's callable and arguments, or why they cannot be had; `imported` is told
+    once the target's modules are in, whatever came of it."""
     spec = job.spec
     try:
-        func, args, kwargs = load_call(job.target, spec.get("arguments"), spec.get("pickled"))
+        return load_call(job.target, spec.get("arguments"), spec.get("pickled"))
     except TargetError as exc:
         return unloadable(exc)
     finally:
         imported()
-    return invoke(job, func, args, kwargs, max_result)
 
 
 def unloadable(exc: TargetError) -> Outcome:
