@@ -129,7 +129,7 @@ class Bridge:
             if prepared is not None:
                 batch.append(prepared)
         elif kind == "stop":
-            replies.extend(self._stop(message[1]))
+            replies.extend(self._stop(message[1], batch))
         # "recall": every job it was sent is handed to Dask (started) at once: it runs
 
     def _take(self, job: PoolJob, timeout: float | None, batch: list[Prepared],
@@ -200,11 +200,14 @@ class Bridge:
         for future in futures:
             future.add_done_callback(self._done)
 
-    def _stop(self, job_id: int) -> list[tuple[Any, ...]]:
+    def _stop(self, job_id: int, batch: list[Prepared]) -> list[tuple[Any, ...]]:
         """A stopped job's future is cancelled: it ends at once. Dask cannot interrupt a
         running task: its worker ends it at its timeout (see remote.py), or lets it end."""
+        unsent = [prepared for prepared in batch if prepared[0].id == job_id]
+        for prepared in unsent:  # it came in the same read as its stop
+            batch.remove(prepared)
         with self.lock:
-            if self.unconfirmed.pop(job_id, None) is not None:
+            if unsent or self.unconfirmed.pop(job_id, None) is not None:
                 return [("end", job_id, Ending.RECALLED.value, "stopped before it ran", {}, {})]
             future = self.futures.pop(job_id, None)
             if future is None:
