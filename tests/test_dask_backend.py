@@ -10,11 +10,12 @@ import os
 import signal
 import socket
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CHAIN_JOBS, Cli, alive, chain_task, journal_rows, wait_until
+from conftest import CHAIN_JOBS, Cli, Daemon, alive, chain_task, journal_rows, wait_until
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
@@ -245,3 +246,75 @@ def test_a_task_of_commands_for_dask_is_refused(dask_env, make_daemon, gsup):
     assert refused.stderr.strip().endswith(
         "transform 'a': the dask backend runs calls, not commands"
     )
+
+
+def test_two_daemons_on_one_cluster_keep_their_own_calls_and_output(
+    dask_env, make_daemon, gsup, env
+):
+    """Their job and attempt ids are alike (two fresh journals): a worker's files for
+    them must not be."""
+    make_daemon()
+    other_home = Path(env["GSUP_HOME"]).parent / "other"
+    other_env = dict(env, GSUP_HOME=str(other_home))
+    other = Daemon(other_home, other_env).start()
+    try:
+        other_gsup = Cli(other_env, gsup.cwd)
+        in_thread, in_process = ("-b", "dask"), ("-b", "dask", "--timeout", "60")
+        ours = [gsup.add(*in_thread, "daskjobs:loud", "1"),
+                gsup.add(*in_process, "daskjobs:loud", "2")]  # fmt: skip
+        theirs = [other_gsup.add(*in_thread, "daskjobs:loud", "3"),
+                  other_gsup.add(*in_process, "daskjobs:loud", "4")]  # fmt: skip
+        assert ours == theirs == [1, 2]
+        assert gsup.wait(*ours) == other_gsup.wait(*theirs) == {1: "done", 2: "done"}
+        for cli, numbers in ((gsup, (1, 2)), (other_gsup, (3, 4))):
+            for job, n in zip((1, 2), numbers, strict=True):
+                assert _result(cli, job) == 2 * n
+                assert cli("logs", str(job)).stdout == f"out {n}\n"
+    finally:
+        other.stop()
+
+
+def test_a_retired_bridge_that_holds_no_job_exits(dask_env, make_daemon, gsup):
+    daemon = make_daemon()
+    for n in range(3):
+        job = gsup.add("-b", "dask", "daskjobs:loud", str(n))
+        assert gsup.wait(job) == {job: "done"}
+        source = gsup.cwd / "daskjobs.py"
+        source.write_text(source.read_text() + f"\n# edit {n}\n")
+        os.utime(source, (time.time() + n + 1,) * 2)  # a new mtime, however coarse the clock
+    job = gsup.add("-b", "dask", "daskjobs:loud", "9")
+    assert gsup.wait(job) == {job: "done"}
+    wait_until(lambda: len(_bridges(daemon.pid)) == 2, what="one bridge for the folder, one idle")
+
+
+def _bridges(daemon: int) -> list[int]:
+    """The daemon's children named gsup-dask (bridges)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                name, rest = stat.read().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        if name.endswith("(gsup-dask") and int(rest.split()[1]) == daemon:
+            found.append(int(entry))
+    return found
+
+
+def test_a_job_that_must_not_run_twice_is_lost_not_rerun_when_its_worker_dies(
+    env, workdir, make_daemon, gsup, home
+):
+    (workdir / "daskjobs.py").write_text(DASK_JOBS)
+    with _cluster() as cluster:
+        env["GSUP_DASK_ADDRESS"] = cluster.scheduler_address
+        make_daemon()
+        pidfile = home.parent / "pid"
+        job = gsup.add("-b", "dask", "--on-lost", "fail", "daskjobs:linger", str(pidfile), "60")
+        worker = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), what="a run"))
+        os.kill(worker, signal.SIGKILL)  # the worker process itself: its nanny starts another
+        assert gsup.wait(job) == {job: "lost"}
+        (attempt,) = gsup.show(job)["attempts_list"]
+        assert attempt["reason"] == (
+            "its Dask worker died while it ran, and Dask ran it again: it must not run twice;"
+            " on_lost=fail"
+        )

@@ -43,7 +43,7 @@ from gsup.executors.local.forked import leave_supervisor
 from gsup.executors.local.pool import Reporter
 from gsup.executors.local.runner import Outcome, PoolJob, describe, load_target
 from gsup.imports import LoadedFiles, use_import_path
-from gsup.lifecycle import Ending
+from gsup.lifecycle import RECURRING, Ending
 from gsup.settings import DaskSettings, PoolSettings
 
 
@@ -65,6 +65,7 @@ def dumps(value: Any) -> bytes:
     return out.getvalue()
 
 
+WATCH = 0.5  # seconds between two looks at the client's connection
 FORGOTTEN = "Dask forgot it: the scheduler restarted, or the connection to it dropped"
 Prepared = tuple[PoolJob, bytes, dict[str, Any]]  # a job, its call's bytes, remote.run's meta
 
@@ -91,19 +92,13 @@ class Bridge:
         self.done: list[Any] = []
         self.done_ready = threading.Condition(self.lock)
         self.retiring: str | None = None
+        self.connected = True  # as the settling thread last saw the client
+        self._unreachable = f"lost the Dask scheduler at {dask.address}; reconnecting"
 
     # --- the main thread: the supervisor's messages -----------------------------------
 
     def serve(self) -> None:
-        try:
-            from distributed import Client
-
-            self.client = Client(self.dask.address, timeout=self.dask.connect,
-                                 set_as_default=False)  # fmt: skip
-        except Exception as exc:  # unreachable, a bad address, a refused handshake
-            why = f"cannot reach the Dask scheduler at {self.dask.address}: {describe(exc)}"
-            self.reporter.report("unstartable", why)
-            os._exit(0)
+        self.client = self._connect()
         self.reporter.report("ready", os.getpid())
         threading.Thread(target=self._settle_forever, name="settle", daemon=True).start()
         reader = FrameReader()
@@ -114,6 +109,28 @@ class Bridge:
                 self._handle(message, batch, replies)
             self.reporter.report_all(replies)
             self._submit(batch)
+            if self._retired():
+                self.exit()
+        self.exit()
+
+    def _connect(self) -> Any:
+        """A client of the scheduler, or a report of why not and an exit. Client() can
+        hang on a server that is not a scheduler's (a dashboard's port): a timer ends it."""
+        from distributed import Client
+
+        address, most = self.dask.address, 2 * self.dask.connect + 5
+        unanswered = f"cannot reach the Dask scheduler at {address}: no answer in {most:g}s"
+        watchdog = threading.Timer(most, self._cannot_connect, (unanswered,))
+        watchdog.start()
+        try:
+            return Client(address, timeout=self.dask.connect, set_as_default=False)
+        except Exception as exc:  # unreachable, a bad address, a refused handshake
+            self._cannot_connect(f"cannot reach the Dask scheduler at {address}: {describe(exc)}")
+        finally:
+            watchdog.cancel()
+
+    def _cannot_connect(self, why: str) -> None:
+        self.reporter.report("unstartable", why)
         self.exit()
 
     def _handle(self, message: tuple[Any, ...], batch: list[Prepared],
@@ -134,6 +151,10 @@ class Bridge:
 
     def _take(self, job: PoolJob, timeout: float | None, batch: list[Prepared],
               replies: list[tuple[Any, ...]]) -> None:  # fmt: skip
+        if self.client.status != "running":  # reconnecting: the job waits in the journal
+            self.reporter.report("unstartable", self._unreachable)
+            replies.append(("end", job.id, Ending.RECALLED.value, self._unreachable, {}, {}))
+            return
         changed = self.loaded.changed()
         if self.retiring is None and changed is not None:
             self._retire(f"given back: {changed} changed since it was imported", replies)
@@ -160,11 +181,12 @@ class Bridge:
             payload = dumps(loaded)
         except Exception as exc:  # a lock, an open file among the arguments...
             why = f"cannot send the call to Dask: {describe(exc)}"
-            return Outcome(Ending.FAILED, why, {"error": why})
+            return Outcome(Ending.FAILED, why, {"error": why, "causes": [RECURRING]})
         if self.notes:  # warnings about its import path, as a pool would print them
             self._write_log(job.id, job.attempt, "err", "".join(f"{note}\n" for note in self.notes))
-        meta = {"job": job.id, "attempt": job.attempt, "target": job.target,
-                "unit": job.spec.get("unit"), "timeout": timeout,
+        meta = {"job": job.id, "attempt": job.attempt, "key": self._key(job),
+                "tag": self.paths.tag, "target": job.target, "unit": job.spec.get("unit"),
+                "timeout": timeout, "runs_once": job.runs_once,
                 "max_result": self.pool.max_result, "max_log": self.max_output}  # fmt: skip
         return job, payload, meta
 
@@ -192,6 +214,9 @@ class Bridge:
         try:
             futures = self.client.map(remote.run, payloads, metas, key=keys, pure=False)
         except Exception as exc:  # the client closed: it could not reconnect in time
+            why = f"the Dask client could not submit it: {describe(exc)}"
+            ends = [("end", job.id, Ending.INTERRUPTED.value, why, {}, {}) for job, _, _ in batch]
+            self.reporter.report_all(ends)
             self._scheduler_lost(exc)
         with self.lock:
             for (job, _, _), key, future in zip(batch, keys, futures, strict=True):
@@ -213,8 +238,7 @@ class Bridge:
             if future is None:
                 return []  # ended already
             self.jobs_of.pop(future.key, None)
-        with contextlib.suppress(Exception):  # the scheduler gone: the future is lost anyway
-            future.cancel()
+        future.release()  # not cancel(), which waits for the scheduler: Dask drops it
         return [("end", job_id, Ending.STOPPED.value, "stopped", {}, {})]
 
     def _retire(self, why: str, replies: list[tuple[Any, ...]]) -> None:
@@ -227,8 +251,8 @@ class Bridge:
         replies.extend(("end", job, Ending.RECALLED.value, why, {}, {}) for job in given_back)
 
     def _scheduler_lost(self, exc: Exception | None) -> None:
-        """The client gave up reconnecting: the bridge goes, and its jobs with it (they
-        end interrupted, and are resubmitted once a new bridge reaches the scheduler)."""
+        """The client gave up reconnecting: the bridge goes (Dask has forgotten its jobs:
+        they ended interrupted, to run again once a new bridge reaches the scheduler)."""
         why = f"lost the Dask scheduler at {self.dask.address}"
         self.reporter.report("unstartable", f"{why}: {describe(exc)}" if exc else why)
         self.exit()
@@ -254,18 +278,30 @@ class Bridge:
         self.exit()
 
     def _settle_until_retired(self) -> None:
-        while True:
+        while not self._retired():
             with self.done_ready:
-                while not self.done:
-                    self.done_ready.wait()
+                self.done_ready.wait_for(lambda: self.done, timeout=WATCH)
                 done, self.done = self.done, []
             self.reporter.report_all(self._settle(done))
-            if self.client.status in ("closing", "closed"):
-                self._scheduler_lost(None)
-            with self.lock:
-                idle = self.retiring is not None and not self.futures and not self.unconfirmed
-            if idle:
-                return
+            self._watch_connection()
+
+    def _retired(self) -> bool:
+        with self.lock:
+            return self.retiring is not None and not self.futures and not self.unconfirmed
+
+    def _watch_connection(self) -> None:
+        """While the client reconnects, the pool takes no job (they wait in the journal);
+        once it is back, it does again; a client that gave up ends the bridge."""
+        status = self.client.status
+        if status in ("closing", "closed"):
+            self._scheduler_lost(None)
+        connected = status == "running"
+        if connected != self.connected:
+            self.connected = connected
+            if connected:
+                self.reporter.report("ready", os.getpid())
+            else:
+                self.reporter.report("unstartable", self._unreachable)
 
     def _settle(self, done: list[Any]) -> list[tuple[Any, ...]]:
         with self.lock:

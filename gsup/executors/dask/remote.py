@@ -7,58 +7,90 @@ different folders that share a worker never share a module (nor see each other's
 too large, all come back as an outcome, with what the call printed.
 
 A running Dask task cannot be interrupted, so a job with a timeout runs in a process
-of its own (`python -P -m gsup.executors.dask.remote CALL OUTCOME`, its own session),
-killed with its group once the timeout and a grace have passed: a timed-out job does
+of its own (`python -P -m gsup.executors.dask.remote CALL OUTCOME`) under gsup's
+guardian, as the process backend runs a call: killed with everything it started once
+its timeout and a grace have passed (or its worker died), so that a timed-out job does
 not keep the worker's thread. One without a timeout runs in the worker's thread, its
-output caught per thread (see OutputRouter).
+output caught per thread (see OutputRouter). Files go to a private scratch folder per
+daemon on the worker, and are removed once read.
+
+Dask runs a task again when the worker that had it dies (allowed-failures): a job that
+must not run twice asks the scheduler first whether that happened, and if so ends lost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import resource
-import signal
-import subprocess
+import stat
 import sys
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
+from gsup.config import Paths
 from gsup.executors import child
 from gsup.executors.local.output import OutputRouter
-from gsup.executors.local.runner import Outcome, PoolJob, describe, invoke
+from gsup.executors.local.runner import (
+    Outcome,
+    PoolJob,
+    describe,
+    invoke,
+    run_call_in_process,
+    stop_command,
+)
 from gsup.lifecycle import Ending
+from gsup.settings import PoolSettings
 
 GRACE = 2.0  # seconds past its timeout before a job's process is killed on the worker
 STREAMS = ("out", "err")
+RAN_BEFORE = "its Dask worker died while it ran, and Dask ran it again: it must not run twice"
 
 _router: OutputRouter | None = None
-_router_lock = threading.Lock()
-_scratch = ""  # this worker's folder for jobs' files, made once
+_lock = threading.Lock()
+_local = threading.local()  # the scratch folder of the job on this thread
 
 
 def run(payload: bytes, meta: dict[str, Any]) -> dict[str, Any]:
-    """Run one call: `meta` has job, attempt, target, unit, timeout, max_result, max_log.
-    Returns the outcome's fields and the call's output (each at most max_log bytes)."""
+    """Run one call: `meta` has job, attempt, key, tag, target, unit, timeout, runs_once,
+    max_result, max_log. Returns the outcome's fields and the call's output (each stream
+    at most max_log bytes)."""
     job = PoolJob(meta["job"], meta["attempt"], "call", meta["target"], {"unit": meta["unit"]})
+    paths = None
     try:
-        if meta["timeout"] is None:
-            outcome = _in_thread(job, payload, meta)
+        paths = _scratch(meta["tag"])
+        if meta["runs_once"] and _ran_before(meta["key"]):
+            outcome = Outcome(Ending.LOST, RAN_BEFORE)
+        elif meta["timeout"] is None:
+            outcome = _in_thread(job, paths, payload, meta)
         else:
-            outcome = _in_process(job, payload, meta)
+            outcome = _in_process(job, paths, payload, meta)
     except Exception as exc:  # the worker's own trouble (its disk, its limits)
         why = f"gsup could not run it on the Dask worker: {describe(exc)}"
         outcome = Outcome(Ending.FAILED, why, {"error": why})
-    output = {stream: _read_log(job, stream, meta["max_log"]) for stream in STREAMS}
+    output = {stream: _read_log(paths, job, stream, meta["max_log"]) for stream in STREAMS}
     return {"ending": outcome.ending.value, "why": outcome.why, "fields": outcome.fields,
             "usage": outcome.usage, "output": output}  # fmt: skip
 
 
-def _in_thread(job: PoolJob, payload: bytes, meta: dict[str, Any]) -> Outcome:
+def _ran_before(key: str) -> bool:
+    """Whether a worker died while this task was on it: Dask then runs it again
+    (allowed-failures), which a job that must not run twice may not do."""
+    from distributed import get_client
+
+    def suspicious(dask_scheduler: Any) -> int:
+        task = dask_scheduler.tasks.get(key)
+        return 0 if task is None else task.suspicious
+
+    return bool(get_client().run_on_scheduler(suspicious))
+
+
+def _in_thread(job: PoolJob, paths: Paths, payload: bytes, meta: dict[str, Any]) -> Outcome:
+    _local.paths = paths
     router = _output_router(meta["max_log"])
     with router.capture(job.id, job.attempt):
         return _call(job, payload, meta["max_result"])
@@ -73,61 +105,64 @@ def _call(job: PoolJob, payload: bytes, max_result: int) -> Outcome:
     return invoke(job, func, args, kwargs, max_result)
 
 
-def _in_process(job: PoolJob, payload: bytes, meta: dict[str, Any]) -> Outcome:
-    call_file, outcome_file = _file(job, "call"), _file(job, "outcome")
-    call_file.write_bytes(cloudpickle.dumps((job, payload, meta["max_result"])))
-    argv = [sys.executable, "-P", "-m", __name__, str(call_file), str(outcome_file)]
+def _in_process(job: PoolJob, paths: Paths, payload: bytes, meta: dict[str, Any]) -> Outcome:
+    """Under gsup's guardian, as the process backend runs a call: its output within
+    max_log, its whole session killed at the deadline, or if this worker dies."""
+    settings = PoolSettings("dask", max_result=meta["max_result"], max_log=meta["max_log"])
+    deadline = meta["timeout"] + GRACE
+    timers: list[threading.Timer] = []
+
+    def spawned(process: Any) -> None:
+        timers.append(threading.Timer(deadline, stop_command, (process,)))
+        timers[0].start()
+
+    def write_call(file: Path) -> None:
+        file.write_bytes(cloudpickle.dumps((job, payload, meta["max_result"])))
+
     try:
-        with open(_file(job, "out"), "ab") as out, open(_file(job, "err"), "ab") as err:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                       start_new_session=True)  # fmt: skip
-        try:
-            code = process.wait(meta["timeout"] + GRACE)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            why = f"timed out: killed on the Dask worker after {meta['timeout'] + GRACE:g}s"
-            return Outcome(Ending.FAILED, why, {"error": why, "causes": ["Timeout"]})
-        outcome = child.read_outcome(outcome_file)
+        outcome = run_call_in_process(replace(job, spec={"unit": meta["unit"]}), paths,
+                                      settings, spawned, __name__, write_call)  # fmt: skip
     finally:
-        for file in (call_file, outcome_file):
-            with contextlib.suppress(OSError):
-                file.unlink()
-    if outcome is None:
-        why = f"its process ended before the call did: exit code {code}"
-        usage = {"exit_status": code}
-        return Outcome(Ending.FAILED, why, {"error": why, "causes": ["exit"]}, usage)
-    outcome.usage["exit_status"] = code
+        for timer in timers:
+            timer.cancel()
+    if timers and timers[0].finished.is_set() and outcome.ending != Ending.DONE:
+        why = f"timed out: killed on the Dask worker after {deadline:g}s"
+        return Outcome(Ending.FAILED, why, {"error": why, "causes": ["Timeout"]}, outcome.usage)
     return outcome
 
 
 def _output_router(max_log: int) -> OutputRouter:
-    """The worker's per-thread stand-ins for sys.stdout and sys.stderr, installed once."""
+    """The worker's per-thread stand-ins for sys.stdout and sys.stderr, installed once;
+    a thread's job writes in its own daemon's scratch folder."""
     global _router
-    with _router_lock:
+    with _lock:
         if _router is None:
-            _router = OutputRouter(lambda job, stream, attempt: _file_of(job, stream, attempt),
-                                   max_log, 0)  # fmt: skip
+            _router = OutputRouter(
+                lambda job, stream, attempt: _local.paths.job_output(job, stream, attempt),
+                max_log, 0,
+            )  # fmt: skip
         return _router
 
 
-def _file(job: PoolJob, part: str) -> Path:
-    return _file_of(job.id, part, job.attempt)
+def _scratch(tag: str) -> Paths:
+    """The worker's folder for the jobs of the daemon `tag`: TMPDIR/gsup-dask-UID/TAG,
+    private. Job and attempt ids are unique within one daemon's."""
+    root = Path(tempfile.gettempdir(), f"gsup-dask-{os.getuid()}")
+    with _lock:
+        root.mkdir(mode=0o700, exist_ok=True)
+        found = os.lstat(root)
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+            raise OSError(f"{root} is not a folder of this user's")
+        paths = Paths(root / tag)
+        paths.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return paths
 
 
-def _file_of(job: int, part: str, attempt: int) -> Path:
-    """A job's file in this worker's scratch folder (a job may run on any worker)."""
-    global _scratch
-    with _router_lock:
-        if not _scratch:
-            _scratch = tempfile.mkdtemp(prefix="gsup-dask-")
-    return Path(_scratch, f"{job}.{attempt}.{part}")
-
-
-def _read_log(job: PoolJob, stream: str, limit: int) -> str:
+def _read_log(paths: Paths | None, job: PoolJob, stream: str, limit: int) -> str:
     """What the call wrote to `stream`, up to `limit` bytes (a cut says so); the file goes."""
-    file = _file(job, stream)
+    if paths is None:
+        return ""
+    file = paths.job_output(job.id, stream, job.attempt)
     try:
         with open(file, "rb") as opened:
             data = opened.read(limit + 1)
@@ -143,13 +178,11 @@ def _read_log(job: PoolJob, stream: str, limit: int) -> str:
 
 
 def main(call_file: str, outcome_file: str) -> int:
-    """A job's own process on the worker: the call, its outcome, and what it used."""
+    """A job's own process on the worker (its guardian measures what it uses)."""
     job, payload, max_result = cloudpickle.loads(Path(call_file).read_bytes())
     outcome = _call(job, payload, max_result)
     sys.stdout.flush()
     sys.stderr.flush()
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    outcome.usage.update(cpu_seconds=used.ru_utime + used.ru_stime, peak_rss_kb=used.ru_maxrss)
     child.write_outcome(Path(outcome_file), outcome)
     return 0 if outcome.ending == Ending.DONE else 1
 

@@ -301,17 +301,24 @@ def run_call_in_process(
     paths: Paths,
     settings: PoolSettings,
     on_spawn: Callable[[subprocess.Popen], None],
+    module: str = "",
+    write_call: Callable[[Path], None] | None = None,
 ) -> Outcome:
-    """Run a call job in a process of its own (gsup/executors/child.py), under a guardian
-    as a command is: its ending is what the child wrote, its usage the process's."""
+    """Run a call job in a process of its own (gsup/executors/child.py, or `module`, which
+    reads the call `write_call` wrote), under a guardian as a command is: its ending is
+    what the child wrote, its usage the process's."""
     from gsup.executors import child
 
     call_file, outcome_file = (
         paths.job_output(job.id, part, job.attempt) for part in ("call", "outcome")
     )
     try:
-        child.write_call(call_file, job, settings.max_result)
-        argv = [sys.executable, "-P", "-m", child.MODULE, str(call_file), str(outcome_file)]
+        if write_call is None:
+            child.write_call(call_file, job, settings.max_result)
+        else:
+            write_call(call_file)
+        module = module or child.MODULE
+        argv = [sys.executable, "-P", "-m", module, str(call_file), str(outcome_file)]
         spec = {"argv": argv, "cwd": job.spec.get("cwd"), "unit": job.spec.get("unit")}
         ran = run_command(replace(job, kind="cmd", spec=spec), paths, settings, on_spawn)
         outcome = child.read_outcome(outcome_file)
