@@ -6,7 +6,10 @@ local backend forks a pool process per context, and speaks to it over the same
 channel (channel.py; a "run" carries the job's timeout last). The bridge imports a
 job's target in its context as a pool process would, retiring once one of those files
 has changed, then submits the call by value (see remote.py): cloudpickle, with the
-context's own modules registered by value.
+context's own modules registered by value (not those of a virtualenv in the job's
+folder: workers have their own). Dask's modules come with this module's, before the
+job's import path is set: the daemon's PYTHONPATH, which a job's path replaces, may be
+what provides them.
 
 A job is reported started once it is handed to Dask, and ended when its future is:
 finished (the call's outcome, and its output written to the job's logs), cancelled
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+from distributed import Client
 
 from gsup.config import Paths
 from gsup.executors.dask import remote
@@ -41,7 +45,7 @@ from gsup.executors.local.channel import FrameReader, receive
 from gsup.executors.local.descriptors import wal_indexes
 from gsup.executors.local.forked import leave_supervisor
 from gsup.executors.local.pool import Reporter
-from gsup.executors.local.runner import Outcome, PoolJob, describe, load_target
+from gsup.executors.local.runner import Outcome, PoolJob, clip, describe, load_target
 from gsup.imports import LoadedFiles, use_import_path
 from gsup.lifecycle import RECURRING, Ending
 from gsup.settings import DaskSettings, PoolSettings
@@ -116,8 +120,6 @@ class Bridge:
     def _connect(self) -> Any:
         """A client of the scheduler, or a report of why not and an exit. Client() can
         hang on a server that is not a scheduler's (a dashboard's port): a timer ends it."""
-        from distributed import Client
-
         address, most = self.dask.address, 2 * self.dask.connect + 5
         unanswered = f"cannot reach the Dask scheduler at {address}: no answer in {most:g}s"
         watchdog = threading.Timer(most, self._cannot_connect, (unanswered,))
@@ -197,7 +199,7 @@ class Bridge:
         modules = self.loaded.modules
         while self.registered < len(modules):
             module = sys.modules.get(modules[self.registered])
-            if module is not None:
+            if module is not None and not _installed(module):
                 cloudpickle.register_pickle_by_value(module)
             self.registered += 1
 
@@ -214,7 +216,7 @@ class Bridge:
         try:
             futures = self.client.map(remote.run, payloads, metas, key=keys, pure=False)
         except Exception as exc:  # the client closed: it could not reconnect in time
-            why = f"the Dask client could not submit it: {describe(exc)}"
+            why = f"the Dask client could not submit it: {clip(describe(exc), 300)}"
             ends = [("end", job.id, Ending.INTERRUPTED.value, why, {}, {}) for job, _, _ in batch]
             self.reporter.report_all(ends)
             self._scheduler_lost(exc)
@@ -254,7 +256,9 @@ class Bridge:
         """The client gave up reconnecting: the bridge goes (Dask has forgotten its jobs:
         they ended interrupted, to run again once a new bridge reaches the scheduler)."""
         why = f"lost the Dask scheduler at {self.dask.address}"
-        self.reporter.report("unstartable", f"{why}: {describe(exc)}" if exc else why)
+        if exc is not None:  # a closed client, or worse: said short (pickles can be long)
+            why = f"the Dask client of {self.dask.address} failed: {clip(describe(exc), 300)}"
+        self.reporter.report("unstartable", why)
         self.exit()
 
     def exit(self) -> None:
@@ -359,6 +363,16 @@ class Bridge:
         file = self.paths.job_output(job, stream, attempt)
         with contextlib.suppress(OSError), open(file, "a") as log:  # a full disk loses
             log.write(text)  # output, never the job
+
+
+def _installed(module: types.ModuleType) -> bool:
+    """A module of the interpreter's environment, though in the job's folder (a
+    virtualenv in the project's folder): workers import it, as any installed one."""
+    file = getattr(module, "__file__", None) or ""
+    return file.startswith(INSTALLED)
+
+
+INSTALLED = tuple({os.path.join(p, "") for p in (sys.prefix, sys.exec_prefix, sys.base_prefix)})
 
 
 def bridge_main(dask: DaskSettings, pool: PoolSettings, sock: socket.socket, home: str,
