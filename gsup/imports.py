@@ -8,6 +8,7 @@ child sets up the same one, through `use_import_path`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.machinery
 import json
@@ -74,9 +75,27 @@ def _top_names(entries: list[str]) -> set[str]:
 
 def user_entries(path: list[str], own: list[str] | None = None) -> list[str]:
     """The entries of a job's import path that are its own, not the interpreter's
-    (`own`: interpreter_path(), read before sys.path was changed)."""
+    (`own`: interpreter_path(), read before sys.path was changed), nor in its
+    environment (a PYTHONPATH that names the site-packages of gsup's own install)."""
     own = interpreter_path() if own is None else own
-    return [entry for entry in path if entry not in own]
+    return [entry for entry in path if entry not in own and not in_environment(entry)]
+
+
+def in_environment(file: str) -> bool:
+    """Whether `file` (or folder) is in the interpreter's standard library or
+    site-packages: installed, not a job's own code."""
+    return os.path.join(os.path.abspath(file), "").startswith(_environment())
+
+
+@functools.cache
+def _environment() -> tuple[str, ...]:
+    import site
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    folders = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    folders.update(site.getsitepackages())
+    return tuple(os.path.join(os.path.abspath(folder), "") for folder in folders)
 
 
 def may_shadow_installed(entries: list[str]) -> bool:

@@ -46,7 +46,7 @@ from gsup.executors.local.descriptors import wal_indexes
 from gsup.executors.local.forked import leave_supervisor
 from gsup.executors.local.pool import Reporter
 from gsup.executors.local.runner import Outcome, PoolJob, clip, describe, load_target
-from gsup.imports import LoadedFiles, use_import_path
+from gsup.imports import LoadedFiles, in_environment, use_import_path
 from gsup.lifecycle import RECURRING, Ending
 from gsup.settings import DaskSettings, PoolSettings
 
@@ -199,7 +199,7 @@ class Bridge:
         modules = self.loaded.modules
         while self.registered < len(modules):
             module = sys.modules.get(modules[self.registered])
-            if module is not None and not _installed(module):
+            if module is not None and not in_environment(getattr(module, "__file__", "")):
                 cloudpickle.register_pickle_by_value(module)
             self.registered += 1
 
@@ -363,16 +363,6 @@ class Bridge:
         file = self.paths.job_output(job, stream, attempt)
         with contextlib.suppress(OSError), open(file, "a") as log:  # a full disk loses
             log.write(text)  # output, never the job
-
-
-def _installed(module: types.ModuleType) -> bool:
-    """A module of the interpreter's environment, though in the job's folder (a
-    virtualenv in the project's folder): workers import it, as any installed one."""
-    file = getattr(module, "__file__", None) or ""
-    return file.startswith(INSTALLED)
-
-
-INSTALLED = tuple({os.path.join(p, "") for p in (sys.prefix, sys.exec_prefix, sys.base_prefix)})
 
 
 def bridge_main(dask: DaskSettings, pool: PoolSettings, sock: socket.socket, home: str,
