@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import threading
+from typing import Any
 
 _PATH_KEY = '"path": ['
 _contexts: dict[str, tuple[str, ...]] = {}
@@ -51,10 +52,38 @@ def use_import_path(path: list[str]) -> tuple[list[str], list[str]]:
     file in them would otherwise have provided."""
     own = interpreter_path()
     sys.path[:] = [*path, *(entry for entry in own if entry not in path)]
+    users = user_entries(path, own)
+    _FreshFinders.roots = tuple(os.path.join(os.path.abspath(entry), "") for entry in users)
+    if _FreshFinders.hook not in sys.path_hooks:
+        sys.path_hooks.insert(0, _FreshFinders.hook)
     sys.path_importer_cache.clear()
     importlib.invalidate_caches()
-    users = user_entries(path, own)
     return users, shadowed(users)
+
+
+class FreshSourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles a module from its source, never from a .pyc: Python matches a .pyc to
+    its source by mtime in whole seconds and size, so a file edited within the second
+    it was imported, to the same size, would run its old code."""
+
+    def get_code(self, fullname: str) -> Any:
+        return self.source_to_code(self.get_data(self.path), self.path)
+
+
+class _FreshFinders:
+    """The finders of the job's own folders (and their packages'): fresh source only."""
+
+    roots: tuple[str, ...] = ()
+    loaders = (
+        (FreshSourceLoader, importlib.machinery.SOURCE_SUFFIXES),
+        (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+    )
+
+    @classmethod
+    def hook(cls, entry: str) -> importlib.machinery.FileFinder:
+        if not cls.roots or not os.path.join(os.path.abspath(entry), "").startswith(cls.roots):
+            raise ImportError("not a job's own folder")  # the next hook's, as usual
+        return importlib.machinery.FileFinder(entry, *cls.loaders)
 
 
 # gsup itself is left out: a job that uses gsup's API gets the daemon's own, as it must,

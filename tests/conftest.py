@@ -171,7 +171,9 @@ def env(home: Path) -> dict[str, str]:
     # The daemons and CLIs the tests start run the gsup under test (the one pytest
     # imported), whatever else is installed: its folder is their only $PYTHONPATH.
     source = Path(gsup_under_test.__file__).resolve().parent.parent
-    return dict(os.environ, GSUP_HOME=str(home), COLUMNS="200", PYTHONPATH=str(source))
+    env = dict(os.environ, GSUP_HOME=str(home), COLUMNS="200", PYTHONPATH=str(source))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # .pyc files are written, as users' are
+    return env
 
 
 @pytest.fixture
