@@ -74,9 +74,10 @@ class _FreshFinders:
     """The finders of the job's own folders (and their packages'): fresh source only."""
 
     roots: tuple[str, ...] = ()
-    loaders = (
-        (FreshSourceLoader, importlib.machinery.SOURCE_SUFFIXES),
+    loaders = (  # in the order of Python's own finder, its source loader replaced
         (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+        (FreshSourceLoader, importlib.machinery.SOURCE_SUFFIXES),
+        (importlib.machinery.SourcelessFileLoader, importlib.machinery.BYTECODE_SUFFIXES),
     )
 
     @classmethod
