@@ -260,6 +260,32 @@ class Client:
             while self._pending and (data := self._sock.recv(1 << 16)):
                 self._deliver(data)
 
+    def stream(self, verb: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        """A request answered by a message now and more later (`follow`): each message,
+        as it comes, on a connection of its own, until the daemon closes it or refuses
+        the request (GsupError, with its reason)."""
+        with Client(self.paths.home) as own:
+            sock = own._connect()
+            try:
+                sock.sendall(encode({"verb": verb, "id": 1, **fields}))
+            except OSError as exc:
+                raise GsupError(f"lost the connection to the daemon: {exc}") from None
+            reader = LineReader()
+            while True:
+                try:
+                    data = sock.recv(1 << 16)
+                    messages = reader.feed(data)
+                except OSError as exc:
+                    raise GsupError(f"lost the connection to the daemon: {exc}") from None
+                except ProtocolError as exc:
+                    raise GsupError(f"unreadable reply from the daemon: {exc}") from None
+                if not data:
+                    raise GsupError("the daemon closed the connection")
+                for message in messages:
+                    if not message.get("ok"):
+                        raise GsupError(message.get("error", "the daemon refused the request"))
+                    yield message
+
     # --- one method per verb ---------------------------------------------------------
 
     def ping(self) -> dict[str, Any]:

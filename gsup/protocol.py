@@ -533,8 +533,29 @@ def _task_wait(message: dict[str, Any]) -> dict[str, Any]:
     return {"task": _task_id(message)}
 
 
+def _follow(message: dict[str, Any]) -> dict[str, Any]:
+    """Push the events numbered after `since` as they are committed, of job `job` or of
+    task `task`'s jobs if one is named (see supervisor/followers.py)."""
+    since, job, task = message.get("since"), message.get("job"), message.get("task")
+    _check(_is_int(since) and 0 <= since <= 2**63 - 1,
+           f"since must be an event number from 0, not {shown(since)}")  # fmt: skip
+    _check(job is None or task is None, "follow one job or one task, not both")
+    return {
+        "since": since,
+        "job": None if job is None else check_job_id(job),
+        "task": None if task is None else _task_id(message),
+    }
+
+
+def _stats(message: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
 _REQUESTS = {
     "ping": _ping,
+    "follow": _follow,
+    "stats": _stats,
+    "why": _one_job,
     "add": _add,
     "get": _get,
     "cancel": _one_job,

@@ -126,15 +126,23 @@ def forgotten(state: str | None) -> tuple[str, ...]:
     return (FORGET_BATCHES, *(FORGET_TASKS if state is None else ()))
 
 
+# The numbered tables: their number column, and the mark of the highest number given.
+ID_MARKS = {
+    "jobs": ("id", "last_job_id"),
+    "attempts": ("id", "last_attempt_id"),
+    "events": ("seq", "last_event_seq"),
+}
+
+
 def highest_ids(conn: sqlite3.Connection) -> dict[str, int]:
     """The marks that keep pruned ids from being given again (see schema.Mark)."""
     marks = dict(conn.execute("SELECT name, value FROM marks"))
     return {
-        f"last_{table[:-1]}_id": max(
-            conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0],
-            marks.get(f"last_{table[:-1]}_id", 0),
+        mark: max(
+            conn.execute(f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()[0],
+            marks.get(mark, 0),
         )
-        for table in ("jobs", "attempts")
+        for table, (column, mark) in ID_MARKS.items()
     }
 
 

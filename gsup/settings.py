@@ -86,6 +86,18 @@ class DaskSettings:
     connect: float = 10.0  # seconds a connection to the scheduler may take
 
 
+DEFAULT_WEB_LISTEN = "127.0.0.1:8765"
+MIN_TOKEN = 16  # characters of a web token, at least
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """`[web]` in gsup.toml: for `gsup web` and `gsup metrics --listen`."""
+
+    listen: str = DEFAULT_WEB_LISTEN  # HOST:PORT of `gsup web`
+    token: str | None = None  # required of requests when listening beyond loopback
+
+
 @dataclass(frozen=True)
 class Settings:
     paths: Paths
@@ -98,6 +110,7 @@ class Settings:
     backend: str = "local"  # what runs a job that names no backend nor queue
     slurm: SlurmSettings = SlurmSettings()
     dask: DaskSettings = DaskSettings()
+    web: WebSettings = WebSettings()
     grace: float = 10.0  # seconds running jobs get when the daemon stops
     stop_grace: float = 2.0  # seconds a stopped thread gets before its pool is recycled
     max_message: int = MAX_MESSAGE
@@ -203,6 +216,7 @@ def load_settings(
         backend=backend,
         slurm=slurm,
         dask=dask,
+        web=_web_settings(toml, file),
         group=group,
         min_free_mb=min_free_mb,
         max_result_mb=max_result_mb,
@@ -216,6 +230,20 @@ def _backend_section(toml: dict, name: str, file: str) -> dict:
     backends = _table(toml.get("backends"), "backends", file)
     _known(backends, {"slurm", "dask"}, "backends.", file)
     return _table(backends.get(name), f"backends.{name}", file)
+
+
+def _web_settings(toml: dict, file: str) -> WebSettings:
+    section = _table(toml.get("web"), "web", file)
+    _known(section, {"listen", "token"}, "web.", file)
+    listen, where = _pick(None, "", "GSUP_WEB_LISTEN", section, "web.listen",
+                          DEFAULT_WEB_LISTEN, file)  # fmt: skip
+    if not isinstance(listen, str):
+        raise ConfigError(f"{where} must be HOST:PORT, not {listen!r}")
+    token, where = _pick(None, "", "GSUP_WEB_TOKEN", section, "web.token", None, file)
+    if token is not None and not (isinstance(token, str) and len(token) >= MIN_TOKEN
+                                  and token.isprintable() and token.isascii()):  # fmt: skip
+        raise ConfigError(f"{where} must be a text of at least {MIN_TOKEN} printable characters")
+    return WebSettings(listen, token)
 
 
 def _dask_settings(toml: dict, file: str) -> DaskSettings:
@@ -288,7 +316,7 @@ def _pick(
 
 
 TOP_KEYS = {"grace", "stop_grace", "min_free_mb", "group", "max_message", "pools", "backend",
-            "backends",
+            "backends", "web",
             "max_result_mb", "max_log_mb", "keep_days"}  # fmt: skip
 POOL_KEYS = {"threads", "queue_size"}
 

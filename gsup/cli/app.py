@@ -14,6 +14,7 @@ from gsup.errors import DaemonNotRunning, GsupError
 
 if TYPE_CHECKING:
     from gsup.client import Client
+    from gsup.settings import WebSettings
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # on every command and group
 
@@ -95,3 +96,14 @@ def job_details(job: int, home: Path | None) -> dict[str, Any]:
     if found is None:
         raise GsupError(f"no job {job}")
     return found
+
+
+def web_settings(home: Path | None) -> WebSettings:
+    """The [web] settings of the state dir (`gsup web`, `gsup metrics --listen`)."""
+    from gsup.config import resolve_home
+    from gsup.settings import ConfigError, load_settings
+
+    try:
+        return load_settings(resolve_home(home)).web
+    except ConfigError as exc:
+        raise GsupError(str(exc)) from None

@@ -114,6 +114,7 @@ class Executor(abc.ABC):
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.restarts = 0  # processes it started again after one ended (metrics)
 
     @abc.abstractmethod
     def start(self, loop: Loop, reports: Reports) -> None:

@@ -253,7 +253,21 @@ def _v5_to_v6(migrator: SqliteMigrator) -> None:
         database.execute_sql(sql)
 
 
+def _v6_to_v7(migrator: SqliteMigrator) -> None:
+    """A job knows the task it runs a unit or a merge of (a unit's earlier jobs, made
+    before a reset, are not known any more: they get none)."""
+    for sql in (
+        'ALTER TABLE "jobs" ADD COLUMN "task" INTEGER',
+        'CREATE INDEX "jobs_task" ON "jobs" ("task", "id") WHERE ("task" IS NOT NULL)',
+        "UPDATE jobs SET task = (SELECT task FROM units WHERE units.job = jobs.id)"
+        " WHERE id IN (SELECT job FROM units)",
+        "UPDATE jobs SET task = (SELECT task FROM merges WHERE merges.job = jobs.id)"
+        " WHERE id IN (SELECT job FROM merges)",
+    ):
+        database.execute_sql(sql)
+
+
 STEPS: list[Callable[[SqliteMigrator], None]] = [
-    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6,
+    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6, _v6_to_v7,
 ]  # fmt: skip
 assert len(STEPS) == SCHEMA_VERSION - 1, "a migration step per version"

@@ -34,7 +34,7 @@ RUNNING_INDEX = "INDEXED BY jobs_running"
 
 # PRAGMA user_version of a journal that schema.py's models describe. 0.1.0 wrote
 # version 1 (it left user_version at 0: a file with a `jobs` table and version 0).
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class Unreadable(Exception):
@@ -322,3 +322,58 @@ def batch_ids(
         (uid, key, part),
     ).fetchone()
     return None if row is None else (row[0], list(range(row[1], row[1] + row[2])))
+
+
+# --- events (`gsup events`; the daemon's pushes to followers) -----------------------------
+
+EVENT_FIELDS = ("seq", "job", "before", "after", "at", "why")
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a reader wants: all, one job's, or those of one task's jobs."""
+
+    job: int | None = None
+    task: int | None = None
+
+    def clause(self) -> tuple[str, tuple[int, ...]]:
+        if self.job is not None:
+            return " AND e.job = ?", (self.job,)
+        if self.task is not None:  # along the index jobs_task, per event: a few at a time
+            return " AND e.job IN (SELECT id FROM jobs WHERE task = ?)", (self.task,)
+        return "", ()
+
+
+def events_after(
+    conn: sqlite3.Connection, after: int, upto: int | None, wanted: EventFilter, limit: int
+) -> list[tuple[Any, ...]]:
+    """Events numbered after `after` (up to `upto`), oldest first, at most `limit`:
+    tuples of EVENT_FIELDS."""
+    clause, params = wanted.clause()
+    if upto is not None:
+        clause, params = clause + " AND e.seq <= ?", (*params, upto)
+    return conn.execute(
+        f"SELECT e.seq, e.job, e.before, e.after, e.at, e.why FROM events e WHERE e.seq > ?"
+        f"{clause} ORDER BY e.seq LIMIT ?",
+        (after, *params, limit),
+    ).fetchall()
+
+
+def last_event(conn: sqlite3.Connection) -> int:
+    """The number of the latest event ever written (its row may have been pruned)."""
+    (last,) = conn.execute(
+        "SELECT max(coalesce((SELECT max(seq) FROM events), 0),"
+        " coalesce((SELECT value FROM marks WHERE name = 'last_event_seq'), 0))"
+    ).fetchone()
+    return last
+
+
+def check_wanted(conn: sqlite3.Connection, wanted: EventFilter) -> None:
+    """GsupError (one line) if the job or task it names does not exist."""
+    if wanted.job is not None and job_runs(conn, wanted.job) is None:
+        raise GsupError(f"no job {wanted.job}")
+    if (
+        wanted.task is not None
+        and not conn.execute("SELECT 1 FROM tasks WHERE id = ?", (wanted.task,)).fetchone()
+    ):
+        raise GsupError(f"no task {wanted.task}")

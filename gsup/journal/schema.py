@@ -48,6 +48,7 @@ class Job(BaseModel):
     result_type = pw.TextField(null=True)  # "json", or "repr" when not JSON-able (text: results)
     error = pw.TextField(null=True)  # "ExceptionType: message"
     traceback = pw.TextField(null=True)
+    task = pw.IntegerField(null=True)  # the task it runs a unit or a merge of
 
     class Meta:
         table_name = "jobs"
@@ -63,6 +64,8 @@ Job.add_index(QUEUED_ORDER)
 Job.add_index(
     Job.index(Job.pool, Job.id, name="jobs_running").where(Job.state == State.RUNNING.value)
 )
+# A task's jobs (`gsup events --task`): only the jobs of tasks are in it.
+Job.add_index(Job.index(Job.task, Job.id, name="jobs_task").where(Job.task.is_null(False)))
 
 
 class Attempt(BaseModel):
@@ -131,9 +134,11 @@ class Command(BaseModel):
 
 
 class Mark(BaseModel):
-    """Numbers that must outlive the rows they come from: "last_job_id" and
-    "last_attempt_id", the highest ids ever given, written when a prune deletes the
-    newest rows (the writer goes on from the larger of a mark and the table's max)."""
+    """Numbers that must outlive the rows they come from: "last_job_id",
+    "last_attempt_id" and "last_event_seq", the highest ids ever given, written when a
+    prune deletes the newest rows (the writer goes on from the larger of a mark and the
+    table's max): an id names one thing ever, and a reader of events resuming from a
+    number never gets an event it has not seen under a number it has."""
 
     name = pw.TextField(primary_key=True)
     value = pw.IntegerField()

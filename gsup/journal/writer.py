@@ -129,22 +129,35 @@ class Writer:
         self._in_transaction = False
         self._log: list[tuple[str, Sequence[Any], bool]] = []
         # A request's writes are undone alone if its handler fails half-way:
-        # (log length, next job id, next attempt id) when its savepoint was taken.
-        self._savepoint: tuple[int, int, int] | None = None
+        # (log length, next job id, attempt id, event seq) when its savepoint was taken.
+        self._savepoint: tuple[int, int, int, int] | None = None
         self.failure: sqlite3.Error | None = None  # a write of this turn failed
         self._large_result = False  # this turn wrote one: see `_unbind`
+        # Ids and event numbers are given here, not by SQLite: a replayed turn gives
+        # the same ones, and a pruned one is never given again (see schema.Mark).
         self._next_job_id = self._next_id("jobs")
         self._next_attempt_id = self._next_id("attempts")
+        self._next_event_seq = self._next_id("events")
 
     def _next_id(self, table: str) -> int:
         """After the highest id the table holds, or ever held (see schema.Mark)."""
-        mark = f"last_{table[:-1]}_id"
+        column, mark = retention.ID_MARKS[table]
         (highest,) = self.conn.execute(
-            f"SELECT max(coalesce((SELECT max(id) FROM {table}), 0),"
+            f"SELECT max(coalesce((SELECT max({column}) FROM {table}), 0),"
             " coalesce((SELECT value FROM marks WHERE name = ?), 0))",
             (mark,),
         ).fetchone()
         return highest + 1
+
+    @property
+    def last_event(self) -> int:
+        """The number of the latest event written (committed once the turn is)."""
+        return self._next_event_seq - 1
+
+    def _event_seqs(self, count: int) -> range:
+        seqs = range(self._next_event_seq, self._next_event_seq + count)
+        self._next_event_seq += count
+        return seqs
 
     @property
     def reader(self) -> sqlite3.Connection:
@@ -195,6 +208,11 @@ class Writer:
         when an earlier write of the turn failed, whether or not a transaction is open."""
         if self._in_transaction or self.failure is not None:
             self._finish(self._commit_turn)
+
+    @property
+    def turn_writes(self) -> int:
+        """Statements the open turn has written so far."""
+        return len(self._log)
 
     def must_sync(self) -> None:
         """This turn must be on the disk before it acts, whatever it wrote."""
@@ -276,7 +294,8 @@ class Writer:
         process holds the journal's write lock): nothing was written, see `take_lock`."""
         self.take_lock()
         self.conn.execute("SAVEPOINT request")
-        self._savepoint = (len(self._log), self._next_job_id, self._next_attempt_id)
+        self._savepoint = (len(self._log), self._next_job_id, self._next_attempt_id,
+                           self._next_event_seq)  # fmt: skip
         try:
             yield
         except BaseException:
@@ -287,7 +306,7 @@ class Writer:
 
     def _rollback_to_savepoint(self) -> None:
         assert self._savepoint is not None
-        log_length, self._next_job_id, self._next_attempt_id = self._savepoint
+        log_length, self._next_job_id, self._next_attempt_id, self._next_event_seq = self._savepoint
         del self._log[log_length:]
         self._savepoint = None
         try:
@@ -329,16 +348,18 @@ class Writer:
 
     # --- jobs ------------------------------------------------------------------------
 
-    def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[int]:
-        # Explicit ids: a replayed turn gives the same ones.
+    def insert_jobs(
+        self, specs: Sequence[JobSpec], now: float, task: int | None = None
+    ) -> list[int]:
+        """Add jobs (of `task`, if they run its units or merge); their ids, in order."""
         ids = list(range(self._next_job_id, self._next_job_id + len(specs)))
         encoded: dict[tuple, str] = {}  # objects the batch shares are alive meanwhile
         self._next_job_id += len(specs)
         self._write(
             "INSERT INTO jobs (id, name, pool, kind, target, display, spec, priority, timeout,"
             " retries, retry_delay, backoff, retry_on, on_lost, state, attempts, lost_count,"
-            f" created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.QUEUED}', 0, 0,"
-            " ?)",
+            " created, task) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            f" '{State.QUEUED}', 0, 0, ?, ?)",
             [
                 (
                     job,
@@ -356,15 +377,16 @@ class Writer:
                     None if spec.retry_on is None else json.dumps(spec.retry_on),
                     spec.on_lost,
                     now,
+                    task,
                 )
                 for job, spec in zip(ids, specs, strict=True)
             ],
             many=True,
         )
         self._write(
-            f"INSERT INTO events (job, before, after, at, why) VALUES (?, NULL, '{State.QUEUED}',"
-            " ?, 'added')",
-            [(job, now) for job in ids],
+            "INSERT INTO events (seq, job, before, after, at, why)"
+            f" VALUES (?, ?, NULL, '{State.QUEUED}', ?, 'added')",
+            [(seq, job, now) for seq, job in zip(self._event_seqs(len(ids)), ids, strict=True)],
             many=True,
         )
         return ids
@@ -444,9 +466,10 @@ class Writer:
             raise JournalConflict(f"job {job} is not {before}")
         if outcome and outcome.get("result") is not None:  # only an end has one
             self._set_result(job, outcome["result"])
+        event = (self._event_seqs(1)[0], job, None if before is None else str(before))
         self._write(
-            "INSERT INTO events (job, before, after, at, why) VALUES (?, ?, ?, ?, ?)",
-            (job, None if before is None else str(before), after.value, now, storable(why)),
+            "INSERT INTO events (seq, job, before, after, at, why) VALUES (?, ?, ?, ?, ?, ?)",
+            (*event, after.value, now, storable(why)),
             lazy=lazy,
         )
 
@@ -476,7 +499,8 @@ class Writer:
         self._write(
             retention.MARK,
             [("last_job_id", self._next_job_id - 1),
-             ("last_attempt_id", self._next_attempt_id - 1)],
+             ("last_attempt_id", self._next_attempt_id - 1),
+             ("last_event_seq", self._next_event_seq - 1)],
             many=True,
         )  # fmt: skip
 

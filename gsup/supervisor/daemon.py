@@ -7,7 +7,8 @@ Each turn of the loop reads like a checklist:
   4. dispatch queued jobs to executors with room;
   5. commit everything the turn wrote in one transaction (group commit);
   6. only then act on it: jobs go to executors, and while they start, the turn is
-     synced to the disk; then replies go to clients (see journal/writer.py).
+     synced to the disk; then replies, and the turn's events, go to clients (see
+     journal/writer.py and followers.py).
 It never imports user code; it starts its executors before it could have any thread.
 The parts: loop.py (waiting), connections.py (clients), handlers.py (one per verb),
 jobs.py (dispatch, endings, waiters), lifetime.py (the state dir, the socket),
@@ -40,11 +41,13 @@ from gsup.settings import ConfigError, Settings
 from gsup.supervisor import lifetime
 from gsup.supervisor.checkup import JournalCheck
 from gsup.supervisor.connections import Connection, Connections
+from gsup.supervisor.followers import Followers
 from gsup.supervisor.handlers import Handlers
 from gsup.supervisor.jobs import JobBook
 from gsup.supervisor.lifetime import DaemonError
 from gsup.supervisor.loop import Loop, report_bug, say
 from gsup.supervisor.pruning import Pruner
+from gsup.supervisor.stats import Stats
 from gsup.systemd import Notifier
 from gsup.tasks.engine import TaskEngine
 from gsup.tasks.landing import Landings
@@ -164,7 +167,11 @@ class Supervisor:
         )
         self.book = JobBook(self.journal, self.executors.values(), self.loop,
                             self.connections.reply)  # fmt: skip
+        self.stats = Stats(self.journal.reader)  # before recovery's changes, which it counts
+        self.book.subscribe(self.stats.changed)
+        self.book.added_hooks.append(self.stats.added)
         self.pruner = Pruner(self.settings, self.journal, self.loop, self.connections.reply)
+        self.followers = Followers(self.journal, self.connections.reply)
         self.landings = Landings(self.loop, self._landed)
         slurm = self.executors[SLURM]
         assert isinstance(slurm, SlurmExecutor)
@@ -172,7 +179,8 @@ class Supervisor:
         self.engine = TaskEngine(self.journal, self.book, self.paths.tasks, self.landings,
                                  self.settings.default_pool)  # fmt: skip
         self.handlers = Handlers(self.settings, self.journal, self.book, self.connections.reply,
-                                 self.pruner, self._stop_asked, self.engine)  # fmt: skip
+                                 self.pruner, self._stop_asked, self.engine,
+                                 self.followers, self._stats)  # fmt: skip
         report = recovery.plan(self.journal.reader, self.executors)
         recovery.apply(self.book, report)
         self.engine.load()
@@ -201,8 +209,14 @@ class Supervisor:
                 if not self._stall(exc, self.journal.take_lock):
                     return
 
+    def _stats(self) -> dict[str, Any]:
+        """The `stats` reply: counters kept in memory (see supervisor/stats.py)."""
+        return self.stats.reply(self.book, self.engine, len(self.connections.open),
+                                len(self.followers))  # fmt: skip
+
     def _dropped(self, conn: Connection) -> None:
         self.book.forget(conn)
+        self.followers.forget(conn)
 
     def _begin_stop(self) -> None:
         """First signal: take no new work, give running jobs the grace period.
@@ -304,12 +318,16 @@ class Supervisor:
 
     def _settle_turn(self) -> None:
         """Commit the turn, hand over its jobs, sync it, then answer (see the checklist)."""
+        writes, began = self.journal.turn_writes, time.perf_counter()
         if not self._commit():
             return
         for executor in self.executors.values():
             executor.flush(durable=False)
         if not self._sync():
             return
+        if writes:
+            self.stats.turn(writes, time.perf_counter() - began)
+        self.followers.push()  # before anything opens the next transaction
         self.pruner.after_sync()  # a prune's reply says the WAL has been truncated
         self.connections.flush()
         for executor in self.executors.values():
@@ -359,6 +377,7 @@ class Supervisor:
         """Call `retry` every second until it no longer raises JournalStalled (a full
         disk, another process holding the write lock); False if a stop signal came."""
         say(f"cannot write the journal ({exc}); retrying every {STALL_RETRY:g}s")
+        self.stats.stalls += 1
         self.systemd.status(f"stalled: cannot write the journal ({exc})")
         self.connections.refusing = (
             f"the daemon cannot write its journal ({exc}); nothing is accepted until it"

@@ -18,13 +18,16 @@ from typing import Any
 
 from gsup import __version__
 from gsup.config import DASK, POOL_NAMES, SLURM, pool_for
+from gsup.errors import GsupError
 from gsup.journal import queries
+from gsup.journal.queries import EventFilter
 from gsup.journal.writer import Writer
 from gsup.lifecycle import Stop
 from gsup.protocol import MUTATING, BatchPart, JobSpec, ProtocolError, check_request, request_id
 from gsup.settings import Settings
 from gsup.states import END_STATES, RETRYABLE, State
 from gsup.supervisor.connections import Connection
+from gsup.supervisor.followers import Followers
 from gsup.supervisor.jobs import JobBook
 from gsup.supervisor.loop import report_bug
 from gsup.supervisor.pruning import Pruner
@@ -33,6 +36,7 @@ from gsup.tasks.engine import TaskEngine, TaskRequestError
 from gsup.tasks.records import TASK_END_STATES, task_row
 
 Reply = dict[str, Any] | None
+MAX_NAMED = 5  # jobs a `why` names (those running in a full pool)
 
 
 class RequestError(Exception):
@@ -49,8 +53,12 @@ class Handlers:
         pruner: Pruner,
         begin_stop: Callable[[bool], None],
         engine: TaskEngine,
+        followers: Followers,
+        stats: Callable[[], dict[str, Any]],
     ) -> None:
+        self.stats_reply = stats
         self.pruner = pruner
+        self.followers = followers
         self.engine = engine
         self.settings = settings
         self.begin_stop = begin_stop
@@ -60,6 +68,9 @@ class Handlers:
         self.reply = reply
         self.verbs: dict[str, Callable[[Connection, Any, dict[str, Any]], Reply]] = {
             "ping": self.ping,
+            "follow": self.follow,
+            "stats": self.stats,
+            "why": self.why,
             "add": self.add,
             "get": self.get,
             "cancel": self.cancel,
@@ -136,6 +147,53 @@ class Handlers:
         }  # fmt: skip
         return {"pid": os.getpid(), "version": __version__, "started": self.started,
                 "stopping": self.book.stopping, "pools": pools, "backends": backends}  # fmt: skip
+
+    def follow(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        """Answered at once with the last event committed; then the events after `since`
+        come, with this request's id, as turns commit them (see followers.py)."""
+        wanted = EventFilter(fields["job"], fields["task"])
+        try:
+            queries.check_wanted(self.journal.reader, wanted)
+        except GsupError as exc:
+            raise RequestError(str(exc)) from None
+        last = self.journal.last_event
+        if fields["since"] > last:
+            raise RequestError(f"there is no event {fields['since']} yet; the last is {last}")
+        self.followers.follow(conn, request_id, fields["since"], wanted)
+        return {"last": last}
+
+    def stats(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        """The counters a metrics scrape reads (see supervisor/stats.py)."""
+        return self.stats_reply()
+
+    def why(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
+        """What the daemon alone knows of why a job waits or runs (`gsup why` says the
+        rest from the journal): its pool's state, and the job's hand-over."""
+        row = self._job_row(fields["job"])
+        lane = self.book.lanes[row["pool"]]
+        flights = sorted(lane.flights.values(), key=lambda f: f.job)
+        flight = lane.flights.get(row["id"])
+        stats = os.statvfs(self.settings.paths.home)
+        return {
+            "stopping": self.book.stopping,
+            "pool": {
+                "frozen": lane.frozen, "trouble": lane.executor.trouble,
+                "unusable": lane.executor.unusable, "free": lane.executor.capacity(),
+                "running": [f.job for f in flights if f.started][:MAX_NAMED],
+                "running_count": sum(f.started for f in flights),
+                "held": sum(not f.started for f in flights),
+                "suspect": next((f.job for f in flights if f.policy.lost_count), None)
+                if lane.executor.shared_fate else None,
+                "threads": self.settings.pool(row["pool"]).threads
+                if row["pool"] in POOL_NAMES else None,
+            },
+            "flight": None if flight is None else {
+                "started": flight.started, "recalling": flight.recalling,
+                "stop": flight.stop and flight.stop.value,
+            },
+            "disk": {"free_mb": stats.f_bavail * stats.f_frsize / 1e6,
+                     "min_free_mb": self.settings.min_free_mb},
+        }  # fmt: skip
 
     def stop(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:
         """Stop as SIGTERM does; the client sees the daemon go by its connection closing."""

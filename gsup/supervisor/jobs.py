@@ -118,6 +118,7 @@ class JobBook:
         self.waiters = Waiters()
         self.hooks: list[Callable[[StateChange], None]] = []
         self.end_hooks: list[Callable[[int, State], None]] = []
+        self.added_hooks: list[Callable[[list[JobSpec]], None]] = []
         self.stopping = False
 
     def subscribe(self, hook: Callable[[StateChange], None]) -> None:
@@ -162,6 +163,9 @@ class JobBook:
             lane.maybe_better = True
 
     def added(self, specs: list[JobSpec]) -> None:
+        """New jobs were written (queued): they are dispatched as their turn comes."""
+        for hook in self.added_hooks:
+            hook(specs)
         best: dict[str, int] = {}
         for spec in specs:
             best[spec.pool] = min(best.get(spec.pool, 9), spec.priority)

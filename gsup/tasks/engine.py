@@ -665,7 +665,7 @@ class TaskEngine:
         units = [UnitRow(unit, task.id, transform, idx, json.loads(call))
                  for unit, transform, idx, call in rows]  # fmt: skip
         specs_ = [self._job_spec(task, task.by_id[u.transform], u) for u in units]
-        jobs = self.journal.insert_jobs(specs_, self.book.wall())
+        jobs = self.journal.insert_jobs(specs_, self.book.wall(), task.id)
         self.journal.write(
             "UPDATE units SET state = 'submitted', job = ?, jobs = jobs + 1 WHERE id = ?",
             [(job, unit.id) for job, unit in zip(jobs, units, strict=True)],

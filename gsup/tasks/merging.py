@@ -176,7 +176,7 @@ class Merging:
             arguments=literal_text((), kwargs), cwd=task.context["cwd"],
             path=task.context["path"], pool=MERGE_POOL, name=name,
         )  # fmt: skip
-        (job,) = self.journal.insert_jobs([spec], self.book.wall())
+        (job,) = self.journal.insert_jobs([spec], self.book.wall(), task.id)
         merge.running = self.journal.write(
             "INSERT INTO merges (task, transform, job, out, full, state, units, created)"
             " VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",

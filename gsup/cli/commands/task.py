@@ -133,6 +133,17 @@ def _detail_lines(transforms: list[TransformProgress]) -> list[str]:
 
 
 @task.command()
+def why(task_id: TaskId, home: Home = None) -> None:
+    """Why a task's units wait (a pause, its float, their inputs) or how they ended:
+    a line on the task, then one per transform."""
+    from gsup.journal.queries import read_journal
+    from gsup.why import explain_task
+
+    with read_journal(home) as conn:
+        print("\n".join(explain_task(conn, _task_id(task_id))))
+
+
+@task.command()
 def wait(
     task_id: TaskId,
     timeout: Annotated[float | None, typer.Option(min=0, metavar="S")] = None,

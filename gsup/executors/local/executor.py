@@ -520,6 +520,7 @@ class LocalPool(Executor):
             self._end(job, *self._fate(self.held[job], handle, death))
         if handle.retiring or self.halted:
             return
+        self.restarts += 1
         handle.restart = self.loop.call_at(self.loop.now() + delay, handle.spawn)
 
     def _restart_delay(self, handle: PoolProcessHandle, lived: float) -> float:

@@ -1,0 +1,91 @@
+"""Reading the event stream: the journal's event rows in order, then, when following,
+those the daemon pushes as it commits them (see supervisor/followers.py).
+
+History comes from the journal file (read-only: it costs the daemon nothing); the
+daemon sends only what is new. A reader it finds too far behind is told so, reads
+on from the file, and follows again from where it got to: every event is given
+once, in order, whatever the reader's pace.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gsup.client import Client
+from gsup.errors import GsupError
+from gsup.journal import queries
+from gsup.journal.queries import EVENT_FIELDS, EventFilter
+
+READ_PAGE = 10_000  # events read from the journal file at a time
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    job: int
+    before: str | None
+    after: str
+    at: float
+    why: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(zip(EVENT_FIELDS, (self.seq, self.job, self.before, self.after, self.at,
+                                       self.why), strict=True))  # fmt: skip
+
+    def line(self) -> str:
+        """One line for a terminal: number, time, job, change and why."""
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.at))
+        change = f"{self.before or 'new'} -> {self.after}"
+        return f"{self.seq}  {at}.{int(self.at % 1 * 1000):03d}  job {self.job}  {change}" + (
+            f"  {self.why}" if self.why else ""
+        )
+
+
+def events(
+    home: str | Path | None, since: int | None, wanted: EventFilter, follow: bool
+) -> Iterator[list[Event]]:
+    """The events after event number `since` (None: from the first, or from now when
+    following), in batches; following, it never ends but by an error (the daemon gone)."""
+    with queries.read_journal(home) as conn:
+        queries.check_wanted(conn, wanted)
+        last = queries.last_event(conn)
+        if since is None:
+            since = last if follow else 0
+        if since > last:
+            raise GsupError(f"--since {since} is beyond the last event, {last}")
+        since = yield from _read(conn, since, wanted)
+        if not follow:
+            return
+        client = Client(home)
+        while True:
+            since, behind = yield from _pushed(client, since, wanted)
+            if behind:
+                since = yield from _read(conn, since, wanted)
+
+
+def _read(conn: sqlite3.Connection, since: int, wanted: EventFilter) -> Iterator[list[Event]]:
+    """The events the journal file holds after `since`; returns the number read up to
+    (the last committed when it began: a filtered read may have found none near it)."""
+    upto = queries.last_event(conn)
+    while rows := queries.events_after(conn, since, upto, wanted, READ_PAGE):
+        yield [Event(*row) for row in rows]
+        since = rows[-1][0]
+    return max(since, upto)
+
+
+def _pushed(client: Client, since: int, wanted: EventFilter) -> Iterator[list[Event]]:
+    """Follow from `since` until the daemon says this reader is behind: returns the
+    last event had, and whether it is behind (else the stream ended: an error)."""
+    for message in client.stream("follow", since=since, job=wanted.job, task=wanted.task):
+        if "behind" in message:
+            return message["behind"], True
+        if "events" in message:
+            batch = [Event(*row) for row in message["events"]]
+            yield batch
+            since = batch[-1].seq
+    raise GsupError("the daemon stopped")  # pragma: no cover - stream raises first

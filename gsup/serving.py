@@ -1,0 +1,121 @@
+"""HTTP serving for `gsup web` and `gsup metrics --listen`: a threaded WSGI server
+(prometheus_client's, on the standard library's wsgiref), behind a token check.
+
+On the loopback interface a token is optional; beyond it, one is required (set in
+gsup.toml's [web] section). Once set, every request needs it: as a bearer token
+(Prometheus' `authorization`), or `?token=` once in a browser, which then keeps it in
+a cookie.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import socket
+import sys
+from collections.abc import Callable, Iterable
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from gsup.errors import GsupError
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+COOKIE = "gsup_token"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """(host, port) of HOST:PORT; GsupError (one line) if it is not one."""
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise GsupError(f"{text!r} is not HOST:PORT (such as 127.0.0.1:8765)")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is this machine's loopback."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise GsupError(f"cannot listen on {host!r}: {exc}") from None
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    if token is None and not is_loopback(host):
+        raise GsupError(
+            f"listening on {host} reaches beyond this machine and needs a token: set"
+            " [web] token in gsup.toml (or GSUP_WEB_TOKEN), at least 16 characters"
+        )
+
+
+def guarded(app: WsgiApp, token: str | None) -> WsgiApp:
+    """`app` behind the token (if there is one): a request without it gets 401."""
+    if token is None:
+        return app
+    expected = token.encode()
+
+    def check(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        given, from_query = _given_token(environ)
+        if given is None or not hmac.compare_digest(given.encode(), expected):
+            headers = [("Content-Type", "text/plain; charset=utf-8"),
+                       ("WWW-Authenticate", 'Bearer realm="gsup"')]  # fmt: skip
+            start_response("401 Unauthorized", headers)
+            return [b"401 Unauthorized: this gsup needs its token (see [web] token)\n"]
+        if not from_query:
+            return app(environ, start_response)
+
+        def with_cookie(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+            cookie = f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+            return start_response(status, [*headers, ("Set-Cookie", cookie)], *rest)
+
+        return app(environ, with_cookie)
+
+    return check
+
+
+def _given_token(environ: dict[str, Any]) -> tuple[str | None, bool]:
+    """The token a request carries, and whether it came in the query."""
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    if header.startswith("Bearer "):
+        return header[7:].strip(), False
+    query = parse_qs(environ.get("QUERY_STRING", "")).get("token")
+    if query:
+        return query[0], True
+    cookie = SimpleCookie()
+    try:
+        cookie.load(environ.get("HTTP_COOKIE", ""))
+    except Exception:  # a malformed cookie header: no token
+        return None, False
+    found = cookie.get(COOKIE)
+    return (found.value if found else None), False
+
+
+class QuietHandler(WSGIRequestHandler):
+    """No line per request on stderr (a scrape a second would flood it)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(app: WsgiApp, listen: str, token: str | None, what: str) -> None:
+    """Serve `app` on `listen` (HOST:PORT) until interrupted."""
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    host, port = parse_listen(listen)
+    check_exposure(host, token)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    try:
+        server = make_server(host, port, guarded(app, token), Server, QuietHandler)
+    except OSError as exc:
+        raise GsupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    shown = f"[{host}]" if ":" in host else host
+    print(f"gsup: {what} on http://{shown}:{server.server_port}/", file=sys.stderr, flush=True)
+    with server:
+        server.serve_forever()
