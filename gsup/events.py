@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gsup.client import Client
-from gsup.errors import GsupError
+from gsup.client import Client, daemon_is_up
+from gsup.config import resolve_home
+from gsup.errors import DaemonNotRunning, GsupError
 from gsup.journal import queries
 from gsup.journal.queries import EVENT_FIELDS, EventFilter
 
@@ -50,19 +51,28 @@ def events(
     home: str | Path | None, since: int | None, wanted: EventFilter, follow: bool
 ) -> Iterator[list[Event]]:
     """The events after event number `since` (None: from the first, or from now when
-    following), in batches; following, it never ends but by an error (the daemon gone)."""
+    following), in batches; following, it never ends but by an error (the daemon
+    gone). A bad filter or number, or no daemon to follow, raises GsupError at once."""
     with queries.read_journal(home) as conn:
         queries.check_wanted(conn, wanted)
         last = queries.last_event(conn)
-        if since is None:
-            since = last if follow else 0
-        if since > last:
-            raise GsupError(f"--since {since} is beyond the last event, {last}")
-        since = yield from _read(conn, since, wanted)
-        if not follow:
-            return
+    if since is None:
+        since = last if follow else 0
+    if since > last:
+        raise GsupError(f"--since {since} is beyond the last event, {last}")
+    client = None
+    if follow:
         client = Client(home)
-        while True:
+        if not daemon_is_up(client.paths):
+            raise DaemonNotRunning(client.paths.home, resolve_home())
+    return _stream(home, since, wanted, client)
+
+
+def _stream(home: str | Path | None, since: int, wanted: EventFilter,
+            client: Client | None) -> Iterator[list[Event]]:  # fmt: skip
+    with queries.read_journal(home) as conn:
+        since = yield from _read(conn, since, wanted)
+        while client is not None:
             since, behind = yield from _pushed(client, since, wanted)
             if behind:
                 since = yield from _read(conn, since, wanted)

@@ -4,6 +4,7 @@ a slow follower), `gsup why`, `gsup task why`, `gsup metrics` (Prometheus)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -355,3 +356,91 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# --- live views --------------------------------------------------------------------------
+
+
+class Terminal:
+    """A `gsup` command on a pseudo-terminal (stdout and stderr), read as it draws."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
+        import pty
+
+        main, side = pty.openpty()
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", "-m", "gsup", *args], env={**env, "COLUMNS": "160"},
+            cwd=cwd, stdin=side, stdout=side, stderr=side, start_new_session=True,
+        )  # fmt: skip
+        os.close(side)
+        self.main = main
+        self.output = ""
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.main, 1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            self.output += data.decode("utf-8", "replace")
+
+    def until(self, text: str, timeout: float = 30) -> str:
+        wait_until(lambda: text in self.output, timeout, f"{text!r} on the terminal")
+        return self.output
+
+    def interrupt(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(10)
+
+
+def test_queues_watch_redraws_when_a_job_starts_and_ends(daemon, gsup, env, workdir):
+    screen = Terminal(env, workdir, "queues", "--watch")
+    screen.until("gsup user queue: 0 pending")
+    wait_until(lambda: _followers(gsup.home) == 1, what="the view to follow events")
+    gate = workdir / "gate"
+    job = gsup.add("jobs:wait_for_file", str(gate))
+    screen.until(f"#{job} jobs:wait_for_file(")
+    drawn = len(screen.output)
+    gate.touch()
+    gsup.wait(job)
+    wait_until(lambda: "Worker_0  idle" in screen.output[drawn:], what="the job's end drawn")
+    assert screen.interrupt() == 0
+
+
+def test_task_show_watch_follows_a_task_to_its_end(daemon, gsup, env, workdir):
+    (workdir / "t.toml").write_text(
+        '[task]\nname = "t"\nfloat = 1\n[[transform]]\nname = "a"\ntarget = "jobs:sleep"\n'
+        "units = [[0.2], [0.2], [0.2]]\n"
+    )
+    task = gsup("task", "submit", "t.toml").stdout.strip()
+    screen = Terminal(env, workdir, "task", "show", task, "--watch")
+    assert screen.process.wait(60) == 0  # it ends with the task
+    screen.until(f"task {task} t: completed")
+    assert "3/3 completed: 3 done" in screen.output
+
+
+def test_wait_shows_a_progress_bar_on_a_terminal(daemon, gsup, env, workdir):
+    jobs = [str(gsup.add("jobs:sleep", "0.3")) for _ in range(6)]
+    screen = Terminal(env, workdir, "wait", *jobs)
+    assert screen.process.wait(60) == 0
+    screen.until(f"{jobs[-1]}: done")
+    assert "ended" in screen.output
+    assert "6/6" in screen.output
+    assert "jobs/s" in screen.output
+
+
+def test_task_wait_shows_a_bar_per_transform(daemon, gsup, env, workdir):
+    (workdir / "t.toml").write_text(
+        '[task]\nname = "t"\n[[transform]]\nname = "first"\ntarget = "jobs:add"\n'
+        'units = [[1], [2]]\n[[transform]]\nname = "second"\ntarget = "jobs:add"\n'
+        "units = [[3], [4], [5]]\n"
+    )
+    task = gsup("task", "submit", "t.toml").stdout.strip()
+    screen = Terminal(env, workdir, "task", "wait", task)
+    assert screen.process.wait(60) == 0
+    screen.until(f"task {task} completed")
+    assert "first" in screen.output and "2/2" in screen.output
+    assert "second" in screen.output and "3/3" in screen.output

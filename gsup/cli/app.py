@@ -107,3 +107,8 @@ def web_settings(home: Path | None) -> WebSettings:
         return load_settings(resolve_home(home)).web
     except ConfigError as exc:
         raise GsupError(str(exc)) from None
+
+
+def watch_or_json(watch: bool, as_json: bool) -> None:
+    if watch and as_json:
+        raise UsageError("--watch draws on a terminal and --json prints once: give one of them")

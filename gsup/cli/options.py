@@ -27,6 +27,9 @@ Home = Annotated[
 ]
 OneQueue = Annotated[Queue | None, typer.Option("--queue", "-q", help="One queue only")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+Watch = Annotated[
+    bool, typer.Option("--watch", "-w", help="Stay, and redraw as the daemon's events come")
+]
 JobId = Annotated[str, typer.Argument(metavar="ID", help="Job id", show_default=False)]
 JobIds = Annotated[list[str], typer.Argument(metavar="ID", help="Job ids", show_default=False)]
 

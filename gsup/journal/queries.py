@@ -344,6 +344,9 @@ class EventFilter:
         return "", ()
 
 
+ALL_EVENTS = EventFilter()
+
+
 def events_after(
     conn: sqlite3.Connection, after: int, upto: int | None, wanted: EventFilter, limit: int
 ) -> list[tuple[Any, ...]]:

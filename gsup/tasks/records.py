@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-POLL = 0.2  # seconds between redraws of a task's progress while `gsup task wait` waits
 FAILURES_SHOWN = 5  # failed units whose reason `gsup task show` prints, by transform
 
 

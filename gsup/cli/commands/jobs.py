@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from gsup.cli.app import app, print_json
-from gsup.cli.options import Home, Json, OneQueue
+from gsup.cli.app import app, print_json, watch_or_json
+from gsup.cli.options import Home, Json, OneQueue, Watch
 from gsup.journal.queries import read_journal
 from gsup.states import State
 
@@ -29,16 +29,29 @@ def jobs(
         ),
     ] = 20,
     as_json: Json = False,
+    watch: Watch = False,
     home: Home = None,
 ) -> None:
     """List jobs, newest first."""
     from gsup.journal import queries
 
+    watch_or_json(watch, as_json)
     with read_journal(home) as conn:
-        found = queries.list_jobs(conn, state and state.value, queue and queue.value, limit)
-    if as_json:
-        print_json(found)
-    else:
-        from gsup.render import Style, jobs_table, print_lines
 
-        print_lines(jobs_table(found, Style()))
+        def listed() -> list[dict]:
+            return queries.list_jobs(conn, state and state.value, queue and queue.value, limit)
+
+        if as_json:
+            print_json(listed())
+            return
+        from gsup.render import Style, jobs_table
+
+        def view() -> str:
+            return "\n".join(jobs_table(listed(), Style()))
+
+        if watch:
+            from gsup.cli.live import watch as live
+
+            live(home, view)
+        else:
+            print(view())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from gsup.cli.app import app, print_json
-from gsup.cli.options import Home, Json
+import sqlite3
+
+from gsup.cli.app import app, print_json, watch_or_json
+from gsup.cli.options import Home, Json, Watch
 
 
 @app.command()
-def queues(as_json: Json = False, home: Home = None) -> None:
+def queues(as_json: Json = False, watch: Watch = False, home: Home = None) -> None:
     """Show each pool's workers (Name / Command / Timeout) and pending queue."""
     from dataclasses import asdict
 
@@ -16,16 +18,28 @@ def queues(as_json: Json = False, home: Home = None) -> None:
     from gsup.journal import queries
     from gsup.journal.queries import read_journal
 
+    watch_or_json(watch, as_json)
     paths = Paths(resolve_home(home))
-    up = daemon_is_up(paths)
     with read_journal(home) as conn:
-        pools = queries.queues_snapshot(conn)
-        slurm = queries.slurm_snapshot(conn)
-    if as_json:
-        print_json({"daemon": "running" if up else "not running",
-                    "pools": [asdict(pool) for pool in pools], "slurm": asdict(slurm)})  # fmt: skip
-    else:
-        from gsup.render import Style, print_lines, queues_view, slurm_view
+        if watch:
+            from gsup.cli.live import watch as live
 
-        style = Style()
-        print_lines(queues_view(pools, up, style) + slurm_view(slurm, style))
+            live(home, lambda: _view(conn, daemon_is_up(paths)))
+            return
+        up = daemon_is_up(paths)
+        if as_json:
+            pools, slurm = queries.queues_snapshot(conn), queries.slurm_snapshot(conn)
+            print_json({"daemon": "running" if up else "not running",
+                        "pools": [asdict(pool) for pool in pools],
+                        "slurm": asdict(slurm)})  # fmt: skip
+        else:
+            print(_view(conn, up))
+
+
+def _view(conn: sqlite3.Connection, up: bool) -> str:
+    from gsup.journal import queries
+    from gsup.render import Style, queues_view, slurm_view
+
+    style = Style()
+    pools, slurm = queries.queues_snapshot(conn), queries.slurm_snapshot(conn)
+    return "\n".join(queues_view(pools, up, style) + slurm_view(slurm, style))

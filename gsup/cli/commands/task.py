@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -10,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gsup.cli.app import command_group, job_id, print_json
-from gsup.cli.options import Home, Json
+from gsup.cli.app import command_group, job_id, print_json, watch_or_json
+from gsup.cli.options import Home, Json, Watch
 from gsup.config import TASKS_LISTED
 from gsup.errors import GsupError
 
@@ -81,15 +80,31 @@ def list_tasks(
 
 
 @task.command()
-def show(task_id: TaskId, as_json: Json = False, home: Home = None) -> None:
+def show(task_id: TaskId, as_json: Json = False, watch: Watch = False, home: Home = None) -> None:
     """A task: per transform, a progress bar, its units by state, rate and ETA."""
+    watch_or_json(watch, as_json)
     row, transforms = _read(task_id, home, every_failure=as_json)
     if as_json:
         print_json({**row, "transforms": [t.to_json() for t in transforms]})
         return
-    print(f"task {row['id']} {row['name']}: {row['state']}" + _reason(row))
-    for line in _progress_lines(transforms, row) + _detail_lines(transforms):
-        print(line)
+    if not watch:
+        print(_shown(row, transforms))
+        return
+    from gsup.cli.live import watch as live
+    from gsup.journal.queries import EventFilter
+    from gsup.tasks.records import TASK_END_STATES
+
+    def view() -> str:
+        nonlocal row, transforms
+        row, transforms = _read(task_id, home)
+        return _shown(row, transforms)
+
+    live(home, view, EventFilter(task=row["id"]), lambda: row["state"] in TASK_END_STATES)
+
+
+def _shown(row: dict[str, Any], transforms: list[TransformProgress]) -> str:
+    head = f"task {row['id']} {row['name']}: {row['state']}" + _reason(row)
+    return "\n".join([head, *_progress_lines(transforms, row), *_detail_lines(transforms)])
 
 
 def _reason(row: dict[str, Any]) -> str:
@@ -149,32 +164,50 @@ def wait(
     timeout: Annotated[float | None, typer.Option(min=0, metavar="S")] = None,
     home: Home = None,
 ) -> None:
-    """Wait for a task to end, showing its progress on a terminal; exits 0 only if it
-    completed. The daemon answers as it ends."""
+    """Wait for a task to end, with a progress bar per transform on a terminal; exits
+    0 only if it completed. The daemon answers as it ends."""
     from gsup.client import Client
     from gsup.errors import WaitTimeout
-    from gsup.tasks.records import POLL, TASK_END_STATES
 
-    deadline = None if timeout is None else time.monotonic() + timeout
-    client, on_terminal, shown = Client(home), sys.stdout.isatty(), 0
-    while True:
-        row, transforms = _read(task_id, home)
-        if on_terminal:
-            lines = _progress_lines(transforms, row)
-            sys.stdout.write(f"\x1b[{shown}F\x1b[J" if shown else "")
-            print("\n".join(lines), flush=True)
-            shown = len(lines)
-        if row["state"] in TASK_END_STATES:
-            break
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            raise GsupError(f"task {row['id']} is still {row['state']} after {timeout:g}s")
-        step = min(POLL, left or POLL) if on_terminal else left  # a terminal's bars move
-        with contextlib.suppress(WaitTimeout):
-            client.wait_task(row["id"], step)
+    row, _ = _read(task_id, home)
+    try:
+        if sys.stderr.isatty():
+            row = _wait_with_bars(row["id"], timeout, home)
+        else:
+            Client(home).wait_task(row["id"], timeout)
+            row, _ = _read(task_id, home)
+    except WaitTimeout:
+        row, _ = _read(task_id, home)
+        raise GsupError(f"task {row['id']} is still {row['state']} after {timeout:g}s") from None
     print(f"task {row['id']} {row['state']}" + _reason(row))
     if row["state"] != "completed":
         raise typer.Exit(1)
+
+
+def _wait_with_bars(task_id: int, timeout: float | None, home: Path | None) -> dict[str, Any]:
+    """Redraw a bar per transform as the task's events come, until it ends."""
+    from gsup.cli.live import EventTicker, progress_bars, redraws
+    from gsup.errors import WaitTimeout
+    from gsup.journal.queries import EventFilter
+    from gsup.tasks.records import TASK_END_STATES
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ticker = EventTicker(home, EventFilter(task=task_id))
+    bars_of: dict[int, Any] = {}
+    with progress_bars("units") as bars:
+        for _ in redraws(ticker):
+            row, transforms = _read(str(task_id), home)
+            for t in transforms:
+                if t.id not in bars_of:
+                    bars_of[t.id] = bars.add_task(t.name, total=t.total)
+                ended = t.counts["done"] + t.counts["failed"] + t.counts["skipped"]
+                bars.update(bars_of[t.id], total=t.total, completed=ended)
+            bars.refresh()
+            if row["state"] in TASK_END_STATES:
+                return row
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(f"task {task_id} still {row['state']}")
+    raise AssertionError("unreachable: redraws never ends")  # pragma: no cover
 
 
 def _control(task_id: str, action: str, home: Path | None, unit: str | None = None) -> None:
