@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import dask_side, gsup_side, huey_side, scale, slurm_side
+from bench import dask_side, gsup_side, huey_side, scale, slurm_side, web_side
 from bench.figures import Samples, all_rows, notes
 from bench.measure import gaps, median, percentile
 from bench.plan import FULL, SMOKE, Plan
@@ -112,6 +112,24 @@ def measure_comparative(
         f" import typer {median(commands['typer']) * 1e3:.1f}")  # fmt: skip
 
 
+def measure_observability(samples: Samples, plan: Plan, ws: gsup_side.Workspace) -> None:
+    """gsup web open and a scrape a second, against neither; events --follow's delay."""
+    if not web_side.available():
+        log("prometheus_client is not installed (pip install '.[web]'): no web figures")
+        return
+    interleave(samples, plan.reps, "drain_web", {
+        "alone": lambda: gsup_side.drain_rate(ws, plan.drain_jobs),
+        "watched": lambda: gsup_side.drain_rate(ws, plan.drain_jobs, around=web_side.web_open),
+    })  # fmt: skip
+    percentiles(samples, "gap_web", interleave(samples, plan.reps, "gap latency, web", {
+        "alone": lambda: gsup_side.gap_latencies(ws, plan.gap_trips),
+        "watched": lambda: gsup_side.gap_latencies(ws, plan.gap_trips, web_side.web_open),
+    }))  # fmt: skip
+    percentiles(samples, "follow", interleave(samples, plan.reps, "events --follow", {
+        "gsup": lambda: web_side.follow_delays(ws, plan.gap_trips),
+    }))  # fmt: skip
+
+
 def measure_merge(samples: Samples, plan: Plan, ws: gsup_side.Workspace) -> None:
     merge = gsup_side.merge_figures(ws, plan.drain_jobs, plan.task_float, plan.process_runs)
     samples.values["merge.landed"] = merge.landed_ms
@@ -133,6 +151,11 @@ def measure_scale(samples: Samples, plan: Plan, ws: gsup_side.Workspace) -> None
         samples.add("checked.gsup", checked)
         log(f"start to ready: {ready * 1e3:.0f} ms, to the journal checked {checked * 1e3:.0f} ms")
     samples.cli = scale.cli_seconds(home, plan.scale_cli_runs)
+    if web_side.available():
+        job = plan.scale_done  # an ended job (the clones of one ended job come first)
+        samples.pages = web_side.page_seconds(home, job, plan.scale_cli_runs)
+        slowest = max(samples.pages, key=lambda path: median(samples.pages[path]))
+        log(f"dashboard pages: slowest {slowest} {median(samples.pages[slowest]) * 1e3:.0f} ms")
     shutil.rmtree(home, ignore_errors=True)  # a million jobs: give the disk back early
     log(f"a {plan.prune_total:,}-job journal pruned to {plan.prune_keep:,}, and a fresh one")
     samples.pruned = scale.pruned_vs_fresh(ws, plan.prune_total, plan.prune_keep,
@@ -200,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         ws = gsup_side.make_workspace(root)
         hw = huey_side.make_workspace(root) if has_huey else None
         measure_comparative(samples, plan, ws, hw, before)
+        measure_observability(samples, plan, ws)
         measure_scale(samples, plan, ws)
         measure_slurm(samples, plan, root)
         measure_dask(samples, plan, ws)

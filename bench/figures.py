@@ -27,6 +27,7 @@ class Samples:
     rss: list[RssReading] = field(default_factory=list)
     pruned: PrunedVsFresh | None = None
     slurm: SlurmFigures | None = None
+    pages: dict[str, list[float]] = field(default_factory=dict)  # dashboard page, seconds
 
     def add(self, key: str, value: float) -> None:
         self.values[key].append(value)
@@ -185,6 +186,7 @@ def scale_rows(s: Samples, plan: Plan) -> list[Row]:
                 _row(f"  {name}: beyond process start (ms)", whole - floor, 100, 0,
                      "<= 100 ms", _at_most_value(100)),
             ]  # fmt: skip
+    rows += page_rows(s, plan)
     rows += _pruned_rows(s.pruned, plan)
     rows += _rss_rows(s.rss)
     return rows
@@ -225,8 +227,32 @@ def _rss_rows(readings: list[RssReading]) -> list[Row]:
 
 def all_rows(s: Samples, plan: Plan) -> list[Row]:
     return (
-        comparative_rows(s, plan) + scale_rows(s, plan) + slurm_rows(s, plan) + dask_rows(s, plan)
-    )
+        comparative_rows(s, plan) + web_rows(s, plan) + scale_rows(s, plan) + slurm_rows(s, plan)
+        + dask_rows(s, plan)
+    )  # fmt: skip
+
+
+def web_rows(s: Samples, plan: Plan) -> list[Row]:
+    n, m = plan.drain_jobs, s.median
+    watched = "gsup web open, a scrape a second"
+    return [
+        _row(f"drain {n:,} jobs, {watched} (jobs/s) vs neither", m("drain_web.watched"),
+             m("drain_web.alone"), 0, ">= 0.95x", _at_least(0.95)),
+        _row(f"latency add -> result, jobs apart, {watched}: median (ms) vs neither",
+             m("gap_web50.watched"), m("gap_web50.alone"), 2, "<= 1.05x", _at_most_ratio(1.05)),
+        _row("gsup events --follow: a job's end, its time to the follower, median (ms)",
+             m("follow50.gsup"), None, 2, "<= 5 ms", _at_most_value(5.0)),
+        _row("  the same, p99 (ms)", m("follow99.gsup"), None, 2),
+    ]  # fmt: skip
+
+
+def page_rows(s: Samples, plan: Plan) -> list[Row]:
+    size = f"{plan.scale_done + plan.scale_queued:,}-job journal"
+    return [
+        _row(f"gsup web {path}, {size}, whole page (ms)", median(times) * MS, None, 1,
+             "< 200 ms", _at_most_value(200))
+        for path, times in s.pages.items()
+    ]  # fmt: skip
 
 
 def slurm_rows(s: Samples, plan: Plan) -> list[Row]:
@@ -334,10 +360,23 @@ def notes(plan: Plan) -> list[str]:
         f"processes) after {plan.rss_checkpoints[0]:,} and {plan.rss_checkpoints[1]:,} "
         "no-op jobs have run, added with add_many 10,000 at a time, the next batch added "
         "while the last one runs.",
+        WEB_NOTE.format(jobs=plan.drain_jobs, trips=plan.gap_trips),
         SLURM_NOTE.format(jobs=plan.slurm_jobs, followed=plan.slurm_followed),
         DASK_NOTE.format(calls=plan.dask_calls),
     ]
 
+
+WEB_NOTE = (
+    "web: `gsup web` (at its defaults) with one page's event stream (/stream) read all "
+    "along, as an open browser tab keeps it, and /metrics fetched every second (a "
+    "Prometheus scrape_interval of 1s); against the same figure with neither, alternating. "
+    "The drain as above ({jobs:,} jobs); the latency of {trips:,} jobs 20-50 ms apart. "
+    "events --follow: {trips:,} jobs added one at a time 20-50 ms apart, a follower "
+    "(gsup.events, as `gsup events --follow` reads) in the bench process; from each job's "
+    "end event's time (taken as it is written, before the turn's commit and sync) to its "
+    "arrival. Pages: each fetched whole over HTTP (urllib, a new connection each) with "
+    "the daemon running, on the big journal below, medians of as many runs as the CLI's."
+)
 
 SLURM_NOTE = (
     "slurm: a private single-node Slurm started for the run (tests/slurm_cluster.py, 32 "

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,11 +107,19 @@ def _queued_frozen(queues: Any, ws: Workspace, jobs: int) -> list[Any]:
     return handles
 
 
-def drain_rate(ws: Workspace, jobs: int, pending_waits: int = 0) -> float:
+Around = Callable[[Path], AbstractContextManager[Any]]  # what else runs beside a daemon
+
+
+def _alone(home: Path) -> AbstractContextManager[Any]:
+    return nullcontext()
+
+
+def drain_rate(ws: Workspace, jobs: int, pending_waits: int = 0, around: Around = _alone) -> float:
     """Jobs/s from unfreezing a user pool with `jobs` queued to the last one's end,
     awaited with one `wait` on all of them; `pending_waits` other waits, each on a job
-    that does not end meanwhile, are pending all along (from another client)."""
-    with running_daemon(new_home(ws.root)) as daemon:
+    that does not end meanwhile, are pending all along (from another client). `around`:
+    what runs beside the daemon all along (gsup web)."""
+    with running_daemon(new_home(ws.root)) as daemon, around(daemon.home):
         queues = daemon.queues()
         ids = [handle.id for handle in _queued_frozen(queues, ws, jobs)]
         waiter = _wait_on_a_held_job(daemon, queues, ws, pending_waits)
@@ -290,13 +298,13 @@ def latencies(ws: Workspace, trips: int) -> list[float]:
     return _trips(ws, [0.0] * trips)
 
 
-def gap_latencies(ws: Workspace, trips: int) -> list[float]:
+def gap_latencies(ws: Workspace, trips: int, around: Around = _alone) -> list[float]:
     """The same, with the jobs 20-50 ms apart: every process sleeps in between."""
-    return _trips(ws, gaps(trips))
+    return _trips(ws, gaps(trips), around)
 
 
-def _trips(ws: Workspace, pauses: Sequence[float]) -> list[float]:
-    with running_daemon(new_home(ws.root)) as daemon:
+def _trips(ws: Workspace, pauses: Sequence[float], around: Around = _alone) -> list[float]:
+    with running_daemon(new_home(ws.root)) as daemon, around(daemon.home):
         queues = daemon.queues()
         for _ in range(5):  # warm up: the connection, and the pool's first import
             queues.add(ws.noop).result(WAIT_TIMEOUT)

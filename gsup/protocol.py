@@ -535,15 +535,20 @@ def _task_wait(message: dict[str, Any]) -> dict[str, Any]:
 
 def _follow(message: dict[str, Any]) -> dict[str, Any]:
     """Push the events numbered after `since` as they are committed, of job `job` or of
-    task `task`'s jobs if one is named (see supervisor/followers.py)."""
+    task `task`'s jobs if one is named; `brief`: only the number of the last event
+    after each commit that wrote one (see supervisor/followers.py)."""
     since, job, task = message.get("since"), message.get("job"), message.get("task")
+    brief = message.get("brief", False)
     _check(_is_int(since) and 0 <= since <= 2**63 - 1,
            f"since must be an event number from 0, not {shown(since)}")  # fmt: skip
     _check(job is None or task is None, "follow one job or one task, not both")
+    _check(isinstance(brief, bool), "brief must be true or false")
+    _check(not brief or (job is None and task is None), "a brief follow names no job or task")
     return {
         "since": since,
         "job": None if job is None else check_job_id(job),
         "task": None if task is None else _task_id(message),
+        "brief": brief,
     }
 
 

@@ -66,6 +66,11 @@ def _span(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+def _count(number: int, thing: str) -> str:
+    """`1 job`, `2 jobs`."""
+    return f"{number:,} {thing}{'s' * (number != 1)}"
+
+
 def _tries(row: dict[str, Any]) -> str:
     return f"attempt {row['attempts']} of {row['retries'] + 1}"
 
@@ -96,7 +101,7 @@ def _queued(conn: sqlite3.Connection, row: dict[str, Any], facts: dict[str, Any]
         said.append(f"{pool.capitalize()} cannot run jobs now: {pool_facts['trouble']}.")
     if row["lost_count"]:
         said.append(
-            f"It was in flight when its executor died {row['lost_count']} time(s)"
+            f"It was in flight when its executor died {_count(row['lost_count'], 'time')}"
             f" ({POISON_AFTER_LOST} make it poison): it runs alone, once nothing else runs"
             f" in {pool}{_naming(conn, pool_facts, ' (now: ', ')')}."
         )
@@ -118,7 +123,10 @@ def _queued(conn: sqlite3.Connection, row: dict[str, Any], facts: dict[str, Any]
         )
     ahead = _ahead(conn, row)
     if ahead:
-        said.append(f"{ahead:,} queued job(s) of {pool} come before it (priority, then age).")
+        verb = "comes" if ahead == 1 else "come"
+        said.append(
+            f"{_count(ahead, 'queued job')} of {pool} {verb} before it (priority, then age)."
+        )
     return said
 
 
@@ -195,7 +203,8 @@ def _ended(row: dict[str, Any], attempt: dict[str, Any] | None) -> list[str]:
     elif row["retries"] == 0:
         said.append("It was not retried: it allows no retries (`gsup add --retries N`).")
     elif row["attempts"] > row["retries"]:
-        said.append(f"It was not retried: its {row['retries']} retries are used up.")
+        used = "its 1 retry is" if row["retries"] == 1 else f"its {row['retries']} retries are"
+        said.append(f"It was not retried: {used} used up.")
     elif row["retry_on"] is not None:
         causes = ", ".join(json.loads(row["retry_on"]))
         said.append(f"It was not retried: it retries only on {causes}.")
@@ -266,7 +275,7 @@ def _waiting_units(conn: sqlite3.Connection, t: Any) -> list[str]:
         (t.id,),
     ).fetchone()
     if awaiting:
-        said.append(f"{awaiting} unit(s) wait for the outputs of the units they come from.")
+        said.append(f"Waiting for the outputs of units still to end: {_count(awaiting, 'unit')}.")
     jobs = dict(conn.execute(
         "SELECT j.state, min(j.id) FROM units u JOIN jobs j ON j.id = u.job"
         " WHERE u.transform = ? AND u.state = 'submitted' GROUP BY j.state",

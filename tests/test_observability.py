@@ -217,7 +217,7 @@ def test_why_names_what_fills_a_full_pool(make_daemon, gsup, workdir):
         f" worker: busy with #{busy} jobs:wait_for_file("
     )
     assert why(gsup, last).endswith(
-        "), and 16 held ahead of a free worker. 17 queued job(s) of user come before it"
+        "), and 16 held ahead of a free worker. 17 queued jobs of user come before it"
         " (priority, then age)."
     )
     assert why(gsup, busy).startswith(f"Job {busy} is running on user/Worker_0 since ")
@@ -243,7 +243,7 @@ def test_why_says_why_an_ended_job_was_not_retried(daemon, gsup):
     job = gsup.add("--retries", "1", "jobs:boom")
     assert gsup.wait(job) == {job: "failed"}
     assert why(gsup, job).endswith(
-        "after 2 attempts: ValueError: bad value. It was not retried: its 1 retries are used up."
+        "after 2 attempts: ValueError: bad value. It was not retried: its 1 retry is used up."
     )
     picky = gsup.add("--retries", "3", "--retry-on", "KeyError", "jobs:boom")
     assert gsup.wait(picky) == {picky: "failed"}

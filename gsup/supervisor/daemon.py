@@ -171,7 +171,7 @@ class Supervisor:
         self.book.subscribe(self.stats.changed)
         self.book.added_hooks.append(self.stats.added)
         self.pruner = Pruner(self.settings, self.journal, self.loop, self.connections.reply)
-        self.followers = Followers(self.journal, self.connections.reply)
+        self.followers = Followers(self.journal, self.connections.reply, self.loop)
         self.landings = Landings(self.loop, self._landed)
         slurm = self.executors[SLURM]
         assert isinstance(slurm, SlurmExecutor)
@@ -327,11 +327,12 @@ class Supervisor:
             return
         if writes:
             self.stats.turn(writes, time.perf_counter() - began)
-        self.followers.push()  # before anything opens the next transaction
         self.pruner.after_sync()  # a prune's reply says the WAL has been truncated
         self.connections.flush()
         for executor in self.executors.values():
             executor.flush(durable=True)
+        if self.followers.push():  # after the replies, which wait on nothing else
+            self.connections.flush()
 
     def _watchdog(self) -> None:
         """systemd's watchdog, pinged from the loop: a hung loop stops the pings."""

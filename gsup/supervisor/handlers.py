@@ -159,7 +159,7 @@ class Handlers:
         last = self.journal.last_event
         if fields["since"] > last:
             raise RequestError(f"there is no event {fields['since']} yet; the last is {last}")
-        self.followers.follow(conn, request_id, fields["since"], wanted)
+        self.followers.follow(conn, request_id, fields["since"], wanted, fields["brief"])
         return {"last": last}
 
     def stats(self, conn: Connection, request_id: Any, fields: dict[str, Any]) -> Reply:

@@ -1,10 +1,12 @@
-"""The event stream of `gsup web`: one follower of the daemon for every open page.
+"""The event stream of `gsup web`: one brief follower of the daemon for all open pages.
 
-A thread follows the daemon's events (gsup/events.py) while at least one page listens,
-keeps the latest in memory, and wakes the pages' server-sent-event streams. A page
-that reconnects says the last event it had (Last-Event-ID) and gets those after it,
-from memory or, if they are older, from the journal file. With no page open, the web
-process follows nothing: it costs the daemon nothing.
+While at least one page listens, a thread follows the daemon briefly: after each
+commit that wrote events, the daemon sends only the last one's number (no query of
+its own). Each page's stream then reads the events it has not had from the journal
+file, at most RATE times a second and the newest PER_MESSAGE at a time: a page shows
+what a person can read, at a cost to the web process alone, whatever the daemon's
+pace. A page that reconnects says the last event it had (Last-Event-ID) and goes on
+from there. With no page open, the web process follows nothing.
 """
 
 from __future__ import annotations
@@ -12,28 +14,26 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
+from gsup.client import Client
 from gsup.errors import GsupError
 from gsup.events import Event
 from gsup.journal import queries
 from gsup.journal.queries import ALL_EVENTS
 
-KEPT = 10_000  # events kept in memory for pages that reconnect
 RETRY = 2.0  # seconds between attempts to follow a daemon that is not running
 KEEPALIVE = 15.0  # seconds between comments on a quiet stream (a closed page is noticed)
-PER_MESSAGE = 500  # events in one server-sent event
+PER_MESSAGE = 100  # events in one server-sent event, at most: the newest
+RATE = 4  # server-sent events a second, at most, per page
 
 
 class Broadcaster:
     def __init__(self, home: str | Path | None) -> None:
         self.home = home
-        self._kept: deque[Event] = deque(maxlen=KEPT)
         self._changed = threading.Condition()
-        self._last = 0  # the last event known
-        self._from = 0  # memory holds every event after this one (up to `_last`)
+        self._last = 0  # the last event the daemon said it committed
         self._listeners = 0
         self._thread: threading.Thread | None = None
         self.trouble: str | None = None  # why the daemon's events do not come
@@ -47,38 +47,30 @@ class Broadcaster:
                                                  name="gsup-web-events")  # fmt: skip
                 self._thread.start()
         try:
-            yield b"retry: 2000\n\n"
-            if since is None:
-                since = self._current_last()
-            while True:
-                events = self._after(since)
-                if events:
-                    yield from _messages(events)
-                    since = events[-1].seq
-                else:
-                    yield b": keepalive\n\n"
+            with queries.read_journal(self.home) as conn:
+                last = queries.last_event(conn)
+                since = last if since is None else min(since, last)
+                yield b"retry: 2000\n\n"
+                while True:
+                    with self._changed:
+                        self._changed.wait_for(lambda s=since: self._last > s, KEEPALIVE)
+                        told = self._last
+                    last = max(told, queries.last_event(conn))
+                    if last <= since:
+                        yield b": keepalive\n\n"
+                        continue
+                    since = max(since, last - PER_MESSAGE)  # a person reads the newest
+                    rows = queries.events_after(conn, since, last, ALL_EVENTS, PER_MESSAGE)
+                    since = last
+                    if rows:
+                        yield _message([Event(*row) for row in rows], last)
+                    time.sleep(1 / RATE)  # events meanwhile come in the next message
         finally:
             with self._changed:
                 self._listeners -= 1
 
-    def _current_last(self) -> int:
-        with queries.read_journal(self.home) as conn:
-            return max(queries.last_event(conn), self._last)
-
-    def _after(self, since: int) -> list[Event]:
-        """Events after `since`, waiting up to KEEPALIVE for one."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._last > since, KEEPALIVE)
-            if since >= self._from:
-                return [event for event in self._kept if event.seq > since][:PER_MESSAGE]
-        with queries.read_journal(self.home) as conn:  # older than memory holds
-            rows = queries.events_after(conn, since, None, ALL_EVENTS, PER_MESSAGE)
-        return [Event(*row) for row in rows]
-
     def _follow(self) -> None:
         """Follow the daemon while pages listen; when it is not running, try again."""
-        from gsup.events import events
-
         while True:
             with self._changed:
                 if not self._listeners:
@@ -87,17 +79,10 @@ class Broadcaster:
             try:
                 with queries.read_journal(self.home) as conn:
                     start = queries.last_event(conn)
-                stream = events(self.home, start, ALL_EVENTS, follow=True)
-                with self._changed:  # what came before `start` is read from the journal
-                    self._kept.clear()
-                    self._from = self._last = start
-                    self._changed.notify_all()
-                for batch in stream:
+                for message in Client(self.home).stream("follow", since=start, brief=True):
                     self.trouble = None
                     with self._changed:
-                        self._kept.extend(batch)
-                        self._from = max(self._from, self._kept[0].seq - 1)
-                        self._last = batch[-1].seq
+                        self._last = max(self._last, message["last"])
                         self._changed.notify_all()
                     if not self._listeners:
                         break
@@ -106,7 +91,7 @@ class Broadcaster:
                 time.sleep(RETRY)
 
 
-def _messages(events: list[Event]) -> Iterator[bytes]:
-    """One server-sent event of their JSON; its id the last one's number."""
+def _message(events: list[Event], last: int) -> bytes:
+    """One server-sent event of their JSON; its id the last event's number."""
     data = json.dumps([event.to_json() for event in events])
-    yield f"id: {events[-1].seq}\ndata: {data}\n\n".encode()
+    return f"id: {last}\ndata: {data}\n\n".encode()
