@@ -154,6 +154,36 @@ def test_the_daemon_tells_a_follower_that_does_not_read_that_it_is_behind(daemon
     sock.close()
 
 
+def test_follow_requests_that_break_the_rules_get_one_line_each(daemon, gsup, home):
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(home / "gsup.sock"))
+    requests = [
+        {"verb": "follow", "id": 1, "since": 0},
+        {"verb": "follow", "id": 2, "since": 0},
+        {"verb": "follow", "id": 3, "since": -1},
+        {"verb": "follow", "id": 4, "since": 0, "job": 1, "task": 1},
+        {"verb": "follow", "id": 5, "since": 0, "brief": True, "job": 1},
+        {"verb": "follow", "id": 6, "since": 0, "brief": "yes"},
+        {"verb": "follow", "id": 7, "since": 5},
+    ]
+    sock.sendall(b"".join(encode(request) for request in requests))
+    reader, replies = LineReader(), []
+    while len(replies) < len(requests):
+        replies += reader.feed(sock.recv(1 << 16))
+    assert [(r["id"], r.get("error", r.get("last"))) for r in replies] == [
+        (1, 0),
+        (2, "this connection follows the events already; open another"),
+        (3, "since must be an event number from 0, not -1"),
+        (4, "follow one job or one task, not both"),
+        (5, "a brief follow names no job or task"),
+        (6, "brief must be true or false"),
+        (7, "there is no event 5 yet; the last is 0"),
+    ]
+    sock.close()
+    job = gsup.add("jobs:add", "1")
+    assert gsup.wait(job) == {job: "done"}
+
+
 def _followers(home: Path) -> int:
     return Queues(home).client.request("stats")["followers"]
 
@@ -278,6 +308,25 @@ def test_task_why_says_a_paused_task_submits_nothing(daemon, gsup, workdir):
     ]
     missing = gsup("task", "why", "9", check=False)
     assert (missing.returncode, missing.stderr) == (1, "gsup: error: no task 9\n")
+
+
+def test_task_why_says_its_float_is_full_and_what_waits_for_inputs(daemon, gsup, workdir):
+    gate = workdir / "gate"
+    (workdir / "t.toml").write_text(
+        '[task]\nname = "t"\nfloat = 1\n[[transform]]\nname = "a"\n'
+        f'target = "jobs:wait_for_file"\nunits = [["{gate}"], ["{gate}"]]\n'
+        '[[transform]]\nname = "b"\ntarget = "jobs:echo"\ninputs_from = "a"\n'
+    )
+    task = gsup("task", "submit", "t.toml").stdout.strip()
+    lines = gsup("task", "why", task).stdout.splitlines()
+    assert lines[0] == (
+        f"Task {task} (t) is running; 1 of its float of 1 units are in flight. Its float is"
+        " full: a unit is submitted as one in flight ends."
+    )
+    assert lines[1] == "  a: running; 1 waiting, 1 submitted."
+    assert lines[2] == "  b: running; no units yet."
+    gate.touch()
+    gsup("task", "wait", task)
 
 
 # --- metrics ---------------------------------------------------------------------------

@@ -101,6 +101,9 @@ def test_a_pending_job_is_running_for_gsup_with_slurms_reason_shown(
         f"\ngsup slurm: 1 in Slurm, 0 queued\n  #{job} Slurm {slurm_id} PENDING (BeginTime):"
         " jobs:add(1)\n"
     )
+    said = gsup("why", str(job)).stdout
+    assert said.startswith(f"Job {job} is running on slurm/{slurm_id} since ")
+    assert said.endswith(", attempt 1 of 1. Slurm: PENDING (BeginTime).\n")
     gsup("cancel", str(job))
     assert gsup.wait(job) == {job: "cancelled"}
 

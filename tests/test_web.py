@@ -151,25 +151,32 @@ def test_a_tasks_progress_advances_on_its_page(web, page, gsup, home, workdir):
     assert page.locator("[data-transform=a] progress").get_attribute("value") == "3"
 
 
-def test_the_overview_shows_the_pools_and_live_events(web, page, gsup, home, tmp_path):
+def test_the_overview_shows_the_pools_and_live_events(web, page, gsup, home, workdir, tmp_path):
     job = gsup.add("jobs:add", "1")
     gsup.wait(job)
     open_live(page, web, "/", home)
     playwright.expect(page.locator("#pool-user h3")).to_have_text("gsup user threads")
     playwright.expect(page.locator("#pool-user tbody tr")).to_have_count(5)
     playwright.expect(page.locator(".daemon.up")).to_contain_text("daemon: running")
-    playwright.expect(page.locator(".plot.throughput figcaption")).to_contain_text("at most 1")
+    plot = page.locator(".plot.throughput figcaption")
+    playwright.expect(plot).to_have_text("state changes per minute, the last hour; at most 3")
+    gate = workdir / "gate"
+    running = [gsup.add("jobs:wait_for_file", str(gate)) for _ in range(2)]
+    for busy in running:
+        playwright.expect(page.locator(f"#pool-user a[href='/jobs/{busy}']")).to_be_visible()
     page.goto(web.url("/events"))
     wait_until(lambda: followers(home) == 1, what="the events page to follow")
-    later = gsup.add("jobs:add", "2")
-    gsup.wait(later)
+    failed = gsup.add("jobs:boom")
+    gsup.wait(failed)
     newest = page.locator(".live-events tbody tr").first
-    playwright.expect(newest).to_contain_text(f"{later}running → done")
-    page.set_viewport_size({"width": 1280, "height": 800})
+    playwright.expect(newest).to_contain_text(f"{failed}running → failed")
+    page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(web.url("/"))
     shot = Path(os.environ.get("GSUP_SCREENSHOTS", tmp_path)) / "dashboard.png"
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
+    gate.touch()
+    gsup.wait(*running)
 
 
 def test_metrics_of_the_web_process_parse_with_prometheus_clients_parser(web, gsup):

@@ -31,6 +31,7 @@ from gsup.supervisor.jobs import Answer, Clock
 PAGE = 2_000  # events a follower is sent in one message
 BRIEF_EVERY = 0.05  # seconds between two messages to a brief follower, at least
 UNREAD_RETRY = 1.0  # seconds until a brief follower that has not read is tried again
+MAX_FOLLOWERS = 256  # followers sent events (each costs a query a turn); brief ones aside
 MAX_UNREAD = 1 << 20  # bytes a follower may leave unread before it is told `behind`
 
 
@@ -53,6 +54,16 @@ class Followers:
         self._due = False  # the timer fired: push to the brief followers
         self._by_conn: dict[int, list[Follower]] = {}  # by id(): connections are not hashable
         self._sent = 0  # the last event every follower has been sent (see `push`)
+
+    def refusal(self, conn: Connection, brief: bool) -> str | None:
+        """Why `conn` may not follow (None: it may): a connection follows once, and
+        the followers sent events are bounded, as each costs a query a turn."""
+        if id(conn) in self._by_conn:
+            return "this connection follows the events already; open another"
+        full = sum(not f.brief for followers in self._by_conn.values() for f in followers)
+        if not brief and full >= MAX_FOLLOWERS:
+            return f"too many clients follow the events ({MAX_FOLLOWERS}); try again later"
+        return None
 
     def follow(self, conn: Connection, request_id: Any, since: int, wanted: EventFilter,
                brief: bool = False) -> None:  # fmt: skip

@@ -159,6 +159,9 @@ class Handlers:
         last = self.journal.last_event
         if fields["since"] > last:
             raise RequestError(f"there is no event {fields['since']} yet; the last is {last}")
+        refusal = self.followers.refusal(conn, fields["brief"])
+        if refusal is not None:
+            raise RequestError(refusal)
         self.followers.follow(conn, request_id, fields["since"], wanted, fields["brief"])
         return {"last": last}
 

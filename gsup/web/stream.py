@@ -47,27 +47,33 @@ class Broadcaster:
                                                  name="gsup-web-events")  # fmt: skip
                 self._thread.start()
         try:
-            with queries.read_journal(self.home) as conn:
-                last = queries.last_event(conn)
-                since = last if since is None else min(since, last)
-                yield b"retry: 2000\n\n"
-                while True:
-                    with self._changed:
-                        self._changed.wait_for(lambda s=since: self._last > s, KEEPALIVE)
-                        told = self._last
-                    last = max(told, queries.last_event(conn))
-                    if last <= since:
-                        yield b": keepalive\n\n"
-                        continue
-                    since = max(since, last - PER_MESSAGE)  # a person reads the newest
-                    rows = queries.events_after(conn, since, last, ALL_EVENTS, PER_MESSAGE)
-                    since = last
-                    if rows:
-                        yield _message([Event(*row) for row in rows], last)
-                    time.sleep(1 / RATE)  # events meanwhile come in the next message
+            yield from self._stream(since)
+        except GsupError as exc:  # the journal cannot be read (any more): end the stream
+            yield f": {exc}\n\n".encode()
         finally:
             with self._changed:
                 self._listeners -= 1
+
+    def _stream(self, since: int | None) -> Iterator[bytes]:
+        """Each message: the events after the last one sent, up to the last committed."""
+        with queries.read_journal(self.home) as conn:
+            last = queries.last_event(conn)
+            since = last if since is None else min(since, last)
+            yield b"retry: 2000\n\n"
+            while True:
+                with self._changed:
+                    self._changed.wait_for(lambda s=since: self._last > s, KEEPALIVE)
+                    told = self._last
+                last = max(told, queries.last_event(conn))
+                if last <= since:
+                    yield b": keepalive\n\n"
+                    continue
+                since = max(since, last - PER_MESSAGE)  # a person reads the newest
+                rows = queries.events_after(conn, since, last, ALL_EVENTS, PER_MESSAGE)
+                since = last
+                if rows:
+                    yield _message([Event(*row) for row in rows], last)
+                time.sleep(1 / RATE)  # events meanwhile come in the next message
 
     def _follow(self) -> None:
         """Follow the daemon while pages listen; when it is not running, try again."""
