@@ -48,6 +48,7 @@ def test_no_command_imports_pydantic(gsup, command):
         "jobs": ["--limit", "3"],
         "stop": ["--timeout", "1"],
         "wait": ["1", "--timeout", "1"],
+        "web": ["--listen", "not-an-address"],
         **{command: ["1"] for command in ("show", "logs", "cancel", "retry")},
     }
     result = subprocess.run(
