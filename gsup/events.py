@@ -73,9 +73,8 @@ def _stream(home: str | Path | None, since: int, wanted: EventFilter,
     with queries.read_journal(home) as conn:
         since = yield from _read(conn, since, wanted)
         while client is not None:
-            since, behind = yield from _pushed(client, since, wanted)
-            if behind:
-                since = yield from _read(conn, since, wanted)
+            behind = yield from _pushed(client, since, wanted)
+            since = yield from _read(conn, behind, wanted)
 
 
 def _read(conn: sqlite3.Connection, since: int, wanted: EventFilter) -> Iterator[list[Event]]:
@@ -90,12 +89,10 @@ def _read(conn: sqlite3.Connection, since: int, wanted: EventFilter) -> Iterator
 
 def _pushed(client: Client, since: int, wanted: EventFilter) -> Iterator[list[Event]]:
     """Follow from `since` until the daemon says this reader is behind: returns the
-    last event had, and whether it is behind (else the stream ended: an error)."""
+    last event it was sent (the stream's end is a GsupError)."""
     for message in client.stream("follow", since=since, job=wanted.job, task=wanted.task):
         if "behind" in message:
-            return message["behind"], True
+            return message["behind"]
         if "events" in message:
-            batch = [Event(*row) for row in message["events"]]
-            yield batch
-            since = batch[-1].seq
+            yield [Event(*row) for row in message["events"]]
     raise GsupError("the daemon stopped")  # pragma: no cover - stream raises first

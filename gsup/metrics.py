@@ -68,14 +68,22 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
     )
     frozen = GaugeMetricFamily("gsup_pool_frozen", "Whether the pool is frozen", labels=["pool"])
     trouble = GaugeMetricFamily(
-        "gsup_pool_trouble", "Whether the pool cannot run jobs now", labels=["pool"]
+        "gsup_pool_trouble",
+        "Whether the pool cannot run jobs now (a usable one)",
+        labels=["pool"],
+    )
+    usable = GaugeMetricFamily(
+        "gsup_pool_usable",
+        "Whether the backend can run jobs at all (installed, set up)",
+        labels=["pool"],
     )
     started = CounterMetricFamily(
         "gsup_jobs_started", "Attempts started since the daemon started", labels=["pool"]
     )
     ended = CounterMetricFamily(
         "gsup_jobs_ended",
-        "Attempts ended since the daemon started, by what the job became",
+        "Attempts ended since the daemon started, by the state each left its job in"
+        " (queued: to run again)",
         labels=["pool", "outcome"],
     )
     restarts = CounterMetricFamily(
@@ -90,14 +98,16 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
         depth.add_metric([name], pool["queued"])
         in_flight.add_metric([name], pool["in_flight"])
         frozen.add_metric([name], int(pool["frozen"]))
-        trouble.add_metric([name], int(pool["trouble"] is not None))
+        trouble.add_metric([name], int(pool["trouble"] is not None and not pool["unusable"]))
+        usable.add_metric([name], int(not pool["unusable"]))
         started.add_metric([name], pool["started"])
         for outcome, count in sorted(pool["ended"].items()):
             ended.add_metric([name, outcome], count)
         restarts.add_metric([name], pool["restarts"])
         histogram = Histogram.from_wire(ATTEMPT_SECONDS, pool["attempt_seconds"])
         durations.add_metric([name], histogram.cumulative(), histogram.total)
-    yield from (jobs, depth, in_flight, frozen, trouble, started, ended, restarts, durations)
+    yield from (jobs, depth, in_flight, frozen, trouble, usable, started, ended, restarts,
+                durations)  # fmt: skip
     yield _histogram("gsup_journal_commit_seconds", "Commit and sync time of a turn that wrote",
                      COMMIT_SECONDS, stats["commit_seconds"])  # fmt: skip
     yield _histogram("gsup_journal_turn_writes", "Statements written by a turn",

@@ -111,6 +111,16 @@ def when(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
+def duration(seconds: float) -> str:
+    """`12m13s`, `3d4h`: the two largest units."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{value}{unit}" for value, unit in parts if value]
+    return "".join(shown[:2]) or "0s"
+
+
 def short_time(timestamp: float | None) -> str:
     """The time of day for today, else the date: one narrow column."""
     if timestamp is None:

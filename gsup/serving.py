@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterable
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from gsup.errors import GsupError
@@ -66,12 +66,14 @@ def guarded(app: WsgiApp, token: str | None) -> WsgiApp:
             return [b"401 Unauthorized: this gsup needs its token (see [web] token)\n"]
         if not from_query:
             return app(environ, start_response)
-
-        def with_cookie(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
-            cookie = f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
-            return start_response(status, [*headers, ("Set-Cookie", cookie)], *rest)
-
-        return app(environ, with_cookie)
+        # Once in a browser: keep it in a cookie, and take it out of the address shown.
+        query = [(k, v) for k, v in parse_qsl(environ.get("QUERY_STRING", "")) if k != "token"]
+        where = quote(environ.get("PATH_INFO") or "/") + (f"?{urlencode(query)}" if query else "")
+        start_response("303 See Other", [
+            ("Location", where), ("Content-Type", "text/plain; charset=utf-8"),
+            ("Set-Cookie", f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"),
+        ])  # fmt: skip
+        return [b"303 See Other\n"]
 
     return check
 
@@ -100,9 +102,12 @@ class QuietHandler(WSGIRequestHandler):
         pass
 
 
-def serve(app: WsgiApp, listen: str, token: str | None, what: str) -> None:
-    """Serve `app` on `listen` (HOST:PORT) until interrupted."""
-    from prometheus_client.exposition import ThreadingWSGIServer
+def serve(app: WsgiApp, listen: str, token: str | None, what: str, path: str = "/") -> None:
+    """Serve `app` on `listen` (HOST:PORT) until interrupted; `path`: what to say to open."""
+    try:
+        from prometheus_client.exposition import ThreadingWSGIServer
+    except ImportError:
+        raise GsupError(f"gsup {what} needs the web extra: pip install 'gsup[web]'") from None
 
     host, port = parse_listen(listen)
     check_exposure(host, token)
@@ -116,6 +121,7 @@ def serve(app: WsgiApp, listen: str, token: str | None, what: str) -> None:
     except OSError as exc:
         raise GsupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     shown = f"[{host}]" if ":" in host else host
-    print(f"gsup: {what} on http://{shown}:{server.server_port}/", file=sys.stderr, flush=True)
+    print(f"gsup: {what} on http://{shown}:{server.server_port}{path}", file=sys.stderr,
+          flush=True)  # fmt: skip
     with server:
         server.serve_forever()

@@ -243,12 +243,12 @@ def explain_task(conn: sqlite3.Connection, task: int) -> list[str]:
     if row is None:
         raise GsupError(f"no task {task}")
     transforms = progress(conn, task)
-    head = f"Task {task} ({row['name']}) is {row['state']}"
+    head = f"Task {task} ({row['name']}): {row['state']}"
     if row["state"] in TASK_END_STATES:
-        return [f"{head}: {row['reason'] or 'every transform ended'}.",
+        return [f"{head}, {row['reason'] or 'every transform ended'}.",
                 *(_transform_line(conn, t, None) for t in transforms)]  # fmt: skip
     in_flight = sum(t.counts["submitted"] for t in transforms)
-    head += f"; {in_flight} of its float of {row['float']} units are in flight."
+    head += f"; {_count(in_flight, 'unit')} in flight, its float {row['float']}."
     if row["state"] == TaskState.PAUSED:
         head += f" It is paused: no unit is submitted until `gsup task resume {task}`."
     elif in_flight >= row["float"]:

@@ -297,13 +297,13 @@ def test_task_why_says_a_paused_task_submits_nothing(daemon, gsup, workdir):
     task = gsup("task", "submit", "t.toml").stdout.strip()
     gsup("task", "pause", task)
     lines = gsup("task", "why", task).stdout.splitlines()
-    assert lines[0].startswith(f"Task {task} (t) is paused; ")
+    assert lines[0].startswith(f"Task {task} (t): paused; ")
     assert lines[0].endswith(f"It is paused: no unit is submitted until `gsup task resume {task}`.")
     assert lines[1].startswith("  a: running; ")
     gsup("task", "resume", task)
     gsup("task", "wait", task)
     assert gsup("task", "why", task).stdout.splitlines() == [
-        f"Task {task} (t) is completed: every transform ended.",
+        f"Task {task} (t): completed, every transform ended.",
         "  a: completed; 3 done.",
     ]
     missing = gsup("task", "why", "9", check=False)
@@ -320,8 +320,8 @@ def test_task_why_says_its_float_is_full_and_what_waits_for_inputs(daemon, gsup,
     task = gsup("task", "submit", "t.toml").stdout.strip()
     lines = gsup("task", "why", task).stdout.splitlines()
     assert lines[0] == (
-        f"Task {task} (t) is running; 1 of its float of 1 units are in flight. Its float is"
-        " full: a unit is submitted as one in flight ends."
+        f"Task {task} (t): running; 1 unit in flight, its float 1. Its float is full: a unit"
+        " is submitted as one in flight ends."
     )
     assert lines[1] == "  a: running; 1 waiting, 1 submitted."
     assert lines[2] == "  b: running; no units yet."
@@ -372,7 +372,7 @@ def test_metrics_listen_serves_them_and_asks_a_token_when_one_is_set(daemon, gsu
     )  # fmt: skip
     try:
         assert server.stderr is not None
-        assert server.stderr.readline() == f"gsup: metrics on http://127.0.0.1:{port}/\n"
+        assert server.stderr.readline() == f"gsup: metrics on http://127.0.0.1:{port}/metrics\n"
         url = f"http://127.0.0.1:{port}/metrics"
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url, timeout=10)

@@ -194,8 +194,10 @@ def test_metrics_of_the_web_process_parse_with_prometheus_clients_parser(web, gs
 
 
 def test_unknown_pages_and_ids_are_404_and_the_daemon_goes_on(web, gsup):
+    states = "queued, running, done, failed, timeout, cancelled, lost"
     for path, text in (("/nope", "There is no page /nope."), ("/jobs/99", "no job 99"),
-                       ("/tasks/7", "no task 7"), ("/jobs?state=bogus", "no state 'bogus'"),
+                       ("/tasks/7", "no task 7"),
+                       ("/jobs?state=bogus", f"no state 'bogus'; choose from {states}"),
                        ("/static/x.js", "no file x.js")):  # fmt: skip
         status, body = web.get(path)
         assert (status, f"<p>{text}</p>" in body.replace("&#x27;", "'")) == (404, True), path
@@ -210,7 +212,10 @@ def test_a_token_is_asked_of_every_request_once_set(daemon, env, browser, gsup):
         assert web.get("/?token=wrong-token-wrong-token")[0] == 401
         assert web.get("/metrics", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
         page = browser.new_page()
-        page.goto(web.url(f"/?token={TOKEN}"))  # then a cookie carries it
+        page.goto(web.url(f"/jobs?limit=5&token={TOKEN}"))  # then a cookie carries it
+        assert page.url == web.url("/jobs?limit=5")  # the token is out of the address
+        playwright.expect(page.locator("table.jobs")).to_be_visible()
+        page.goto(web.url("/"))
         playwright.expect(page.locator(".daemon.up")).to_be_visible()
         page.goto(web.url("/jobs"))
         playwright.expect(page.locator("table.jobs")).to_be_visible()

@@ -8,6 +8,8 @@ second, a view needs a few), and once a second anyway, for the clocks a view sho
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -69,6 +71,9 @@ def watch(home: str | Path | None, draw: Callable[[], str],
     `ended()` or Ctrl-C."""
     from rich.text import Text
 
+    if not sys.stdout.isatty():
+        raise GsupError("--watch draws on a terminal; in a pipe, read gsup events --follow")
+
     def text() -> Text:  # lines are cut to the terminal's width, never wrapped
         return Text.from_ansi(draw(), no_wrap=True, overflow="crop")
 
@@ -94,11 +99,17 @@ def redraws(ticker: EventTicker) -> Iterator[list[Any]]:
 
 @contextmanager
 def live_display(first: Any) -> Iterator[Callable[[Any], None]]:
-    """rich's Live display of `first`; yields its update. Ctrl-C leaves it drawn."""
+    """rich's Live display of `first`; yields its update. Ctrl-C or SIGTERM leaves it
+    drawn, and the terminal as it was (its cursor shown again)."""
     from rich.live import Live
 
+    signal.signal(signal.SIGTERM, _interrupt)
     with Live(first, auto_refresh=False, transient=False) as live, suppress(KeyboardInterrupt):
         yield lambda renderable: live.update(renderable, refresh=True)
+
+
+def _interrupt(number: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 # --- progress bars ----------------------------------------------------------------------
@@ -123,6 +134,7 @@ def progress_bars(what: str) -> Any:
             speed = task.finished_speed or task.speed
             return Text("-" if speed is None else f"{speed:.1f} {what}/s")
 
+    signal.signal(signal.SIGTERM, _interrupt)  # the bars' end shows the cursor again
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     Rate(), TimeRemainingColumn(), console=Console(stderr=True),
                     auto_refresh=False)  # fmt: skip

@@ -72,7 +72,7 @@ class Stats:
                    "running": self.live[name, State.RUNNING.value],
                    "in_flight": len(lane.flights), "frozen": lane.frozen,
                    "restarts": lane.executor.restarts, "started": self.started[name],
-                   "trouble": lane.executor.trouble,
+                   "trouble": lane.executor.trouble, "unusable": lane.executor.unusable,
                    "ended": {state: count for (pool, state), count in self.ended.items()
                              if pool == name},
                    "attempt_seconds": self.attempts.get(name, Histogram(ATTEMPT_SECONDS)).to_wire()}

@@ -100,7 +100,7 @@ class Dashboard:
             "<!doctype html><html lang=en><head><meta charset=utf-8>"
             '<meta name=viewport content="width=device-width, initial-scale=1">'
             f"<title>gsup: {pages.e(title)}</title>"
-            '<link rel=stylesheet href="/static/style.css"></head>'
+            '<link rel=stylesheet href="/static/style.css"><link rel=icon href="data:,"></head>'
             f"<body><header><b>gsup</b> <span class=home>{pages.e(self.paths.home)}</span>"
             f"<nav>{nav}</nav></header>"
             f'<main id=main data-live="{pages.e(live)}">{main}</main>'

@@ -17,7 +17,7 @@ from typing import Any
 from gsup.config import EXECUTOR_NAMES
 from gsup.journal import queries
 from gsup.journal.queries import ALL_EVENTS
-from gsup.render import short_time, timeout_left, when
+from gsup.render import duration, short_time, timeout_left, when
 from gsup.states import State
 from gsup.tasks import records
 
@@ -70,7 +70,6 @@ def overview(conn: sqlite3.Connection, daemon: dict[str, Any] | None) -> str:
 def _daemon_line(daemon: dict[str, Any] | None) -> str:
     if daemon is None:
         return '<p class="daemon down">daemon: not running (the journal as it was left)</p>'
-    up = time.time() - daemon["started"]
     state = "stopping" if daemon["stopping"] else "running"
     troubles = [f"{e(p['name'])}: {e(p['trouble'])}" for p in daemon["pools"] if p["trouble"]]
     troubles += [f"{e(name)}: {e(b['trouble'])}" for name, b in daemon["backends"].items()
@@ -78,7 +77,7 @@ def _daemon_line(daemon: dict[str, Any] | None) -> str:
     trouble = "".join(f"<br><span class=trouble>{t}</span>" for t in troubles)
     return (
         f'<p class="daemon up">daemon: {state}, gsup {e(daemon["version"])}, pid {daemon["pid"]},'
-        f" up {up:.0f}s{trouble}</p>"
+        f" up {duration(time.time() - daemon['started'])}{trouble}</p>"
     )
 
 
@@ -159,9 +158,9 @@ def jobs_page(conn: sqlite3.Connection, params: dict[str, str]) -> str:
     except ValueError:
         limit = JOBS_SHOWN
     if state is not None and state not in State.__members__.values():
-        raise NotFound(f"no state {state!r}")
+        raise NotFound(f"no state {state!r}; choose from {', '.join(State)}")
     if pool is not None and pool not in EXECUTOR_NAMES:
-        raise NotFound(f"no queue {pool!r}")
+        raise NotFound(f"no queue {pool!r}; choose from {', '.join(EXECUTOR_NAMES)}")
     found = queries.list_jobs(conn, state, pool, limit)
     rows = [
         [job_link(job["id"]), state_badge(job["state"]), e(job["pool"]), e(job["display"]),

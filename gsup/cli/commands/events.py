@@ -10,6 +10,7 @@ import typer
 
 from gsup.cli.app import app, job_id
 from gsup.cli.options import Home, Json
+from gsup.errors import GsupError
 
 
 @app.command()
@@ -49,10 +50,16 @@ def events(
         job=None if job is None else job_id(job),
         task=None if task is None else job_id(task, "task"),
     )
-    out = sys.stdout
-    for batch in read_events(home, since, wanted, follow):
-        if as_json:
-            out.write("".join(json.dumps(event.to_json()) + "\n" for event in batch))
-        else:
-            out.write("".join(event.line() + "\n" for event in batch))
-        out.flush()
+    out, last = sys.stdout, since
+    try:
+        for batch in read_events(home, since, wanted, follow):
+            if as_json:
+                out.write("".join(json.dumps(event.to_json()) + "\n" for event in batch))
+            else:
+                out.write("".join(event.line() + "\n" for event in batch))
+            out.flush()
+            last = batch[-1].seq
+    except GsupError as exc:
+        if not follow or last is None:
+            raise
+        raise GsupError(f"{exc}; go on with --since {last}") from None

@@ -37,4 +37,4 @@ def metrics(
 
     from gsup.serving import serve
 
-    serve(make_wsgi_app(found), listen, web_settings(home).token, "metrics")
+    serve(make_wsgi_app(found), listen, web_settings(home).token, "metrics", "/metrics")

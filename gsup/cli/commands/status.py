@@ -13,6 +13,7 @@ from gsup.client import Client
 from gsup.config import resolve_home
 from gsup.errors import DaemonNotRunning, GsupError
 from gsup.journal.queries import read_journal
+from gsup.render import duration
 
 
 @app.command()
@@ -50,15 +51,6 @@ def _status_text(info: dict[str, Any]) -> str:
     state = "stopping" if info["stopping"] else "running"
     return (
         f"gsup {info['version']}: {state}, pid {info['pid']}, up"
-        f" {_duration(time.time() - info['started'])}\n"
+        f" {duration(time.time() - info['started'])}\n"
         f"home:  {info['home']}\npools: {pools}{backends}\njobs:  {jobs or 'none'}"
     )
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
-    shown = [f"{value}{unit}" for value, unit in parts if value]
-    return "".join(shown[:2]) or "0s"

@@ -161,7 +161,9 @@ def why(task_id: TaskId, home: Home = None) -> None:
 @task.command()
 def wait(
     task_id: TaskId,
-    timeout: Annotated[float | None, typer.Option(min=0, metavar="S")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, metavar="S", help="Give up after this many seconds")
+    ] = None,
     home: Home = None,
 ) -> None:
     """Wait for a task to end, with a progress bar per transform on a terminal; exits

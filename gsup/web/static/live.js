@@ -27,12 +27,18 @@
     return false;
   }
 
+  function clock(seconds) {                    // as the server writes times: 2026-11-29 12:07:16
+    const d = new Date(seconds * 1000), two = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ` +
+      `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+  }
+
   function addRows(events) {                    // the events page: newest on top
     const body = document.querySelector(".live-events tbody");
     if (!body) return;
     for (const event of events) {
       const row = body.insertRow(0);
-      const at = new Date(event.at * 1000).toLocaleString();
+      const at = clock(event.at);
       const cells = [event.seq, at, null, (event.before || "new") + " → " + event.after,
                      event.why || ""];
       cells.forEach((text, i) => {
