@@ -39,12 +39,14 @@ class Event:
                                        self.why), strict=True))  # fmt: skip
 
     def line(self) -> str:
-        """One line for a terminal: number, time, job, change and why."""
+        """One line for a terminal: number, time, job, change and why (a job's text,
+        its control characters shown as escapes)."""
+        from gsup.render import visible
+
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.at))
         change = f"{self.before or 'new'} -> {self.after}"
-        return f"{self.seq}  {at}.{int(self.at % 1 * 1000):03d}  job {self.job}  {change}" + (
-            f"  {self.why}" if self.why else ""
-        )
+        why = f"  {visible(self.why)}" if self.why else ""
+        return f"{self.seq}  {at}.{int(self.at % 1 * 1000):03d}  job {self.job}  {change}{why}"
 
 
 def events(

@@ -58,9 +58,9 @@ class EventTicker:
         with self._lock:
             self._came.clear()
             taken, self._pending = self._pending, []
-        if self.error is not None and not taken:
-            raise GsupError(str(self.error)) if not isinstance(self.error, GsupError) \
-                else self.error  # fmt: skip
+        error = self.error
+        if error is not None and not taken:
+            raise error if isinstance(error, GsupError) else GsupError(str(error))
         return taken
 
 

@@ -152,10 +152,11 @@ def why(task_id: TaskId, home: Home = None) -> None:
     """Why a task's units wait (a pause, its float, their inputs) or how they ended:
     a line on the task, then one per transform."""
     from gsup.journal.queries import read_journal
+    from gsup.render import visible
     from gsup.why import explain_task
 
     with read_journal(home) as conn:
-        print("\n".join(explain_task(conn, _task_id(task_id))))
+        print("\n".join(map(visible, explain_task(conn, _task_id(task_id)))))
 
 
 @task.command()

@@ -14,12 +14,13 @@ def why(job: JobId, home: Home = None) -> None:
     """One paragraph on why a job waits (its pool frozen or full, a delayed retry, a
     suspect running alone...), what it runs on, or why it ended."""
     from gsup.journal.queries import read_journal
+    from gsup.render import visible
     from gsup.why import explain
 
     number = job_id(job)
     with read_journal(home) as conn:
         explain(conn, number, None)  # an unknown job is said before the daemon is asked
-        print(explain(conn, number, daemon_facts(home, number)))
+        print(visible(explain(conn, number, daemon_facts(home, number))))
 
 
 def daemon_facts(home: Path | None, job: int) -> dict[str, Any] | None:
