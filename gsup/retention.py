@@ -131,6 +131,7 @@ ID_MARKS = {
     "jobs": ("id", "last_job_id"),
     "attempts": ("id", "last_attempt_id"),
     "events": ("seq", "last_event_seq"),
+    "tasks": ("id", "last_task_id"),  # a task's id names its output folders too
 }
 
 

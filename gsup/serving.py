@@ -4,7 +4,13 @@
 On the loopback interface a token is optional; beyond it, one is required (set in
 gsup.toml's [web] section). Once set, every request needs it: as a bearer token
 (Prometheus' `authorization`), or `?token=` once in a browser, which then keeps it in
-a cookie.
+a cookie. Without one, only requests naming this machine (Host: localhost,
+127.0.0.1, ::1) are answered: a web page elsewhere cannot read it through a name
+of its own that resolves here (DNS rebinding).
+
+A connection gets a thread while it lasts, at most MAX_CONNECTIONS at once, and
+READ_TIMEOUT seconds for each read or write: a client that stops reading or
+writing lets its thread go.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import hmac
 import ipaddress
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from http.cookies import SimpleCookie
 from typing import Any
@@ -23,6 +30,9 @@ from gsup.errors import GsupError
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 COOKIE = "gsup_token"
+MAX_CONNECTIONS = 200
+READ_TIMEOUT = 30.0
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -68,7 +78,8 @@ def guarded(app: WsgiApp, token: str | None) -> WsgiApp:
             return app(environ, start_response)
         # Once in a browser: keep it in a cookie, and take it out of the address shown.
         query = [(k, v) for k, v in parse_qsl(environ.get("QUERY_STRING", "")) if k != "token"]
-        where = quote(environ.get("PATH_INFO") or "/") + (f"?{urlencode(query)}" if query else "")
+        path = "/" + (environ.get("PATH_INFO") or "").lstrip("/")  # never //elsewhere
+        where = quote(path) + (f"?{urlencode(query)}" if query else "")
         start_response("303 See Other", [
             ("Location", where), ("Content-Type", "text/plain; charset=utf-8"),
             ("Set-Cookie", f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"),
@@ -80,9 +91,9 @@ def guarded(app: WsgiApp, token: str | None) -> WsgiApp:
 
 def _given_token(environ: dict[str, Any]) -> tuple[str | None, bool]:
     """The token a request carries, and whether it came in the query."""
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    if header.startswith("Bearer "):
-        return header[7:].strip(), False
+    scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return given.strip(), False
     query = parse_qs(environ.get("QUERY_STRING", "")).get("token")
     if query:
         return query[0], True
@@ -95,8 +106,37 @@ def _given_token(environ: dict[str, Any]) -> tuple[str | None, bool]:
     return (found.value if found else None), False
 
 
+def loopback_only(app: WsgiApp) -> WsgiApp:
+    """`app` for requests that name this machine (see the module's doc)."""
+
+    def check(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        host = environ.get("HTTP_HOST", "")
+        name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0]
+        if (name or host).lower() not in LOOPBACK_NAMES:
+            start_response("421 Misdirected Request", [("Content-Type", "text/plain")])
+            return [b"421: this gsup answers only as localhost (or set a [web] token)\n"]
+        return app(environ, start_response)
+
+    return check
+
+
+def hardened(app: WsgiApp) -> WsgiApp:
+    """`app`, its answers never sniffed as another type by a browser."""
+
+    def headers(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, sent: list[tuple[str, str]], *rest: Any) -> Any:
+            return start_response(status, [*sent, ("X-Content-Type-Options", "nosniff")], *rest)
+
+        return app(environ, start)
+
+    return headers
+
+
 class QuietHandler(WSGIRequestHandler):
-    """No line per request on stderr (a scrape a second would flood it)."""
+    """No line per request on stderr (a scrape a second would flood it); a read or
+    a write waits READ_TIMEOUT seconds at most."""
+
+    timeout = READ_TIMEOUT
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -115,9 +155,24 @@ def serve(app: WsgiApp, listen: str, token: str | None, what: str, path: str = "
 
     class Server(ThreadingWSGIServer):
         address_family = family
+        request_queue_size = 128
+        slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)  # too many at once: this one is closed
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+    served = guarded(app, token) if token is not None else loopback_only(app)
     try:
-        server = make_server(host, port, guarded(app, token), Server, QuietHandler)
+        server = make_server(host, port, hardened(served), Server, QuietHandler)
     except OSError as exc:
         raise GsupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     shown = f"[{host}]" if ":" in host else host

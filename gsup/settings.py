@@ -88,6 +88,9 @@ class DaskSettings:
 
 DEFAULT_WEB_LISTEN = "127.0.0.1:8765"
 MIN_TOKEN = 16  # characters of a web token, at least
+TOKEN_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~+/="
+)  # a header and a cookie carry it unquoted
 
 
 @dataclass(frozen=True)
@@ -241,8 +244,11 @@ def _web_settings(toml: dict, file: str) -> WebSettings:
         raise ConfigError(f"{where} must be HOST:PORT, not {listen!r}")
     token, where = _pick(None, "", "GSUP_WEB_TOKEN", section, "web.token", None, file)
     if token is not None and not (isinstance(token, str) and len(token) >= MIN_TOKEN
-                                  and token.isprintable() and token.isascii()):  # fmt: skip
-        raise ConfigError(f"{where} must be a text of at least {MIN_TOKEN} printable characters")
+                                  and TOKEN_CHARACTERS.issuperset(token)):  # fmt: skip
+        raise ConfigError(
+            f"{where} must be {MIN_TOKEN} or more letters, digits and - . _ ~ + / ="
+            " (python3 -c 'import secrets; print(secrets.token_urlsafe())' makes one)"
+        )
     return WebSettings(listen, token)
 
 

@@ -17,10 +17,13 @@ from gsup.journal import queries
 from gsup.lifecycle import POISON_AFTER_LOST
 from gsup.states import State
 
+NO_DAEMON = "No daemon is running"
+
 
 def explain(conn: sqlite3.Connection, job: int, facts: dict[str, Any] | None,
-            now: float | None = None) -> str:  # fmt: skip
-    """The paragraph for `job`; `facts`: the daemon's `why` reply (None: no daemon)."""
+            absent: str = NO_DAEMON, now: float | None = None) -> str:  # fmt: skip
+    """The paragraph for `job`; `facts`: the daemon's `why` reply (None: `absent` says
+    why there is none)."""
     row = queries.job_row(conn, job)
     if row is None:
         raise GsupError(f"no job {job}")
@@ -28,9 +31,9 @@ def explain(conn: sqlite3.Connection, job: int, facts: dict[str, Any] | None,
     attempt = _last_attempt(conn, job)
     state = State(row["state"])
     if state == State.QUEUED:
-        sentences = _queued(conn, row, facts, now)
+        sentences = _queued(conn, row, facts, now, absent)
     elif state == State.RUNNING:
-        sentences = _running(row, attempt, facts, now)
+        sentences = _running(row, attempt, facts, now, absent)
     else:
         sentences = _ended(row, attempt)
     sentences += _task_part(conn, job)
@@ -79,7 +82,7 @@ def _tries(row: dict[str, Any]) -> str:
 
 
 def _queued(conn: sqlite3.Connection, row: dict[str, Any], facts: dict[str, Any] | None,
-            now: float) -> list[str]:  # fmt: skip
+            now: float, absent: str) -> list[str]:  # fmt: skip
     job, pool = row["id"], row["pool"]
     said = [f"Job {job} is queued in {pool} (priority {row['priority']})."]
     if row["not_before"] is not None and row["not_before"] > now:
@@ -88,7 +91,7 @@ def _queued(conn: sqlite3.Connection, row: dict[str, Any], facts: dict[str, Any]
             f" delayed until {_clock(row['not_before'], now)}."
         )
     if facts is None:
-        return [*said, "No daemon is running: it runs once `gsup daemon` is started."]
+        return [*said, f"{absent}: it runs once a daemon that answers is started."]
     if facts["stopping"]:
         return [*said, "The daemon is stopping: it starts no job until it is started again."]
     pool_facts, flight = facts["pool"], facts["flight"]
@@ -161,7 +164,7 @@ def _ahead(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
 
 
 def _running(row: dict[str, Any], attempt: dict[str, Any] | None, facts: dict[str, Any] | None,
-             now: float) -> list[str]:  # fmt: skip
+             now: float, absent: str) -> list[str]:  # fmt: skip
     job, pool = row["id"], row["pool"]
     where = pool if attempt is None or not attempt["external_id"] else (
         f"{pool}/{attempt['external_id']}")  # fmt: skip
@@ -180,7 +183,7 @@ def _running(row: dict[str, Any], attempt: dict[str, Any] | None, facts: dict[st
     if flight and flight["stop"]:
         said.append(f"It has been asked to stop ({flight['stop']}).")
     if facts is None:
-        said.append("No daemon is running: the next start finds out how it ended.")
+        said.append(f"{absent}: the daemon's next start finds out how it ended.")
     return said
 
 

@@ -493,3 +493,39 @@ def test_task_wait_shows_a_bar_per_transform(daemon, gsup, env, workdir):
     screen.until(f"task {task} completed")
     assert "first" in screen.output and "2/2" in screen.output
     assert "second" in screen.output and "3/3" in screen.output
+
+
+def test_one_user_follows_at_most_per_user_times_and_wait_still_waits(daemon, gsup, home, env):
+    from gsup.supervisor.followers import PER_USER
+
+    held = []
+    for n in range(PER_USER + 1):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(home / "gsup.sock"))
+        sock.sendall(encode({"verb": "follow", "id": n, "since": 0, "brief": n % 2 == 0}))
+        held.append(sock)
+    replies = [LineReader().feed(sock.recv(1 << 16))[0] for sock in held]
+    assert [reply.get("error") for reply in replies[:-1]] == [None] * PER_USER
+    assert replies[-1]["error"] == (
+        f"your user follows the events {PER_USER} times already; close some"
+    )
+    jobs = [str(gsup.add("jobs:add", str(n))) for n in range(2)]
+    screen = Terminal(env, gsup.cwd, "wait", *jobs)  # its bar cannot follow: it waits anyway
+    assert screen.process.wait(60) == 0
+    screen.until(f"{jobs[-1]}: done")
+    for sock in held:
+        sock.close()
+
+
+def test_why_says_so_when_the_daemon_does_not_answer(daemon, gsup):
+    gsup("freeze", "--queue", "user")
+    job = gsup.add("jobs:add", "1")
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        said = why(gsup, job)
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    assert said == (
+        f"Job {job} is queued in user (priority 5). The daemon did not answer within 5s: it"
+        " runs once a daemon that answers is started."
+    )

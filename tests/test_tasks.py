@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -675,3 +676,17 @@ def test_a_task_id_that_is_none_is_a_usage_error(gsup):
     assert (result.returncode, result.stderr) == (
         2, "gsup: error: 'abc' is not a task id (ids are whole numbers from 1)"
         " (see: gsup task show --help)\n")  # fmt: skip
+
+
+def test_a_task_id_is_never_given_again_after_a_prune(daemon, gsup, home, task_dir):
+    """A task's id names its output folders: a new task given a pruned one's id would
+    find its outputs there."""
+    (task_dir / "t.toml").write_text(
+        '[task]\nname = "t"\n[[transform]]\nname = "a"\ntarget = "jobs:add"\nunits = [[1]]\n'
+    )
+    first = int(gsup("task", "submit", "t.toml").stdout)
+    gsup("task", "wait", str(first))
+    time.sleep(1.1)  # older than the prune's age below
+    gsup("prune", "--older-than", "1s")
+    assert journal_rows(home, "SELECT id FROM tasks") == []
+    assert int(gsup("task", "submit", "t.toml").stdout) == first + 1

@@ -4,6 +4,7 @@ executable_path (Playwright cannot download its own browsers here), against a re
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -238,3 +239,34 @@ def test_the_daemon_keeps_working_when_the_web_process_dies(web, page, gsup, hom
     wait_until(lambda: followers(home) == 0, what="the daemon to drop the dead follower")
     job = gsup.add("jobs:add", "1")
     assert gsup.wait(job) == {job: "done"}
+
+
+def test_requests_that_break_the_rules_get_a_clear_status(web, gsup):
+    """A name that is not this machine's (DNS rebinding), HEAD, odd numbers: never a 500."""
+    job = gsup.add("jobs:shout", "x", "3")
+    gsup.wait(job)
+    assert web.get("/jobs", {"Host": "attacker.example"})[0] == 421
+    assert web.get("/jobs", {"Host": f"localhost:{web.port}"})[0] == 200
+    for path in (f"/jobs/{job}/log/out?from=99999999999999999999",
+                 f"/jobs/{job}/log/out?from=%C2%B2", "/jobs?limit=abc"):  # fmt: skip
+        assert web.get(path)[0] == 200, path
+    request = urllib.request.Request(web.url("/stream?since=%C2%B2"), method="HEAD")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert (answer.status, answer.read()) == (200, b"")
+    request = urllib.request.Request(web.url("/jobs"), method="POST", data=b"x")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 405
+
+
+def test_a_token_in_the_address_is_moved_to_a_cookie_on_this_site_only(daemon, env):
+    web = Web(env, token=TOKEN)
+    try:
+        assert web.get("/metrics", {"Authorization": f"bearer {TOKEN}"})[0] == 200
+        connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+        connection.request("GET", f"//evil.example/jobs?token={TOKEN}")
+        answer = connection.getresponse()
+        assert (answer.status, answer.getheader("Location")) == (303, "/evil.example/jobs")
+        connection.close()
+    finally:
+        web.stop()

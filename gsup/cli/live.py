@@ -97,6 +97,15 @@ def redraws(ticker: EventTicker) -> Iterator[list[Any]]:
             time.sleep(rest)  # let more events gather: one redraw for them all
 
 
+def bar_redraws(ticker: EventTicker, bars: Any) -> Iterator[list[Any]]:
+    """`redraws` for progress bars: they end, the bars taken down, if the events
+    cannot be followed (too many clients follow them): the caller waits without."""
+    try:
+        yield from redraws(ticker)
+    except GsupError:
+        bars.stop()
+
+
 @contextmanager
 def live_display(first: Any) -> Iterator[Callable[[Any], None]]:
     """rich's Live display of `first`; yields its update. Ctrl-C or SIGTERM leaves it

@@ -135,10 +135,11 @@ class Command(BaseModel):
 
 class Mark(BaseModel):
     """Numbers that must outlive the rows they come from: "last_job_id",
-    "last_attempt_id" and "last_event_seq", the highest ids ever given, written when a
-    prune deletes the newest rows (the writer goes on from the larger of a mark and the
-    table's max): an id names one thing ever, and a reader of events resuming from a
-    number never gets an event it has not seen under a number it has."""
+    "last_attempt_id", "last_event_seq" and "last_task_id", the highest ids ever
+    given, written when a prune deletes the newest rows (the writer goes on from the
+    larger of a mark and the table's max): an id names one thing ever (a task's, its
+    output folders too), and a reader of events resuming from a number never gets an
+    event it has not seen under a number it has."""
 
     name = pw.TextField(primary_key=True)
     value = pw.IntegerField()

@@ -503,6 +503,11 @@ class Writer:
              ("last_event_seq", self._next_event_seq - 1)],
             many=True,
         )  # fmt: skip
+        self._write(
+            "INSERT INTO marks (name, value) SELECT 'last_task_id', coalesce(max(id), 0)"
+            " FROM tasks WHERE true"
+            " ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)"
+        )
 
     def delete_jobs(self, jobs: Sequence[int]) -> None:
         """Delete ended jobs, and their events, attempts and results."""

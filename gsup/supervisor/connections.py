@@ -18,7 +18,7 @@ from typing import Any
 
 from gsup.access import Access
 from gsup.peers import peer_credentials
-from gsup.protocol import LineReader, ProtocolError, encode
+from gsup.protocol import LineReader, ProtocolError, encode, request_id
 from gsup.supervisor.loop import Loop, Timer, say
 
 ACCEPT_PAUSE = 1.0  # seconds without new connections when file descriptors run out
@@ -185,14 +185,12 @@ class Connections:
             self.refuse(conn, str(exc))
             return
         for message in messages:
-            if conn.doomed:
+            if conn.doomed or conn.closed:
                 break
             if self.refusing is None:
                 self.on_request(conn, message)
             else:  # nothing can be journaled: say so now, not after the stall
-                conn.unsent += encode({"id": message.get("id"), "ok": False,
-                                       "error": self.refusing})  # fmt: skip
-                self._send(conn)
+                self._refuse_now(conn, message)
         if self.input > self.max_input:
             self._refuse_input(
                 max(self.open.values(), key=lambda c: c.reader.pending),
@@ -211,6 +209,18 @@ class Connections:
             conn.last_input = self.loop.now()
             if conn.reader.pending and conn.stall_timer is None:
                 self._check_stall_at(conn, conn.last_input + INPUT_STALL)
+
+    def _refuse_now(self, conn: Connection, message: dict[str, Any]) -> None:
+        """While the journal is stalled (no turn ends, so nothing is flushed): the
+        refusal goes out at once, within the same bounds as any reply."""
+        data = encode({"id": request_id(message), "ok": False, "error": self.refusing})
+        if conn.backlog + len(data) > MAX_CLIENT_BACKLOG:
+            say(f"dropping a client (pid {conn.pid}) that did not read its replies")
+            self.drop(conn)  # safe here: no handler runs while the journal is stalled
+            return
+        conn.unsent += data
+        self.backlog += len(data)
+        self._send(conn)
 
     def _check_stall_at(self, conn: Connection, when: float) -> None:
         conn.stall_timer = self.loop.call_at(when, lambda: self._check_stall(conn))

@@ -10,11 +10,14 @@ was sent) and is followed no more. Its client reads the rest from the journal fi
 which costs the daemon nothing, and follows again from there: no event is missed or
 repeated, however slow the reader.
 
-A brief follower (`gsup web`) is sent only the number of the last event, at most
-every BRIEF_EVERY seconds (a timer sends the last one of a burst): it reads the
-events it wants from the journal itself, as often as it likes, and costs the daemon
-no query, and during a drain a few messages a second. One that leaves them unread
-is sent none until it has read them.
+A brief follower (`gsup web`) is sent only the number of the last event: all brief
+followers at once, at most every BRIEF_EVERY seconds (a timer sends the last one of
+a burst). It reads the events it wants from the journal itself, as often as it
+likes: it costs the daemon no query, and during a drain a few messages a second.
+One that leaves them unread is sent none until it has read them.
+
+A connection follows once; a user follows at most PER_USER times, and everyone at
+most MAX_FOLLOWERS times: what one user opens cannot take them all.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from gsup.supervisor.connections import Connection
 from gsup.supervisor.jobs import Answer, Clock
 
 PAGE = 2_000  # events a follower is sent in one message
-BRIEF_EVERY = 0.05  # seconds between two messages to a brief follower, at least
-UNREAD_RETRY = 1.0  # seconds until a brief follower that has not read is tried again
-MAX_FOLLOWERS = 256  # followers sent events (each costs a query a turn); brief ones aside
 MAX_UNREAD = 1 << 20  # bytes a follower may leave unread before it is told `behind`
+BRIEF_EVERY = 0.05  # seconds between two rounds of messages to brief followers, at least
+UNREAD_RETRY = 1.0  # seconds until brief followers that had not read are tried again
+MAX_FOLLOWERS = 1_000  # connections following at once, of everyone
+PER_USER = 100  # of one uid
 
 
 @dataclass(eq=False)
@@ -41,8 +45,6 @@ class Follower:
     request_id: Any
     last: int  # the last event it has
     wanted: EventFilter
-    brief: bool = False  # sent only the last event's number
-    told_at: float = -1.0  # when it was last sent one (monotonic)
 
 
 class Followers:
@@ -50,78 +52,96 @@ class Followers:
         self.journal = journal
         self.reply = reply
         self.clock = clock
-        self._timer: Any = None  # a brief follower's delayed message is due then
-        self._due = False  # the timer fired: push to the brief followers
-        self._by_conn: dict[int, list[Follower]] = {}  # by id(): connections are not hashable
-        self._sent = 0  # the last event every follower has been sent (see `push`)
+        # By id() of their connection (connections are not hashable).
+        self._full: dict[int, Follower] = {}  # sent the events
+        self._brief: dict[int, Follower] = {}  # sent the last one's number
+        self._sent = 0  # the last event every full follower has been sent (see `push`)
+        self._sent_brief = 0  # the last event of the last round to brief followers
+        self._brief_next = 0.0  # monotonic time of the next round to brief followers
+        self._brief_due = False  # a brief follower waits for the next round
+        self._timer: Any = None  # that round's
 
     def refusal(self, conn: Connection, brief: bool) -> str | None:
-        """Why `conn` may not follow (None: it may): a connection follows once, and
-        the followers sent events are bounded, as each costs a query a turn."""
-        if id(conn) in self._by_conn:
+        """Why `conn` may not follow (None: it may)."""
+        if id(conn) in self._full or id(conn) in self._brief:
             return "this connection follows the events already; open another"
-        full = sum(not f.brief for followers in self._by_conn.values() for f in followers)
-        if not brief and full >= MAX_FOLLOWERS:
+        everyone = [*self._full.values(), *self._brief.values()]
+        if len(everyone) >= MAX_FOLLOWERS:
             return f"too many clients follow the events ({MAX_FOLLOWERS}); try again later"
+        if sum(f.conn.uid == conn.uid for f in everyone) >= PER_USER:
+            return f"your user follows the events {PER_USER} times already; close some"
         return None
 
     def follow(self, conn: Connection, request_id: Any, since: int, wanted: EventFilter,
                brief: bool = False) -> None:  # fmt: skip
         """Follow from event `since` (committed ones are sent at the turn's end)."""
-        follower = Follower(conn, request_id, since, wanted, brief)
-        self._by_conn.setdefault(id(conn), []).append(follower)
-        self._sent = min(self._sent, since)
+        follower = Follower(conn, request_id, since, wanted)
+        if brief:
+            self._brief[id(conn)] = follower
+            self._brief_due = True
+        else:
+            self._full[id(conn)] = follower
+            self._sent = min(self._sent, since)
 
     def forget(self, conn: Any) -> None:
-        self._by_conn.pop(id(conn), None)
+        self._full.pop(id(conn), None)
+        self._brief.pop(id(conn), None)
 
     def __len__(self) -> int:
-        return sum(len(followers) for followers in self._by_conn.values())
+        return len(self._full) + len(self._brief)
 
     def push(self) -> bool:
-        """After a commit: each follower gets the events it has not had yet (whether any
-        was sent). Called with no transaction open: what is read is what was committed."""
+        """After a commit: followers get the events they have not had yet; whether any
+        message was queued. Called with no transaction open, so that what is read is
+        what was committed."""
         last = self.journal.last_event
-        if last <= self._sent and not self._due:
-            return False  # the turn wrote no event (an idle or a busy daemon alike)
-        self._due = False
-        reader = self.journal.reader
-        told = False
-        for conn_id, followers in list(self._by_conn.items()):
-            for follower in list(followers):
-                if follower.last < last:
-                    told = True
-                    if not self._send(reader, follower, last):
-                        followers.remove(follower)
-            if not followers:
-                del self._by_conn[conn_id]
+        told = self._push_full(last) if last > self._sent else False
+        if self._brief and (self._brief_due or last > self._sent_brief):
+            told = self._push_brief(last) or told
+        return told
+
+    def _push_full(self, last: int) -> bool:
+        reader, told = self.journal.reader, False
+        for key, follower in list(self._full.items()):
+            if follower.last < last:
+                told = True
+                if not self._send(reader, follower, last):
+                    del self._full[key]
         self._sent = last
         return told
 
-    def _tell_briefly(self, follower: Follower, last: int) -> None:
-        """Send the last event's number, unless one went less than BRIEF_EVERY ago or
-        is still unread: then a timer's turn sends it (the timer does nothing itself:
-        the turn pushes)."""
+    def _push_brief(self, last: int) -> bool:
+        """A round to every brief follower behind, unless one went less than BRIEF_EVERY
+        ago: then a timer's turn makes it (the timer does nothing itself: its turn
+        pushes). One that has not read the last is tried again UNREAD_RETRY later."""
         now = self.clock.now()
-        due = follower.told_at + BRIEF_EVERY
-        if follower.conn.unsent:  # it reads slowly, or not at all: ask again later
-            due = max(due, now + UNREAD_RETRY)
-        if now < due:
-            if self._timer is None:
-                self._timer = self.clock.call_at(due, self._timer_fired)
-            return
-        self.reply(follower.conn, follower.request_id, {"ok": True, "last": last})
-        follower.last, follower.told_at = last, now
+        if now < self._brief_next:
+            self._brief_due = True
+            self._wake_at(self._brief_next)
+            return False
+        told, unread = False, False
+        for follower in self._brief.values():
+            if follower.last >= last:
+                continue
+            if follower.conn.unsent:
+                unread = True
+                continue
+            self.reply(follower.conn, follower.request_id, {"ok": True, "last": last})
+            follower.last, told = last, True
+        self._sent_brief, self._brief_next, self._brief_due = last, now + BRIEF_EVERY, unread
+        if unread:
+            self._wake_at(now + UNREAD_RETRY)
+        return told
 
-    def _timer_fired(self) -> None:
+    def _wake_at(self, when: float) -> None:
+        if self._timer is None:
+            self._timer = self.clock.call_at(when, self._woken)
+
+    def _woken(self) -> None:
         self._timer = None
-        self._due = True
 
     def _send(self, reader: Any, follower: Follower, last: int) -> bool:
         """Send `follower` its events up to `last`; False if it is behind instead."""
-        if follower.brief:
-            self._tell_briefly(follower, last)
-            return True
         rows = []
         if follower.conn.backlog <= MAX_UNREAD:
             rows = queries.events_after(reader, follower.last, last, follower.wanted, PAGE + 1)

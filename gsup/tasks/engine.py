@@ -184,9 +184,11 @@ class TaskEngine:
     def submit(self, task: specs.Task, text: str, context: dict[str, Any], now: float) -> int:
         """Journal a checked task (`text`: the JSON that task_from_json read it from) and
         its first units; they are submitted this turn."""
-        cursor = self.journal.write(
-            "INSERT INTO tasks (name, spec, context, state, float, created)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+        cursor = self.journal.write(  # an id never given before, even to a pruned task
+            "INSERT INTO tasks (id, name, spec, context, state, float, created) VALUES ("
+            " max(coalesce((SELECT max(id) FROM tasks), 0),"
+            "     coalesce((SELECT value FROM marks WHERE name = 'last_task_id'), 0)) + 1,"
+            " ?, ?, ?, ?, ?, ?)",
             (task.name, text, json.dumps(context), TaskState.RUNNING, task.float, now),
         )
         live = LiveTask(cursor.lastrowid, task, context, paused=False)

@@ -66,6 +66,9 @@ class Dashboard:
                  ) -> Iterable[bytes]:  # fmt: skip
         status, headers, body = self.respond(environ)
         start_response(status, headers)
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            getattr(body, "close", lambda: None)()  # a stream not started is never followed
+            return []
         return body
 
     def respond(self, environ: dict[str, Any]) -> Response:
@@ -129,7 +132,7 @@ class Dashboard:
             stream: str) -> Response:  # fmt: skip
         """A job's output from byte ?from= (at most 1 MiB); the new offset in a header."""
         number = int(job)
-        offset = int(params["from"]) if params.get("from", "").isdigit() else 0
+        offset = _number(params.get("from")) or 0
         with queries.read_journal(self.home) as conn:
             path = self._log_path(conn, number, stream)
         data = _read_from(path, offset, 1 << 20)
@@ -172,8 +175,7 @@ class Dashboard:
     # --- streams, metrics, files ----------------------------------------------------------
 
     def stream(self, environ: dict[str, Any], params: dict[str, str]) -> Response:
-        last = environ.get("HTTP_LAST_EVENT_ID") or params.get("since") or ""
-        since = int(last) if last.isdigit() and len(last) < 19 else None
+        since = _number(environ.get("HTTP_LAST_EVENT_ID") or params.get("since"))
         headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
         return "200 OK", headers, self.events.listen(since)
 
@@ -200,9 +202,20 @@ class Dashboard:
             return None
 
 
+def _number(text: str | None) -> int | None:
+    """A whole number a request gives (an offset, an event's), if it is one."""
+    if text and text.isascii() and text.isdigit() and len(text) < 19:
+        return int(text)
+    return None
+
+
+# Pages load nothing but their own files, and run no script but live.js.
+POLICY = "default-src 'self'; img-src 'self' data:; style-src 'self'; object-src 'none'"
+
+
 def _ok(data: bytes, content_type: str, status: HTTPStatus = HTTPStatus.OK) -> Response:
     headers = [("Content-Type", content_type), ("Content-Length", str(len(data))),
-               ("Cache-Control", "no-store")]  # fmt: skip
+               ("Cache-Control", "no-store"), ("Content-Security-Policy", POLICY)]  # fmt: skip
     return f"{status.value} {status.phrase}", headers, [data]
 
 

@@ -104,7 +104,10 @@ def show(task_id: TaskId, as_json: Json = False, watch: Watch = False, home: Hom
 
 def _shown(row: dict[str, Any], transforms: list[TransformProgress]) -> str:
     head = f"task {row['id']} {row['name']}: {row['state']}" + _reason(row)
-    return "\n".join([head, *_progress_lines(transforms, row), *_detail_lines(transforms)])
+    from gsup.render import visible  # a task's texts may hold control characters
+
+    lines = [head, *_progress_lines(transforms, row), *_detail_lines(transforms)]
+    return "\n".join(map(visible, lines))
 
 
 def _reason(row: dict[str, Any]) -> str:
@@ -189,7 +192,8 @@ def wait(
 
 def _wait_with_bars(task_id: int, timeout: float | None, home: Path | None) -> dict[str, Any]:
     """Redraw a bar per transform as the task's events come, until it ends."""
-    from gsup.cli.live import EventTicker, progress_bars, redraws
+    from gsup.cli.live import EventTicker, bar_redraws, progress_bars
+    from gsup.client import Client
     from gsup.errors import WaitTimeout
     from gsup.journal.queries import EventFilter
     from gsup.tasks.records import TASK_END_STATES
@@ -198,7 +202,7 @@ def _wait_with_bars(task_id: int, timeout: float | None, home: Path | None) -> d
     ticker = EventTicker(home, EventFilter(task=task_id))
     bars_of: dict[int, Any] = {}
     with progress_bars("units") as bars:
-        for _ in redraws(ticker):
+        for _ in bar_redraws(ticker, bars):
             row, transforms = _read(str(task_id), home)
             for t in transforms:
                 if t.id not in bars_of:
@@ -210,7 +214,9 @@ def _wait_with_bars(task_id: int, timeout: float | None, home: Path | None) -> d
                 return row
             if deadline is not None and time.monotonic() > deadline:
                 raise WaitTimeout(f"task {task_id} still {row['state']}")
-    raise AssertionError("unreachable: redraws never ends")  # pragma: no cover
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    Client(home).wait_task(task_id, left)  # the events could not be followed: no bars
+    return _read(str(task_id), home)[0]
 
 
 def _control(task_id: str, action: str, home: Path | None, unit: str | None = None) -> None:

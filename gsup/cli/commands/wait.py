@@ -45,7 +45,7 @@ def _with_progress(
 ) -> dict[int, str]:
     """The daemon's answer to the wait, while a bar counts the jobs' ends as their
     events come."""
-    from gsup.cli.live import EventTicker, progress_bars, redraws
+    from gsup.cli.live import EventTicker, bar_redraws, progress_bars
     from gsup.journal.queries import read_journal, states_of
     from gsup.states import END_STATES
 
@@ -61,16 +61,18 @@ def _with_progress(
             answer["error"] = exc
         ticker.wake()
 
-    threading.Thread(target=wait_for_all, daemon=True).start()
+    waiting = threading.Thread(target=wait_for_all, daemon=True)
+    waiting.start()
     wanted = set(ids)
     with progress_bars("jobs") as bars:
         bar = bars.add_task("ended", total=len(wanted))
-        for events in redraws(ticker):
-            latest.update((event.job, event.after) for event in events if event.job in wanted)
+        for events in bar_redraws(ticker, bars):
+            latest.update((e.job, e.after) for e in events if e.job in wanted)
             ended = sum(state in END_STATES for state in latest.values())
             bars.update(bar, completed=ended, refresh=True)
             if answer:
                 break
+    waiting.join()
     if "error" in answer:
         raise answer["error"]
     return answer["states"]

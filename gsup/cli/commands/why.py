@@ -20,15 +20,22 @@ def why(job: JobId, home: Home = None) -> None:
     number = job_id(job)
     with read_journal(home) as conn:
         explain(conn, number, None)  # an unknown job is said before the daemon is asked
-        print(visible(explain(conn, number, daemon_facts(home, number))))
+        facts, absent = daemon_facts(home, number)
+        print(visible(explain(conn, number, facts, absent)))
 
 
-def daemon_facts(home: Path | None, job: int) -> dict[str, Any] | None:
-    """The daemon's `why` reply; None if no daemon runs."""
+ANSWER_WITHIN = 5.0  # seconds the daemon has to say what it knows
+
+
+def daemon_facts(home: Path | None, job: int) -> tuple[dict[str, Any] | None, str]:
+    """The daemon's `why` reply, or None and why there is none."""
     from gsup.client import Client
-    from gsup.errors import DaemonNotRunning
+    from gsup.errors import DaemonNotRunning, WaitTimeout
+    from gsup.why import NO_DAEMON
 
     try:
-        return Client(home).request("why", job=job)
+        return Client(home).request("why", timeout=ANSWER_WITHIN, job=job), NO_DAEMON
     except DaemonNotRunning:
-        return None
+        return None, NO_DAEMON
+    except WaitTimeout:
+        return None, f"The daemon did not answer within {ANSWER_WITHIN:g}s"
