@@ -41,7 +41,7 @@ class Event:
     def line(self) -> str:
         """One line for a terminal: number, time, job, change and why (a job's text,
         its control characters shown as escapes)."""
-        from gsup.render import visible
+        from gsup.text import visible
 
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.at))
         change = f"{self.before or 'new'} -> {self.after}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import shutil
 import sys
 import time
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gsup.journal.queries import PoolSnapshot, SlurmSnapshot
+from gsup.text import visible, visible_lines
 
 STATE_COLOURS = {  # ANSI SGR codes
     "queued": "36",
@@ -28,9 +28,6 @@ STATE_COLOURS = {  # ANSI SGR codes
     "cancelled": "2",
 }
 GAP = "  "
-# What a terminal acts on or hides (C0, DEL, C1, zero-width and bidi marks): in a job's
-# texts it is shown as its escape, so that a text cannot clear the screen or reorder a line.
-HIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
 SHOWN_RESULT = 2000  # characters of a result `gsup show` prints; --json prints it all
 
 
@@ -86,16 +83,6 @@ def _cut(cell: str, width: int) -> str:
 def _line(row: Sequence[str], widths: Sequence[int], gap: str = GAP) -> str:
     padded = [cell + " " * (width - _width(cell)) for cell, width in zip(row, widths, strict=True)]
     return gap.join(padded).rstrip()
-
-
-def visible(text: str) -> str:
-    """A job's text as it may be printed: hidden characters as their escapes (\\x1b)."""
-    return HIDDEN.sub(lambda found: repr(found.group())[1:-1], text)
-
-
-def visible_lines(text: str) -> str:
-    """`visible`, keeping the text's line breaks (a traceback)."""
-    return "\n".join(map(visible, text.split("\n")))
 
 
 def print_lines(lines: list[str]) -> None:

@@ -104,7 +104,7 @@ def show(task_id: TaskId, as_json: Json = False, watch: Watch = False, home: Hom
 
 def _shown(row: dict[str, Any], transforms: list[TransformProgress]) -> str:
     head = f"task {row['id']} {row['name']}: {row['state']}" + _reason(row)
-    from gsup.render import visible  # a task's texts may hold control characters
+    from gsup.text import visible  # a task's texts may hold control characters
 
     lines = [head, *_progress_lines(transforms, row), *_detail_lines(transforms)]
     return "\n".join(map(visible, lines))
@@ -155,7 +155,7 @@ def why(task_id: TaskId, home: Home = None) -> None:
     """Why a task's units wait (a pause, its float, their inputs) or how they ended:
     a line on the task, then one per transform."""
     from gsup.journal.queries import read_journal
-    from gsup.render import visible
+    from gsup.text import visible
     from gsup.why import explain_task
 
     with read_journal(home) as conn:

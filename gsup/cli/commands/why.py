@@ -14,7 +14,7 @@ def why(job: JobId, home: Home = None) -> None:
     """One paragraph on why a job waits (its pool frozen or full, a delayed retry, a
     suspect running alone...), what it runs on, or why it ended."""
     from gsup.journal.queries import read_journal
-    from gsup.render import visible
+    from gsup.text import visible
     from gsup.why import explain
 
     number = job_id(job)
