@@ -15,6 +15,17 @@ def visible(text: str) -> str:
     return HIDDEN.sub(lambda found: repr(found.group())[1:-1], text)
 
 
+def count(number: int, thing: str) -> str:
+    """`1 job`, `2 jobs`."""
+    return f"{number:,} {thing}{'s' * (number != 1)}"
+
+
+def stopping_line(in_flight: int, grace: float) -> str:
+    """What a stop says, in the daemon's output and on the command line."""
+    verb = "gets" if in_flight == 1 else "get"
+    return f"stopping: {count(in_flight, 'job')} in flight {verb} {grace:g}s"
+
+
 def visible_lines(text: str) -> str:
     """`visible`, keeping the text's line breaks (a traceback)."""
     return "\n".join(map(visible, text.split("\n")))

@@ -16,6 +16,7 @@ from gsup.errors import GsupError
 from gsup.journal import queries
 from gsup.lifecycle import POISON_AFTER_LOST
 from gsup.states import State
+from gsup.text import count
 
 NO_DAEMON = "No daemon is running"
 
@@ -69,11 +70,6 @@ def _span(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def _count(number: int, thing: str) -> str:
-    """`1 job`, `2 jobs`."""
-    return f"{number:,} {thing}{'s' * (number != 1)}"
-
-
 def _tries(row: dict[str, Any]) -> str:
     return f"attempt {row['attempts']} of {row['retries'] + 1}"
 
@@ -104,7 +100,7 @@ def _queued(conn: sqlite3.Connection, row: dict[str, Any], facts: dict[str, Any]
         said.append(f"{pool.capitalize()} cannot run jobs now: {pool_facts['trouble']}.")
     if row["lost_count"]:
         said.append(
-            f"It was in flight when its executor died {_count(row['lost_count'], 'time')}"
+            f"It was in flight when its executor died {count(row['lost_count'], 'time')}"
             f" ({POISON_AFTER_LOST} make it poison): it runs alone, once nothing else runs"
             f" in {pool}{_naming(conn, pool_facts, ' (now: ', ')')}."
         )
@@ -128,7 +124,7 @@ def _queued(conn: sqlite3.Connection, row: dict[str, Any], facts: dict[str, Any]
     if ahead:
         verb = "comes" if ahead == 1 else "come"
         said.append(
-            f"{_count(ahead, 'queued job')} of {pool} {verb} before it (priority, then age)."
+            f"{count(ahead, 'queued job')} of {pool} {verb} before it (priority, then age)."
         )
     return said
 
@@ -251,7 +247,7 @@ def explain_task(conn: sqlite3.Connection, task: int) -> list[str]:
         return [f"{head}, {row['reason'] or 'every transform ended'}.",
                 *(_transform_line(conn, t, None) for t in transforms)]  # fmt: skip
     in_flight = sum(t.counts["submitted"] for t in transforms)
-    head += f"; {_count(in_flight, 'unit')} in flight, its float {row['float']}."
+    head += f"; {count(in_flight, 'unit')} in flight, its float {row['float']}."
     if row["state"] == TaskState.PAUSED:
         head += f" It is paused: no unit is submitted until `gsup task resume {task}`."
     elif in_flight >= row["float"]:
@@ -278,7 +274,7 @@ def _waiting_units(conn: sqlite3.Connection, t: Any) -> list[str]:
         (t.id,),
     ).fetchone()
     if awaiting:
-        said.append(f"Waiting for the outputs of units still to end: {_count(awaiting, 'unit')}.")
+        said.append(f"Waiting for the outputs of units still to end: {count(awaiting, 'unit')}.")
     jobs = dict(conn.execute(
         "SELECT j.state, min(j.id) FROM units u JOIN jobs j ON j.id = u.job"
         " WHERE u.transform = ? AND u.state = 'submitted' GROUP BY j.state",

@@ -264,11 +264,11 @@ def test_stop_waits_for_a_graceful_stop(make_daemon, gsup, workdir):
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert daemon.said("stopping: 1 jobs in flight get 30s")
+    assert daemon.said("stopping: 1 job in flight gets 30s")
     (workdir / "go").touch()  # the job ends within the grace period
     output, _ = stopping.communicate(timeout=60)
     assert stopping.returncode == 0
-    assert output == "stopping: 1 jobs in flight get 30s\nstopped\n"
+    assert output == "stopping: 1 job in flight gets 30s\nstopped\n"
     assert daemon.process.wait(30) == 0
     assert gsup.show(job)["state"] == "done"
 
@@ -277,8 +277,9 @@ def test_stop_now_requeues_what_runs(make_daemon, gsup, workdir):
     daemon = make_daemon("--grace", "300")
     job = gsup.add("jobs:sleep", "300")
     wait_until(lambda: gsup.running(job), what="the job to start")
-    assert gsup("stop", "--now").stdout.endswith("stopped\n")
+    assert gsup("stop", "--now").stdout == "stopping: 1 job in flight gets 0s\nstopped\n"
     assert daemon.process.wait(30) == 0
+    assert "gsup: stopping: 1 job in flight gets 0s\n" in daemon.output  # not the 300 s
     assert gsup.show(job)["state"] == "queued"
 
 

@@ -71,7 +71,7 @@ def test_a_finishing_job_is_waited_for_on_sigterm(make_daemon, gsup, workdir):
     job = gsup.add("jobs:wait_for_file", str(flag))
     wait_until(lambda: gsup.running(job), what="the job to start")
     daemon.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: "stopping: 1 jobs in flight" in daemon.output, what="the stop to begin")
+    wait_until(lambda: "stopping: 1 job in flight" in daemon.output, what="the stop to begin")
     refused = gsup("add", "jobs:add", "1", check=False)
     assert "the daemon is stopping" in refused.stderr
     flag.touch()

@@ -51,6 +51,7 @@ from gsup.supervisor.stats import Stats
 from gsup.systemd import Notifier
 from gsup.tasks.engine import TaskEngine
 from gsup.tasks.landing import Landings
+from gsup.text import count, stopping_line
 
 STALL_RETRY = 1.0  # seconds between attempts to write a turn that failed to commit
 CLOCK_STEP = 1.0  # seconds the wall clock must jump, against the monotonic, to be a step
@@ -218,15 +219,15 @@ class Supervisor:
         self.book.forget(conn)
         self.followers.forget(conn)
 
-    def _begin_stop(self) -> None:
-        """First signal: take no new work, give running jobs the grace period.
-        A second signal ends the grace period at once."""
+    def _begin_stop(self, now: bool = False) -> None:
+        """First signal: take no new work, give running jobs the grace period (none:
+        `now`, said so; the caller ends it). A second signal ends it at once."""
         if self.book.stopping:
             self._finish_stop()
             return
         running = self.book.in_flight()
-        say(f"stopping: {running} jobs in flight get {self.settings.grace:g}s")
-        self.systemd.stopping(f"stopping: {running} jobs in flight")
+        say(stopping_line(running, 0 if now else self.settings.grace))
+        self.systemd.stopping(f"stopping: {count(running, 'job')} in flight")
         self.book.begin_stop()
         self.pruner.stop()
         self.loop.call_at(self.loop.now() + self.settings.grace, self._finish_stop)
@@ -234,7 +235,7 @@ class Supervisor:
     def _stop_asked(self, now: bool) -> None:
         """`gsup stop`: as SIGTERM (`now`: as a second one)."""
         if not self.book.stopping:
-            self._begin_stop()
+            self._begin_stop(now)
         if now:  # after this turn's requests, as the grace period's end would
             self.loop.call_at(self.loop.now(), self._finish_stop)
 

@@ -14,6 +14,7 @@ from gsup.config import resolve_home
 from gsup.errors import DaemonNotRunning, GsupError
 from gsup.journal.queries import read_journal
 from gsup.render import duration
+from gsup.text import count
 
 
 @app.command()
@@ -43,7 +44,7 @@ def _status_text(info: dict[str, Any]) -> str:
         for p in info["pools"]
     )
     backends = "".join(
-        f"\n{f'{name}:':6} {b['in_flight']} jobs (at most {b['slots']})"
+        f"\n{f'{name}:':6} {count(b['in_flight'], 'job')} (at most {b['slots']})"
         + (f"; {b['trouble']}" if b["trouble"] else "")
         for name, b in info["backends"].items()
     )

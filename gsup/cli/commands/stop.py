@@ -10,6 +10,7 @@ from gsup.cli.app import app
 from gsup.cli.options import Home
 from gsup.client import Client
 from gsup.errors import GsupError
+from gsup.text import stopping_line
 
 
 @app.command()
@@ -28,7 +29,7 @@ def stop(
     client = Client(home)
     reply = client.stop(now)
     if reply["in_flight"] and reply["grace"]:
-        print(f"stopping: {reply['in_flight']} jobs in flight get {reply['grace']:g}s")
+        print(stopping_line(reply["in_flight"], reply["grace"]))
     if not client.wait_gone(timeout):
         raise GsupError(f"the daemon has not ended after {timeout:g}s; it is still stopping")
     print("stopped")
