@@ -13,13 +13,15 @@ from gsup.cli.options import Home, JobId
 def why(job: JobId, home: Home = None) -> None:
     """One paragraph on why a job waits (its pool frozen or full, a delayed retry, a
     suspect running alone...), what it runs on, or why it ended."""
-    from gsup.journal.queries import read_journal
+    from gsup.errors import GsupError
+    from gsup.journal.queries import job_runs, read_journal
     from gsup.text import visible
     from gsup.why import explain
 
     number = job_id(job)
     with read_journal(home) as conn:
-        explain(conn, number, None)  # an unknown job is said before the daemon is asked
+        if job_runs(conn, number) is None:  # said before the daemon is asked
+            raise GsupError(f"no job {number}")
         facts, absent = daemon_facts(home, number)
         print(visible(explain(conn, number, facts, absent)))
 
